@@ -1,0 +1,15 @@
+/*
+ * apikeys.c - module entry point.  Each concern lives in its own file;
+ * _PG_init only asks each to set itself up.
+ */
+#include "apikeys.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	apikeys_catalog_init();
+}

@@ -1,0 +1,98 @@
+/*
+ * apikeys.h - declarations shared by the apikeys C modules.
+ */
+#ifndef APIKEYS_H
+#define APIKEYS_H
+
+#include "postgres.h"
+#include "fmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/array.h"
+#include "executor/spi.h"
+
+#include "key_format.h"
+
+#define APIKEYS_SCHEMA "apikeys"
+#define APIKEYS_DIGEST_LEN 32
+
+/* Infinite intervals exist from PostgreSQL 17 on. */
+#if PG_VERSION_NUM >= 170000
+#define INTERVAL_NOT_FINITE_COMPAT(i) INTERVAL_NOT_FINITE(i)
+#else
+#define INTERVAL_NOT_FINITE_COMPAT(i) false
+#endif
+
+/*
+ * Column numbers of the tables apikey_verify reads without SPI.  They must
+ * match apikeys--*.sql; catalog_cache.c checks the names when it loads, so a
+ * mismatch is an error, not a misread.
+ */
+#define Anum_tenant_tenant			1
+#define Anum_tenant_active			3
+
+#define Anum_credential_key_id		1
+#define Anum_credential_tenant		2
+#define Anum_credential_name		3
+#define Anum_credential_scopes		6
+#define Anum_credential_status		8
+#define Anum_credential_expires_at	9
+
+#define Anum_secret_digest			1
+#define Anum_secret_key_id			2
+#define Anum_secret_valid_until		5
+
+/* catalog_cache.c: OIDs of our tables and the indexes verify scans */
+typedef struct ApikeysCatalog
+{
+	Oid			tenant_rel;
+	Oid			tenant_pkey;
+	Oid			credential_rel;
+	Oid			credential_pkey;
+	Oid			secret_rel;
+	Oid			secret_pkey;	/* unique index on digest */
+} ApikeysCatalog;
+
+extern const ApikeysCatalog *apikeys_catalog(void);
+extern void apikeys_catalog_init(void);
+
+/* digest.c */
+extern void apikeys_sha256(const char *data, size_t len,
+						   uint8 out[APIKEYS_DIGEST_LEN]);
+
+/* secret.c: a fresh secret, its digest and its hint */
+typedef struct NewSecret
+{
+	char		key[KEY_MAX_LEN + 1];
+	size_t		key_len;
+	size_t		prefix_len;
+	char		hint[KEY_HINT_MAX_LEN + 1];
+	uint8		digest[APIKEYS_DIGEST_LEN];
+} NewSecret;
+
+extern void apikeys_new_secret(const char *prefix, size_t prefix_len,
+							   NewSecret *out);
+extern void apikeys_wipe_secret(NewSecret *secret);
+extern Datum apikeys_issued_key_tuple(FunctionCallInfo fcinfo, Datum key_id,
+									  NewSecret *secret, Datum expires_at,
+									  bool expires_null, Datum created_at);
+
+/* validate.c: argument checks shared by create, rotate and update */
+extern char *apikeys_check_tenant_id(text *tenant);
+extern char *apikeys_check_name(text *name);
+extern void apikeys_check_description(text *description);
+extern ArrayType *apikeys_normalize_scopes(ArrayType *scopes);
+extern void apikeys_check_expiry(TimestampTz expires_at);
+extern void apikeys_check_metadata(Datum metadata);
+extern char *apikeys_check_prefix(text *prefix);
+
+/* create.c: shared with rotate.c (inside SPI_connect) */
+extern void apikeys_require_active_tenant(const char *tenant);
+extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
+
+/* spi_util.c */
+extern void apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs,
+							Oid *argtypes, Datum *values, const char *nulls,
+							int expected);
+
+#endif							/* APIKEYS_H */

@@ -1,0 +1,107 @@
+/*
+ * catalog_cache.c - OIDs of the apikeys tables and of the indexes that
+ * apikey_verify scans directly.
+ *
+ * Looked up by name once per backend and forgotten on any relcache
+ * invalidation of one of them (DROP/CREATE EXTENSION, ALTER TABLE, REINDEX),
+ * so verify pays no catalog lookups on the hot path.  The column layout is
+ * checked at load time against the Anum_* constants in apikeys.h.
+ */
+#include "apikeys.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+static ApikeysCatalog catalog;
+static bool catalog_valid = false;
+
+static void
+catalog_invalidate(Datum arg, Oid relid)
+{
+	if (!catalog_valid)
+		return;
+	if (relid == InvalidOid ||
+		relid == catalog.tenant_rel || relid == catalog.tenant_pkey ||
+		relid == catalog.credential_rel || relid == catalog.credential_pkey ||
+		relid == catalog.secret_rel || relid == catalog.secret_pkey)
+		catalog_valid = false;
+}
+
+void
+apikeys_catalog_init(void)
+{
+	CacheRegisterRelcacheCallback(catalog_invalidate, (Datum) 0);
+}
+
+static Oid
+lookup_rel(Oid nsp, const char *name)
+{
+	Oid			relid = get_relname_relid(name, nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: relation apikeys.%s is missing", name),
+				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
+	return relid;
+}
+
+static void
+check_column(Oid relid, AttrNumber attnum, const char *expected)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = attnum <= desc->natts &&
+		!TupleDescAttr(desc, attnum - 1)->attisdropped &&
+		strcmp(NameStr(TupleDescAttr(desc, attnum - 1)->attname), expected) == 0;
+	char	   *relname = pstrdup(RelationGetRelationName(rel));
+
+	table_close(rel, AccessShareLock);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: column %d of apikeys.%s is not \"%s\"",
+						attnum, relname, expected),
+				 errhint("The SQL objects and the loaded library disagree; run ALTER EXTENSION apikeys UPDATE.")));
+}
+
+const ApikeysCatalog *
+apikeys_catalog(void)
+{
+	Oid			nsp;
+
+	if (catalog_valid)
+		return &catalog;
+
+	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
+	if (!OidIsValid(nsp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_not_installed: schema apikeys does not exist"),
+				 errhint("Run CREATE EXTENSION apikeys in this database.")));
+
+	catalog.tenant_rel = lookup_rel(nsp, "tenant");
+	catalog.tenant_pkey = lookup_rel(nsp, "tenant_pkey");
+	catalog.credential_rel = lookup_rel(nsp, "credential");
+	catalog.credential_pkey = lookup_rel(nsp, "credential_pkey");
+	catalog.secret_rel = lookup_rel(nsp, "secret");
+	catalog.secret_pkey = lookup_rel(nsp, "secret_pkey");
+
+	check_column(catalog.tenant_rel, Anum_tenant_tenant, "tenant");
+	check_column(catalog.tenant_rel, Anum_tenant_active, "active");
+	check_column(catalog.credential_rel, Anum_credential_key_id, "key_id");
+	check_column(catalog.credential_rel, Anum_credential_tenant, "tenant");
+	check_column(catalog.credential_rel, Anum_credential_name, "name");
+	check_column(catalog.credential_rel, Anum_credential_scopes, "scopes");
+	check_column(catalog.credential_rel, Anum_credential_status, "status");
+	check_column(catalog.credential_rel, Anum_credential_expires_at, "expires_at");
+	check_column(catalog.secret_rel, Anum_secret_digest, "digest");
+	check_column(catalog.secret_rel, Anum_secret_key_id, "key_id");
+	check_column(catalog.secret_rel, Anum_secret_valid_until, "valid_until");
+
+	catalog_valid = true;
+	return &catalog;
+}

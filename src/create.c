@@ -1,0 +1,127 @@
+/*
+ * create.c - apikey_create(tenant, name, scopes, expires_at, description,
+ * metadata, prefix): a new credential and its first secret.
+ *
+ * Runs SECURITY DEFINER with a pinned search_path; the statements below are
+ * schema- and operator-qualified anyway.  The plaintext leaves this function
+ * only in its result row: it is never stored, logged or put in a message.
+ */
+#include "apikeys.h"
+
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+static SPIPlanPtr tenant_plan = NULL;
+static SPIPlanPtr credential_plan = NULL;
+static SPIPlanPtr secret_plan = NULL;
+
+/*
+ * Lock the tenant row against concurrent deactivation or deletion and check
+ * that keys may be issued for it.  Shared with rotate.c.
+ */
+void
+apikeys_require_active_tenant(const char *tenant)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(tenant)};
+	bool		isnull;
+
+	apikeys_spi_run(&tenant_plan,
+					"SELECT active FROM apikeys.tenant"
+					" WHERE tenant OPERATOR(pg_catalog.=) $1 FOR SHARE",
+					1, argtypes, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant_not_found: tenant \"%s\" does not exist", tenant),
+				 errhint("Create it first with apikeys.tenant_create().")));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant_inactive: tenant \"%s\" is inactive", tenant),
+				 errhint("Reactivate it with apikeys.tenant_update(tenant, active => true).")));
+}
+
+/* Store the digest and hint of a new current secret for key_id. */
+void
+apikeys_insert_secret(Datum key_id, NewSecret *secret)
+{
+	Oid			argtypes[3] = {BYTEAOID, UUIDOID, TEXTOID};
+	Datum		values[3];
+	bytea	   *digest = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+
+	SET_VARSIZE(digest, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(digest), secret->digest, APIKEYS_DIGEST_LEN);
+	values[0] = PointerGetDatum(digest);
+	values[1] = key_id;
+	values[2] = CStringGetTextDatum(secret->hint);
+	apikeys_spi_run(&secret_plan,
+					"INSERT INTO apikeys.secret (digest, key_id, hint) VALUES ($1, $2, $3)",
+					3, argtypes, values, NULL, SPI_OK_INSERT);
+}
+
+PG_FUNCTION_INFO_V1(apikey_create);
+
+Datum
+apikey_create(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = apikeys_check_tenant_id(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	char	   *name = apikeys_check_name(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
+	ArrayType  *scopes = apikeys_normalize_scopes(PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2));
+	bool		expires_null = PG_ARGISNULL(3);
+	Datum		expires_at = expires_null ? (Datum) 0 : PG_GETARG_DATUM(3);
+	text	   *description = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
+	Datum		metadata = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
+	char	   *prefix = apikeys_check_prefix(PG_ARGISNULL(6) ? NULL : PG_GETARG_TEXT_PP(6));
+	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID,
+	TEXTOID, JSONBOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		key_id,
+				created_at;
+	bool		isnull;
+	NewSecret	secret;
+	Datum		result;
+
+	if (!expires_null)
+		apikeys_check_expiry(DatumGetTimestampTz(expires_at));
+	apikeys_check_description(description);
+	if (metadata != (Datum) 0)
+		apikeys_check_metadata(metadata);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	apikeys_require_active_tenant(tenant);
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(name);
+	values[2] = PointerGetDatum(scopes);
+	values[3] = expires_at;
+	nulls[3] = expires_null ? 'n' : ' ';
+	values[4] = description ? PointerGetDatum(description) : (Datum) 0;
+	nulls[4] = description ? ' ' : 'n';
+	values[5] = metadata;
+	nulls[5] = metadata ? ' ' : 'n';
+	values[6] = CStringGetTextDatum(prefix);
+	apikeys_spi_run(&credential_plan,
+					"INSERT INTO apikeys.credential"
+					" (tenant, name, scopes, expires_at, description, metadata, prefix)"
+					" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7)"
+					" RETURNING key_id, created_at",
+					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
+	created_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	key_id = PointerGetDatum(SPI_palloc(sizeof(pg_uuid_t)));
+	memcpy(DatumGetPointer(key_id),
+		   DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		   sizeof(pg_uuid_t));
+
+	apikeys_new_secret(prefix, strlen(prefix), &secret);
+	apikeys_insert_secret(key_id, &secret);
+
+	SPI_finish();
+	result = apikeys_issued_key_tuple(fcinfo, key_id, &secret, expires_at,
+									  expires_null, created_at);
+	PG_RETURN_DATUM(result);
+}

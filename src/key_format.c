@@ -1,0 +1,172 @@
+/*
+ * key_format.c - encode, check and hint apikeys secrets (see key_format.h).
+ *
+ * Everything here is constant-size work on at most KEY_MAX_LEN bytes, so
+ * apikey_verify can reject garbage before it touches a table.
+ */
+#include "key_format.h"
+
+#include <string.h>
+
+static const char base58_alphabet[] =
+"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/* -1 for bytes outside the alphabet */
+static int8_t
+base58_digit(unsigned char c)
+{
+	static int8_t table[256];
+	static bool ready = false;
+
+	if (!ready)
+	{
+		memset(table, -1, sizeof(table));
+		for (int i = 0; i < 58; i++)
+			table[(unsigned char) base58_alphabet[i]] = (int8_t) i;
+		ready = true;
+	}
+	return table[c];
+}
+
+/*
+ * Fixed-width big-endian base58: repeatedly divide the byte string by 58,
+ * writing remainders from the right.  width must be large enough that the
+ * quotient reaches zero (44 chars for 32 bytes, 6 for 4).
+ */
+static void
+base58_encode_fixed(const uint8_t *in, size_t inlen, char *out, size_t width)
+{
+	uint8_t		num[KEY_BODY_BYTES];
+
+	memcpy(num, in, inlen);
+	for (size_t pos = width; pos > 0; pos--)
+	{
+		unsigned int rem = 0;
+
+		for (size_t i = 0; i < inlen; i++)
+		{
+			unsigned int cur = (rem << 8) | num[i];
+
+			num[i] = (uint8_t) (cur / 58);
+			rem = cur % 58;
+		}
+		out[pos - 1] = base58_alphabet[rem];
+	}
+}
+
+uint32_t
+key_crc32c(const uint8_t *data, size_t len)
+{
+	static uint32_t table[256];
+	static bool ready = false;
+	uint32_t	crc = 0xFFFFFFFFu;
+
+	if (!ready)
+	{
+		for (uint32_t i = 0; i < 256; i++)
+		{
+			uint32_t	c = i;
+
+			for (int k = 0; k < 8; k++)
+				c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+			table[i] = c;
+		}
+		ready = true;
+	}
+	for (size_t i = 0; i < len; i++)
+		crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+	return crc ^ 0xFFFFFFFFu;
+}
+
+static void
+checksum_chars(const char *key, size_t len, char out[KEY_CHECKSUM_CHARS])
+{
+	uint32_t	crc = key_crc32c((const uint8_t *) key, len);
+	uint8_t		be[4] = {crc >> 24, crc >> 16, crc >> 8, crc};
+
+	base58_encode_fixed(be, 4, out, KEY_CHECKSUM_CHARS);
+}
+
+bool
+key_prefix_valid(const char *prefix, size_t len)
+{
+	if (len == 0 || len > KEY_PREFIX_MAX)
+		return false;
+	if (prefix[0] < 'a' || prefix[0] > 'z')
+		return false;
+	if (prefix[len - 1] == '_')
+		return false;
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = prefix[i];
+
+		if (c == '_')
+		{
+			if (prefix[i - 1] == '_')
+				return false;
+		}
+		else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+			return false;
+	}
+	return true;
+}
+
+KeyParseResult
+key_parse(const char *key, size_t len, size_t *prefix_len)
+{
+	size_t		plen;
+	char		expect[KEY_CHECKSUM_CHARS];
+	unsigned char diff = 0;
+
+	if (len < 1 + 1 + KEY_TAIL_CHARS || len > KEY_MAX_LEN)
+		return KEY_BAD_LENGTH;
+	plen = len - KEY_TAIL_CHARS - 1;
+	if (key[plen] != '_' || !key_prefix_valid(key, plen))
+		return KEY_BAD_PREFIX;
+	for (size_t i = plen + 1; i < len; i++)
+		if (base58_digit((unsigned char) key[i]) < 0)
+			return KEY_BAD_ALPHABET;
+
+	checksum_chars(key, len - KEY_CHECKSUM_CHARS, expect);
+	for (int i = 0; i < KEY_CHECKSUM_CHARS; i++)
+		diff |= (unsigned char) (expect[i] ^ key[len - KEY_CHECKSUM_CHARS + i]);
+	if (diff != 0)
+		return KEY_BAD_CHECKSUM;
+
+	if (prefix_len)
+		*prefix_len = plen;
+	return KEY_OK;
+}
+
+size_t
+key_format(const char *prefix, size_t prefix_len,
+		   const uint8_t body[KEY_BODY_BYTES], char *out)
+{
+	size_t		pos = 0;
+
+	memcpy(out, prefix, prefix_len);
+	pos = prefix_len;
+	out[pos++] = '_';
+	base58_encode_fixed(body, KEY_BODY_BYTES, out + pos, KEY_BODY_CHARS);
+	pos += KEY_BODY_CHARS;
+	checksum_chars(out, pos, out + pos);
+	pos += KEY_CHECKSUM_CHARS;
+	out[pos] = '\0';
+	return pos;
+}
+
+size_t
+key_hint(const char *key, size_t len, size_t prefix_len, char *out)
+{
+	size_t		pos = prefix_len + 1;
+
+	memcpy(out, key, pos);
+	memcpy(out + pos, key + prefix_len + 1, KEY_HINT_CHARS);
+	pos += KEY_HINT_CHARS;
+	memcpy(out + pos, "...", 3);
+	pos += 3;
+	memcpy(out + pos, key + len - KEY_HINT_CHARS, KEY_HINT_CHARS);
+	pos += KEY_HINT_CHARS;
+	out[pos] = '\0';
+	return pos;
+}

@@ -1,0 +1,134 @@
+/*
+ * rotate.c - apikey_rotate(key_id, grace): a new secret for the same
+ * credential.
+ *
+ * The credential row is locked FOR UPDATE first, so concurrent rotations of
+ * one key run one after the other; the partial unique index
+ * secret_one_current makes "two current secrets" impossible even so.
+ * grace = 0 deletes every older secret of the key (dead at commit);
+ * grace > 0 lets the current one verify until now() + grace, never past the
+ * credential's own expiry.  Secrets whose grace has run out are purged here.
+ */
+#include "apikeys.h"
+
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr purge_plan = NULL;
+static SPIPlanPtr kill_plan = NULL;
+static SPIPlanPtr grace_plan = NULL;
+static SPIPlanPtr touch_plan = NULL;
+
+PG_FUNCTION_INFO_V1(apikey_rotate);
+
+Datum
+apikey_rotate(PG_FUNCTION_ARGS)
+{
+	Oid			uuid_type[1] = {UUIDOID};
+	Oid			grace_types[2] = {UUIDOID, INTERVALOID};
+	Datum		values[2];
+	Interval   *grace;
+	bool		grace_zero;
+	bool		isnull;
+	HeapTuple	row;
+	TupleDesc	desc;
+	char	   *tenant,
+			   *status,
+			   *prefix;
+	Datum		key_id,
+				expires_at,
+				rotated_at;
+	bool		expires_null;
+	NewSecret	secret;
+	Datum		result;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("invalid_key_id: key_id must not be NULL")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_grace: grace must not be NULL"),
+				 errhint("Use interval '0' to end the old secret at commit.")));
+	grace = PG_GETARG_INTERVAL_P(1);
+	if (grace->month < 0 || grace->day < 0 || grace->time < 0 ||
+		INTERVAL_NOT_FINITE_COMPAT(grace))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_grace: grace must be a finite, non-negative interval")));
+	grace_zero = grace->month == 0 && grace->day == 0 && grace->time == 0;
+
+	key_id = PG_GETARG_DATUM(0);
+	values[0] = key_id;
+	values[1] = PointerGetDatum(grace);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	apikeys_spi_run(&lock_plan,
+					"SELECT tenant, status, prefix, expires_at"
+					" FROM apikeys.credential"
+					" WHERE key_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+					1, uuid_type, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("key_not_found: no API key with id %s",
+						DatumGetCString(DirectFunctionCall1(uuid_out, key_id)))));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	tenant = SPI_getvalue(row, desc, 1);
+	status = SPI_getvalue(row, desc, 2);
+	prefix = SPI_getvalue(row, desc, 3);
+	expires_at = SPI_getbinval(row, desc, 4, &expires_null);
+
+	if (strcmp(status, "revoked") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("key_revoked: API key %s is revoked",
+						DatumGetCString(DirectFunctionCall1(uuid_out, key_id))),
+				 errhint("A revoked key cannot be rotated; create a new key.")));
+	if (!expires_null && DatumGetTimestampTz(expires_at) <= GetCurrentTransactionStartTimestamp())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("key_expired: API key %s has expired",
+						DatumGetCString(DirectFunctionCall1(uuid_out, key_id))),
+				 errhint("Extend it with apikeys.apikey_update(key_id, expires_at => ...) first.")));
+	apikeys_require_active_tenant(tenant);
+
+	apikeys_spi_run(&purge_plan,
+					"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1"
+					" AND valid_until OPERATOR(pg_catalog.<=) pg_catalog.now()",
+					1, uuid_type, values, NULL, SPI_OK_DELETE);
+	if (grace_zero)
+		apikeys_spi_run(&kill_plan,
+						"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1",
+						1, uuid_type, values, NULL, SPI_OK_DELETE);
+	else
+		apikeys_spi_run(&grace_plan,
+						"UPDATE apikeys.secret s"
+						" SET valid_until = LEAST(pg_catalog.now() OPERATOR(pg_catalog.+) $2,"
+						"   COALESCE(c.expires_at, 'infinity'))"
+						" FROM apikeys.credential c"
+						" WHERE c.key_id OPERATOR(pg_catalog.=) s.key_id"
+						"   AND s.key_id OPERATOR(pg_catalog.=) $1 AND s.valid_until IS NULL",
+						2, grace_types, values, NULL, SPI_OK_UPDATE);
+
+	apikeys_new_secret(prefix, strlen(prefix), &secret);
+	apikeys_insert_secret(key_id, &secret);
+
+	apikeys_spi_run(&touch_plan,
+					"UPDATE apikeys.credential"
+					" SET rotated_at = pg_catalog.now(), updated_at = pg_catalog.now(),"
+					"     rotation_count = rotation_count OPERATOR(pg_catalog.+) 1"
+					" WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING rotated_at",
+					1, uuid_type, values, NULL, SPI_OK_UPDATE_RETURNING);
+	rotated_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+	SPI_finish();
+	result = apikeys_issued_key_tuple(fcinfo, key_id, &secret, expires_at,
+									  expires_null, rotated_at);
+	PG_RETURN_DATUM(result);
+}
