@@ -91,6 +91,516 @@ CREATE FUNCTION apikeys._check_metadata(jsonb) RETURNS jsonb
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_metadata';
 
 ------------------------------------------------------------------------------
+-- Tenancy: who may act for which tenant
+------------------------------------------------------------------------------
+
+-- Roles mapped to tenants.  tenant NULL: every tenant (a global admin).
+-- 'manage' may create/rotate/revoke/... keys and read them and their audit;
+-- 'audit' may only read keys and audit rows.
+CREATE TABLE apikeys.role_tenant (
+    role_name  name NOT NULL,
+    tenant     text COLLATE "C" REFERENCES apikeys.tenant (tenant) ON DELETE CASCADE,
+    privilege  text NOT NULL CHECK (privilege IN ('manage', 'audit')),
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    granted_by name NOT NULL DEFAULT current_user
+);
+CREATE UNIQUE INDEX role_tenant_uniq ON apikeys.role_tenant (role_name, (coalesce(tenant, '')), privilege);
+SELECT pg_catalog.pg_extension_config_dump('apikeys.role_tenant', '');
+COMMENT ON TABLE apikeys.role_tenant IS 'Which roles manage or audit which tenants (tenant NULL: all). Maintained by grant_tenant()/revoke_tenant().';
+
+CREATE FUNCTION apikeys.current_tenant() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_current_tenant';
+COMMENT ON FUNCTION apikeys.current_tenant IS 'Tenant this transaction is bound to (set_tenant or authenticate), or NULL. Not settable by SET/set_config.';
+CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
+COMMENT ON FUNCTION apikeys.current_key_id IS 'Key that authenticate() accepted in this transaction, or NULL.';
+CREATE FUNCTION apikeys.set_tenant(tenant text) RETURNS text
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_set_tenant';
+COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant. Grant EXECUTE only to roles trusted to switch tenants.';
+CREATE FUNCTION apikeys._context_source() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
+CREATE FUNCTION apikeys._session_role() RETURNS name
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_session_role';
+CREATE FUNCTION apikeys._bulk_loading() RETURNS boolean
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_bulk_loading';
+
+CREATE FUNCTION apikeys.authenticate(
+    api_key         text,
+    required_scopes text[] DEFAULT NULL,
+    client_addr     inet DEFAULT NULL)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate';
+COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant to this transaction (RLS then shows that tenant only).';
+
+-- Does role r hold `need` ('read', 'audit' or 'manage') on tenant t through role_tenant?
+CREATE FUNCTION apikeys._role_may(r name, t text, need text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1
+          FROM apikeys.role_tenant g
+          JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
+         WHERE (g.tenant IS NULL OR g.tenant OPERATOR(pg_catalog.=) t)
+           AND (need OPERATOR(pg_catalog.<>) 'manage' OR g.privilege OPERATOR(pg_catalog.=) 'manage')
+           AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE'))
+$$;
+
+-- Record a refused management attempt in the server log (it survives the
+-- rollback that the error causes), then raise.
+CREATE FUNCTION apikeys._deny(p_action text, p_tenant text, p_key_id uuid,
+                              p_sqlstate text, p_message text, p_hint text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE LOG USING MESSAGE = 'apikeys_audit_denied ' || jsonb_build_object(
+        'at', clock_timestamp(), 'action', p_action, 'outcome', 'denied',
+        'error', split_part(p_message, ':', 1), 'sqlstate', p_sqlstate,
+        'tenant', p_tenant, 'key_id', p_key_id,
+        'db_role', apikeys._session_role(), 'session_role', session_user,
+        'actor', apikeys._actor(), 'request_id', apikeys._request_id(),
+        'client_addr', inet_client_addr(),
+        'application_name', current_setting('application_name'),
+        'txid', pg_current_xact_id_if_assigned())::text;
+    IF p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END;
+$$;
+
+-- Management calls act for the session's current role (login role or SET
+-- ROLE): a superuser, a role mapped to the tenant with 'manage' (or to every
+-- tenant), or a transaction bound to the tenant by set_tenant().  A refused
+-- key-scoped call reads as key_not_found so other tenants' keys stay unseen.
+CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r name := apikeys._session_role();
+BEGIN
+    IF (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r) THEN
+        RETURN;
+    END IF;
+    IF p_tenant IS NOT NULL THEN
+        IF apikeys._context_source() OPERATOR(pg_catalog.=) 'trusted'
+           AND apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant THEN
+            RETURN;
+        END IF;
+        IF apikeys._role_may(r, p_tenant, 'manage') THEN
+            RETURN;
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM apikeys.role_tenant g
+                    JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
+                   WHERE g.tenant IS NULL AND g.privilege OPERATOR(pg_catalog.=) 'manage'
+                     AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')) THEN
+        RETURN;
+    END IF;
+    IF p_key_id IS NOT NULL THEN
+        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
+    ELSIF p_tenant IS NULL THEN
+        PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenants', r),
+            'Tenants are managed by superusers and roles granted apikeys.grant_tenant(role, NULL).');
+    ELSE
+        PERFORM apikeys._deny(p_action, p_tenant, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenant "%s"', r, p_tenant),
+            'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
+    END IF;
+END;
+$$;
+
+------------------------------------------------------------------------------
+-- Audit: append-only, hash-chained
+------------------------------------------------------------------------------
+
+CREATE TABLE apikeys.audit (
+    audit_id         bigint PRIMARY KEY,
+    at               timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tenant           text COLLATE "C",
+    key_id           uuid,
+    action           text NOT NULL,
+    outcome          text NOT NULL DEFAULT 'success',
+    db_role          name NOT NULL,
+    session_role     name NOT NULL,
+    actor            text,
+    request_id       text,
+    client_addr      inet,
+    application_name text,
+    txid             xid8,
+    detail           jsonb NOT NULL DEFAULT '{}',
+    prev_hash        bytea NOT NULL,
+    row_hash         bytea NOT NULL
+);
+CREATE INDEX audit_tenant_idx ON apikeys.audit (tenant, audit_id);
+CREATE INDEX audit_key_idx ON apikeys.audit (key_id, audit_id) WHERE key_id IS NOT NULL;
+CREATE INDEX audit_at_idx ON apikeys.audit (at, audit_id);
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
+COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets and role mappings. Append-only; each row hashes the previous one (audit_check()).';
+
+-- Application actor and request id: settings first, then PostgREST's GUCs.
+CREATE FUNCTION apikeys._actor() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('apikeys.actor', true), ''),
+                    nullif(current_setting('request.jwt.claims', true), '')::jsonb OPERATOR(pg_catalog.->>) 'sub')
+$$;
+CREATE FUNCTION apikeys._request_id() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('apikeys.request_id', true), ''),
+                    nullif(current_setting('request.headers', true), '')::jsonb OPERATOR(pg_catalog.->>) 'x-request-id')
+$$;
+
+CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(a.prev_hash OPERATOR(pg_catalog.||) convert_to(jsonb_build_array(
+        a.audit_id, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+        a.tenant, a.key_id, a.action, a.outcome, a.db_role, a.session_role, a.actor,
+        a.request_id, a.client_addr, a.application_name, a.txid, a.detail)::text, 'UTF8'))
+$$;
+
+-- BEFORE INSERT: number the row and chain it to the previous one.  The table
+-- lock serializes audit writers until commit, so ids follow commit order.
+CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last apikeys.audit;
+BEGIN
+    IF apikeys._bulk_loading() AND NEW.row_hash IS NOT NULL THEN
+        RETURN NEW;   -- pg_restore: keep history as it was
+    END IF;
+    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO last FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1;
+    NEW.audit_id := coalesce(last.audit_id, 0) OPERATOR(pg_catalog.+) 1;
+    NEW.at := clock_timestamp();
+    NEW.prev_hash := coalesce(last.row_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+    NEW.row_hash := apikeys._audit_hash(NEW);
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER audit_chain BEFORE INSERT ON apikeys.audit
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_chain();
+
+CREATE FUNCTION apikeys._audit_purging() RETURNS boolean
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
+
+CREATE FUNCTION apikeys._audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' AND apikeys._audit_purging() THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+        MESSAGE = format('audit_append_only: %s on apikeys.audit is not allowed', TG_OP),
+        HINT = 'Old rows leave only through apikeys.audit_purge().';
+END;
+$$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON apikeys.audit
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_append_only();
+
+CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
+    RETURNS void
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
+                               request_id, client_addr, application_name, txid, detail,
+                               prev_hash, row_hash)
+    VALUES (p_tenant, p_key_id, p_action, apikeys._session_role(), session_user, apikeys._actor(),
+            apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
+            pg_current_xact_id(), p_detail, '', '')
+$$;
+
+-- AFTER row trigger on tenant, credential, secret and role_tenant.
+CREATE FUNCTION apikeys._audit_row_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    o jsonb;
+    n jsonb;
+    r jsonb;
+    t text;
+    k uuid;
+    act text;
+    detail jsonb;
+BEGIN
+    IF apikeys._bulk_loading() THEN
+        RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
+    END IF;
+    -- never a digest in the audit
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) 'digest'; END IF;
+    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) 'digest'; END IF;
+    r := coalesce(n, o);
+    t := r OPERATOR(pg_catalog.->>) 'tenant';
+    k := (r OPERATOR(pg_catalog.->>) 'key_id')::uuid;
+
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'tenant' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'tenant_created' WHEN 'DELETE' THEN 'tenant_deleted'
+               ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.=) (n OPERATOR(pg_catalog.->) 'active') THEN 'tenant_updated'
+                         WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'tenant_activated'
+                         ELSE 'tenant_deactivated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'credential' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'key_created' WHEN 'DELETE' THEN 'key_deleted'
+               ELSE CASE WHEN (o OPERATOR(pg_catalog.->>) 'status') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->>) 'status') THEN
+                             CASE n OPERATOR(pg_catalog.->>) 'status' WHEN 'revoked' THEN 'key_revoked'
+                                  WHEN 'disabled' THEN 'key_disabled' ELSE 'key_enabled' END
+                         WHEN (o OPERATOR(pg_catalog.->) 'rotation_count') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'rotation_count') THEN 'key_rotated'
+                         ELSE 'key_updated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'secret' THEN
+        SELECT c.tenant INTO t FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k;
+        IF NOT FOUND THEN
+            RETURN NULL;   -- removed with its key: key_deleted says it
+        END IF;
+        act := CASE TG_OP WHEN 'INSERT' THEN 'secret_issued' WHEN 'DELETE' THEN 'secret_retired'
+               ELSE 'secret_grace_set' END;
+    ELSE
+        act := CASE TG_OP WHEN 'INSERT' THEN 'role_granted' WHEN 'DELETE' THEN 'role_revoked'
+               ELSE 'role_updated' END;
+    END IF;
+
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        SELECT jsonb_object_agg(e.key, jsonb_build_array(o OPERATOR(pg_catalog.->) e.key, e.value))
+          INTO detail
+          FROM jsonb_each(n) e
+         WHERE (o OPERATOR(pg_catalog.->) e.key) IS DISTINCT FROM e.value;
+        detail := jsonb_build_object('changed', coalesce(detail, '{}'));
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        detail := jsonb_build_object('new', n);
+    ELSE
+        detail := jsonb_build_object('old', o);
+    END IF;
+    PERFORM apikeys._audit_write(act, t, k, detail);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER audit_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_credential AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+
+-- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
+-- row_hash recomputed from the row.  The first row links to zeros, or, after
+-- a purge, to the hash the audit_purged row recorded.
+CREATE FUNCTION apikeys.audit_check(
+    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint, OUT problem text)
+    RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a apikeys.audit;
+    prev apikeys.audit;
+    anchor bytea;
+BEGIN
+    ok := true;
+    rows_checked := 0;
+    SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex') INTO anchor
+      FROM apikeys.audit p WHERE p.action OPERATOR(pg_catalog.=) 'audit_purged'
+     ORDER BY p.audit_id DESC LIMIT 1;
+    FOR a IN SELECT * FROM apikeys.audit x ORDER BY x.audit_id LOOP
+        rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
+        IF prev.audit_id IS NULL THEN
+            IF a.prev_hash OPERATOR(pg_catalog.<>) coalesce(anchor, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) THEN
+                problem := 'first row does not link to the chain start'; 
+            END IF;
+        ELSIF a.audit_id OPERATOR(pg_catalog.<>) (prev.audit_id OPERATOR(pg_catalog.+) 1) THEN
+            problem := format('rows %s to %s are missing', prev.audit_id OPERATOR(pg_catalog.+) 1, a.audit_id OPERATOR(pg_catalog.-) 1);
+        ELSIF a.prev_hash OPERATOR(pg_catalog.<>) prev.row_hash THEN
+            problem := 'prev_hash does not match the previous row';
+        END IF;
+        IF problem IS NULL AND a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
+            problem := 'row content does not match its hash';
+        END IF;
+        IF problem IS NOT NULL THEN
+            ok := false;
+            first_bad_id := a.audit_id;
+            RETURN;
+        END IF;
+        prev := a;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.audit_check IS 'Verify the audit hash chain; reports the first broken row.';
+
+CREATE FUNCTION apikeys.audit_head(OUT audit_id bigint, OUT row_hash text)
+    RETURNS record
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.audit_id, encode(a.row_hash, 'hex') FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION apikeys.audit_head IS 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.';
+
+-- Called by apikeys.audit_purge() (C) with the purge flag set.
+CREATE FUNCTION apikeys._audit_purge_rows(older_than interval) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cut apikeys.audit;
+    n bigint;
+BEGIN
+    IF NOT apikeys._audit_purging() THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
+    END IF;
+    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    -- purge a prefix of the chain: everything up to the newest row old enough
+    SELECT * INTO cut FROM apikeys.audit a
+     WHERE a.at OPERATOR(pg_catalog.<) now() OPERATOR(pg_catalog.-) older_than
+     ORDER BY a.audit_id DESC LIMIT 1;
+    IF cut.audit_id IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM apikeys.audit a WHERE a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM apikeys._audit_write('audit_purged', NULL, NULL, jsonb_build_object(
+        'rows', n, 'older_than', older_than, 'last_purged_id', cut.audit_id,
+        'last_purged_hash', encode(cut.row_hash, 'hex')));
+    RETURN n;
+END;
+$$;
+
+CREATE FUNCTION apikeys.audit_purge(older_than interval DEFAULT NULL) RETURNS bigint
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_audit_purge';
+COMMENT ON FUNCTION apikeys.audit_purge IS 'Delete audit rows older than older_than (default: apikeys.audit_retention), keeping the chain checkable.';
+
+------------------------------------------------------------------------------
+-- Row-level security
+------------------------------------------------------------------------------
+
+ALTER TABLE apikeys.tenant ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.credential ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.secret ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.audit ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.role_tenant ENABLE ROW LEVEL SECURITY;
+
+-- Reads only: every write goes through the SECURITY DEFINER functions.
+-- A role sees the tenants it is mapped to in role_tenant (whose own policy
+-- shows each role only its mappings), or the tenant its transaction is bound
+-- to.  No function call per row: the subqueries become hashed subplans.
+CREATE POLICY role_tenant_read ON apikeys.role_tenant FOR SELECT
+    USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro
+                    WHERE ro.rolname OPERATOR(pg_catalog.=) role_tenant.role_name
+                      AND pg_catalog.pg_has_role(current_user, ro.oid, 'USAGE')));
+CREATE POLICY tenant_read ON apikeys.tenant FOR SELECT
+    USING (tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
+           OR tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
+           OR EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL));
+CREATE POLICY credential_read ON apikeys.credential FOR SELECT
+    USING (tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
+           OR tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
+           OR EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL));
+CREATE POLICY secret_read ON apikeys.secret FOR SELECT
+    USING (EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) secret.key_id));
+-- the audit only through a mapping, never through a key-bound transaction
+CREATE POLICY audit_read ON apikeys.audit FOR SELECT
+    USING (tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
+           OR (tenant IS NOT NULL AND EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL)));
+
+------------------------------------------------------------------------------
+-- Privilege recipes (superuser only)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys.grant_verifier(role_name name) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
+                   ' apikeys.authenticate(text, text[], inet), apikeys.current_tenant(),'
+                   ' apikeys.current_key_id() TO %I', role_name);
+END;
+$$;
+COMMENT ON FUNCTION apikeys.grant_verifier IS 'Let a role verify keys (apikey_verify, authenticate).';
+
+CREATE FUNCTION apikeys.grant_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF privilege IS NULL OR privilege NOT IN ('manage', 'audit') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_privilege: privilege must be ''manage'' or ''audit''';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) role_name) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('role_not_found: role "%s" does not exist', role_name);
+    END IF;
+    IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) grant_tenant.tenant) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+    INSERT INTO apikeys.role_tenant (role_name, tenant, privilege)
+    VALUES (grant_tenant.role_name, grant_tenant.tenant, grant_tenant.privilege)
+    ON CONFLICT DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.keys, apikeys.audit, apikeys.role_tenant TO %I', role_name);
+    EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
+    IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION'
+            ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'
+            ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
+            ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
+            ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
+            ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet) TO %I', role_name);
+    END IF;
+    IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'
+            ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean) TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_head() TO %I', role_name);
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.grant_tenant IS 'Let a role manage (or only audit) one tenant, or every tenant with tenant => NULL.';
+
+CREATE FUNCTION apikeys.revoke_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM apikeys.role_tenant g
+     WHERE g.role_name OPERATOR(pg_catalog.=) revoke_tenant.role_name
+       AND g.tenant IS NOT DISTINCT FROM revoke_tenant.tenant
+       AND g.privilege OPERATOR(pg_catalog.=) revoke_tenant.privilege;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('grant_not_found: role "%s" holds no %s grant on %s', role_name, privilege,
+                             coalesce('tenant "' || tenant || '"', 'every tenant'));
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.revoke_tenant IS 'Undo grant_tenant (the mapping; SQL privileges stay, harmless without it).';
+
+------------------------------------------------------------------------------
 -- Keys: create, rotate, verify (C)
 ------------------------------------------------------------------------------
 
@@ -142,8 +652,9 @@ COMMENT ON FUNCTION apikeys.apikey_verify IS 'Check a presented key; returns a v
 -- Key lifecycle (PL/pgSQL)
 ------------------------------------------------------------------------------
 
--- Lock a key and return its row, or raise key_not_found.
-CREATE FUNCTION apikeys._lock_key(p_key_id uuid) RETURNS apikeys.credential
+-- Authorize the session's role for the key's tenant, then lock the key and
+-- return its row.  Unknown and foreign keys both read as key_not_found.
+CREATE FUNCTION apikeys._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.credential
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -154,40 +665,46 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'invalid_key_id: key_id must not be NULL';
     END IF;
+    SELECT * INTO k FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id;
+    IF NOT FOUND THEN
+        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
+    END IF;
+    PERFORM apikeys._authorize(k.tenant, p_action, p_key_id);
     SELECT * INTO k FROM apikeys.credential c
      WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('key_not_found: no API key with id %s', p_key_id);
+    IF NOT FOUND THEN   -- deleted while we waited
+        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
     END IF;
     RETURN k;
 END;
 $$;
 
-CREATE FUNCTION apikeys._require_not_revoked(k apikeys.credential) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+CREATE FUNCTION apikeys._require_not_revoked(k apikeys.credential, p_action text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF k.status OPERATOR(pg_catalog.=) 'revoked' THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('key_revoked: API key %s is revoked', k.key_id),
-            HINT = 'Revocation is permanent; create a new key.';
+        PERFORM apikeys._deny(p_action, k.tenant, k.key_id, '55000',
+            format('key_revoked: API key %s is revoked', k.key_id),
+            'Revocation is permanent; create a new key.');
     END IF;
 END;
 $$;
 
-CREATE FUNCTION apikeys._require_active_tenant(p_tenant text) RETURNS void
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
+CREATE FUNCTION apikeys._require_active_tenant(p_tenant text, p_action text, p_key_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM 1 FROM apikeys.tenant t
      WHERE t.tenant OPERATOR(pg_catalog.=) p_tenant AND t.active;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('tenant_inactive: tenant "%s" is inactive', p_tenant),
-            HINT = 'Reactivate it with apikeys.tenant_update(tenant, active => true).';
+        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '55000',
+            format('tenant_inactive: tenant "%s" is inactive', p_tenant),
+            'Reactivate it with apikeys.tenant_update(tenant, active => true).');
     END IF;
 END;
 $$;
@@ -197,7 +714,7 @@ CREATE FUNCTION apikeys.apikey_revoke(key_id uuid, reason text DEFAULT NULL) RET
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id);
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_revoke');
 BEGIN
     IF char_length(reason) > 2000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -221,9 +738,9 @@ CREATE FUNCTION apikeys.apikey_disable(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id);
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_disable');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k);
+    PERFORM apikeys._require_not_revoked(k, 'key_disable');
     IF k.status OPERATOR(pg_catalog.=) 'active' THEN
         UPDATE apikeys.credential c SET status = 'disabled', updated_at = now()
          WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
@@ -237,10 +754,10 @@ CREATE FUNCTION apikeys.apikey_enable(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id);
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_enable');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k);
-    PERFORM apikeys._require_active_tenant(k.tenant);
+    PERFORM apikeys._require_not_revoked(k, 'key_enable');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_enable', k.key_id);
     IF k.status OPERATOR(pg_catalog.=) 'disabled' THEN
         UPDATE apikeys.credential c SET status = 'active', updated_at = now()
          WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
@@ -261,10 +778,10 @@ CREATE FUNCTION apikeys.apikey_update(
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id);
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_update');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k);
-    PERFORM apikeys._require_active_tenant(k.tenant);
+    PERFORM apikeys._require_not_revoked(k, 'key_update');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_update', k.key_id);
     -- NULL leaves a field unchanged; expires_at => 'infinity' removes the expiry.
     UPDATE apikeys.credential c SET
         name        = coalesce(apikeys._check_name(apikey_update.name), c.name),
@@ -291,7 +808,7 @@ CREATE FUNCTION apikeys.apikey_delete(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id);
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_delete');
 BEGIN
     DELETE FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
 END;
@@ -310,6 +827,7 @@ AS $$
 DECLARE
     t apikeys.tenant;
 BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_create');
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
@@ -335,6 +853,7 @@ AS $$
 DECLARE
     t apikeys.tenant;
 BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_update');
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
@@ -361,6 +880,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_delete');
     PERFORM 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
@@ -401,3 +921,7 @@ COMMENT ON VIEW apikeys.keys IS 'One row per API key with its current hint; no s
 
 REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO PUBLIC;
+-- The row-level policies read these for any role granted SELECT on a table;
+-- each answers only about the caller.
+GRANT SELECT ON apikeys.role_tenant TO PUBLIC;

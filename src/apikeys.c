@@ -4,6 +4,8 @@
  */
 #include "apikeys.h"
 
+#include "tenant_context.h"
+
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
@@ -11,5 +13,7 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	apikeys_guc_init();
 	apikeys_catalog_init();
+	apikeys_tenant_context_init();
 }

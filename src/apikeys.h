@@ -42,6 +42,11 @@
 #define Anum_secret_key_id			2
 #define Anum_secret_valid_until		5
 
+/* guc.c */
+extern char *apikeys_actor;
+extern char *apikeys_request_id;
+extern void apikeys_guc_init(void);
+
 /* catalog_cache.c: OIDs of our tables and the indexes verify scans */
 typedef struct ApikeysCatalog
 {
@@ -87,12 +92,17 @@ extern void apikeys_check_metadata(Datum metadata);
 extern char *apikeys_check_prefix(text *prefix);
 
 /* create.c: shared with rotate.c (inside SPI_connect) */
-extern void apikeys_require_active_tenant(const char *tenant);
+extern void apikeys_require_active_tenant(const char *tenant, const char *action,
+										 Datum key_id);
 extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
 
 /* spi_util.c */
 extern void apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);
+extern void apikeys_spi_deny(const char *action, const char *tenant, Datum key_id,
+							 const char *sqlstate, const char *hint, const char *fmt,...)
+			pg_attribute_printf(6, 7) pg_attribute_noreturn();
+extern void apikeys_spi_authorize(const char *tenant, const char *action, Datum key_id);
 
 #endif							/* APIKEYS_H */

@@ -21,7 +21,7 @@ static SPIPlanPtr secret_plan = NULL;
  * that keys may be issued for it.  Shared with rotate.c.
  */
 void
-apikeys_require_active_tenant(const char *tenant)
+apikeys_require_active_tenant(const char *tenant, const char *action, Datum key_id)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(tenant)};
@@ -32,15 +32,13 @@ apikeys_require_active_tenant(const char *tenant)
 					" WHERE tenant OPERATOR(pg_catalog.=) $1 FOR SHARE",
 					1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("tenant_not_found: tenant \"%s\" does not exist", tenant),
-				 errhint("Create it first with apikeys.tenant_create().")));
+		apikeys_spi_deny(action, tenant, key_id, "42704",
+						 "Create it first with apikeys.tenant_create().",
+						 "tenant_not_found: tenant \"%s\" does not exist", tenant);
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("tenant_inactive: tenant \"%s\" is inactive", tenant),
-				 errhint("Reactivate it with apikeys.tenant_update(tenant, active => true).")));
+		apikeys_spi_deny(action, tenant, key_id, "55000",
+						 "Reactivate it with apikeys.tenant_update(tenant, active => true).",
+						 "tenant_inactive: tenant \"%s\" is inactive", tenant);
 }
 
 /* Store the digest and hint of a new current secret for key_id. */
@@ -93,7 +91,8 @@ apikey_create(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	apikeys_require_active_tenant(tenant);
+	apikeys_spi_authorize(tenant, "key_create", (Datum) 0);
+	apikeys_require_active_tenant(tenant, "key_create", (Datum) 0);
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(name);

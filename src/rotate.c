@@ -14,6 +14,7 @@
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
+static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr purge_plan = NULL;
 static SPIPlanPtr kill_plan = NULL;
@@ -41,6 +42,7 @@ apikey_rotate(PG_FUNCTION_ARGS)
 				rotated_at;
 	bool		expires_null;
 	NewSecret	secret;
+	char	   *key_text;
 	Datum		result;
 
 	if (PG_ARGISNULL(0))
@@ -61,42 +63,47 @@ apikey_rotate(PG_FUNCTION_ARGS)
 	grace_zero = grace->month == 0 && grace->day == 0 && grace->time == 0;
 
 	key_id = PG_GETARG_DATUM(0);
+	key_text = DatumGetCString(DirectFunctionCall1(uuid_out, key_id));
 	values[0] = key_id;
 	values[1] = PointerGetDatum(grace);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
+	/* who owns it, before taking any lock: foreign keys read as unknown */
+	apikeys_spi_run(&tenant_plan,
+					"SELECT tenant FROM apikeys.credential"
+					" WHERE key_id OPERATOR(pg_catalog.=) $1",
+					1, uuid_type, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		apikeys_spi_deny("key_rotate", NULL, key_id, "42704", NULL,
+						 "key_not_found: no API key with id %s", key_text);
+	tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	apikeys_spi_authorize(tenant, "key_rotate", key_id);
+
 	apikeys_spi_run(&lock_plan,
-					"SELECT tenant, status, prefix, expires_at"
+					"SELECT status, prefix, expires_at"
 					" FROM apikeys.credential"
 					" WHERE key_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 					1, uuid_type, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("key_not_found: no API key with id %s",
-						DatumGetCString(DirectFunctionCall1(uuid_out, key_id)))));
+	if (SPI_processed == 0)		/* deleted while we waited */
+		apikeys_spi_deny("key_rotate", tenant, key_id, "42704", NULL,
+						 "key_not_found: no API key with id %s", key_text);
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	tenant = SPI_getvalue(row, desc, 1);
-	status = SPI_getvalue(row, desc, 2);
-	prefix = SPI_getvalue(row, desc, 3);
-	expires_at = SPI_getbinval(row, desc, 4, &expires_null);
+	status = SPI_getvalue(row, desc, 1);
+	prefix = SPI_getvalue(row, desc, 2);
+	expires_at = SPI_getbinval(row, desc, 3, &expires_null);
 
 	if (strcmp(status, "revoked") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("key_revoked: API key %s is revoked",
-						DatumGetCString(DirectFunctionCall1(uuid_out, key_id))),
-				 errhint("A revoked key cannot be rotated; create a new key.")));
+		apikeys_spi_deny("key_rotate", tenant, key_id, "55000",
+						 "A revoked key cannot be rotated; create a new key.",
+						 "key_revoked: API key %s is revoked", key_text);
 	if (!expires_null && DatumGetTimestampTz(expires_at) <= GetCurrentTransactionStartTimestamp())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("key_expired: API key %s has expired",
-						DatumGetCString(DirectFunctionCall1(uuid_out, key_id))),
-				 errhint("Extend it with apikeys.apikey_update(key_id, expires_at => ...) first.")));
-	apikeys_require_active_tenant(tenant);
+		apikeys_spi_deny("key_rotate", tenant, key_id, "55000",
+						 "Extend it with apikeys.apikey_update(key_id, expires_at => ...) first.",
+						 "key_expired: API key %s has expired", key_text);
+	apikeys_require_active_tenant(tenant, "key_rotate", key_id);
 
 	apikeys_spi_run(&purge_plan,
 					"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1"

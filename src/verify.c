@@ -28,6 +28,8 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "tenant_context.h"
+
 typedef enum VerdictCode
 {
 	V_VALID,
@@ -197,10 +199,8 @@ verify_lookup(const char *key, size_t len, ArrayType *required, Verdict *v)
 		v->code = V_VALID;
 }
 
-PG_FUNCTION_INFO_V1(apikey_verify);
-
-Datum
-apikey_verify(PG_FUNCTION_ARGS)
+static Datum
+verify_common(FunctionCallInfo fcinfo, bool bind)
 {
 	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Verdict		v = {.code = V_MALFORMED, .expires_null = true};
@@ -230,6 +230,9 @@ apikey_verify(PG_FUNCTION_ARGS)
 						  PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1), &v);
 	}
 
+	if (bind && v.code == V_VALID)
+		apikeys_bind_tenant_from_key(DatumGetTextPP(v.tenant), &v.key_id);
+
 	memset(nulls, true, sizeof(nulls));
 	values[0] = BoolGetDatum(v.code == V_VALID);
 	nulls[0] = false;
@@ -246,4 +249,19 @@ apikey_verify(PG_FUNCTION_ARGS)
 		nulls[6] = v.expires_null;
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(apikey_verify);
+Datum
+apikey_verify(PG_FUNCTION_ARGS)
+{
+	return verify_common(fcinfo, false);
+}
+
+/* apikeys.authenticate(): verify, and bind the key's tenant on success. */
+PG_FUNCTION_INFO_V1(apikeys_authenticate);
+Datum
+apikeys_authenticate(PG_FUNCTION_ARGS)
+{
+	return verify_common(fcinfo, true);
 }

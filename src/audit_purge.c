@@ -1,0 +1,77 @@
+/*
+ * audit_purge.c - the one way rows leave apikeys.audit.
+ *
+ * The audit's BEFORE UPDATE/DELETE/TRUNCATE triggers refuse every change
+ * unless apikeys._audit_purging() is true, which it is only inside
+ * apikeys.audit_purge(): a flag in backend memory that no SET can turn on.
+ * The purge deletes a prefix of the chain (oldest rows) and appends an
+ * 'audit_purged' row naming the last purged row and its hash, so
+ * apikeys.audit_check() can still verify the chain from its new start.
+ */
+#include "apikeys.h"
+
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+
+extern char *apikeys_audit_retention;	/* guc.c */
+
+static bool purging = false;
+
+PG_FUNCTION_INFO_V1(apikeys_audit_purging);
+Datum
+apikeys_audit_purging(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(purging);
+}
+
+PG_FUNCTION_INFO_V1(apikeys_audit_purge);
+Datum
+apikeys_audit_purge(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		older_than;
+	Oid			argtypes[1] = {INTERVALOID};
+	int64		purged = 0;
+	bool		isnull;
+
+	if (!PG_ARGISNULL(0))
+		older_than = PG_GETARG_DATUM(0);
+	else if (apikeys_audit_retention && apikeys_audit_retention[0] != '\0')
+		older_than = DirectFunctionCall3(interval_in,
+										 CStringGetDatum(apikeys_audit_retention),
+										 ObjectIdGetDatum(InvalidOid),
+										 Int32GetDatum(-1));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_retention: no retention age given and apikeys.audit_retention is not set"),
+				 errhint("Call apikeys.audit_purge(interval '90 days') or set apikeys.audit_retention.")));
+
+	if (DatumGetBool(DirectFunctionCall2(interval_lt, older_than,
+										 DirectFunctionCall3(interval_in,
+															 CStringGetDatum("1 day"),
+															 ObjectIdGetDatum(InvalidOid),
+															 Int32GetDatum(-1)))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_retention: audit rows must be kept at least 1 day")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	purging = true;
+	PG_TRY();
+	{
+		apikeys_spi_run(&plan,
+						"SELECT apikeys._audit_purge_rows($1)",
+						1, argtypes, &older_than, NULL, SPI_OK_SELECT);
+		purged = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	PG_FINALLY();
+	{
+		purging = false;
+	}
+	PG_END_TRY();
+	SPI_finish();
+	PG_RETURN_INT64(purged);
+}

@@ -1,0 +1,173 @@
+/*
+ * tenant_context.c - the tenant a transaction acts for.
+ *
+ * The binding lives in backend memory, not in a GUC, so no SET, set_config,
+ * RESET, header or JWT claim can forge it.  Two ways in:
+ *   - apikeys.set_tenant(tenant): EXECUTE is the privilege, granted only to
+ *     roles trusted to switch tenants ("trusted" binding);
+ *   - apikeys.authenticate(key, ...): a valid key binds its own tenant
+ *     ("key" binding), and never replaces a binding to another tenant.
+ * Either lasts until the end of the top-level transaction.  RLS policies
+ * read it through apikeys.current_tenant().
+ */
+#include "apikeys.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "tcop/tcopprot.h"
+
+#include "tenant_context.h"
+
+static char bound_tenant[TENANT_ID_MAX + 1];
+static TenantSource bound_source = TENANT_SOURCE_NONE;
+static pg_uuid_t bound_key;
+static bool key_bound = false;
+
+static void
+tenant_context_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			bound_source = TENANT_SOURCE_NONE;
+			bound_tenant[0] = '\0';
+			key_bound = false;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+apikeys_tenant_context_init(void)
+{
+	RegisterXactCallback(tenant_context_xact_callback, NULL);
+}
+
+const char *
+apikeys_bound_tenant(TenantSource *source)
+{
+	if (source)
+		*source = bound_source;
+	return bound_source == TENANT_SOURCE_NONE ? NULL : bound_tenant;
+}
+
+static void
+bind(const char *tenant, size_t len, TenantSource source)
+{
+	Assert(len <= TENANT_ID_MAX);
+	memcpy(bound_tenant, tenant, len);
+	bound_tenant[len] = '\0';
+	bound_source = source;
+}
+
+/*
+ * Called by apikeys.authenticate() for a valid key.  A transaction already
+ * bound to another tenant stays bound to it: that is an error, not a switch.
+ */
+void
+apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id)
+{
+	const char *t = VARDATA_ANY(tenant);
+	size_t		len = VARSIZE_ANY_EXHDR(tenant);
+
+	if (bound_source != TENANT_SOURCE_NONE &&
+		(strlen(bound_tenant) != len || memcmp(bound_tenant, t, len) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant_context_conflict: this transaction already acts for another tenant"),
+				 errdetail("A key of one tenant cannot switch a transaction bound to another."),
+				 errhint("Authenticate each request in its own transaction.")));
+	if (len > TENANT_ID_MAX)
+		elog(ERROR, "tenant id too long");
+	if (bound_source == TENANT_SOURCE_NONE)
+		bind(t, len, TENANT_SOURCE_KEY);
+	memcpy(&bound_key, key_id, sizeof(pg_uuid_t));
+	key_bound = true;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_current_key_id);
+Datum
+apikeys_current_key_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result;
+
+	if (!key_bound)
+		PG_RETURN_NULL();
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &bound_key, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}
+
+PG_FUNCTION_INFO_V1(apikeys_current_tenant);
+Datum
+apikeys_current_tenant(PG_FUNCTION_ARGS)
+{
+	if (bound_source == TENANT_SOURCE_NONE)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(bound_tenant));
+}
+
+PG_FUNCTION_INFO_V1(apikeys_context_source);
+Datum
+apikeys_context_source(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {"none", "trusted", "key"};
+
+	PG_RETURN_TEXT_P(cstring_to_text(names[bound_source]));
+}
+
+/* apikeys.set_tenant(tenant text): trusted binding (EXECUTE is the gate). */
+PG_FUNCTION_INFO_V1(apikeys_set_tenant);
+Datum
+apikeys_set_tenant(PG_FUNCTION_ARGS)
+{
+	text	   *tenant = PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0);
+	char	   *t;
+
+	if (!IsTransactionBlock())
+		ereport(WARNING,
+				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+				 errmsg("set_tenant outside a transaction block lasts only for this statement"),
+				 errhint("Call it after BEGIN.")));
+	t = apikeys_check_tenant_id(tenant);
+	bind(t, strlen(t), TENANT_SOURCE_TRUSTED);
+	PG_RETURN_TEXT_P(cstring_to_text(t));
+}
+
+/* The role management calls are authorized as: the session's current role. */
+PG_FUNCTION_INFO_V1(apikeys_session_role);
+Datum
+apikeys_session_role(PG_FUNCTION_ARGS)
+{
+	Name		result = (Name) palloc0(NAMEDATALEN);
+	char	   *name = GetUserNameFromId(GetOuterUserId(), false);
+
+	namestrcpy(result, name);
+	PG_RETURN_NAME(result);
+}
+
+/*
+ * True while the top-level statement is a COPY FROM: pg_restore loading the
+ * extension's tables.  Only their owner can COPY into them, and restored rows
+ * are history, not new changes, so the audit triggers let them pass as they
+ * are (an audit row keeps its original chain fields).
+ */
+PG_FUNCTION_INFO_V1(apikeys_bulk_loading);
+Datum
+apikeys_bulk_loading(PG_FUNCTION_ARGS)
+{
+	const char *q = debug_query_string;
+
+	if (q == NULL)
+		PG_RETURN_BOOL(false);
+	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+		q++;
+	PG_RETURN_BOOL(pg_strncasecmp(q, "copy ", 5) == 0 &&
+				   strstr(q, " FROM stdin") != NULL);
+}

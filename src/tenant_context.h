@@ -1,0 +1,18 @@
+/* tenant_context.h - the tenant a transaction acts for (tenant_context.c) */
+#ifndef APIKEYS_TENANT_CONTEXT_H
+#define APIKEYS_TENANT_CONTEXT_H
+
+#define TENANT_ID_MAX 63
+
+typedef enum TenantSource
+{
+	TENANT_SOURCE_NONE = 0,
+	TENANT_SOURCE_TRUSTED,		/* apikeys.set_tenant() */
+	TENANT_SOURCE_KEY			/* apikeys.authenticate() with a valid key */
+} TenantSource;
+
+extern void apikeys_tenant_context_init(void);
+extern const char *apikeys_bound_tenant(TenantSource *source);
+extern void apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id);
+
+#endif
