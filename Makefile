@@ -3,7 +3,11 @@
 EXTENSION    = apikeys
 MODULE_big   = apikeys
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
-DATA         = $(wildcard apikeys--*.sql)
+# The install script is built from src/sql/ parts, in file-name order;
+# upgrade scripts (apikeys--X--Y.sql) are plain data files.
+DATA_built   = apikeys--1.0.sql
+DATA         = $(filter-out apikeys--1.0.sql,$(wildcard apikeys--*--*.sql))
+EXTRA_CLEAN  = apikeys--1.0.sql
 PGFILEDESC   = "apikeys - API key management inside PostgreSQL"
 
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
@@ -15,3 +19,6 @@ PG_CFLAGS   += -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missin
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+apikeys--1.0.sql: $(sort $(wildcard src/sql/*.sql))
+	cat $^ > $@

@@ -1,0 +1,91 @@
+/* apikeys--1.0.sql - API key management inside PostgreSQL */
+
+\echo Use "CREATE EXTENSION apikeys" to load this file. \quit
+
+-- Nothing in this schema is for PUBLIC unless granted below or by the DBA.
+REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Tables.  Column order of tenant, credential and secret is read by the C
+-- verify path (src/apikeys.h); add columns at the end only.
+------------------------------------------------------------------------------
+
+CREATE TABLE apikeys.tenant (
+    tenant       text COLLATE "C" PRIMARY KEY
+                 CHECK (tenant ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    display_name text NOT NULL CHECK (char_length(display_name) BETWEEN 1 AND 200),
+    active       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE apikeys.tenant IS 'Tenants: every API key belongs to one; an inactive tenant''s keys do not verify.';
+
+CREATE TABLE apikeys.credential (
+    key_id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant         text COLLATE "C" NOT NULL REFERENCES apikeys.tenant (tenant),
+    name           text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
+    description    text CHECK (char_length(description) <= 2000),
+    prefix         text NOT NULL CHECK (prefix ~ '^[a-z][a-z0-9]*(_[a-z0-9]+)*$' AND length(prefix) <= 32),
+    scopes         text[] NOT NULL DEFAULT '{}' CHECK (cardinality(scopes) <= 64),
+    metadata       jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+    status         text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled', 'revoked')),
+    expires_at     timestamptz,
+    created_by     name NOT NULL DEFAULT current_user,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    rotated_at     timestamptz,
+    rotation_count integer NOT NULL DEFAULT 0,
+    revoked_at     timestamptz,
+    revoked_reason text CHECK (char_length(revoked_reason) <= 2000),
+    CHECK ((status = 'revoked') = (revoked_at IS NOT NULL))
+);
+CREATE INDEX credential_tenant_idx ON apikeys.credential (tenant, created_at);
+COMMENT ON TABLE apikeys.credential IS 'API keys: the identity (key_id) that survives rotation, with name, scopes, expiry and status.';
+
+CREATE TABLE apikeys.secret (
+    digest      bytea PRIMARY KEY CHECK (octet_length(digest) = 32),
+    key_id      uuid NOT NULL REFERENCES apikeys.credential (key_id) ON DELETE CASCADE,
+    hint        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    valid_until timestamptz   -- NULL: the current secret; else in its rotation grace
+);
+CREATE UNIQUE INDEX secret_one_current ON apikeys.secret (key_id) WHERE valid_until IS NULL;
+CREATE INDEX secret_key_id_idx ON apikeys.secret (key_id);
+COMMENT ON TABLE apikeys.secret IS 'SHA-256 digests of the secrets of each key: one current, others in rotation grace. Never readable by tenants.';
+
+-- pg_dump keeps the user data of an extension's tables only when asked.
+SELECT pg_catalog.pg_extension_config_dump('apikeys.tenant', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.credential', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.secret', '');
+
+------------------------------------------------------------------------------
+-- Types
+------------------------------------------------------------------------------
+
+CREATE TYPE apikeys.verification AS (
+    valid      boolean,
+    code       text,
+    key_id     uuid,
+    tenant     text,
+    name       text,
+    scopes     text[],
+    expires_at timestamptz
+);
+COMMENT ON TYPE apikeys.verification IS 'Result of apikey_verify: valid, a verdict code, and the key''s identity when it was found.';
+
+------------------------------------------------------------------------------
+-- Validators (C), shared by the C and PL/pgSQL management functions
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys._check_tenant_id(text) RETURNS text
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_tenant_id';
+CREATE FUNCTION apikeys._check_name(text) RETURNS text
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_name';
+CREATE FUNCTION apikeys._check_description(text) RETURNS text
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_description';
+CREATE FUNCTION apikeys._normalize_scopes(text[]) RETURNS text[]
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_normalize_scopes';
+CREATE FUNCTION apikeys._check_expiry(timestamptz) RETURNS timestamptz
+    LANGUAGE C STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_expiry';
+CREATE FUNCTION apikeys._check_metadata(jsonb) RETURNS jsonb
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_metadata';

@@ -1,0 +1,125 @@
+------------------------------------------------------------------------------
+-- Tenancy: who may act for which tenant
+------------------------------------------------------------------------------
+
+-- Roles mapped to tenants.  tenant NULL: every tenant (a global admin).
+-- 'manage' may create/rotate/revoke/... keys and read them and their audit;
+-- 'audit' may only read keys and audit rows.
+CREATE TABLE apikeys.role_tenant (
+    role_name  name NOT NULL,
+    tenant     text COLLATE "C" REFERENCES apikeys.tenant (tenant) ON DELETE CASCADE,
+    privilege  text NOT NULL CHECK (privilege IN ('manage', 'audit')),
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    granted_by name NOT NULL DEFAULT current_user
+);
+CREATE UNIQUE INDEX role_tenant_uniq ON apikeys.role_tenant (role_name, (coalesce(tenant, '')), privilege);
+SELECT pg_catalog.pg_extension_config_dump('apikeys.role_tenant', '');
+COMMENT ON TABLE apikeys.role_tenant IS 'Which roles manage or audit which tenants (tenant NULL: all). Maintained by grant_tenant()/revoke_tenant().';
+
+CREATE FUNCTION apikeys.current_tenant() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_current_tenant';
+COMMENT ON FUNCTION apikeys.current_tenant IS 'Tenant this transaction is bound to (set_tenant or authenticate), or NULL. Not settable by SET/set_config.';
+CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
+COMMENT ON FUNCTION apikeys.current_key_id IS 'Key that authenticate() accepted in this transaction, or NULL.';
+CREATE FUNCTION apikeys.set_tenant(tenant text) RETURNS text
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_set_tenant';
+COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant. Grant EXECUTE only to roles trusted to switch tenants.';
+CREATE FUNCTION apikeys._context_source() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
+CREATE FUNCTION apikeys._session_role() RETURNS name
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_session_role';
+CREATE FUNCTION apikeys._bulk_loading() RETURNS boolean
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_bulk_loading';
+
+CREATE FUNCTION apikeys.authenticate(
+    api_key         text,
+    required_scopes text[] DEFAULT NULL,
+    client_addr     inet DEFAULT NULL)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate';
+COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant to this transaction (RLS then shows that tenant only).';
+
+-- Does role r hold `need` ('read', 'audit' or 'manage') on tenant t through role_tenant?
+CREATE FUNCTION apikeys._role_may(r name, t text, need text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1
+          FROM apikeys.role_tenant g
+          JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
+         WHERE (g.tenant IS NULL OR g.tenant OPERATOR(pg_catalog.=) t)
+           AND (need OPERATOR(pg_catalog.<>) 'manage' OR g.privilege OPERATOR(pg_catalog.=) 'manage')
+           AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE'))
+$$;
+
+-- Record a refused management attempt in the server log (it survives the
+-- rollback that the error causes), then raise.
+CREATE FUNCTION apikeys._deny(p_action text, p_tenant text, p_key_id uuid,
+                              p_sqlstate text, p_message text, p_hint text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE LOG USING MESSAGE = 'apikeys_audit_denied ' || jsonb_build_object(
+        'at', clock_timestamp(), 'action', p_action, 'outcome', 'denied',
+        'error', split_part(p_message, ':', 1), 'sqlstate', p_sqlstate,
+        'tenant', p_tenant, 'key_id', p_key_id,
+        'db_role', apikeys._session_role(), 'session_role', session_user,
+        'actor', apikeys._actor(), 'request_id', apikeys._request_id(),
+        'client_addr', inet_client_addr(),
+        'application_name', current_setting('application_name'),
+        'txid', pg_current_xact_id_if_assigned())::text;
+    IF p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END;
+$$;
+
+-- Management calls act for the session's current role (login role or SET
+-- ROLE): a superuser, a role mapped to the tenant with 'manage' (or to every
+-- tenant), or a transaction bound to the tenant by set_tenant().  A refused
+-- key-scoped call reads as key_not_found so other tenants' keys stay unseen.
+CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r name := apikeys._session_role();
+BEGIN
+    IF (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r) THEN
+        RETURN;
+    END IF;
+    IF p_tenant IS NOT NULL THEN
+        IF apikeys._context_source() OPERATOR(pg_catalog.=) 'trusted'
+           AND apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant THEN
+            RETURN;
+        END IF;
+        IF apikeys._role_may(r, p_tenant, 'manage') THEN
+            RETURN;
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM apikeys.role_tenant g
+                    JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
+                   WHERE g.tenant IS NULL AND g.privilege OPERATOR(pg_catalog.=) 'manage'
+                     AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')) THEN
+        RETURN;
+    END IF;
+    IF p_key_id IS NOT NULL THEN
+        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
+    ELSIF p_tenant IS NULL THEN
+        PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenants', r),
+            'Tenants are managed by superusers and roles granted apikeys.grant_tenant(role, NULL).');
+    ELSE
+        PERFORM apikeys._deny(p_action, p_tenant, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenant "%s"', r, p_tenant),
+            'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
+    END IF;
+END;
+$$;

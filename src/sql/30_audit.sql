@@ -1,0 +1,272 @@
+------------------------------------------------------------------------------
+-- Audit: append-only, hash-chained
+------------------------------------------------------------------------------
+
+CREATE TABLE apikeys.audit (
+    audit_id         bigint PRIMARY KEY,
+    at               timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tenant           text COLLATE "C",
+    key_id           uuid,
+    action           text NOT NULL,
+    outcome          text NOT NULL DEFAULT 'success',
+    db_role          name NOT NULL,
+    session_role     name NOT NULL,
+    actor            text,
+    request_id       text,
+    client_addr      inet,
+    application_name text,
+    txid             xid8,
+    detail           jsonb NOT NULL DEFAULT '{}',
+    prev_hash        bytea NOT NULL,
+    row_hash         bytea NOT NULL
+);
+CREATE INDEX audit_tenant_idx ON apikeys.audit (tenant, audit_id);
+CREATE INDEX audit_key_idx ON apikeys.audit (key_id, audit_id) WHERE key_id IS NOT NULL;
+CREATE INDEX audit_at_idx ON apikeys.audit (at, audit_id);
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
+COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets and role mappings. Append-only; each row hashes the previous one (audit_check()).';
+
+-- Application actor and request id: settings first, then PostgREST's GUCs.
+CREATE FUNCTION apikeys._actor() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('apikeys.actor', true), ''),
+                    nullif(current_setting('request.jwt.claims', true), '')::jsonb OPERATOR(pg_catalog.->>) 'sub')
+$$;
+CREATE FUNCTION apikeys._request_id() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('apikeys.request_id', true), ''),
+                    nullif(current_setting('request.headers', true), '')::jsonb OPERATOR(pg_catalog.->>) 'x-request-id')
+$$;
+
+CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(a.prev_hash OPERATOR(pg_catalog.||) convert_to(jsonb_build_array(
+        a.audit_id, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+        a.tenant, a.key_id, a.action, a.outcome, a.db_role, a.session_role, a.actor,
+        a.request_id, a.client_addr, a.application_name, a.txid, a.detail)::text, 'UTF8'))
+$$;
+
+-- BEFORE INSERT: number the row and chain it to the previous one.  The table
+-- lock serializes audit writers until commit, so ids follow commit order.
+CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last apikeys.audit;
+BEGIN
+    IF apikeys._bulk_loading() AND NEW.row_hash IS NOT NULL THEN
+        RETURN NEW;   -- pg_restore: keep history as it was
+    END IF;
+    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO last FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1;
+    NEW.audit_id := coalesce(last.audit_id, 0) OPERATOR(pg_catalog.+) 1;
+    NEW.at := clock_timestamp();
+    NEW.prev_hash := coalesce(last.row_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+    NEW.row_hash := apikeys._audit_hash(NEW);
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER audit_chain BEFORE INSERT ON apikeys.audit
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_chain();
+
+CREATE FUNCTION apikeys._audit_purging() RETURNS boolean
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
+
+CREATE FUNCTION apikeys._audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' AND apikeys._audit_purging() THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+        MESSAGE = format('audit_append_only: %s on apikeys.audit is not allowed', TG_OP),
+        HINT = 'Old rows leave only through apikeys.audit_purge().';
+END;
+$$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON apikeys.audit
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_append_only();
+
+CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
+    RETURNS void
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
+                               request_id, client_addr, application_name, txid, detail,
+                               prev_hash, row_hash)
+    VALUES (p_tenant, p_key_id, p_action, apikeys._session_role(), session_user, apikeys._actor(),
+            apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
+            pg_current_xact_id(), p_detail, '', '')
+$$;
+
+-- AFTER row trigger on tenant, credential, secret and role_tenant.
+CREATE FUNCTION apikeys._audit_row_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    o jsonb;
+    n jsonb;
+    r jsonb;
+    t text;
+    k uuid;
+    act text;
+    detail jsonb;
+BEGIN
+    IF apikeys._bulk_loading() THEN
+        RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
+    END IF;
+    -- never a digest in the audit
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) 'digest'; END IF;
+    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) 'digest'; END IF;
+    r := coalesce(n, o);
+    t := r OPERATOR(pg_catalog.->>) 'tenant';
+    k := (r OPERATOR(pg_catalog.->>) 'key_id')::uuid;
+
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'tenant' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'tenant_created' WHEN 'DELETE' THEN 'tenant_deleted'
+               ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.=) (n OPERATOR(pg_catalog.->) 'active') THEN 'tenant_updated'
+                         WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'tenant_activated'
+                         ELSE 'tenant_deactivated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'credential' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'key_created' WHEN 'DELETE' THEN 'key_deleted'
+               ELSE CASE WHEN (o OPERATOR(pg_catalog.->>) 'status') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->>) 'status') THEN
+                             CASE n OPERATOR(pg_catalog.->>) 'status' WHEN 'revoked' THEN 'key_revoked'
+                                  WHEN 'disabled' THEN 'key_disabled' ELSE 'key_enabled' END
+                         WHEN (o OPERATOR(pg_catalog.->) 'rotation_count') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'rotation_count') THEN 'key_rotated'
+                         ELSE 'key_updated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'secret' THEN
+        SELECT c.tenant INTO t FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k;
+        IF NOT FOUND THEN
+            RETURN NULL;   -- removed with its key: key_deleted says it
+        END IF;
+        act := CASE TG_OP WHEN 'INSERT' THEN 'secret_issued' WHEN 'DELETE' THEN 'secret_retired'
+               ELSE 'secret_grace_set' END;
+    ELSE
+        act := CASE TG_OP WHEN 'INSERT' THEN 'role_granted' WHEN 'DELETE' THEN 'role_revoked'
+               ELSE 'role_updated' END;
+    END IF;
+
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        SELECT jsonb_object_agg(e.key, jsonb_build_array(o OPERATOR(pg_catalog.->) e.key, e.value))
+          INTO detail
+          FROM jsonb_each(n) e
+         WHERE (o OPERATOR(pg_catalog.->) e.key) IS DISTINCT FROM e.value;
+        detail := jsonb_build_object('changed', coalesce(detail, '{}'));
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        detail := jsonb_build_object('new', n);
+    ELSE
+        detail := jsonb_build_object('old', o);
+    END IF;
+    PERFORM apikeys._audit_write(act, t, k, detail);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER audit_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_credential AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+
+-- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
+-- row_hash recomputed from the row.  The first row links to zeros, or, after
+-- a purge, to the hash the audit_purged row recorded.
+CREATE FUNCTION apikeys.audit_check(
+    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint, OUT problem text)
+    RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a apikeys.audit;
+    prev apikeys.audit;
+    anchor bytea;
+BEGIN
+    ok := true;
+    rows_checked := 0;
+    SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex') INTO anchor
+      FROM apikeys.audit p WHERE p.action OPERATOR(pg_catalog.=) 'audit_purged'
+     ORDER BY p.audit_id DESC LIMIT 1;
+    FOR a IN SELECT * FROM apikeys.audit x ORDER BY x.audit_id LOOP
+        rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
+        IF prev.audit_id IS NULL THEN
+            IF a.prev_hash OPERATOR(pg_catalog.<>) coalesce(anchor, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) THEN
+                problem := 'first row does not link to the chain start'; 
+            END IF;
+        ELSIF a.audit_id OPERATOR(pg_catalog.<>) (prev.audit_id OPERATOR(pg_catalog.+) 1) THEN
+            problem := format('rows %s to %s are missing', prev.audit_id OPERATOR(pg_catalog.+) 1, a.audit_id OPERATOR(pg_catalog.-) 1);
+        ELSIF a.prev_hash OPERATOR(pg_catalog.<>) prev.row_hash THEN
+            problem := 'prev_hash does not match the previous row';
+        END IF;
+        IF problem IS NULL AND a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
+            problem := 'row content does not match its hash';
+        END IF;
+        IF problem IS NOT NULL THEN
+            ok := false;
+            first_bad_id := a.audit_id;
+            RETURN;
+        END IF;
+        prev := a;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.audit_check IS 'Verify the audit hash chain; reports the first broken row.';
+
+CREATE FUNCTION apikeys.audit_head(OUT audit_id bigint, OUT row_hash text)
+    RETURNS record
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.audit_id, encode(a.row_hash, 'hex') FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION apikeys.audit_head IS 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.';
+
+-- Called by apikeys.audit_purge() (C) with the purge flag set.
+CREATE FUNCTION apikeys._audit_purge_rows(older_than interval) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cut apikeys.audit;
+    n bigint;
+BEGIN
+    IF NOT apikeys._audit_purging() THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
+    END IF;
+    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    -- purge a prefix of the chain: everything up to the newest row old enough
+    SELECT * INTO cut FROM apikeys.audit a
+     WHERE a.at OPERATOR(pg_catalog.<) now() OPERATOR(pg_catalog.-) older_than
+     ORDER BY a.audit_id DESC LIMIT 1;
+    IF cut.audit_id IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM apikeys.audit a WHERE a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM apikeys._audit_write('audit_purged', NULL, NULL, jsonb_build_object(
+        'rows', n, 'older_than', older_than, 'last_purged_id', cut.audit_id,
+        'last_purged_hash', encode(cut.row_hash, 'hex')));
+    RETURN n;
+END;
+$$;
+
+CREATE FUNCTION apikeys.audit_purge(older_than interval DEFAULT NULL) RETURNS bigint
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_audit_purge';
+COMMENT ON FUNCTION apikeys.audit_purge IS 'Delete audit rows older than older_than (default: apikeys.audit_retention), keeping the chain checkable.';

@@ -1,0 +1,314 @@
+------------------------------------------------------------------------------
+-- Keys: create, rotate, verify (C)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys.apikey_create(
+    tenant      text,
+    name        text,
+    scopes      text[] DEFAULT '{}',
+    expires_at  timestamptz DEFAULT NULL,
+    description text DEFAULT NULL,
+    metadata    jsonb DEFAULT '{}',
+    prefix      text DEFAULT 'ak',
+    OUT key_id     uuid,
+    OUT api_key    text,
+    OUT hint       text,
+    OUT key_prefix text,
+    OUT expires    timestamptz,
+    OUT created_at timestamptz)
+    RETURNS record
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikey_create';
+COMMENT ON FUNCTION apikeys.apikey_create IS 'Create an API key; the returned api_key is shown once and never stored.';
+
+CREATE FUNCTION apikeys.apikey_rotate(
+    key_id uuid,
+    grace  interval DEFAULT '0',
+    OUT key_id     uuid,
+    OUT api_key    text,
+    OUT hint       text,
+    OUT key_prefix text,
+    OUT expires    timestamptz,
+    OUT created_at timestamptz)
+    RETURNS record
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikey_rotate';
+COMMENT ON FUNCTION apikeys.apikey_rotate IS 'Issue a new secret for a key; the old one dies at commit (grace 0) or after the grace period.';
+
+CREATE FUNCTION apikeys.apikey_verify(
+    api_key         text,
+    required_scopes text[] DEFAULT NULL,
+    client_addr     inet DEFAULT NULL)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'apikey_verify';
+COMMENT ON FUNCTION apikeys.apikey_verify IS 'Check a presented key; returns a verdict, never raises for a bad key.';
+
+------------------------------------------------------------------------------
+-- Key lifecycle (PL/pgSQL)
+------------------------------------------------------------------------------
+
+-- Authorize the session's role for the key's tenant, then lock the key and
+-- return its row.  Unknown and foreign keys both read as key_not_found.
+CREATE FUNCTION apikeys._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.credential
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential;
+BEGIN
+    IF p_key_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'invalid_key_id: key_id must not be NULL';
+    END IF;
+    SELECT * INTO k FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id;
+    IF NOT FOUND THEN
+        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
+    END IF;
+    PERFORM apikeys._authorize(k.tenant, p_action, p_key_id);
+    SELECT * INTO k FROM apikeys.credential c
+     WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id FOR UPDATE;
+    IF NOT FOUND THEN   -- deleted while we waited
+        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
+            format('key_not_found: no API key with id %s', p_key_id));
+    END IF;
+    RETURN k;
+END;
+$$;
+
+CREATE FUNCTION apikeys._require_not_revoked(k apikeys.credential, p_action text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF k.status OPERATOR(pg_catalog.=) 'revoked' THEN
+        PERFORM apikeys._deny(p_action, k.tenant, k.key_id, '55000',
+            format('key_revoked: API key %s is revoked', k.key_id),
+            'Revocation is permanent; create a new key.');
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION apikeys._require_active_tenant(p_tenant text, p_action text, p_key_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM apikeys.tenant t
+     WHERE t.tenant OPERATOR(pg_catalog.=) p_tenant AND t.active;
+    IF NOT FOUND THEN
+        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '55000',
+            format('tenant_inactive: tenant "%s" is inactive', p_tenant),
+            'Reactivate it with apikeys.tenant_update(tenant, active => true).');
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION apikeys.apikey_revoke(key_id uuid, reason text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_revoke');
+BEGIN
+    IF char_length(reason) > 2000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_reason: reason must be at most 2000 characters';
+    END IF;
+    -- Revoking twice is a no-op: the first time and reason stand.
+    IF k.status OPERATOR(pg_catalog.<>) 'revoked' THEN
+        UPDATE apikeys.credential c
+           SET status = 'revoked', revoked_at = now(), revoked_reason = reason, updated_at = now()
+         WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+        -- Secrets still in rotation grace die with the key.
+        DELETE FROM apikeys.secret s
+         WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id AND s.valid_until IS NOT NULL;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_revoke IS 'Revoke a key for good: it verifies as revoked from commit on.';
+
+CREATE FUNCTION apikeys.apikey_disable(key_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_disable');
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_disable');
+    IF k.status OPERATOR(pg_catalog.=) 'active' THEN
+        UPDATE apikeys.credential c SET status = 'disabled', updated_at = now()
+         WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_disable IS 'Suspend a key (verifies as disabled) until apikey_enable.';
+
+CREATE FUNCTION apikeys.apikey_enable(key_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_enable');
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_enable');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_enable', k.key_id);
+    IF k.status OPERATOR(pg_catalog.=) 'disabled' THEN
+        UPDATE apikeys.credential c SET status = 'active', updated_at = now()
+         WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_enable IS 'Re-enable a disabled key.';
+
+CREATE FUNCTION apikeys.apikey_update(
+    key_id      uuid,
+    name        text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes      text[] DEFAULT NULL,
+    expires_at  timestamptz DEFAULT NULL,
+    metadata    jsonb DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_update');
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_update');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_update', k.key_id);
+    -- NULL leaves a field unchanged; expires_at => 'infinity' removes the expiry.
+    UPDATE apikeys.credential c SET
+        name        = coalesce(apikeys._check_name(apikey_update.name), c.name),
+        description = coalesce(apikeys._check_description(apikey_update.description), c.description),
+        scopes      = coalesce(apikeys._normalize_scopes(apikey_update.scopes), c.scopes),
+        expires_at  = CASE WHEN apikey_update.expires_at IS NULL THEN c.expires_at
+                           WHEN apikey_update.expires_at OPERATOR(pg_catalog.=) 'infinity' THEN NULL
+                           ELSE apikeys._check_expiry(apikey_update.expires_at) END,
+        metadata    = coalesce(apikeys._check_metadata(apikey_update.metadata), c.metadata),
+        updated_at  = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    -- Rotation grace never outlives the key.
+    UPDATE apikeys.secret s
+       SET valid_until = least(s.valid_until, c.expires_at)
+      FROM apikeys.credential c
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id AND s.key_id OPERATOR(pg_catalog.=) c.key_id
+       AND s.valid_until IS NOT NULL AND c.expires_at IS NOT NULL;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_update IS 'Change name, description, scopes, expiry or metadata of a key; NULL leaves a field as it is.';
+
+CREATE FUNCTION apikeys.apikey_delete(key_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_delete');
+BEGIN
+    DELETE FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_delete IS 'Delete a key and all its secrets; it verifies as not_found from commit on.';
+
+------------------------------------------------------------------------------
+-- Tenants
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys.tenant_create(tenant text, display_name text DEFAULT NULL)
+    RETURNS apikeys.tenant
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t apikeys.tenant;
+BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_create');
+    IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
+    END IF;
+    INSERT INTO apikeys.tenant (tenant, display_name)
+    VALUES (apikeys._check_tenant_id(tenant), coalesce(display_name, tenant))
+    ON CONFLICT DO NOTHING
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+            MESSAGE = format('tenant_exists: tenant "%s" already exists', tenant);
+    END IF;
+    RETURN t;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.tenant_create IS 'Create a tenant.';
+
+CREATE FUNCTION apikeys.tenant_update(tenant text, display_name text DEFAULT NULL, active boolean DEFAULT NULL)
+    RETURNS apikeys.tenant
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t apikeys.tenant;
+BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_update');
+    IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
+    END IF;
+    UPDATE apikeys.tenant x SET
+        display_name = coalesce(tenant_update.display_name, x.display_name),
+        active       = coalesce(tenant_update.active, x.active),
+        updated_at   = now()
+     WHERE x.tenant OPERATOR(pg_catalog.=) tenant_update.tenant
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+    RETURN t;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.tenant_update IS 'Rename, deactivate (keys verify as tenant_inactive) or reactivate a tenant.';
+
+CREATE FUNCTION apikeys.tenant_delete(tenant text, force boolean DEFAULT false) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_delete');
+    PERFORM 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+    SELECT count(*) INTO n FROM apikeys.credential c WHERE c.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant;
+    IF n OPERATOR(pg_catalog.>) 0 AND NOT force THEN
+        RAISE EXCEPTION USING ERRCODE = 'dependent_objects_still_exist',
+            MESSAGE = format('tenant_has_keys: tenant "%s" still has %s API keys', tenant, n),
+            HINT = 'Delete its keys first, or call tenant_delete(tenant, force => true).';
+    END IF;
+    DELETE FROM apikeys.credential c WHERE c.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant;
+    DELETE FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.tenant_delete IS 'Delete a tenant; with force => true its keys too.';
+
+------------------------------------------------------------------------------
+-- Views (never a digest)
+------------------------------------------------------------------------------
+
+CREATE VIEW apikeys.keys WITH (security_invoker = true) AS
+SELECT c.key_id, c.tenant, c.name, c.description, c.prefix,
+       (SELECT s.hint FROM apikeys.secret s
+         WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NULL) AS hint,
+       c.scopes, c.metadata, c.status, c.expires_at,
+       c.created_by, c.created_at, c.updated_at, c.rotated_at, c.rotation_count,
+       c.revoked_at, c.revoked_reason,
+       (SELECT count(*) FROM apikeys.secret s
+         WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NOT NULL
+           AND s.valid_until OPERATOR(pg_catalog.>) now()) AS secrets_in_grace
+  FROM apikeys.credential c;
+COMMENT ON VIEW apikeys.keys IS 'One row per API key with its current hint; no secret or digest.';
