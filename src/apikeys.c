@@ -4,6 +4,7 @@
  */
 #include "apikeys.h"
 
+#include "shmem.h"
 #include "tenant_context.h"
 
 PG_MODULE_MAGIC;
@@ -16,4 +17,6 @@ _PG_init(void)
 	apikeys_guc_init();
 	apikeys_catalog_init();
 	apikeys_tenant_context_init();
+	apikeys_changes_init();
+	apikeys_shmem_init();
 }

@@ -37,6 +37,15 @@
 #define Anum_credential_scopes		6
 #define Anum_credential_status		8
 #define Anum_credential_expires_at	9
+#define Anum_credential_allowed_ips	17
+#define Anum_credential_rate_limit	18
+#define Anum_credential_rate_window	19
+#define Anum_credential_usage_limit	20
+#define Anum_credential_usage_period 21
+
+#define Anum_usage_key_id			1
+#define Anum_usage_used				3
+#define Anum_usage_period_start		4
 
 #define Anum_secret_digest			1
 #define Anum_secret_key_id			2
@@ -56,6 +65,8 @@ typedef struct ApikeysCatalog
 	Oid			credential_pkey;
 	Oid			secret_rel;
 	Oid			secret_pkey;	/* unique index on digest */
+	Oid			usage_rel;
+	Oid			usage_pkey;
 } ApikeysCatalog;
 
 extern const ApikeysCatalog *apikeys_catalog(void);

@@ -26,7 +26,8 @@ catalog_invalidate(Datum arg, Oid relid)
 	if (relid == InvalidOid ||
 		relid == catalog.tenant_rel || relid == catalog.tenant_pkey ||
 		relid == catalog.credential_rel || relid == catalog.credential_pkey ||
-		relid == catalog.secret_rel || relid == catalog.secret_pkey)
+		relid == catalog.secret_rel || relid == catalog.secret_pkey ||
+		relid == catalog.usage_rel || relid == catalog.usage_pkey)
 		catalog_valid = false;
 }
 
@@ -89,6 +90,8 @@ apikeys_catalog(void)
 	catalog.credential_pkey = lookup_rel(nsp, "credential_pkey");
 	catalog.secret_rel = lookup_rel(nsp, "secret");
 	catalog.secret_pkey = lookup_rel(nsp, "secret_pkey");
+	catalog.usage_rel = lookup_rel(nsp, "usage");
+	catalog.usage_pkey = lookup_rel(nsp, "usage_pkey");
 
 	check_column(catalog.tenant_rel, Anum_tenant_tenant, "tenant");
 	check_column(catalog.tenant_rel, Anum_tenant_active, "active");
@@ -98,6 +101,14 @@ apikeys_catalog(void)
 	check_column(catalog.credential_rel, Anum_credential_scopes, "scopes");
 	check_column(catalog.credential_rel, Anum_credential_status, "status");
 	check_column(catalog.credential_rel, Anum_credential_expires_at, "expires_at");
+	check_column(catalog.credential_rel, Anum_credential_allowed_ips, "allowed_ips");
+	check_column(catalog.credential_rel, Anum_credential_rate_limit, "rate_limit");
+	check_column(catalog.credential_rel, Anum_credential_rate_window, "rate_window");
+	check_column(catalog.credential_rel, Anum_credential_usage_limit, "usage_limit");
+	check_column(catalog.credential_rel, Anum_credential_usage_period, "usage_period");
+	check_column(catalog.usage_rel, Anum_usage_key_id, "key_id");
+	check_column(catalog.usage_rel, Anum_usage_used, "used");
+	check_column(catalog.usage_rel, Anum_usage_period_start, "period_start");
 	check_column(catalog.secret_rel, Anum_secret_digest, "digest");
 	check_column(catalog.secret_rel, Anum_secret_key_id, "key_id");
 	check_column(catalog.secret_rel, Anum_secret_valid_until, "valid_until");

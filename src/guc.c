@@ -10,6 +10,8 @@
 
 #include "utils/guc.h"
 
+#include "policy.h"
+
 char	   *apikeys_actor = NULL;
 char	   *apikeys_request_id = NULL;
 char	   *apikeys_audit_retention = NULL;
@@ -31,6 +33,11 @@ apikeys_guc_init(void)
 							   "Age past which apikeys.audit_purge() may delete audit rows; empty keeps them forever.",
 							   NULL,
 							   &apikeys_audit_retention, "", PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("apikeys.trusted_proxies",
+							   "Proxies whose x-forwarded-for header (PostgREST request.headers) names the client for IP allowlists.",
+							   "Comma-separated CIDRs; \"local\" means Unix-socket connections. Empty: never trust the header.",
+							   &apikeys_trusted_proxies, "", PGC_SUSET, 0,
 							   NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("apikeys");

@@ -1,100 +1,47 @@
 /*
- * verify.c - apikey_verify(api_key, required_scopes, client_addr): the hot
- * path.
+ * verify.c - apikey_verify(api_key, required_scopes, client_addr) and
+ * apikeys.authenticate(): the hot path.
  *
- * Order of work, cheapest first:
- *   1. shape and checksum of the presented string (key_format.c): garbage,
- *      NULL and oversized input end here as 'malformed', no table touched;
- *   2. SHA-256, then one probe of the unique digest index on apikeys.secret;
- *   3. one probe of the credential primary key, one of the tenant primary key.
- * No SPI, no planner, no permission or RLS checks: EXECUTE on this function
- * is the privilege.  Nothing is written, so it runs in READ ONLY
- * transactions and on hot standbys.  Bad keys never raise; the verdict says
- * why.
+ * Cheapest first:
+ *   1. shape and checksum of the presented string (key_format.c): NULL,
+ *      garbage and oversized input end here as 'malformed', no table touched;
+ *   2. SHA-256, then the policy: from the shared cache when it is current
+ *      (policy_cache.c), else three index probes (policy_load.c);
+ *   3. status, tenant, expiry, IP allowlist, scopes; then the rate limit and
+ *      the usage cap, charged in shared memory only when all else passed.
+ * Nothing is written, so it works in READ ONLY transactions and on hot
+ * standbys.  A bad key never raises: the verdict says why.
  */
-#include "apikeys.h"
+#include "shmem.h"
 
-#include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/skey.h"
-#include "access/stratnum.h"
-#include "access/table.h"
-#include "access/detoast.h"
+#include "access/xlog.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
-#include "utils/rel.h"
-#include "utils/snapmgr.h"
+#include "utils/inet.h"
+#include "utils/datum.h"
+#include "access/detoast.h"
 
 #include "tenant_context.h"
 
-typedef enum VerdictCode
-{
-	V_VALID,
-	V_MALFORMED,
-	V_NOT_FOUND,
-	V_DISABLED,
-	V_REVOKED,
-	V_EXPIRED,
-	V_TENANT_INACTIVE,
-	V_IP_NOT_ALLOWED,
-	V_INSUFFICIENT_SCOPE,
-	V_RATE_LIMITED,
-	V_USAGE_EXCEEDED
-} VerdictCode;
-
-/* the verdict codes of SPEC.md, in VerdictCode order */
-static const char *const verdict_names[] = {
+const char *const apikeys_verdict_names[VERDICT_COUNT] = {
 	"valid", "malformed", "not_found", "disabled", "revoked", "expired",
 	"tenant_inactive", "ip_not_allowed", "insufficient_scope",
 	"rate_limited", "usage_exceeded"
 };
 
-#define VERIFICATION_NATTS 7
+#define VERIFICATION_NATTS 11
 
-typedef struct Verdict
+/* per-call-site state: the result descriptor and the malformed verdict */
+typedef struct VerifyCallState
 {
-	VerdictCode code;
-	bool		have_key;
-	pg_uuid_t	key_id;
-	Datum		tenant;			/* text, or 0 */
-	Datum		name;			/* text, or 0 */
-	Datum		scopes;			/* text[], or 0 */
-	Datum		expires_at;
-	bool		expires_null;
-} Verdict;
+	TupleDesc	desc;
+	Datum		malformed;		/* a ready tuple for the commonest rejection */
+} VerifyCallState;
 
-static Snapshot
-verify_snapshot(void)
-{
-	return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
-}
-
-/* Probe a unique index for one key; copy the row out before closing. */
-static HeapTuple
-probe_unique(Oid relid, Oid indexid, RegProcedure eqproc, Datum value,
-			 Oid collation, TupleDesc *desc_out, Relation *rel_out)
-{
-	Relation	rel = table_open(relid, AccessShareLock);
-	ScanKeyData skey;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-
-	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
-						   collation, eqproc, value);
-	scan = systable_beginscan(rel, indexid, true, verify_snapshot(), 1, &skey);
-	tuple = systable_getnext(scan);
-	if (tuple)
-		tuple = heap_copytuple(tuple);
-	systable_endscan(scan);
-	*desc_out = RelationGetDescr(rel);
-	*rel_out = rel;
-	return tuple;
-}
-
-/* Every required scope must be among the key's (both arrays of text). */
+/* Every required scope must be among the key's. */
 static bool
 scopes_satisfied(ArrayType *have, ArrayType *need)
 {
@@ -111,144 +58,167 @@ scopes_satisfied(ArrayType *have, ArrayType *need)
 	deconstruct_array(need, TEXTOID, -1, false, TYPALIGN_INT, &n, &nn, &nneed);
 	for (int i = 0; i < nneed; i++)
 	{
+		text	   *want;
 		bool		found = false;
 
 		if (nn[i])
 			return false;
+		want = DatumGetTextPP(n[i]);
 		for (int j = 0; j < nh && !found; j++)
-			found = !hn[j] && DatumGetBool(DirectFunctionCall2Coll(texteq,
-																   C_COLLATION_OID,
-																   h[j], n[i]));
+		{
+			text	   *got = DatumGetTextPP(h[j]);
+
+			found = !hn[j] && VARSIZE_ANY_EXHDR(got) == VARSIZE_ANY_EXHDR(want) &&
+				memcmp(VARDATA_ANY(got), VARDATA_ANY(want), VARSIZE_ANY_EXHDR(want)) == 0;
+		}
 		if (!found)
 			return false;
 	}
 	return true;
 }
 
-static void
-verify_lookup(const char *key, size_t len, ArrayType *required, Verdict *v)
+/* Find the policy of a digest: shared cache when usable, else the tables. */
+static bool
+find_policy(const uint8 *digest, KeyPolicy *policy)
 {
-	const ApikeysCatalog *cat = apikeys_catalog();
-	uint8		digest[VARHDRSZ + APIKEYS_DIGEST_LEN];
-	TimestampTz now = GetCurrentTimestamp();
-	Relation	rel;
-	TupleDesc	desc;
-	HeapTuple	tuple;
-	bool		isnull;
-	Datum		d;
-	TimestampTz secret_until = DT_NOEND;
-	text	   *status;
-	bool		tenant_active;
+	uint64		generation;
+	bool		use_cache = apikeys_shmem_ready() && !RecoveryInProgress() &&
+		!apikeys_xact_changed_keys();
 
-	/* the digest as a bytea on the stack */
-	SET_VARSIZE(digest, VARHDRSZ + APIKEYS_DIGEST_LEN);
-	apikeys_sha256(key, len, digest + VARHDRSZ);
+	if (!use_cache)
+		return apikeys_policy_load(digest, policy);
 
-	tuple = probe_unique(cat->secret_rel, cat->secret_pkey, F_BYTEAEQ,
-						 PointerGetDatum(digest), InvalidOid, &desc, &rel);
-	if (tuple == NULL)
-	{
-		table_close(rel, AccessShareLock);
-		v->code = V_NOT_FOUND;
-		return;
-	}
-	memcpy(&v->key_id, DatumGetUUIDP(heap_getattr(tuple, Anum_secret_key_id, desc, &isnull)),
-		   sizeof(pg_uuid_t));
-	d = heap_getattr(tuple, Anum_secret_valid_until, desc, &isnull);
-	if (!isnull)
-		secret_until = DatumGetTimestampTz(d);
-	table_close(rel, AccessShareLock);
-	v->have_key = true;
+	/* read the generation before the snapshot the fill will use */
+	generation = pg_atomic_read_u64(&apikeys_shared->generation);
+	pg_memory_barrier();
+	if (apikeys_cache_lookup(digest, generation, policy))
+		return true;
+	if (!apikeys_policy_load(digest, policy))
+		return false;
+	apikeys_cache_store(digest, generation, policy);
+	return true;
+}
 
-	tuple = probe_unique(cat->credential_rel, cat->credential_pkey, F_UUID_EQ,
-						 UUIDPGetDatum(&v->key_id), InvalidOid, &desc, &rel);
-	if (tuple == NULL)
-	{
-		/* secret row without credential: cannot happen (FK), treat as gone */
-		table_close(rel, AccessShareLock);
-		v->have_key = false;
-		v->code = V_NOT_FOUND;
-		return;
-	}
-	v->tenant = heap_getattr(tuple, Anum_credential_tenant, desc, &isnull);
-	v->name = heap_getattr(tuple, Anum_credential_name, desc, &isnull);
-	v->scopes = PointerGetDatum(PG_DETOAST_DATUM(heap_getattr(tuple, Anum_credential_scopes,
-															  desc, &isnull)));
-	v->expires_at = heap_getattr(tuple, Anum_credential_expires_at, desc, &v->expires_null);
-	status = DatumGetTextPP(heap_getattr(tuple, Anum_credential_status, desc, &isnull));
-	table_close(rel, AccessShareLock);
+static VerdictCode
+judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz now,
+	  RateVerdict *rv)
+{
+	VerdictCode code;
 
-	tuple = probe_unique(cat->tenant_rel, cat->tenant_pkey, F_TEXTEQ,
-						 v->tenant, C_COLLATION_OID, &desc, &rel);
-	tenant_active = tuple != NULL &&
-		DatumGetBool(heap_getattr(tuple, Anum_tenant_active, desc, &isnull));
-	table_close(rel, AccessShareLock);
-
-	if (VARSIZE_ANY_EXHDR(status) == 7 && memcmp(VARDATA_ANY(status), "revoked", 7) == 0)
-		v->code = V_REVOKED;
-	else if (VARSIZE_ANY_EXHDR(status) == 8 && memcmp(VARDATA_ANY(status), "disabled", 8) == 0)
-		v->code = V_DISABLED;
-	else if (!tenant_active)
-		v->code = V_TENANT_INACTIVE;
-	else if ((!v->expires_null && DatumGetTimestampTz(v->expires_at) <= now) ||
-			 secret_until <= now)
-		v->code = V_EXPIRED;
-	else if (required && !scopes_satisfied(DatumGetArrayTypeP(v->scopes), required))
-		v->code = V_INSUFFICIENT_SCOPE;
+	rv->limit = 0;
+	rv->usage_remaining = -1;
+	if (p->status == KEY_STATUS_REVOKED)
+		code = V_REVOKED;
+	else if (p->status == KEY_STATUS_DISABLED)
+		code = V_DISABLED;
+	else if (!p->tenant_active)
+		code = V_TENANT_INACTIVE;
+	else if (p->expires_at <= now || p->secret_until <= now)
+		code = V_EXPIRED;
+	else if (!apikeys_ip_allowed(p, client))
+		code = V_IP_NOT_ALLOWED;
+	else if (required && !scopes_satisfied(p->scopes, required))
+		code = V_INSUFFICIENT_SCOPE;
 	else
-		v->code = V_VALID;
+		return apikeys_usage_charge(p, now, rv);	/* also counts the use */
+
+	apikeys_usage_count(p, code, now);
+	return code;
+}
+
+static Datum
+verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVerdict *rv)
+{
+	Datum		values[VERIFICATION_NATTS];
+	bool		nulls[VERIFICATION_NATTS];
+
+	memset(nulls, true, sizeof(nulls));
+	values[0] = BoolGetDatum(code == V_VALID);
+	nulls[0] = false;
+	values[1] = CStringGetTextDatum(apikeys_verdict_names[code]);
+	nulls[1] = false;
+	if (p)
+	{
+		values[2] = UUIDPGetDatum(&p->key_id);
+		values[3] = PointerGetDatum(p->tenant);
+		values[4] = PointerGetDatum(p->name);
+		values[5] = PointerGetDatum(p->scopes);
+		values[6] = TimestampTzGetDatum(p->expires_at);
+		nulls[2] = nulls[3] = nulls[4] = nulls[5] = false;
+		nulls[6] = p->expires_at == DT_NOEND;
+	}
+	if (rv && rv->limit > 0)
+	{
+		values[7] = Int32GetDatum(rv->limit);
+		values[8] = Int32GetDatum(rv->remaining);
+		values[9] = TimestampTzGetDatum(rv->reset);
+		nulls[7] = nulls[8] = nulls[9] = false;
+	}
+	if (rv && rv->usage_remaining >= 0)
+	{
+		values[10] = Int64GetDatum(rv->usage_remaining);
+		nulls[10] = false;
+	}
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }
 
 static Datum
 verify_common(FunctionCallInfo fcinfo, bool bind)
 {
-	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	Verdict		v = {.code = V_MALFORMED, .expires_null = true};
-	Datum		values[VERIFICATION_NATTS];
-	bool		nulls[VERIFICATION_NATTS];
+	VerifyCallState *st = (VerifyCallState *) fcinfo->flinfo->fn_extra;
+	size_t		prefix_len;
+	text	   *key;
+	uint8		digest[APIKEYS_DIGEST_LEN];
+	KeyPolicy	policy;
+	RateVerdict rv;
+	VerdictCode code;
+	TimestampTz now;
 
-	if (desc == NULL)
+	if (st == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		TupleDesc	desc;
 
 		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "return type must be a row type");
-		desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		st = palloc(sizeof(VerifyCallState));
+		st->desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		st->malformed = verdict_tuple(st->desc, V_MALFORMED, NULL, NULL);
 		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = desc;
+		fcinfo->flinfo->fn_extra = st;
 	}
 
 	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
-	if (!PG_ARGISNULL(0) &&
-		toast_raw_datum_size(PG_GETARG_DATUM(0)) <= VARHDRSZ + KEY_MAX_LEN)
-	{
-		text	   *key = PG_GETARG_TEXT_PP(0);
-		size_t		prefix_len;
+	if (PG_ARGISNULL(0) ||
+		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + KEY_MAX_LEN)
+		goto malformed;
+	key = PG_GETARG_TEXT_PP(0);
+	if (key_parse(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), &prefix_len) != KEY_OK)
+		goto malformed;
 
-		if (key_parse(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), &prefix_len) == KEY_OK)
-			verify_lookup(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
-						  PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1), &v);
+	apikeys_sha256(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
+	if (!find_policy(digest, &policy))
+	{
+		if (apikeys_shared)
+			pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_NOT_FOUND], 1);
+		PG_RETURN_DATUM(verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL));
 	}
 
-	if (bind && v.code == V_VALID)
-		apikeys_bind_tenant_from_key(DatumGetTextPP(v.tenant), &v.key_id);
+	now = GetCurrentTimestamp();
+	code = judge(&policy,
+				 PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
+				 PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2),
+				 now, &rv);
+	if (apikeys_shared)
+		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[code], 1);
+	if (bind && code == V_VALID)
+		apikeys_bind_tenant_from_key(policy.tenant, &policy.key_id);
+	PG_RETURN_DATUM(verdict_tuple(st->desc, code, &policy, &rv));
 
-	memset(nulls, true, sizeof(nulls));
-	values[0] = BoolGetDatum(v.code == V_VALID);
-	nulls[0] = false;
-	values[1] = CStringGetTextDatum(verdict_names[v.code]);
-	nulls[1] = false;
-	if (v.have_key)
-	{
-		values[2] = UUIDPGetDatum(&v.key_id);
-		values[3] = v.tenant;
-		values[4] = v.name;
-		values[5] = v.scopes;
-		values[6] = v.expires_at;
-		nulls[2] = nulls[3] = nulls[4] = nulls[5] = false;
-		nulls[6] = v.expires_null;
-	}
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+malformed:
+	if (apikeys_shared)
+		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_MALFORMED], 1);
+	PG_RETURN_DATUM(datumCopy(st->malformed, false, -1));
 }
 
 PG_FUNCTION_INFO_V1(apikey_verify);

@@ -37,7 +37,14 @@ CREATE TABLE apikeys.credential (
     rotation_count integer NOT NULL DEFAULT 0,
     revoked_at     timestamptz,
     revoked_reason text CHECK (char_length(revoked_reason) <= 2000),
-    CHECK ((status = 'revoked') = (revoked_at IS NOT NULL))
+    -- policies enforced by apikey_verify (NULL: none); set by apikey_set_policy()
+    allowed_ips    cidr[] CHECK (cardinality(allowed_ips) BETWEEN 1 AND 16),
+    rate_limit     integer CHECK (rate_limit > 0),
+    rate_window    interval CHECK (rate_window >= '1 second' AND rate_window <= '1 day'),
+    usage_limit    bigint CHECK (usage_limit > 0),
+    usage_period   interval CHECK (usage_period >= '1 second' AND usage_period <= '366 days'),
+    CHECK ((status = 'revoked') = (revoked_at IS NOT NULL)),
+    CHECK ((rate_limit IS NULL) = (rate_window IS NULL))
 );
 CREATE INDEX credential_tenant_idx ON apikeys.credential (tenant, created_at);
 COMMENT ON TABLE apikeys.credential IS 'API keys: the identity (key_id) that survives rotation, with name, scopes, expiry and status.';
@@ -53,10 +60,31 @@ CREATE UNIQUE INDEX secret_one_current ON apikeys.secret (key_id) WHERE valid_un
 CREATE INDEX secret_key_id_idx ON apikeys.secret (key_id);
 COMMENT ON TABLE apikeys.secret IS 'SHA-256 digests of the secrets of each key: one current, others in rotation grace. Never readable by tenants.';
 
+-- Usage figures flushed from shared memory by the background worker (no
+-- foreign key: a flush must never fail because a key was just deleted).
+CREATE TABLE apikeys.usage (
+    key_id                   uuid PRIMARY KEY,
+    last_used_at             timestamptz,
+    used                     bigint NOT NULL DEFAULT 0,   -- uses charged in the current period
+    period_start             timestamptz,                 -- NULL: lifetime
+    count_valid              bigint NOT NULL DEFAULT 0,
+    count_disabled           bigint NOT NULL DEFAULT 0,
+    count_revoked            bigint NOT NULL DEFAULT 0,
+    count_expired            bigint NOT NULL DEFAULT 0,
+    count_tenant_inactive    bigint NOT NULL DEFAULT 0,
+    count_ip_not_allowed     bigint NOT NULL DEFAULT 0,
+    count_insufficient_scope bigint NOT NULL DEFAULT 0,
+    count_rate_limited       bigint NOT NULL DEFAULT 0,
+    count_usage_exceeded     bigint NOT NULL DEFAULT 0,
+    flushed_at               timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE apikeys.usage IS 'Per-key use counts and last use, flushed in batches from shared memory; read apikeys.key_usage for live figures.';
+
 -- pg_dump keeps the user data of an extension's tables only when asked.
 SELECT pg_catalog.pg_extension_config_dump('apikeys.tenant', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.credential', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.secret', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.usage', '');
 
 ------------------------------------------------------------------------------
 -- Types
@@ -69,7 +97,11 @@ CREATE TYPE apikeys.verification AS (
     tenant     text,
     name       text,
     scopes     text[],
-    expires_at timestamptz
+    expires_at timestamptz,
+    rate_limit      integer,      -- requests allowed per window (X-RateLimit-Limit)
+    rate_remaining  integer,      -- left in this window after this call (X-RateLimit-Remaining)
+    rate_reset      timestamptz,  -- when the window ends (X-RateLimit-Reset)
+    usage_remaining bigint        -- uses left under the usage cap
 );
 COMMENT ON TYPE apikeys.verification IS 'Result of apikey_verify: valid, a verdict code, and the key''s identity when it was found.';
 

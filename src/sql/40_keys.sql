@@ -209,6 +209,7 @@ DECLARE
     k apikeys.credential := apikeys._lock_key(key_id, 'key_delete');
 BEGIN
     DELETE FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    DELETE FROM apikeys.usage u WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id;
 END;
 $$;
 COMMENT ON FUNCTION apikeys.apikey_delete IS 'Delete a key and all its secrets; it verifies as not_found from commit on.';
@@ -229,6 +230,10 @@ BEGIN
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
+    END IF;
+    IF tenant IS NULL THEN  -- _check_tenant_id is STRICT
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_tenant: tenant must not be NULL';
     END IF;
     INSERT INTO apikeys.tenant (tenant, display_name)
     VALUES (apikeys._check_tenant_id(tenant), coalesce(display_name, tenant))
@@ -285,7 +290,7 @@ BEGIN
             MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
     END IF;
     SELECT count(*) INTO n FROM apikeys.credential c WHERE c.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant;
-    IF n OPERATOR(pg_catalog.>) 0 AND NOT force THEN
+    IF n OPERATOR(pg_catalog.>) 0 AND NOT coalesce(force, false) THEN
         RAISE EXCEPTION USING ERRCODE = 'dependent_objects_still_exist',
             MESSAGE = format('tenant_has_keys: tenant "%s" still has %s API keys', tenant, n),
             HINT = 'Delete its keys first, or call tenant_delete(tenant, force => true).';
@@ -307,6 +312,7 @@ SELECT c.key_id, c.tenant, c.name, c.description, c.prefix,
        c.scopes, c.metadata, c.status, c.expires_at,
        c.created_by, c.created_at, c.updated_at, c.rotated_at, c.rotation_count,
        c.revoked_at, c.revoked_reason,
+       c.allowed_ips, c.rate_limit, c.rate_window, c.usage_limit, c.usage_period,
        (SELECT count(*) FROM apikeys.secret s
          WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NOT NULL
            AND s.valid_until OPERATOR(pg_catalog.>) now()) AS secrets_in_grace

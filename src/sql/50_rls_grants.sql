@@ -69,7 +69,9 @@ BEGIN
     VALUES (grant_tenant.role_name, grant_tenant.tenant, grant_tenant.privilege)
     ON CONFLICT DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.keys, apikeys.audit, apikeys.role_tenant TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.keys, apikeys.audit,'
+                   ' apikeys.role_tenant, apikeys.usage, apikeys.key_usage TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._pending_usage() TO %I', role_name);
     EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
@@ -78,7 +80,8 @@ BEGIN
             ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
             ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
             ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
-            ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet) TO %I', role_name);
+            ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet),'
+            ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
     END IF;
     IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'

@@ -1,0 +1,433 @@
+/*
+ * flush_worker.c - write usage figures from shared memory to apikeys.usage.
+ *
+ * One dynamic background worker per database with tracked keys, started by
+ * the first verify that finds none running.  Each turn it moves the pending
+ * counts of every dirty entry of its database to "in flight", writes them in
+ * one INSERT ... ON CONFLICT (counts added, `used` and last use set), and on
+ * success forgets the in-flight counts; on failure it puts them back.  It
+ * flushes once more on SIGTERM (clean shutdown), and exits after a minute
+ * with nothing to do, so it does not hold its database (DROP DATABASE waits
+ * for connected workers).  On a hot standby nothing can be written: counts
+ * are dropped and only rate limits, kept in memory, apply.
+ */
+#include "shmem.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#define IDLE_EXIT_MS 60000
+
+/* outcomes that have a column in apikeys.usage, in column order */
+static const VerdictCode counted[] = {
+	V_VALID, V_DISABLED, V_REVOKED, V_EXPIRED, V_TENANT_INACTIVE,
+	V_IP_NOT_ALLOWED, V_INSUFFICIENT_SCOPE, V_RATE_LIMITED, V_USAGE_EXCEEDED
+};
+#define NCOUNTED lengthof(counted)
+
+void
+apikeys_flush_worker_register(void)
+{
+	/* workers are started on demand (apikeys_flush_worker_wake) */
+}
+
+static FlushDbSlot *
+db_slot(Oid dbid, bool create)
+{
+	static Oid	cached_db = InvalidOid;
+	static int	cached_idx = -1;
+	FlushDbSlot *found = NULL;
+
+	if (cached_idx >= 0 && cached_db == dbid &&
+		apikeys_shared->dbs[cached_idx].dbid == dbid)
+		return &apikeys_shared->dbs[cached_idx];
+
+	SpinLockAcquire(&apikeys_shared->db_mutex);
+	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found; i++)
+		if (apikeys_shared->dbs[i].dbid == dbid)
+		{
+			found = &apikeys_shared->dbs[i];
+			cached_idx = i;
+		}
+	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found && create; i++)
+		if (apikeys_shared->dbs[i].dbid == InvalidOid)
+		{
+			found = &apikeys_shared->dbs[i];
+			found->dbid = dbid;
+			found->worker_pid = 0;
+			found->starting = false;
+			cached_idx = i;
+		}
+	SpinLockRelease(&apikeys_shared->db_mutex);
+	cached_db = found ? dbid : InvalidOid;
+	return found;
+}
+
+/* Make sure a flush worker runs for dbid; cheap when one does. */
+void
+apikeys_flush_worker_wake(Oid dbid)
+{
+	FlushDbSlot *slot = db_slot(dbid, true);
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	bool		start = false;
+
+	if (slot == NULL || slot->worker_pid != 0 || slot->starting)
+		return;
+	SpinLockAcquire(&apikeys_shared->db_mutex);
+	if (slot->worker_pid == 0 && !slot->starting)
+		start = slot->starting = true;
+	SpinLockRelease(&apikeys_shared->db_mutex);
+	if (!start)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_flush_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apikeys usage flush (db %u)", dbid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apikeys usage flush");
+	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+	worker.bgw_notify_pid = 0;
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		SpinLockAcquire(&apikeys_shared->db_mutex);
+		slot->starting = false;
+		SpinLockRelease(&apikeys_shared->db_mutex);
+	}
+}
+
+typedef struct FlushItem
+{
+	UsageKey	key;
+	bool		has_used;
+	int64		used;
+	int64		period;
+	int32		period_s;
+	TimestampTz last_used_at;
+	int64		counts[VERDICT_COUNT];
+} FlushItem;
+
+/* Move pending counts of dirty entries of dbid to in-flight; return them. */
+static FlushItem *
+collect(Oid dbid, int *n_out)
+{
+	HASH_SEQ_STATUS scan;
+	UsageEntry *e;
+	int			cap = 256,
+				n = 0;
+	FlushItem  *items = palloc(sizeof(FlushItem) * cap);
+
+	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+	hash_seq_init(&scan, apikeys_usage_hash);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		FlushItem  *it;
+
+		if (e->key.dbid != dbid || !e->dirty)
+			continue;
+		if (n == cap)
+		{
+			cap *= 2;
+			items = repalloc(items, sizeof(FlushItem) * cap);
+		}
+		it = &items[n++];
+		SpinLockAcquire(&e->mutex);
+		it->key = e->key;
+		it->has_used = e->base_loaded;
+		it->used = e->used;
+		it->period = e->usage_period;
+		it->period_s = e->usage_period_s;
+		it->last_used_at = e->last_used_at;
+		for (int i = 0; i < VERDICT_COUNT; i++)
+		{
+			it->counts[i] = e->counts_pending[i];
+			e->counts_inflight[i] += e->counts_pending[i];
+			e->counts_pending[i] = 0;
+		}
+		e->dirty = false;
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(apikeys_shared->usage_lock);
+	*n_out = n;
+	return items;
+}
+
+/* After the write: forget (ok) or restore (failed) the in-flight counts. */
+static void
+settle(FlushItem *items, int n, bool ok)
+{
+	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+	for (int k = 0; k < n; k++)
+	{
+		UsageEntry *e = hash_search(apikeys_usage_hash, &items[k].key, HASH_FIND, NULL);
+
+		if (e == NULL)
+			continue;			/* dirty entries are never evicted; defensive */
+		SpinLockAcquire(&e->mutex);
+		for (int i = 0; i < VERDICT_COUNT; i++)
+		{
+			e->counts_inflight[i] -= items[k].counts[i];
+			if (!ok)
+				e->counts_pending[i] += items[k].counts[i];
+		}
+		if (!ok)
+			e->dirty = true;
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(apikeys_shared->usage_lock);
+}
+
+/*
+ * Only this worker writes apikeys.usage rows of its database, so an UPDATE of
+ * existing rows then an INSERT of the others cannot race with itself.
+ * ug (uses charged) is NULL for keys without a usage cap: left as stored.
+ */
+static const char *flush_sql =
+"WITH t AS ("
+"  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[]),"
+"       pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::timestamptz[]),"
+"       pg_catalog.unnest($5::int8[]), pg_catalog.unnest($6::int8[]), pg_catalog.unnest($7::int8[]),"
+"       pg_catalog.unnest($8::int8[]), pg_catalog.unnest($9::int8[]), pg_catalog.unnest($10::int8[]),"
+"       pg_catalog.unnest($11::int8[]), pg_catalog.unnest($12::int8[]), pg_catalog.unnest($13::int8[]))"
+"       AS t(k, l, ug, ps, c1, c2, c3, c4, c5, c6, c7, c8, c9)"
+"   WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
+"), upd AS ("
+"  UPDATE apikeys.usage u SET"
+"   last_used_at = GREATEST(u.last_used_at, t.l),"
+"   used = COALESCE(t.ug, u.used),"
+"   period_start = CASE WHEN t.ug IS NULL THEN u.period_start ELSE t.ps END,"
+"   count_valid = u.count_valid OPERATOR(pg_catalog.+) t.c1,"
+"   count_disabled = u.count_disabled OPERATOR(pg_catalog.+) t.c2,"
+"   count_revoked = u.count_revoked OPERATOR(pg_catalog.+) t.c3,"
+"   count_expired = u.count_expired OPERATOR(pg_catalog.+) t.c4,"
+"   count_tenant_inactive = u.count_tenant_inactive OPERATOR(pg_catalog.+) t.c5,"
+"   count_ip_not_allowed = u.count_ip_not_allowed OPERATOR(pg_catalog.+) t.c6,"
+"   count_insufficient_scope = u.count_insufficient_scope OPERATOR(pg_catalog.+) t.c7,"
+"   count_rate_limited = u.count_rate_limited OPERATOR(pg_catalog.+) t.c8,"
+"   count_usage_exceeded = u.count_usage_exceeded OPERATOR(pg_catalog.+) t.c9,"
+"   flushed_at = pg_catalog.now()"
+"  FROM t WHERE u.key_id OPERATOR(pg_catalog.=) t.k"
+"  RETURNING u.key_id"
+")"
+" INSERT INTO apikeys.usage (key_id, last_used_at, used, period_start,"
+"  count_valid, count_disabled, count_revoked, count_expired, count_tenant_inactive,"
+"  count_ip_not_allowed, count_insufficient_scope, count_rate_limited, count_usage_exceeded)"
+" SELECT t.k, t.l, COALESCE(t.ug, 0), t.ps, t.c1, t.c2, t.c3, t.c4, t.c5, t.c6, t.c7, t.c8, t.c9"
+"   FROM t WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.key_id OPERATOR(pg_catalog.=) t.k)";
+
+static ArrayType *
+int8_array(Datum *values, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return construct_md_array(values, nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
+/* Write one batch in its own transaction; true when it committed. */
+static bool
+write_batch(FlushItem *items, int n)
+{
+	Oid			argtypes[13];
+	Datum		args[13];
+	Datum	   *keys = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	Datum	   *used = palloc(sizeof(Datum) * n);
+	Datum	   *pstart = palloc(sizeof(Datum) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+	bool	   *used_null = palloc(sizeof(bool) * n);
+	bool	   *pstart_null = palloc(sizeof(bool) * n);
+	Datum	   *counts = palloc(sizeof(Datum) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			rc;
+
+	for (int k = 0; k < n; k++)
+	{
+		keys[k] = UUIDPGetDatum(&items[k].key.key_id);
+		last[k] = TimestampTzGetDatum(items[k].last_used_at);
+		last_null[k] = items[k].last_used_at == 0;
+		used[k] = Int64GetDatum(items[k].used);
+		used_null[k] = !items[k].has_used;
+		pstart[k] = TimestampTzGetDatum(items[k].period * (int64) items[k].period_s * USECS_PER_SEC);
+		pstart_null[k] = !items[k].has_used || items[k].period_s == 0;
+	}
+	argtypes[0] = UUIDARRAYOID;
+	args[0] = PointerGetDatum(construct_array(keys, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	argtypes[1] = TIMESTAMPTZARRAYOID;
+	args[1] = PointerGetDatum(construct_md_array(last, last_null, 1, dims, lbs, TIMESTAMPTZOID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	argtypes[2] = INT8ARRAYOID;
+	args[2] = PointerGetDatum(int8_array(used, used_null, n));
+	argtypes[3] = TIMESTAMPTZARRAYOID;
+	args[3] = PointerGetDatum(construct_md_array(pstart, pstart_null, 1, dims, lbs, TIMESTAMPTZOID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int c = 0; c < (int) NCOUNTED; c++)
+	{
+		for (int k = 0; k < n; k++)
+			counts[k] = Int64GetDatum(items[k].counts[counted[c]]);
+		argtypes[4 + c] = INT8ARRAYOID;
+		args[4 + c] = PointerGetDatum(int8_array(counts, NULL, n));
+		counts = palloc(sizeof(Datum) * n);
+	}
+
+	rc = SPI_execute_with_args(flush_sql, 13, argtypes, args, NULL, false, 0);
+	return rc == SPI_OK_INSERT;
+}
+
+static volatile sig_atomic_t got_sigterm = false;
+
+static void
+flush_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* One turn: collect, write, settle.  Returns how many keys were written. */
+static int
+flush_once(Oid dbid)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "apikeys flush",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	FlushItem  *volatile items;
+	int			n;
+	volatile bool ok = false;
+
+	items = collect(dbid, &n);
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
+	if (RecoveryInProgress())
+	{
+		/* a standby cannot write: drop the counts (documented) */
+		settle((FlushItem *) items, n, true);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
+		if (OidIsValid(get_namespace_oid(APIKEYS_SCHEMA, true)))
+		{
+			ok = write_batch((FlushItem *) items, n);
+		}
+		else
+			ok = true;			/* extension gone: nothing to keep */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(cxt);
+	settle((FlushItem *) items, n, ok);
+	if (ok)
+	{
+		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
+		pg_atomic_write_u64(&apikeys_shared->last_flush_at, (uint64) GetCurrentTimestamp());
+	}
+	else
+		pg_atomic_fetch_add_u64(&apikeys_shared->flush_errors, 1);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return ok ? n : 0;
+}
+
+static void
+flush_exit(int code, Datum arg)
+{
+	FlushDbSlot *slot = db_slot(DatumGetObjectId(arg), false);
+
+	if (slot)
+	{
+		SpinLockAcquire(&apikeys_shared->db_mutex);
+		if (slot->worker_pid == MyProcPid)
+			slot->worker_pid = 0;
+		slot->starting = false;
+		SpinLockRelease(&apikeys_shared->db_mutex);
+	}
+}
+
+void
+apikeys_flush_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	FlushDbSlot *slot;
+	TimestampTz last_work = GetCurrentTimestamp();
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, flush_sigterm);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	slot = db_slot(dbid, true);
+	if (slot == NULL)
+		proc_exit(0);
+	SpinLockAcquire(&apikeys_shared->db_mutex);
+	slot->worker_pid = MyProcPid;
+	slot->starting = false;
+	SpinLockRelease(&apikeys_shared->db_mutex);
+	before_shmem_exit(flush_exit, ObjectIdGetDatum(dbid));
+
+	while (!got_sigterm)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 apikeys_flush_interval_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (flush_once(dbid) > 0)
+			last_work = GetCurrentTimestamp();
+		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
+			break;
+	}
+	/* clean shutdown or idle: write what is left */
+	flush_once(dbid);
+	proc_exit(0);
+}

@@ -1,0 +1,68 @@
+/*
+ * policy.h - what apikey_verify needs to know about one secret, and the
+ * verdicts it can reach.  Filled from the tables (policy_load.c) or from the
+ * shared-memory cache (policy_cache.c); judged by verify.c.
+ */
+#ifndef APIKEYS_POLICY_H
+#define APIKEYS_POLICY_H
+
+#include "apikeys.h"
+#include "utils/inet.h"
+#include "utils/rel.h"
+#include "utils/snapshot.h"
+
+typedef enum VerdictCode
+{
+	V_VALID,
+	V_MALFORMED,
+	V_NOT_FOUND,
+	V_DISABLED,
+	V_REVOKED,
+	V_EXPIRED,
+	V_TENANT_INACTIVE,
+	V_IP_NOT_ALLOWED,
+	V_INSUFFICIENT_SCOPE,
+	V_RATE_LIMITED,
+	V_USAGE_EXCEEDED
+} VerdictCode;
+
+#define VERDICT_COUNT (V_USAGE_EXCEEDED + 1)
+extern const char *const apikeys_verdict_names[VERDICT_COUNT];
+
+#define KEY_STATUS_ACTIVE	0
+#define KEY_STATUS_DISABLED	1
+#define KEY_STATUS_REVOKED	2
+
+#define POLICY_MAX_CIDRS	16
+
+typedef struct KeyPolicy
+{
+	pg_uuid_t	key_id;
+	uint8		status;
+	bool		tenant_active;
+	TimestampTz expires_at;		/* DT_NOEND: never */
+	TimestampTz secret_until;	/* DT_NOEND: current secret */
+	int32		rate_limit;		/* 0: none */
+	int32		rate_window_s;
+	int64		usage_limit;	/* 0: none */
+	int32		usage_period_s; /* 0: lifetime */
+	int16		ncidrs;			/* -1: no allowlist */
+	inet_struct cidrs[POLICY_MAX_CIDRS];
+	/* variable part, in backend memory */
+	text	   *tenant;
+	text	   *name;
+	ArrayType  *scopes;
+} KeyPolicy;
+
+/* policy_load.c: read the tables; false when the digest is unknown */
+extern bool apikeys_policy_load(const uint8 *digest, KeyPolicy *policy);
+extern int32 apikeys_interval_seconds(Datum interval);
+
+/* ip_allow.c */
+extern char *apikeys_trusted_proxies;
+extern bool apikeys_ip_allowed(const KeyPolicy *policy, const inet *client_arg);
+extern HeapTuple apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc,
+									  Datum value, Oid collation, Snapshot snapshot,
+									  TupleDesc *desc_out, Relation *rel_out);
+
+#endif

@@ -1,0 +1,150 @@
+/*
+ * policy_load.c - read one secret's policy straight from the tables: a probe
+ * of the unique digest index on apikeys.secret, then of the primary keys of
+ * apikeys.credential and apikeys.tenant.  No SPI, no planner, no permission
+ * or RLS checks (EXECUTE on verify is the privilege).
+ *
+ * The scans use the latest snapshot, not the statement's: a key revoked by a
+ * transaction that has committed is refused even inside an older REPEATABLE
+ * READ transaction, and the shared cache (policy_cache.c) relies on it.
+ */
+#include "policy.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+/* Probe a unique index for one value; copy the row out before closing. */
+HeapTuple
+apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc, Datum value,
+			 Oid collation, Snapshot snapshot, TupleDesc *desc_out, Relation *rel_out)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   collation, eqproc, value);
+	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &skey);
+	tuple = systable_getnext(scan);
+	if (tuple)
+		tuple = heap_copytuple(tuple);
+	systable_endscan(scan);
+	*desc_out = RelationGetDescr(rel);
+	*rel_out = rel;
+	return tuple;
+}
+
+int32
+apikeys_interval_seconds(Datum d)
+{
+	Interval   *iv = DatumGetIntervalP(d);
+	int64		s = iv->time / USECS_PER_SEC + (int64) iv->day * SECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * SECS_PER_DAY;
+
+	return (int32) Max(Min(s, PG_INT32_MAX), 1);
+}
+
+static void
+load_cidrs(Datum d, KeyPolicy *p)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(arr, CIDROID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	p->ncidrs = 0;
+	for (int i = 0; i < n && p->ncidrs < POLICY_MAX_CIDRS; i++)
+	{
+		inet	   *c;
+
+		if (nulls[i])
+			continue;
+		c = DatumGetInetPP(elems[i]);
+		memcpy(&p->cidrs[p->ncidrs++], VARDATA_ANY(c), Min(VARSIZE_ANY_EXHDR(c), sizeof(inet_struct)));
+	}
+}
+
+bool
+apikeys_policy_load(const uint8 *digest, KeyPolicy *p)
+{
+	const ApikeysCatalog *cat = apikeys_catalog();
+	Snapshot	snapshot = GetLatestSnapshot();
+	uint8		dig[VARHDRSZ + APIKEYS_DIGEST_LEN];
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	bool		isnull;
+	Datum		d;
+	text	   *status;
+
+	SET_VARSIZE(dig, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(dig + VARHDRSZ, digest, APIKEYS_DIGEST_LEN);
+
+	tuple = apikeys_probe_unique(cat->secret_rel, cat->secret_pkey, F_BYTEAEQ,
+						 PointerGetDatum(dig), InvalidOid, snapshot, &desc, &rel);
+	if (tuple == NULL)
+	{
+		table_close(rel, AccessShareLock);
+		return false;
+	}
+	memcpy(&p->key_id, DatumGetUUIDP(heap_getattr(tuple, Anum_secret_key_id, desc, &isnull)),
+		   sizeof(pg_uuid_t));
+	d = heap_getattr(tuple, Anum_secret_valid_until, desc, &isnull);
+	p->secret_until = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	table_close(rel, AccessShareLock);
+
+	tuple = apikeys_probe_unique(cat->credential_rel, cat->credential_pkey, F_UUID_EQ,
+						 UUIDPGetDatum(&p->key_id), InvalidOid, snapshot, &desc, &rel);
+	if (tuple == NULL)
+	{
+		/* a secret without its credential cannot exist (foreign key) */
+		table_close(rel, AccessShareLock);
+		return false;
+	}
+	p->tenant = DatumGetTextP(heap_getattr(tuple, Anum_credential_tenant, desc, &isnull));
+	p->name = DatumGetTextP(heap_getattr(tuple, Anum_credential_name, desc, &isnull));
+	p->scopes = DatumGetArrayTypeP(heap_getattr(tuple, Anum_credential_scopes, desc, &isnull));
+	d = heap_getattr(tuple, Anum_credential_expires_at, desc, &isnull);
+	p->expires_at = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	status = DatumGetTextPP(heap_getattr(tuple, Anum_credential_status, desc, &isnull));
+	if (VARSIZE_ANY_EXHDR(status) == 7 && memcmp(VARDATA_ANY(status), "revoked", 7) == 0)
+		p->status = KEY_STATUS_REVOKED;
+	else if (VARSIZE_ANY_EXHDR(status) == 8 && memcmp(VARDATA_ANY(status), "disabled", 8) == 0)
+		p->status = KEY_STATUS_DISABLED;
+	else
+		p->status = KEY_STATUS_ACTIVE;
+
+	d = heap_getattr(tuple, Anum_credential_allowed_ips, desc, &isnull);
+	p->ncidrs = -1;
+	if (!isnull)
+		load_cidrs(d, p);
+	d = heap_getattr(tuple, Anum_credential_rate_limit, desc, &isnull);
+	p->rate_limit = isnull ? 0 : DatumGetInt32(d);
+	d = heap_getattr(tuple, Anum_credential_rate_window, desc, &isnull);
+	p->rate_window_s = isnull ? 0 : apikeys_interval_seconds(d);
+	if (p->rate_window_s == 0)
+		p->rate_limit = 0;
+	d = heap_getattr(tuple, Anum_credential_usage_limit, desc, &isnull);
+	p->usage_limit = isnull ? 0 : DatumGetInt64(d);
+	d = heap_getattr(tuple, Anum_credential_usage_period, desc, &isnull);
+	p->usage_period_s = isnull ? 0 : apikeys_interval_seconds(d);
+	table_close(rel, AccessShareLock);
+
+	tuple = apikeys_probe_unique(cat->tenant_rel, cat->tenant_pkey, F_TEXTEQ,
+						 PointerGetDatum(p->tenant), C_COLLATION_OID, snapshot, &desc, &rel);
+	p->tenant_active = tuple != NULL &&
+		DatumGetBool(heap_getattr(tuple, Anum_tenant_active, desc, &isnull));
+	table_close(rel, AccessShareLock);
+	return true;
+}

@@ -1,0 +1,130 @@
+/*
+ * shmem.c - size, request and attach apikeys' shared memory (see shmem.h
+ * for what lives there and how it is locked).
+ *
+ * Sizes are fixed at server start by apikeys.cache_entries and
+ * apikeys.tracked_keys, so the footprint is bounded: apikeys.runtime shows
+ * it.  PostgreSQL 15 moved space requests to shmem_request_hook.
+ */
+#include "shmem.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+
+ApikeysShared *apikeys_shared = NULL;
+HTAB	   *apikeys_policy_hash = NULL;
+HTAB	   *apikeys_usage_hash = NULL;
+
+int			apikeys_cache_entries = 10000;
+int			apikeys_tracked_keys = 50000;
+int			apikeys_flush_interval_ms = 1000;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+Size
+apikeys_shmem_size(void)
+{
+	Size		size = MAXALIGN(sizeof(ApikeysShared));
+
+	size = add_size(size, hash_estimate_size(apikeys_cache_entries,
+											 sizeof(PolicyCacheEntry)));
+	size = add_size(size, hash_estimate_size(apikeys_tracked_keys, sizeof(UsageEntry)));
+	return size;
+}
+
+static void
+apikeys_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(apikeys_shmem_size());
+	RequestNamedLWLockTranche("apikeys", 2);
+}
+
+static void
+apikeys_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	apikeys_shared = ShmemInitStruct("apikeys", sizeof(ApikeysShared), &found);
+	if (!found)
+	{
+		LWLockPadded *locks = GetNamedLWLockTranche("apikeys");
+
+		memset(apikeys_shared, 0, sizeof(ApikeysShared));
+		apikeys_shared->cache_lock = &locks[0].lock;
+		apikeys_shared->usage_lock = &locks[1].lock;
+		pg_atomic_init_u64(&apikeys_shared->generation, 1);
+		for (int i = 0; i < VERDICT_COUNT; i++)
+			pg_atomic_init_u64(&apikeys_shared->outcomes[i], 0);
+		pg_atomic_init_u64(&apikeys_shared->cache_hits, 0);
+		pg_atomic_init_u64(&apikeys_shared->cache_misses, 0);
+		pg_atomic_init_u64(&apikeys_shared->cache_evictions, 0);
+		pg_atomic_init_u64(&apikeys_shared->usage_evictions, 0);
+		pg_atomic_init_u64(&apikeys_shared->tracking_dropped, 0);
+		pg_atomic_init_u64(&apikeys_shared->flushed_rows, 0);
+		pg_atomic_init_u64(&apikeys_shared->flush_errors, 0);
+		pg_atomic_init_u64(&apikeys_shared->last_flush_at, 0);
+		SpinLockInit(&apikeys_shared->db_mutex);
+	}
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(PolicyCacheKey);
+	info.entrysize = sizeof(PolicyCacheEntry);
+	apikeys_policy_hash = ShmemInitHash("apikeys policy cache",
+										apikeys_cache_entries, apikeys_cache_entries,
+										&info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	info.keysize = sizeof(UsageKey);
+	info.entrysize = sizeof(UsageEntry);
+	apikeys_usage_hash = ShmemInitHash("apikeys usage",
+									   apikeys_tracked_keys, apikeys_tracked_keys,
+									   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+apikeys_shmem_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("apikeys.cache_entries",
+							"Secrets whose policies are cached in shared memory.",
+							"About 700 bytes each. Misses fall back to an index lookup.",
+							&apikeys_cache_entries, 10000, 0, 10000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.tracked_keys",
+							"Keys whose usage, rate-limit and cap state is kept in shared memory.",
+							"About 250 bytes each. Flushed entries are evicted when it is full.",
+							&apikeys_tracked_keys, 50000, 100, 10000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.flush_interval",
+							"How often the background worker writes usage figures to apikeys.usage.",
+							NULL,
+							&apikeys_flush_interval_ms, 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = apikeys_shmem_request;
+#else
+	apikeys_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = apikeys_shmem_startup;
+
+	apikeys_flush_worker_register();
+}

@@ -1,0 +1,137 @@
+------------------------------------------------------------------------------
+-- Policies enforced by verify: IP allowlist, rate limit, usage cap
+------------------------------------------------------------------------------
+
+-- Statement-level and ALWAYS (fires under session_replication_role =
+-- replica too): any committed change to key data retires the shared policy
+-- cache (src/changes.c).
+CREATE FUNCTION apikeys._changed() RETURNS trigger
+    LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_changed';
+CREATE TRIGGER policy_cache_tenant AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+CREATE TRIGGER policy_cache_credential AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.credential
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+CREATE TRIGGER policy_cache_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.secret
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret;
+
+CREATE FUNCTION apikeys.apikey_set_policy(
+    key_id       uuid,
+    allowed_ips  cidr[] DEFAULT NULL,
+    rate_limit   integer DEFAULT NULL,
+    rate_window  interval DEFAULT '1 minute',
+    usage_limit  bigint DEFAULT NULL,
+    usage_period interval DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_set_policy');
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_set_policy');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_set_policy', k.key_id);
+    IF allowed_ips IS NOT NULL AND (cardinality(allowed_ips) NOT BETWEEN 1 AND 16
+                                    OR array_position(allowed_ips, NULL) IS NOT NULL
+                                    OR array_ndims(allowed_ips) > 1) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_allowed_ips: allowed_ips must hold 1 to 16 networks and no NULL',
+            HINT = 'Pass NULL to allow every address.';
+    END IF;
+    IF rate_limit IS NOT NULL AND rate_limit OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_rate_limit: rate_limit must be positive',
+            HINT = 'Pass NULL for no rate limit.';
+    END IF;
+    IF rate_limit IS NOT NULL AND (rate_window IS NULL
+            OR rate_window OPERATOR(pg_catalog.<) '1 second'
+            OR rate_window OPERATOR(pg_catalog.>) '1 day'
+            OR date_part('month', rate_window) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_rate_window: rate_window must be between 1 second and 1 day';
+    END IF;
+    IF usage_limit IS NOT NULL AND usage_limit OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_usage_limit: usage_limit must be positive',
+            HINT = 'Pass NULL for no usage cap.';
+    END IF;
+    IF usage_period IS NOT NULL AND (usage_limit IS NULL
+            OR usage_period OPERATOR(pg_catalog.<) '1 second'
+            OR usage_period OPERATOR(pg_catalog.>) '366 days'
+            OR date_part('month', usage_period) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
+    END IF;
+    UPDATE apikeys.credential c SET
+        allowed_ips  = apikey_set_policy.allowed_ips,
+        rate_limit   = apikey_set_policy.rate_limit,
+        rate_window  = CASE WHEN apikey_set_policy.rate_limit IS NULL THEN NULL ELSE apikey_set_policy.rate_window END,
+        usage_limit  = apikey_set_policy.usage_limit,
+        usage_period = apikey_set_policy.usage_period,
+        updated_at   = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.apikey_set_policy IS 'Set (replace) a key''s IP allowlist, rate limit and usage cap; NULL removes one. Limits need apikeys in shared_preload_libraries.';
+
+------------------------------------------------------------------------------
+-- Observability
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
+CREATE FUNCTION apikeys._pending_usage(OUT key_id uuid, OUT last_used_at timestamptz,
+                                       OUT used bigint, OUT counts bigint[])
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
+CREATE FUNCTION apikeys._runtime(
+    OUT preloaded boolean, OUT shmem_bytes bigint,
+    OUT cache_capacity integer, OUT cache_entries bigint, OUT cache_hits bigint,
+    OUT cache_misses bigint, OUT cache_evictions bigint,
+    OUT tracked_capacity integer, OUT tracked_keys bigint, OUT unflushed_keys bigint,
+    OUT tracking_dropped bigint, OUT flushed_rows bigint, OUT flush_errors bigint,
+    OUT last_flush_at timestamptz, OUT flush_workers integer, OUT cache_generation bigint)
+    RETURNS record
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_runtime';
+
+CREATE VIEW apikeys.verifications AS
+SELECT outcome, total FROM apikeys._verification_totals();
+COMMENT ON VIEW apikeys.verifications IS 'Verifications since server start by outcome, all databases (a Prometheus counter per outcome).';
+
+CREATE VIEW apikeys.runtime AS
+SELECT r.*, now() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_lag
+  FROM apikeys._runtime() r;
+COMMENT ON VIEW apikeys.runtime IS 'Shared memory use, policy cache and usage-flush figures.';
+
+-- flushed figures plus what shared memory holds; RLS of credential applies
+CREATE VIEW apikeys.key_usage WITH (security_invoker = true) AS
+SELECT c.key_id, c.tenant, c.name,
+       GREATEST(u.last_used_at, p.last_used_at) AS last_used_at,
+       c.usage_limit,
+       COALESCE(p.used, u.used, 0) AS used,
+       CASE WHEN c.usage_limit IS NOT NULL
+            THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
+       COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[1], 0) AS valid,
+       COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[4], 0) AS disabled,
+       COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[5], 0) AS revoked,
+       COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[6], 0) AS expired,
+       COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[7], 0) AS tenant_inactive,
+       COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[8], 0) AS ip_not_allowed,
+       COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[9], 0) AS insufficient_scope,
+       COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[10], 0) AS rate_limited,
+       COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[11], 0) AS usage_exceeded,
+       u.flushed_at,
+       p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
+  FROM apikeys.credential c
+  LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
+  LEFT JOIN apikeys._pending_usage() p ON p.key_id OPERATOR(pg_catalog.=) c.key_id;
+COMMENT ON VIEW apikeys.key_usage IS 'Per key: last use, uses charged against the cap, verifications by outcome (flushed + pending).';
+
+ALTER TABLE apikeys.usage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY usage_read ON apikeys.usage FOR SELECT
+    USING (EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) usage.key_id));

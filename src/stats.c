@@ -1,0 +1,166 @@
+/*
+ * stats.c - shared-memory figures for the observability views
+ * (apikeys.verifications, apikeys.key_usage, apikeys.runtime).
+ */
+#include "shmem.h"
+
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/tuplestore.h"
+
+/* Set up a set-returning function's tuplestore (InitMaterializedSRF, 15+). */
+static void
+materialize_srf(FunctionCallInfo fcinfo)
+{
+#if PG_VERSION_NUM >= 150000
+	InitMaterializedSRF(fcinfo, 0);
+#else
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TupleDesc	desc;
+	MemoryContext old;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	rsinfo->setDesc = CreateTupleDescCopy(desc);
+	rsinfo->setResult = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->returnMode = SFRM_Materialize;
+	MemoryContextSwitchTo(old);
+#endif
+}
+
+/* apikeys._verification_totals(): (outcome text, total bigint), all databases */
+PG_FUNCTION_INFO_V1(apikeys_verification_totals);
+Datum
+apikeys_verification_totals(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	materialize_srf(fcinfo);
+	for (int i = 0; i < VERDICT_COUNT; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(apikeys_verdict_names[i]);
+		values[1] = Int64GetDatum(apikeys_shared ? (int64) pg_atomic_read_u64(&apikeys_shared->outcomes[i]) : 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * apikeys._pending_usage(): per key of this database, what shared memory
+ * holds that apikeys.usage does not yet: (key_id, last_used_at, used,
+ * pending counts by outcome as bigint[] in VerdictCode order).
+ */
+PG_FUNCTION_INFO_V1(apikeys_pending_usage);
+Datum
+apikeys_pending_usage(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS scan;
+	UsageEntry *e;
+
+	materialize_srf(fcinfo);
+	if (apikeys_shared == NULL)
+		return (Datum) 0;
+
+	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+	hash_seq_init(&scan, apikeys_usage_hash);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		Datum		counts[VERDICT_COUNT];
+		pg_uuid_t  *id;
+
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		id = palloc(sizeof(pg_uuid_t));
+		memcpy(id, &e->key.key_id, sizeof(pg_uuid_t));
+		SpinLockAcquire(&e->mutex);
+		values[1] = TimestampTzGetDatum(e->last_used_at);
+		nulls[1] = e->last_used_at == 0;
+		values[2] = Int64GetDatum(e->used);
+		nulls[2] = !e->base_loaded;
+		for (int i = 0; i < VERDICT_COUNT; i++)
+			counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
+		SpinLockRelease(&e->mutex);
+		values[0] = UUIDPGetDatum(id);
+		values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(apikeys_shared->usage_lock);
+	return (Datum) 0;
+}
+
+/* apikeys._runtime(): one row of shared-memory figures */
+PG_FUNCTION_INFO_V1(apikeys_runtime);
+Datum
+apikeys_runtime(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[16];
+	bool		nulls[16];
+	int			i = 0;
+	int64		cache_used = 0,
+				usage_used = 0,
+				dirty = 0;
+	int			workers = 0;
+	TimestampTz last_flush;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	memset(nulls, 0, sizeof(nulls));
+
+	if (apikeys_shared)
+	{
+		HASH_SEQ_STATUS scan;
+		UsageEntry *e;
+
+		LWLockAcquire(apikeys_shared->cache_lock, LW_SHARED);
+		cache_used = hash_get_num_entries(apikeys_policy_hash);
+		LWLockRelease(apikeys_shared->cache_lock);
+		LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+		usage_used = hash_get_num_entries(apikeys_usage_hash);
+		hash_seq_init(&scan, apikeys_usage_hash);
+		while ((e = hash_seq_search(&scan)) != NULL)
+			dirty += e->dirty ? 1 : 0;
+		LWLockRelease(apikeys_shared->usage_lock);
+		SpinLockAcquire(&apikeys_shared->db_mutex);
+		for (int d = 0; d < APIKEYS_MAX_FLUSH_DBS; d++)
+			workers += apikeys_shared->dbs[d].worker_pid != 0;
+		SpinLockRelease(&apikeys_shared->db_mutex);
+	}
+	last_flush = apikeys_shared ? (TimestampTz) pg_atomic_read_u64(&apikeys_shared->last_flush_at) : 0;
+
+#define U64(field) Int64GetDatum(apikeys_shared ? (int64) pg_atomic_read_u64(&apikeys_shared->field) : 0)
+	values[i++] = BoolGetDatum(apikeys_shared != NULL);
+	values[i++] = Int64GetDatum(apikeys_shared ? (int64) apikeys_shmem_size() : 0);
+	values[i++] = Int32GetDatum(apikeys_shared ? apikeys_cache_entries : 0);
+	values[i++] = Int64GetDatum(cache_used);
+	values[i++] = U64(cache_hits);
+	values[i++] = U64(cache_misses);
+	values[i++] = U64(cache_evictions);
+	values[i++] = Int32GetDatum(apikeys_shared ? apikeys_tracked_keys : 0);
+	values[i++] = Int64GetDatum(usage_used);
+	values[i++] = Int64GetDatum(dirty);
+	values[i++] = U64(tracking_dropped);
+	values[i++] = U64(flushed_rows);
+	values[i++] = U64(flush_errors);
+	values[i] = TimestampTzGetDatum(last_flush);
+	nulls[i++] = last_flush == 0;
+	values[i++] = Int32GetDatum(workers);
+	values[i++] = U64(generation);
+#undef U64
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}

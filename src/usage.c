@@ -1,0 +1,242 @@
+/*
+ * usage.c - per-key state in shared memory: rate-limit windows, usage caps
+ * and use counts, all without writing to disk on the verify path.
+ *
+ * Rate limit: fixed windows aligned to the epoch (window = floor(now / w));
+ * at most rate_limit successes per window, counted exactly under the entry's
+ * spinlock.  Usage cap: `used` counts charged uses in the current period
+ * (periods aligned to the epoch too, or the key's lifetime); it starts from
+ * apikeys.usage and the flush worker writes it back.  A crash loses what was
+ * charged since the last flush (at most apikeys.flush_interval of traffic):
+ * those uses can be spent again.  Counts per outcome are added to
+ * apikeys.usage by the flush worker.
+ */
+#include "shmem.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "miscadmin.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/snapmgr.h"
+
+/*
+ * Find or create the entry of a key and return it with usage_lock held (in
+ * some mode; the caller releases it), so it cannot be evicted while in use.
+ * NULL, with the lock released, when the table is full of unflushed entries.
+ */
+static UsageEntry *
+usage_entry(const KeyPolicy *p)
+{
+	UsageKey	key;
+	UsageEntry *entry;
+	bool		found;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.key_id, &p->key_id, sizeof(pg_uuid_t));
+
+	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+	entry = hash_search(apikeys_usage_hash, &key, HASH_FIND, NULL);
+	if (entry)
+		return entry;
+	LWLockRelease(apikeys_shared->usage_lock);
+
+	LWLockAcquire(apikeys_shared->usage_lock, LW_EXCLUSIVE);
+	entry = hash_search(apikeys_usage_hash, &key, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		/* evict one flushed entry; look at a bounded number of them */
+		HASH_SEQ_STATUS scan;
+		UsageEntry *victim;
+		int			looked = 0;
+
+		hash_seq_init(&scan, apikeys_usage_hash);
+		while ((victim = hash_seq_search(&scan)) != NULL && looked++ < 64)
+		{
+			if (!victim->dirty)
+			{
+				hash_seq_term(&scan);
+				hash_search(apikeys_usage_hash, &victim->key, HASH_REMOVE, NULL);
+				pg_atomic_fetch_add_u64(&apikeys_shared->usage_evictions, 1);
+				break;
+			}
+		}
+		if (victim && looked > 64)
+			hash_seq_term(&scan);
+		entry = hash_search(apikeys_usage_hash, &key, HASH_ENTER_NULL, &found);
+	}
+	if (entry && !found)
+	{
+		SpinLockInit(&entry->mutex);
+		entry->base_loaded = false;
+		entry->rate_window = -1;
+		entry->rate_count = 0;
+		entry->usage_period = -1;
+		entry->used = 0;
+		entry->usage_period_s = 0;
+		entry->last_used_at = 0;
+		memset(entry->counts_pending, 0, sizeof(entry->counts_pending));
+		memset(entry->counts_inflight, 0, sizeof(entry->counts_inflight));
+		entry->dirty = false;
+	}
+	if (entry == NULL)
+	{
+		LWLockRelease(apikeys_shared->usage_lock);
+		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
+	}
+	return entry;
+}
+
+static int64
+period_index(int32 period_s, TimestampTz t)
+{
+	return period_s > 0 ? t / ((int64) period_s * USECS_PER_SEC) : 0;
+}
+
+/* uses already charged in this period, from apikeys.usage */
+static int64
+load_used(const KeyPolicy *p, int64 period)
+{
+	const ApikeysCatalog *cat = apikeys_catalog();
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	bool		isnull;
+	int64		used = 0;
+
+	tuple = apikeys_probe_unique(cat->usage_rel, cat->usage_pkey, F_UUID_EQ,
+								 UUIDPGetDatum(&p->key_id), InvalidOid,
+								 GetLatestSnapshot(), &desc, &rel);
+	if (tuple)
+	{
+		Datum		start = heap_getattr(tuple, Anum_usage_period_start, desc, &isnull);
+
+		if (p->usage_period_s == 0 ||
+			(!isnull && period_index(p->usage_period_s, DatumGetTimestampTz(start)) == period))
+			used = DatumGetInt64(heap_getattr(tuple, Anum_usage_used, desc, &isnull));
+	}
+	table_close(rel, AccessShareLock);
+	return used;
+}
+
+static void
+count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
+{
+	e->counts_pending[code]++;
+	if (code == V_VALID)
+		e->last_used_at = now;
+	e->dirty = true;
+}
+
+VerdictCode
+apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
+{
+	UsageEntry *e;
+	VerdictCode code = V_VALID;
+	int64		period = period_index(p->usage_period_s, now);
+	int64		base = 0;
+
+	rv->limit = p->rate_limit;
+	rv->remaining = 0;
+	rv->reset = 0;
+	rv->usage_remaining = -1;
+
+	if (!apikeys_shmem_ready())
+	{
+		if (p->rate_limit > 0 || p->usage_limit > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("limits_unavailable: this key has a rate limit or usage cap, but apikeys is not loaded through shared_preload_libraries"),
+					 errdetail("Limits are kept in shared memory; without it they cannot be enforced."),
+					 errhint("Add apikeys to shared_preload_libraries in postgresql.conf and restart the server.")));
+		return V_VALID;
+	}
+
+	e = usage_entry(p);
+	if (e == NULL)
+	{
+		if (p->rate_limit > 0 || p->usage_limit > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
+					 errhint("Raise apikeys.tracked_keys.")));
+		return V_VALID;
+	}
+
+	/* read the stored use count once per entry and period, outside locks */
+	if (p->usage_limit > 0)
+	{
+		bool		need;
+
+		SpinLockAcquire(&e->mutex);
+		need = !e->base_loaded || e->usage_period != period;
+		SpinLockRelease(&e->mutex);
+		if (need)
+		{
+			LWLockRelease(apikeys_shared->usage_lock);
+			base = load_used(p, period);
+			if ((e = usage_entry(p)) == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
+						 errhint("Raise apikeys.tracked_keys.")));
+		}
+	}
+
+	SpinLockAcquire(&e->mutex);
+	if (p->usage_limit > 0 && (!e->base_loaded || e->usage_period != period))
+	{
+		/* a new period starts from zero; a first look starts from the table */
+		e->used = (e->base_loaded && e->usage_period != period) ? 0 : base;
+		e->usage_period = period;
+		e->usage_period_s = p->usage_period_s;
+		e->base_loaded = true;
+	}
+	if (p->rate_limit > 0)
+	{
+		int64		wlen = (int64) p->rate_window_s * USECS_PER_SEC;
+		int64		window = now / wlen;
+
+		if (e->rate_window != window)
+		{
+			e->rate_window = window;
+			e->rate_count = 0;
+		}
+		rv->reset = (window + 1) * wlen;
+		if (e->rate_count >= p->rate_limit)
+			code = V_RATE_LIMITED;
+		else
+			e->rate_count++;
+		rv->remaining = p->rate_limit - e->rate_count;
+	}
+	if (code == V_VALID && p->usage_limit > 0)
+	{
+		if (e->used >= p->usage_limit)
+			code = V_USAGE_EXCEEDED;
+		else
+			e->used++;
+	}
+	if (p->usage_limit > 0)
+		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
+	count_locked(e, code, now);
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(apikeys_shared->usage_lock);
+
+	apikeys_flush_worker_wake(MyDatabaseId);
+	return code;
+}
+
+void
+apikeys_usage_count(const KeyPolicy *p, VerdictCode code, TimestampTz now)
+{
+	UsageEntry *e;
+
+	if (!apikeys_shmem_ready() || (e = usage_entry(p)) == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	count_locked(e, code, now);
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(apikeys_shared->usage_lock);
+	apikeys_flush_worker_wake(MyDatabaseId);
+}
