@@ -19,4 +19,5 @@ _PG_init(void)
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
 	apikeys_shmem_init();
+	apikeys_guc_reserve();
 }

@@ -55,6 +55,7 @@
 extern char *apikeys_actor;
 extern char *apikeys_request_id;
 extern void apikeys_guc_init(void);
+extern void apikeys_guc_reserve(void);
 
 /* catalog_cache.c: OIDs of our tables and the indexes verify scans */
 typedef struct ApikeysCatalog

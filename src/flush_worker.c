@@ -28,7 +28,6 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -131,70 +130,85 @@ typedef struct FlushItem
 static FlushItem *
 collect(Oid dbid, int *n_out)
 {
-	HASH_SEQ_STATUS scan;
-	UsageEntry *e;
+	const SlotTable *t = &apikeys_usage_table;
 	int			cap = 256,
 				n = 0;
 	FlushItem  *items = palloc(sizeof(FlushItem) * cap);
 
-	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
-	hash_seq_init(&scan, apikeys_usage_hash);
-	while ((e = hash_seq_search(&scan)) != NULL)
+	for (uint32 set = 0; set < t->nsets; set++)
 	{
-		FlushItem  *it;
+		LWLock	   *lock = slot_lock(t, set);
 
-		if (e->key.dbid != dbid || !e->dirty)
-			continue;
-		if (n == cap)
+		LWLockAcquire(lock, LW_SHARED);
+		for (int w = 0; w < SLOT_WAYS; w++)
 		{
-			cap *= 2;
-			items = repalloc(items, sizeof(FlushItem) * cap);
+			UsageEntry *e = (UsageEntry *) slot_entry(t, set, w);
+			FlushItem  *it;
+
+			if (!e->hdr.used || e->key.dbid != dbid || !e->dirty)
+				continue;
+			if (n == cap)
+			{
+				cap *= 2;
+				items = repalloc(items, sizeof(FlushItem) * cap);
+			}
+			it = &items[n++];
+			SpinLockAcquire(&e->mutex);
+			it->key = e->key;
+			it->has_used = e->base_loaded;
+			it->used = e->used;
+			it->period = e->usage_period;
+			it->period_s = e->usage_period_s;
+			it->last_used_at = e->last_used_at;
+			for (int i = 0; i < VERDICT_COUNT; i++)
+			{
+				it->counts[i] = e->counts_pending[i];
+				e->counts_inflight[i] += e->counts_pending[i];
+				e->counts_pending[i] = 0;
+			}
+			e->dirty = false;
+			e->flushing = true;
+			SpinLockRelease(&e->mutex);
 		}
-		it = &items[n++];
-		SpinLockAcquire(&e->mutex);
-		it->key = e->key;
-		it->has_used = e->base_loaded;
-		it->used = e->used;
-		it->period = e->usage_period;
-		it->period_s = e->usage_period_s;
-		it->last_used_at = e->last_used_at;
-		for (int i = 0; i < VERDICT_COUNT; i++)
-		{
-			it->counts[i] = e->counts_pending[i];
-			e->counts_inflight[i] += e->counts_pending[i];
-			e->counts_pending[i] = 0;
-		}
-		e->dirty = false;
-		SpinLockRelease(&e->mutex);
+		LWLockRelease(lock);
 	}
-	LWLockRelease(apikeys_shared->usage_lock);
 	*n_out = n;
 	return items;
 }
 
-/* After the write: forget (ok) or restore (failed) the in-flight counts. */
+/*
+ * After the write: forget (ok) or restore (failed) the in-flight counts.
+ * Entries in flight are not evicted (usage.c), so each is still there.
+ */
 static void
 settle(FlushItem *items, int n, bool ok)
 {
-	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
+	const SlotTable *t = &apikeys_usage_table;
+
 	for (int k = 0; k < n; k++)
 	{
-		UsageEntry *e = hash_search(apikeys_usage_hash, &items[k].key, HASH_FIND, NULL);
+		uint32		set = slot_set_of(t, &items[k].key);
+		LWLock	   *lock = slot_lock(t, set);
+		UsageEntry *e;
 
-		if (e == NULL)
-			continue;			/* dirty entries are never evicted; defensive */
-		SpinLockAcquire(&e->mutex);
-		for (int i = 0; i < VERDICT_COUNT; i++)
+		LWLockAcquire(lock, LW_SHARED);
+		e = (UsageEntry *) slot_find(t, set, &items[k].key);
+		if (e)
 		{
-			e->counts_inflight[i] -= items[k].counts[i];
+			SpinLockAcquire(&e->mutex);
+			for (int i = 0; i < VERDICT_COUNT; i++)
+			{
+				e->counts_inflight[i] = Max(e->counts_inflight[i] - items[k].counts[i], 0);
+				if (!ok)
+					e->counts_pending[i] += items[k].counts[i];
+			}
 			if (!ok)
-				e->counts_pending[i] += items[k].counts[i];
+				e->dirty = true;
+			e->flushing = false;
+			SpinLockRelease(&e->mutex);
 		}
-		if (!ok)
-			e->dirty = true;
-		SpinLockRelease(&e->mutex);
+		LWLockRelease(lock);
 	}
-	LWLockRelease(apikeys_shared->usage_lock);
 }
 
 /*

@@ -39,6 +39,13 @@ apikeys_guc_init(void)
 							   "Comma-separated CIDRs; \"local\" means Unix-socket connections. Empty: never trust the header.",
 							   &apikeys_trusted_proxies, "", PGC_SUSET, 0,
 							   NULL, NULL, NULL);
+
+}
+
+/* After every module defined its settings: unknown apikeys.* names are errors. */
+void
+apikeys_guc_reserve(void)
+{
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("apikeys");
 #else

@@ -12,11 +12,10 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
-#include "utils/hsearch.h"
 
 ApikeysShared *apikeys_shared = NULL;
-HTAB	   *apikeys_policy_hash = NULL;
-HTAB	   *apikeys_usage_hash = NULL;
+SlotTable	apikeys_policy_table;
+SlotTable	apikeys_usage_table;
 
 int			apikeys_cache_entries = 10000;
 int			apikeys_tracked_keys = 50000;
@@ -32,9 +31,8 @@ apikeys_shmem_size(void)
 {
 	Size		size = MAXALIGN(sizeof(ApikeysShared));
 
-	size = add_size(size, hash_estimate_size(apikeys_cache_entries,
-											 sizeof(PolicyCacheEntry)));
-	size = add_size(size, hash_estimate_size(apikeys_tracked_keys, sizeof(UsageEntry)));
+	size = add_size(size, slot_table_size(apikeys_cache_entries, sizeof(PolicyCacheEntry)));
+	size = add_size(size, slot_table_size(apikeys_tracked_keys, sizeof(UsageEntry)));
 	return size;
 }
 
@@ -46,27 +44,25 @@ apikeys_shmem_request(void)
 		prev_shmem_request_hook();
 #endif
 	RequestAddinShmemSpace(apikeys_shmem_size());
-	RequestNamedLWLockTranche("apikeys", 2);
+	RequestNamedLWLockTranche("apikeys", 2 * SLOT_PARTITIONS);
 }
 
 static void
 apikeys_shmem_startup(void)
 {
 	bool		found;
-	HASHCTL		info;
+	bool		found_table;
+	LWLockPadded *locks;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	apikeys_shared = ShmemInitStruct("apikeys", sizeof(ApikeysShared), &found);
+	locks = GetNamedLWLockTranche("apikeys");
 	if (!found)
 	{
-		LWLockPadded *locks = GetNamedLWLockTranche("apikeys");
-
 		memset(apikeys_shared, 0, sizeof(ApikeysShared));
-		apikeys_shared->cache_lock = &locks[0].lock;
-		apikeys_shared->usage_lock = &locks[1].lock;
 		pg_atomic_init_u64(&apikeys_shared->generation, 1);
 		for (int i = 0; i < VERDICT_COUNT; i++)
 			pg_atomic_init_u64(&apikeys_shared->outcomes[i], 0);
@@ -81,17 +77,12 @@ apikeys_shmem_startup(void)
 		SpinLockInit(&apikeys_shared->db_mutex);
 	}
 
-	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(PolicyCacheKey);
-	info.entrysize = sizeof(PolicyCacheEntry);
-	apikeys_policy_hash = ShmemInitHash("apikeys policy cache",
-										apikeys_cache_entries, apikeys_cache_entries,
-										&info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
-	info.keysize = sizeof(UsageKey);
-	info.entrysize = sizeof(UsageEntry);
-	apikeys_usage_hash = ShmemInitHash("apikeys usage",
-									   apikeys_tracked_keys, apikeys_tracked_keys,
-									   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	slot_table_init(&apikeys_policy_table, "apikeys policy cache", apikeys_cache_entries,
+					sizeof(PolicyCacheEntry), offsetof(PolicyCacheEntry, key),
+					sizeof(PolicyCacheKey), locks, &found_table);
+	slot_table_init(&apikeys_usage_table, "apikeys usage", apikeys_tracked_keys,
+					sizeof(UsageEntry), offsetof(UsageEntry, key), sizeof(UsageKey),
+					locks + SLOT_PARTITIONS, &found_table);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -104,7 +95,7 @@ apikeys_shmem_init(void)
 	DefineCustomIntVariable("apikeys.cache_entries",
 							"Secrets whose policies are cached in shared memory.",
 							"About 700 bytes each. Misses fall back to an index lookup.",
-							&apikeys_cache_entries, 10000, 0, 10000000,
+							&apikeys_cache_entries, 10000, 4, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.tracked_keys",
 							"Keys whose usage, rate-limit and cap state is kept in shared memory.",

@@ -2,12 +2,12 @@
  * shmem.h - apikeys' shared memory (present only when the library is in
  * shared_preload_libraries).
  *
- * Locking protocol:
- *   cache_lock  LWLock over the policy cache hash: shared to look up and copy
- *               an entry out, exclusive to insert or evict.
- *   usage_lock  LWLock over the usage hash: shared to find an entry, then the
- *               entry's spinlock to read or change its counters; exclusive to
- *               insert or evict entries.
+ * Locking protocol (both tables are slot_table.c tables, partitioned):
+ *   policy cache  partition lock shared to look up and copy an entry out,
+ *                 exclusive to fill or evict.
+ *   usage table   partition lock shared to find an entry, then the entry's
+ *                 spinlock to read or change its counters; exclusive to
+ *                 create or evict entries (only flushed ones are evicted).
  *   generation  atomic counter bumped after every commit that changed keys,
  *               secrets, tenants or policies; cache entries filled under an
  *               older generation are ignored (policy_cache.c).
@@ -22,6 +22,8 @@
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 
+#include "slot_table.h"
+
 #define APIKEYS_MAX_FLUSH_DBS 32
 
 typedef struct FlushDbSlot
@@ -33,8 +35,6 @@ typedef struct FlushDbSlot
 
 typedef struct ApikeysShared
 {
-	LWLock	   *cache_lock;
-	LWLock	   *usage_lock;
 	pg_atomic_uint64 generation;
 	pg_atomic_uint64 outcomes[VERDICT_COUNT];
 	pg_atomic_uint64 cache_hits;
@@ -50,8 +50,8 @@ typedef struct ApikeysShared
 } ApikeysShared;
 
 extern ApikeysShared *apikeys_shared;	/* NULL when not preloaded */
-extern struct HTAB *apikeys_policy_hash;
-extern struct HTAB *apikeys_usage_hash;
+extern SlotTable apikeys_policy_table;
+extern SlotTable apikeys_usage_table;
 
 /* settings (shmem.c) */
 extern int	apikeys_cache_entries;
@@ -83,6 +83,7 @@ typedef struct PolicyCacheKey
 
 typedef struct PolicyCacheEntry
 {
+	SlotHeader	hdr;
 	PolicyCacheKey key;
 	uint64		generation;		/* apikeys_shared->generation when filled */
 	Oid			credential_rel; /* forget entries of a dropped extension */
@@ -107,6 +108,7 @@ typedef struct UsageKey
 
 typedef struct UsageEntry
 {
+	SlotHeader	hdr;
 	UsageKey	key;
 	slock_t		mutex;
 	bool		base_loaded;	/* used_base read from apikeys.usage */
@@ -119,6 +121,7 @@ typedef struct UsageEntry
 	int64		counts_pending[VERDICT_COUNT];
 	int64		counts_inflight[VERDICT_COUNT];
 	bool		dirty;			/* something to flush */
+	bool		flushing;		/* counts in flight: keep until settled */
 } UsageEntry;
 
 typedef struct RateVerdict

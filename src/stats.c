@@ -7,7 +7,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/hsearch.h"
 #include "utils/tuplestore.h"
 
 /* Set up a set-returning function's tuplestore (InitMaterializedSRF, 15+). */
@@ -66,40 +65,42 @@ Datum
 apikeys_pending_usage(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	HASH_SEQ_STATUS scan;
-	UsageEntry *e;
-
 	materialize_srf(fcinfo);
 	if (apikeys_shared == NULL)
 		return (Datum) 0;
 
-	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
-	hash_seq_init(&scan, apikeys_usage_hash);
-	while ((e = hash_seq_search(&scan)) != NULL)
+	for (uint32 set = 0; set < apikeys_usage_table.nsets; set++)
 	{
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-		Datum		counts[VERDICT_COUNT];
-		pg_uuid_t  *id;
+		LWLock	   *lock = slot_lock(&apikeys_usage_table, set);
 
-		if (e->key.dbid != MyDatabaseId)
-			continue;
-		id = palloc(sizeof(pg_uuid_t));
-		memcpy(id, &e->key.key_id, sizeof(pg_uuid_t));
-		SpinLockAcquire(&e->mutex);
-		values[1] = TimestampTzGetDatum(e->last_used_at);
-		nulls[1] = e->last_used_at == 0;
-		values[2] = Int64GetDatum(e->used);
-		nulls[2] = !e->base_loaded;
-		for (int i = 0; i < VERDICT_COUNT; i++)
-			counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
-		SpinLockRelease(&e->mutex);
-		values[0] = UUIDPGetDatum(id);
-		values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
-													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		LWLockAcquire(lock, LW_SHARED);
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, set, w);
+			Datum		values[4];
+			bool		nulls[4] = {false, false, false, false};
+			Datum		counts[VERDICT_COUNT];
+			pg_uuid_t  *id;
+
+			if (!e->hdr.used || e->key.dbid != MyDatabaseId)
+				continue;
+			id = palloc(sizeof(pg_uuid_t));
+			memcpy(id, &e->key.key_id, sizeof(pg_uuid_t));
+			SpinLockAcquire(&e->mutex);
+			values[1] = TimestampTzGetDatum(e->last_used_at);
+			nulls[1] = e->last_used_at == 0;
+			values[2] = Int64GetDatum(e->used);
+			nulls[2] = !e->base_loaded;
+			for (int i = 0; i < VERDICT_COUNT; i++)
+				counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
+			SpinLockRelease(&e->mutex);
+			values[0] = UUIDPGetDatum(id);
+			values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
+														FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		LWLockRelease(lock);
 	}
-	LWLockRelease(apikeys_shared->usage_lock);
 	return (Datum) 0;
 }
 
@@ -124,18 +125,15 @@ apikeys_runtime(PG_FUNCTION_ARGS)
 
 	if (apikeys_shared)
 	{
-		HASH_SEQ_STATUS scan;
-		UsageEntry *e;
+		cache_used = slot_count_used(&apikeys_policy_table);
+		usage_used = slot_count_used(&apikeys_usage_table);
+		for (uint32 set = 0; set < apikeys_usage_table.nsets; set++)
+			for (int w = 0; w < SLOT_WAYS; w++)
+			{
+				UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, set, w);
 
-		LWLockAcquire(apikeys_shared->cache_lock, LW_SHARED);
-		cache_used = hash_get_num_entries(apikeys_policy_hash);
-		LWLockRelease(apikeys_shared->cache_lock);
-		LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
-		usage_used = hash_get_num_entries(apikeys_usage_hash);
-		hash_seq_init(&scan, apikeys_usage_hash);
-		while ((e = hash_seq_search(&scan)) != NULL)
-			dirty += e->dirty ? 1 : 0;
-		LWLockRelease(apikeys_shared->usage_lock);
+				dirty += (e->hdr.used && e->dirty) ? 1 : 0;
+			}
 		SpinLockAcquire(&apikeys_shared->db_mutex);
 		for (int d = 0; d < APIKEYS_MAX_FLUSH_DBS; d++)
 			workers += apikeys_shared->dbs[d].worker_pid != 0;
@@ -146,12 +144,12 @@ apikeys_runtime(PG_FUNCTION_ARGS)
 #define U64(field) Int64GetDatum(apikeys_shared ? (int64) pg_atomic_read_u64(&apikeys_shared->field) : 0)
 	values[i++] = BoolGetDatum(apikeys_shared != NULL);
 	values[i++] = Int64GetDatum(apikeys_shared ? (int64) apikeys_shmem_size() : 0);
-	values[i++] = Int32GetDatum(apikeys_shared ? apikeys_cache_entries : 0);
+	values[i++] = Int32GetDatum(apikeys_shared ? (int32) (apikeys_policy_table.nsets * SLOT_WAYS) : 0);
 	values[i++] = Int64GetDatum(cache_used);
 	values[i++] = U64(cache_hits);
 	values[i++] = U64(cache_misses);
 	values[i++] = U64(cache_evictions);
-	values[i++] = Int32GetDatum(apikeys_shared ? apikeys_tracked_keys : 0);
+	values[i++] = Int32GetDatum(apikeys_shared ? (int32) (apikeys_usage_table.nsets * SLOT_WAYS) : 0);
 	values[i++] = Int64GetDatum(usage_used);
 	values[i++] = Int64GetDatum(dirty);
 	values[i++] = U64(tracking_dropped);

@@ -17,72 +17,59 @@
 #include "access/table.h"
 #include "miscadmin.h"
 #include "utils/fmgroids.h"
-#include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 
+static bool
+usage_evictable(const SlotHeader *h)
+{
+	const UsageEntry *e = (const UsageEntry *) h;
+
+	return !e->dirty && !e->flushing;
+}
+
 /*
- * Find or create the entry of a key and return it with usage_lock held (in
- * some mode; the caller releases it), so it cannot be evicted while in use.
- * NULL, with the lock released, when the table is full of unflushed entries.
+ * Find or create the entry of a key and return it with its partition lock
+ * held (*lock; the caller releases it), so it cannot be evicted while in use.
+ * NULL, with no lock held, when the key's set is full of unflushed entries.
  */
 static UsageEntry *
-usage_entry(const KeyPolicy *p)
+usage_entry(const KeyPolicy *p, LWLock **lock)
 {
 	UsageKey	key;
 	UsageEntry *entry;
-	bool		found;
+	uint32		set;
+	bool		evicted;
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	memcpy(&key.key_id, &p->key_id, sizeof(pg_uuid_t));
+	set = slot_set_of(&apikeys_usage_table, &key);
+	*lock = slot_lock(&apikeys_usage_table, set);
 
-	LWLockAcquire(apikeys_shared->usage_lock, LW_SHARED);
-	entry = hash_search(apikeys_usage_hash, &key, HASH_FIND, NULL);
+	LWLockAcquire(*lock, LW_SHARED);
+	entry = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
 	if (entry)
 		return entry;
-	LWLockRelease(apikeys_shared->usage_lock);
+	LWLockRelease(*lock);
 
-	LWLockAcquire(apikeys_shared->usage_lock, LW_EXCLUSIVE);
-	entry = hash_search(apikeys_usage_hash, &key, HASH_ENTER_NULL, &found);
+	LWLockAcquire(*lock, LW_EXCLUSIVE);
+	entry = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
 	if (entry == NULL)
 	{
-		/* evict one flushed entry; look at a bounded number of them */
-		HASH_SEQ_STATUS scan;
-		UsageEntry *victim;
-		int			looked = 0;
-
-		hash_seq_init(&scan, apikeys_usage_hash);
-		while ((victim = hash_seq_search(&scan)) != NULL && looked++ < 64)
+		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
+										  usage_evictable, &evicted);
+		if (entry)
 		{
-			if (!victim->dirty)
-			{
-				hash_seq_term(&scan);
-				hash_search(apikeys_usage_hash, &victim->key, HASH_REMOVE, NULL);
+			if (evicted)
 				pg_atomic_fetch_add_u64(&apikeys_shared->usage_evictions, 1);
-				break;
-			}
+			SpinLockInit(&entry->mutex);
+			entry->rate_window = -1;
+			entry->usage_period = -1;
 		}
-		if (victim && looked > 64)
-			hash_seq_term(&scan);
-		entry = hash_search(apikeys_usage_hash, &key, HASH_ENTER_NULL, &found);
-	}
-	if (entry && !found)
-	{
-		SpinLockInit(&entry->mutex);
-		entry->base_loaded = false;
-		entry->rate_window = -1;
-		entry->rate_count = 0;
-		entry->usage_period = -1;
-		entry->used = 0;
-		entry->usage_period_s = 0;
-		entry->last_used_at = 0;
-		memset(entry->counts_pending, 0, sizeof(entry->counts_pending));
-		memset(entry->counts_inflight, 0, sizeof(entry->counts_inflight));
-		entry->dirty = false;
 	}
 	if (entry == NULL)
 	{
-		LWLockRelease(apikeys_shared->usage_lock);
+		LWLockRelease(*lock);
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
 	}
 	return entry;
@@ -133,6 +120,7 @@ VerdictCode
 apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 {
 	UsageEntry *e;
+	LWLock	   *lock;
 	VerdictCode code = V_VALID;
 	int64		period = period_index(p->usage_period_s, now);
 	int64		base = 0;
@@ -153,7 +141,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		return V_VALID;
 	}
 
-	e = usage_entry(p);
+	e = usage_entry(p, &lock);
 	if (e == NULL)
 	{
 		if (p->rate_limit > 0 || p->usage_limit > 0)
@@ -174,9 +162,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		SpinLockRelease(&e->mutex);
 		if (need)
 		{
-			LWLockRelease(apikeys_shared->usage_lock);
+			LWLockRelease(lock);
 			base = load_used(p, period);
-			if ((e = usage_entry(p)) == NULL)
+			if ((e = usage_entry(p, &lock)) == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 						 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
@@ -220,8 +208,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	if (p->usage_limit > 0)
 		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
 	count_locked(e, code, now);
+	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);
-	LWLockRelease(apikeys_shared->usage_lock);
+	LWLockRelease(lock);
 
 	apikeys_flush_worker_wake(MyDatabaseId);
 	return code;
@@ -231,12 +220,14 @@ void
 apikeys_usage_count(const KeyPolicy *p, VerdictCode code, TimestampTz now)
 {
 	UsageEntry *e;
+	LWLock	   *lock;
 
-	if (!apikeys_shmem_ready() || (e = usage_entry(p)) == NULL)
+	if (!apikeys_shmem_ready() || (e = usage_entry(p, &lock)) == NULL)
 		return;
 	SpinLockAcquire(&e->mutex);
 	count_locked(e, code, now);
+	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);
-	LWLockRelease(apikeys_shared->usage_lock);
+	LWLockRelease(lock);
 	apikeys_flush_worker_wake(MyDatabaseId);
 }

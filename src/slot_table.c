@@ -1,0 +1,87 @@
+/*
+ * slot_table.c - set-associative shared tables (see slot_table.h).
+ */
+#include "slot_table.h"
+
+#include "common/hashfn.h"
+#include "storage/shmem.h"
+
+static uint32
+sets_for(int nentries)
+{
+	return Max((nentries + SLOT_WAYS - 1) / SLOT_WAYS, 1);
+}
+
+Size
+slot_table_size(int nentries, Size entry_size)
+{
+	return mul_size(mul_size(sets_for(nentries), SLOT_WAYS), MAXALIGN(entry_size));
+}
+
+void
+slot_table_init(SlotTable *t, const char *name, int nentries, Size entry_size,
+				Size key_offset, Size key_size, LWLockPadded *locks, bool *found)
+{
+	t->nsets = sets_for(nentries);
+	t->entry_size = MAXALIGN(entry_size);
+	t->key_offset = key_offset;
+	t->key_size = key_size;
+	for (int i = 0; i < SLOT_PARTITIONS; i++)
+		t->locks[i] = &locks[i].lock;
+	t->entries = ShmemInitStruct(name, slot_table_size(nentries, entry_size), found);
+	if (!*found)
+		memset(t->entries, 0, slot_table_size(nentries, entry_size));
+}
+
+SlotHeader *
+slot_find(const SlotTable *t, uint32 set, const void *key)
+{
+	for (int w = 0; w < SLOT_WAYS; w++)
+	{
+		SlotHeader *e = slot_entry(t, set, w);
+
+		if (e->used && memcmp((char *) e + t->key_offset, key, t->key_size) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+SlotHeader *
+slot_claim(const SlotTable *t, uint32 set, const void *key,
+		   bool (*may_evict) (const SlotHeader *), bool *evicted)
+{
+	SlotHeader *victim = NULL;
+
+	*evicted = false;
+	for (int w = 0; w < SLOT_WAYS; w++)
+	{
+		SlotHeader *e = slot_entry(t, set, w);
+
+		if (!e->used)
+		{
+			victim = e;
+			break;
+		}
+		if ((may_evict == NULL || may_evict(e)) &&
+			(victim == NULL || e->last_use < victim->last_use))
+			victim = e;
+	}
+	if (victim == NULL)
+		return NULL;
+	*evicted = victim->used;
+	memset(victim, 0, t->entry_size);
+	memcpy((char *) victim + t->key_offset, key, t->key_size);
+	victim->used = true;
+	return victim;
+}
+
+int64
+slot_count_used(const SlotTable *t)
+{
+	int64		n = 0;
+
+	for (uint32 s = 0; s < t->nsets; s++)
+		for (int w = 0; w < SLOT_WAYS; w++)
+			n += slot_entry(t, s, w)->used;
+	return n;
+}
