@@ -22,3 +22,6 @@ include $(PGXS)
 
 apikeys--1.0.sql: $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
+
+# PGXS does not track headers: rebuild every object when one changes.
+$(OBJS): $(wildcard src/*.h)

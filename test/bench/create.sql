@@ -1,0 +1,1 @@
+SELECT key_id FROM apikeys.apikey_create('bench', 'pgbench');

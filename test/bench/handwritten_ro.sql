@@ -1,0 +1,2 @@
+\set id random(1, :nkeys)
+SELECT bench_handwritten_verify_ro((SELECT k FROM bench_keys WHERE id = :id));

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# test/bench/run.sh - the apikeys benchmark (not a pass/fail test).
+#
+#   test/bench/run.sh            1,000,000 keys, 10 s per run
+#   BENCH_KEYS=100000 BENCH_SECONDS=5 test/bench/run.sh
+#   BENCH_SIZES="1000 100000 1000000 10000000" test/bench/run.sh   # latency by size
+#
+# One throwaway server (apikeys preloaded), pgbench in prepared mode with 4
+# clients, one run each, printing transactions per second and the ratios
+# SPEC.md sets targets for.
+source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
+
+KEYS=${BENCH_KEYS:-1000000}
+SECS=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-4}
+SIZES=${BENCH_SIZES:-"1000 100000 $KEYS"}
+PORT=54388
+NAME=bench
+BENCH_DIR="$ROOT/test/bench"
+
+ensure_deps
+build_install
+trap 'cluster_stop $NAME' EXIT
+cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '1GB'" \
+	"max_connections = 50" "apikeys.tracked_keys = 200000"
+psql_b() { cluster_psql $NAME $PORT -q -d postgres "$@"; }
+
+# pgbench_tps SCRIPT [extra args]: one run, prints tps
+pgbench_tps() {
+	local script=$1; shift
+	"$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$SECS" \
+		-h "$TMPDIR_APIKEYS/$NAME" -p $PORT -U postgres "$@" -f "$script" postgres 2>&1 |
+		awk '/^tps/ {print $3}' || true
+}
+pgbench_lat() {
+	local script=$1; shift
+	"$PGBIN/pgbench" -n -M prepared -c 1 -j 1 -T "$SECS" \
+		-h "$TMPDIR_APIKEYS/$NAME" -p $PORT -U postgres "$@" -f "$script" postgres 2>&1 |
+		awk '/^latency average/ {print $4}' || true
+}
+
+say "loading keys"
+psql_b <<SQL
+CREATE EXTENSION apikeys CASCADE;
+SELECT apikeys.tenant_create('bench') IS NOT NULL;
+CREATE TABLE bench_keys (id serial PRIMARY KEY, k text NOT NULL);
+CREATE TABLE bench_rotate (id serial PRIMARY KEY, key_id uuid NOT NULL);
+\i $BENCH_DIR/handwritten.sql.setup
+SQL
+
+# grow_to N: real keys through apikey_create (audit triggers off for the bulk
+# load only: session_replication_role = replica), mirrored in the
+# hand-written table.
+have=0
+grow_to() {
+	local n=$1
+	while [ "$have" -lt "$n" ]; do
+		local step=$(( n - have < 100000 ? n - have : 100000 ))
+		psql_b <<SQL
+SET session_replication_role = replica;
+INSERT INTO bench_keys (k)
+SELECT c.api_key FROM generate_series(1, $step) g, LATERAL apikeys.apikey_create('bench', 'bench ' || g) c;
+INSERT INTO bench_hw_keys (key_hash, tenant)
+SELECT encode(digest(k, 'sha256'), 'hex'), 'bench' FROM bench_keys WHERE id > $have;
+SQL
+		have=$(( have + step ))
+	done
+	psql_b -c "VACUUM ANALYZE" >/dev/null
+}
+
+fixed_script() {
+	local key=$1 f="$TMPDIR_APIKEYS/$NAME/verify_fixed.sql"
+	echo "SELECT valid FROM apikeys.apikey_verify('$key');" > "$f"
+	echo "$f"
+}
+
+say "latency of a random-key verify by table size (1 client, ms per call)"
+declare -A LAT
+for size in $SIZES; do
+	grow_to "$size"
+	LAT[$size]=$(pgbench_lat "$BENCH_DIR/verify_random.sql" -D nkeys="$size")
+	printf '  %10s keys: verify %s ms\n' "$size" "${LAT[$size]}"
+done
+grow_to "$KEYS"
+
+# the fixed key: tracking on (always, when preloaded) and a rate limit that never bites
+FIXED=$(psql_b -At -c "SELECT k FROM bench_keys WHERE id = 1")
+psql_b -c "SELECT apikeys.apikey_set_policy(key_id, rate_limit => 2000000000, rate_window => '1 second') FROM apikeys.apikey_verify('$FIXED')" >/dev/null
+psql_b -c "INSERT INTO bench_rotate (key_id) SELECT c.key_id FROM generate_series(1, 1000) g, LATERAL apikeys.apikey_create('bench', 'rot ' || g) c" >/dev/null
+
+say "throughput ($CLIENTS clients, prepared, ${SECS}s each)"
+T_SELECT1=$(pgbench_tps "$BENCH_DIR/select1.sql")
+T_FIXED=$(pgbench_tps "$(fixed_script "$FIXED")")
+T_RANDOM=$(pgbench_tps "$BENCH_DIR/verify_random.sql" -D nkeys="$KEYS")
+T_FETCH=$(pgbench_tps "$BENCH_DIR/fetch_random.sql" -D nkeys="$KEYS")
+T_HW=$(pgbench_tps "$BENCH_DIR/handwritten.sql" -D nkeys="$KEYS")
+T_HWRO=$(pgbench_tps "$BENCH_DIR/handwritten_ro.sql" -D nkeys="$KEYS")
+T_BAD=$(pgbench_tps "$BENCH_DIR/malformed.sql")
+T_CREATE=$(pgbench_tps "$BENCH_DIR/create.sql")
+T_ROTATE=$(pgbench_tps "$BENCH_DIR/rotate.sql")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+cat <<TXT
+
+  run                                            tps
+  (1) SELECT 1                               $T_SELECT1
+  (2) verify, fixed key, tracking+rate limit $T_FIXED
+  (3) verify, random of $KEYS keys        $T_RANDOM
+      the same fetch alone                   $T_FETCH
+  (4) hand-written PL/pgSQL + UPDATE         $T_HW
+      hand-written without the UPDATE        $T_HWRO
+  (5) malformed key                          $T_BAD
+      apikey_create (audited)                $T_CREATE
+      apikey_rotate (audited, grace 0)       $T_ROTATE
+
+  ratio                                   value  target
+  (2) / (1)                               $(ratio "$T_FIXED" "$T_SELECT1")   >= 0.85
+  (3) / hand-written with UPDATE          $(ratio "$T_RANDOM" "$T_HW")   >= 6
+  (3) / hand-written without UPDATE       $(ratio "$T_RANDOM" "$T_HWRO")   >= 1.5
+  (3) / fetch alone                       $(ratio "$T_RANDOM" "$T_FETCH")
+  (5) / (1)                               $(ratio "$T_BAD" "$T_SELECT1")   >= 0.95
+TXT
+psql_b -c "SELECT shmem_bytes, cache_capacity, cache_entries, tracked_capacity, tracked_keys, flushed_rows, flush_errors FROM apikeys.runtime"
