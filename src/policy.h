@@ -55,7 +55,8 @@ typedef struct KeyPolicy
 } KeyPolicy;
 
 /* policy_load.c: read the tables; false when the digest is unknown */
-extern bool apikeys_policy_load(const uint8 *digest, KeyPolicy *policy);
+extern bool apikeys_policy_load(const uint8 *digest, KeyPolicy *policy,
+								uint64 generation);
 extern int32 apikeys_interval_seconds(Datum interval);
 
 /* ip_allow.c */

@@ -4,6 +4,9 @@
  * apikeys.credential and apikeys.tenant.  No SPI, no planner, no permission
  * or RLS checks (EXECUTE on verify is the privilege).
  *
+ * generation: the shared cache generation read before this call (0: do not
+ * cache), under which tenants' active flags may be remembered.
+ *
  * The scans use the latest snapshot, not the statement's: a key revoked by a
  * transaction that has committed is refused even inside an older REPEATABLE
  * READ transaction, and the shared cache (policy_cache.c) relies on it.
@@ -20,6 +23,8 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 /* Probe a unique index for one value; copy the row out before closing. */
@@ -75,8 +80,72 @@ load_cidrs(Datum d, KeyPolicy *p)
 	}
 }
 
+/*
+ * Tenants' active flags, per backend.  Valid while the shared generation is
+ * the one read before the snapshot they were loaded with (the same rule as
+ * the policy cache): any committed change to key data clears them.
+ */
+typedef struct TenantCacheEntry
+{
+	char		tenant[NAMEDATALEN + 16];
+	bool		active;
+} TenantCacheEntry;
+
+static HTAB *tenant_cache = NULL;
+static uint64 tenant_cache_generation = 0;
+
+static bool
+tenant_active(text *tenant, Snapshot snapshot, uint64 generation)
+{
+	const ApikeysCatalog *cat = apikeys_catalog();
+	char		key[NAMEDATALEN + 16];
+	TenantCacheEntry *entry = NULL;
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	bool		isnull;
+	bool		active;
+	size_t		len = VARSIZE_ANY_EXHDR(tenant);
+
+	if (generation != 0 && len < sizeof(key))
+	{
+		if (tenant_cache == NULL || tenant_cache_generation != generation)
+		{
+			HASHCTL		info;
+
+			if (tenant_cache)
+				hash_destroy(tenant_cache);
+			memset(&info, 0, sizeof(info));
+			info.keysize = sizeof(key);
+			info.entrysize = sizeof(TenantCacheEntry);
+			info.hcxt = TopMemoryContext;
+			tenant_cache = hash_create("apikeys tenants", 64, &info,
+									   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+			tenant_cache_generation = generation;
+		}
+		memset(key, 0, sizeof(key));
+		memcpy(key, VARDATA_ANY(tenant), len);
+		entry = hash_search(tenant_cache, key, HASH_FIND, NULL);
+		if (entry)
+			return entry->active;
+	}
+
+	tuple = apikeys_probe_unique(cat->tenant_rel, cat->tenant_pkey, F_TEXTEQ,
+								 PointerGetDatum(tenant), C_COLLATION_OID, snapshot, &desc, &rel);
+	active = tuple != NULL &&
+		DatumGetBool(heap_getattr(tuple, Anum_tenant_active, desc, &isnull));
+	table_close(rel, AccessShareLock);
+
+	if (generation != 0 && len < sizeof(key) && hash_get_num_entries(tenant_cache) < 10000)
+	{
+		entry = hash_search(tenant_cache, key, HASH_ENTER, NULL);
+		entry->active = active;
+	}
+	return active;
+}
+
 bool
-apikeys_policy_load(const uint8 *digest, KeyPolicy *p)
+apikeys_policy_load(const uint8 *digest, KeyPolicy *p, uint64 generation)
 {
 	const ApikeysCatalog *cat = apikeys_catalog();
 	Snapshot	snapshot = GetLatestSnapshot();
@@ -141,10 +210,6 @@ apikeys_policy_load(const uint8 *digest, KeyPolicy *p)
 	p->usage_period_s = isnull ? 0 : apikeys_interval_seconds(d);
 	table_close(rel, AccessShareLock);
 
-	tuple = apikeys_probe_unique(cat->tenant_rel, cat->tenant_pkey, F_TEXTEQ,
-						 PointerGetDatum(p->tenant), C_COLLATION_OID, snapshot, &desc, &rel);
-	p->tenant_active = tuple != NULL &&
-		DatumGetBool(heap_getattr(tuple, Anum_tenant_active, desc, &isnull));
-	table_close(rel, AccessShareLock);
+	p->tenant_active = tenant_active(p->tenant, snapshot, generation);
 	return true;
 }

@@ -86,14 +86,14 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 		!apikeys_xact_changed_keys();
 
 	if (!use_cache)
-		return apikeys_policy_load(digest, policy);
+		return apikeys_policy_load(digest, policy, 0);
 
 	/* read the generation before the snapshot the fill will use */
 	generation = pg_atomic_read_u64(&apikeys_shared->generation);
 	pg_memory_barrier();
 	if (apikeys_cache_lookup(digest, generation, policy))
 		return true;
-	if (!apikeys_policy_load(digest, policy))
+	if (!apikeys_policy_load(digest, policy, generation))
 		return false;
 	apikeys_cache_store(digest, generation, policy);
 	return true;
