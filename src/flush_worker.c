@@ -212,42 +212,36 @@ settle(FlushItem *items, int n, bool ok)
 }
 
 /*
- * Only this worker writes apikeys.usage rows of its database, so an UPDATE of
- * existing rows then an INSERT of the others cannot race with itself.
- * ug (uses charged) is NULL for keys without a usage cap: left as stored.
+ * One statement per batch: one unique-index probe per key (ON CONFLICT).
+ * Keys are unique within a batch (one shared entry per key).  used is NULL
+ * for keys without a usage cap: the stored figure is then left alone.
+ * Rows of keys deleted meanwhile are skipped.
  */
 static const char *flush_sql =
-"WITH t AS ("
-"  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[]),"
+"INSERT INTO apikeys.usage AS u (key_id, last_used_at, used, period_start,"
+"  count_valid, count_disabled, count_revoked, count_expired, count_tenant_inactive,"
+"  count_ip_not_allowed, count_insufficient_scope, count_rate_limited, count_usage_exceeded)"
+" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[]),"
 "       pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::timestamptz[]),"
 "       pg_catalog.unnest($5::int8[]), pg_catalog.unnest($6::int8[]), pg_catalog.unnest($7::int8[]),"
 "       pg_catalog.unnest($8::int8[]), pg_catalog.unnest($9::int8[]), pg_catalog.unnest($10::int8[]),"
 "       pg_catalog.unnest($11::int8[]), pg_catalog.unnest($12::int8[]), pg_catalog.unnest($13::int8[]))"
 "       AS t(k, l, ug, ps, c1, c2, c3, c4, c5, c6, c7, c8, c9)"
-"   WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
-"), upd AS ("
-"  UPDATE apikeys.usage u SET"
-"   last_used_at = GREATEST(u.last_used_at, t.l),"
-"   used = COALESCE(t.ug, u.used),"
-"   period_start = CASE WHEN t.ug IS NULL THEN u.period_start ELSE t.ps END,"
-"   count_valid = u.count_valid OPERATOR(pg_catalog.+) t.c1,"
-"   count_disabled = u.count_disabled OPERATOR(pg_catalog.+) t.c2,"
-"   count_revoked = u.count_revoked OPERATOR(pg_catalog.+) t.c3,"
-"   count_expired = u.count_expired OPERATOR(pg_catalog.+) t.c4,"
-"   count_tenant_inactive = u.count_tenant_inactive OPERATOR(pg_catalog.+) t.c5,"
-"   count_ip_not_allowed = u.count_ip_not_allowed OPERATOR(pg_catalog.+) t.c6,"
-"   count_insufficient_scope = u.count_insufficient_scope OPERATOR(pg_catalog.+) t.c7,"
-"   count_rate_limited = u.count_rate_limited OPERATOR(pg_catalog.+) t.c8,"
-"   count_usage_exceeded = u.count_usage_exceeded OPERATOR(pg_catalog.+) t.c9,"
-"   flushed_at = pg_catalog.now()"
-"  FROM t WHERE u.key_id OPERATOR(pg_catalog.=) t.k"
-"  RETURNING u.key_id"
-")"
-" INSERT INTO apikeys.usage (key_id, last_used_at, used, period_start,"
-"  count_valid, count_disabled, count_revoked, count_expired, count_tenant_inactive,"
-"  count_ip_not_allowed, count_insufficient_scope, count_rate_limited, count_usage_exceeded)"
-" SELECT t.k, t.l, COALESCE(t.ug, 0), t.ps, t.c1, t.c2, t.c3, t.c4, t.c5, t.c6, t.c7, t.c8, t.c9"
-"   FROM t WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.key_id OPERATOR(pg_catalog.=) t.k)";
+"  WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
+" ON CONFLICT (key_id) DO UPDATE SET"
+"   last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
+"   used = COALESCE(excluded.used, u.used),"
+"   period_start = CASE WHEN excluded.used IS NULL THEN u.period_start ELSE excluded.period_start END,"
+"   count_valid = u.count_valid OPERATOR(pg_catalog.+) excluded.count_valid,"
+"   count_disabled = u.count_disabled OPERATOR(pg_catalog.+) excluded.count_disabled,"
+"   count_revoked = u.count_revoked OPERATOR(pg_catalog.+) excluded.count_revoked,"
+"   count_expired = u.count_expired OPERATOR(pg_catalog.+) excluded.count_expired,"
+"   count_tenant_inactive = u.count_tenant_inactive OPERATOR(pg_catalog.+) excluded.count_tenant_inactive,"
+"   count_ip_not_allowed = u.count_ip_not_allowed OPERATOR(pg_catalog.+) excluded.count_ip_not_allowed,"
+"   count_insufficient_scope = u.count_insufficient_scope OPERATOR(pg_catalog.+) excluded.count_insufficient_scope,"
+"   count_rate_limited = u.count_rate_limited OPERATOR(pg_catalog.+) excluded.count_rate_limited,"
+"   count_usage_exceeded = u.count_usage_exceeded OPERATOR(pg_catalog.+) excluded.count_usage_exceeded,"
+"   flushed_at = pg_catalog.now()";
 
 static ArrayType *
 int8_array(Datum *values, bool *nulls, int n)

@@ -101,7 +101,11 @@ load_used(const KeyPolicy *p, int64 period)
 
 		if (p->usage_period_s == 0 ||
 			(!isnull && period_index(p->usage_period_s, DatumGetTimestampTz(start)) == period))
-			used = DatumGetInt64(heap_getattr(tuple, Anum_usage_used, desc, &isnull));
+		{
+			Datum		d = heap_getattr(tuple, Anum_usage_used, desc, &isnull);
+
+			used = isnull ? 0 : DatumGetInt64(d);
+		}
 	}
 	table_close(rel, AccessShareLock);
 	return used;

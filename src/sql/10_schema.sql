@@ -65,7 +65,7 @@ COMMENT ON TABLE apikeys.secret IS 'SHA-256 digests of the secrets of each key: 
 CREATE TABLE apikeys.usage (
     key_id                   uuid PRIMARY KEY,
     last_used_at             timestamptz,
-    used                     bigint NOT NULL DEFAULT 0,   -- uses charged in the current period
+    used                     bigint,                      -- uses charged in the period; NULL: no cap tracked
     period_start             timestamptz,                 -- NULL: lifetime
     count_valid              bigint NOT NULL DEFAULT 0,
     count_disabled           bigint NOT NULL DEFAULT 0,

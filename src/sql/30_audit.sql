@@ -110,7 +110,7 @@ AS $$
             pg_current_xact_id(), p_detail, '', '')
 $$;
 
--- AFTER row trigger on tenant, credential, secret and role_tenant.
+-- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret and vault_service.
 CREATE FUNCTION apikeys._audit_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -127,9 +127,9 @@ BEGIN
     IF apikeys._bulk_loading() THEN
         RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
     END IF;
-    -- never a digest in the audit
-    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) 'digest'; END IF;
-    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) 'digest'; END IF;
+    -- never a digest or a vault ciphertext in the audit
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) '{digest,ciphertext}'::text[]; END IF;
+    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) '{digest,ciphertext}'::text[]; END IF;
     r := coalesce(n, o);
     t := r OPERATOR(pg_catalog.->>) 'tenant';
     k := (r OPERATOR(pg_catalog.->>) 'key_id')::uuid;
@@ -153,6 +153,21 @@ BEGIN
         END IF;
         act := CASE TG_OP WHEN 'INSERT' THEN 'secret_issued' WHEN 'DELETE' THEN 'secret_retired'
                ELSE 'secret_grace_set' END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_secret' THEN
+        k := (r OPERATOR(pg_catalog.->>) 'id')::uuid;   -- the vault secret's id
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
+           AND (to_jsonb(OLD) OPERATOR(pg_catalog.-) 'last_used_at') OPERATOR(pg_catalog.=) (to_jsonb(NEW) OPERATOR(pg_catalog.-) 'last_used_at') THEN
+            RETURN NULL;   -- only last_used_at: vault_reveal writes vault_secret_revealed itself
+        END IF;
+        act := CASE TG_OP WHEN 'INSERT' THEN 'vault_secret_added' WHEN 'DELETE' THEN 'vault_secret_deleted'
+               ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'active') THEN
+                             CASE WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'vault_secret_activated'
+                                  ELSE 'vault_secret_deactivated' END
+                         WHEN (o OPERATOR(pg_catalog.->) 'key_fp') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'key_fp') THEN 'vault_secret_reencrypted'
+                         ELSE 'vault_secret_updated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_service' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'vault_service_registered' WHEN 'DELETE' THEN 'vault_service_unregistered'
+               ELSE 'vault_service_updated' END;
     ELSE
         act := CASE TG_OP WHEN 'INSERT' THEN 'role_granted' WHEN 'DELETE' THEN 'role_revoked'
                ELSE 'role_updated' END;
