@@ -20,7 +20,9 @@ as_pg() {
 ensure_deps() {
 	local missing=()
 	[ -x "$PGBIN/postgres" ] || missing+=("postgresql-$PGVER" "postgresql-contrib-$PGVER")
-	[ -f "/usr/lib/postgresql/$PGVER/lib/pgxs/src/makefiles/pgxs.mk" ] || missing+=("postgresql-server-dev-$PGVER")
+	# pgxs.mk ships with the client package; the server headers are what
+	# postgresql-server-dev-N alone brings.
+	[ -f "/usr/include/postgresql/$PGVER/server/postgres.h" ] || missing+=("postgresql-server-dev-$PGVER")
 	command -v make >/dev/null || missing+=(make)
 	command -v gcc >/dev/null || missing+=(gcc)
 	if [ ${#missing[@]} -gt 0 ]; then

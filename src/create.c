@@ -106,8 +106,9 @@ apikey_create(PG_FUNCTION_ARGS)
 	values[6] = CStringGetTextDatum(prefix);
 	apikeys_spi_run(&credential_plan,
 					"INSERT INTO apikeys.credential"
-					" (tenant, name, scopes, expires_at, description, metadata, prefix)"
-					" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7)"
+					" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
+					" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
+					" apikeys._session_role())"	/* the caller, not the definer */
 					" RETURNING key_id, created_at",
 					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
 	created_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);

@@ -17,6 +17,7 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -349,7 +350,11 @@ flush_once(Oid dbid)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
-		if (OidIsValid(get_namespace_oid(APIKEYS_SCHEMA, true)))
+		/*
+		 * The extension, not just its schema: DROP EXTENSION leaves the
+		 * schema CREATE EXTENSION made, and writing then fails every turn.
+		 */
+		if (OidIsValid(get_extension_oid("apikeys", true)))
 		{
 			ok = write_batch((FlushItem *) items, n);
 		}

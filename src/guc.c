@@ -18,6 +18,7 @@ char	   *apikeys_request_id = NULL;
 char	   *apikeys_audit_retention = NULL;
 static char *apikeys_vault_master_key = NULL;
 static char *apikeys_vault_master_key_previous = NULL;
+static char *apikeys_vault_master_key_file = NULL;
 
 /* Loaded by shared_preload_libraries: no backend ever saw a placeholder. */
 static bool apikeys_preloaded = false;
@@ -95,6 +96,12 @@ apikeys_guc_init(void)
 							   &apikeys_vault_master_key_previous, "", PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   check_vault_master_key, NULL, NULL);
+	DefineCustomStringVariable("apikeys.vault_master_key_file",
+							   "File holding the vault master key (first line) and, during a rotation, the previous key (second line).",
+							   "Read by the server at each use; used when apikeys.vault_master_key is empty.",
+							   &apikeys_vault_master_key_file, "", PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 	DefineCustomStringVariable("apikeys.trusted_proxies",
 							   "Proxies whose x-forwarded-for header (PostgREST request.headers) names the client for IP allowlists.",
 							   "Comma-separated CIDRs; \"local\" means Unix-socket connections. Empty: never trust the header.",

@@ -198,9 +198,6 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		rv->reset = (window + 1) * wlen;
 		if (e->rate_count >= p->rate_limit)
 			code = V_RATE_LIMITED;
-		else
-			e->rate_count++;
-		rv->remaining = p->rate_limit - e->rate_count;
 	}
 	if (code == V_VALID && p->usage_limit > 0)
 	{
@@ -208,6 +205,13 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 			code = V_USAGE_EXCEEDED;
 		else
 			e->used++;
+	}
+	if (p->rate_limit > 0)
+	{
+		/* the window counts successes only: a call over the cap is not one */
+		if (code == V_VALID)
+			e->rate_count++;
+		rv->remaining = p->rate_limit - e->rate_count;
 	}
 	if (p->usage_limit > 0)
 		rv->usage_remaining = Max(p->usage_limit - e->used, 0);

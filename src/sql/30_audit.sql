@@ -79,8 +79,9 @@ CREATE TRIGGER audit_chain BEFORE INSERT ON apikeys.audit
 CREATE FUNCTION apikeys._audit_purging() RETURNS boolean
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
 
+-- SECURITY DEFINER: it must reach _audit_purging() whoever owns the table.
 CREATE FUNCTION apikeys._audit_append_only() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -266,7 +267,7 @@ BEGIN
     LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
     -- purge a prefix of the chain: everything up to the newest row old enough
     SELECT * INTO cut FROM apikeys.audit a
-     WHERE a.at OPERATOR(pg_catalog.<) now() OPERATOR(pg_catalog.-) older_than
+     WHERE a.at OPERATOR(pg_catalog.<) (now() OPERATOR(pg_catalog.-) older_than)
      ORDER BY a.audit_id DESC LIMIT 1;
     IF cut.audit_id IS NULL THEN
         RETURN 0;

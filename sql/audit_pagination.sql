@@ -1,0 +1,100 @@
+--
+-- audit_pagination: the keyset queries a UI or an exporter pages the audit
+-- with (by tenant, by key, by time, newest or oldest first) are index scans
+-- on apikeys.audit's indexes, with no sort and no full scan.
+--
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS apikeys CASCADE;
+CREATE EXTENSION apikeys CASCADE;
+DROP ROLE IF EXISTS regress_pg_auditor;
+RESET client_min_messages;
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+
+-- Some history: 10 tenants; acme is a small one among big ones, as in a
+-- real multi-tenant audit (the plans below are chosen on that shape).
+SELECT count(*) AS tenants FROM (
+    SELECT apikeys.tenant_create(t)
+      FROM unnest(ARRAY['acme', 'globex', 'initech', 'umbrella', 'hooli', 'stark',
+                        'wayne', 'wonka', 'tyrell', 'cyberdyne']) t) s;
+SELECT count(*) AS keys FROM (
+    SELECT apikeys.apikey_create(t.tenant, 'key ' || i)
+      FROM apikeys.tenant t, generate_series(1, CASE WHEN t.tenant = 'acme' THEN 4 ELSE 40 END) i) s;
+SELECT count(apikeys.apikey_update(key_id, description => 'touched')) AS updated FROM apikeys.keys;
+SELECT key_id AS k FROM apikeys.keys WHERE tenant = 'acme' AND name = 'key 2' \gset
+ANALYZE apikeys.audit;
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+
+-- By tenant, newest first, next page after audit_id 1000.
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE tenant = 'acme' AND audit_id < 1000
+ ORDER BY audit_id DESC LIMIT 50;
+-- By tenant, oldest first.
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE tenant = 'acme' AND audit_id > 10
+ ORDER BY audit_id LIMIT 50;
+-- By key.
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE key_id = '00000000-0000-0000-0000-000000000001' AND audit_id < 1000
+ ORDER BY audit_id DESC LIMIT 50;
+-- By time, oldest first from a point in time, next page after (at, audit_id).
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE at >= '2024-01-01 00:00:00+00'
+ ORDER BY at, audit_id LIMIT 50;
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE (at, audit_id) > ('2024-01-01 00:00:00+00', 1000)
+ ORDER BY at, audit_id LIMIT 50;
+-- By time, newest first.
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE at < '2030-01-01 00:00:00+00'
+ ORDER BY at DESC, audit_id DESC LIMIT 50;
+-- The whole audit, newest first (the primary key).
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit WHERE audit_id < 1000 ORDER BY audit_id DESC LIMIT 50;
+
+-- Through row-level security, as an auditor of acme sees it: the same
+-- index scan, the policy a filter on the rows it returns.
+CREATE ROLE regress_pg_auditor;
+SELECT apikeys.grant_tenant('regress_pg_auditor', 'acme', 'audit');
+SET ROLE regress_pg_auditor;
+EXPLAIN (COSTS OFF)
+SELECT * FROM apikeys.audit
+ WHERE tenant = 'acme' AND audit_id < 1000
+ ORDER BY audit_id DESC LIMIT 50;
+SELECT count(*) AS acme_rows, count(*) FILTER (WHERE tenant <> 'acme') AS others FROM apikeys.audit;
+RESET ROLE;
+
+-- The pages themselves are right: walking acme's audit 7 rows at a time,
+-- newest first, visits each of its rows once, in order.
+WITH RECURSIVE pages(n, last_id, ids) AS (
+    SELECT 0, 9223372036854775807::bigint, ARRAY[]::bigint[]
+  UNION ALL
+    SELECT p.n + 1, pg.min_id, p.ids || pg.ids
+      FROM pages p,
+           LATERAL (SELECT min(audit_id) AS min_id, array_agg(audit_id ORDER BY audit_id DESC) AS ids
+                      FROM (SELECT audit_id FROM apikeys.audit
+                             WHERE tenant = 'acme' AND audit_id < p.last_id
+                             ORDER BY audit_id DESC LIMIT 7) x) pg
+     WHERE pg.min_id IS NOT NULL)
+SELECT max(n) AS pages,
+       (SELECT ids FROM pages ORDER BY n DESC LIMIT 1)
+         = (SELECT array_agg(audit_id ORDER BY audit_id DESC) FROM apikeys.audit WHERE tenant = 'acme') AS all_in_order
+  FROM pages;
+-- Same for one key: its rows, oldest first.
+SELECT array_agg(action ORDER BY audit_id) AS key_history FROM (
+    SELECT audit_id, action FROM apikeys.audit WHERE key_id = :'k' ORDER BY audit_id LIMIT 50) s;
+
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+SET client_min_messages = warning;
+DROP EXTENSION apikeys CASCADE;
+RESET client_min_messages;
+DROP OWNED BY regress_pg_auditor;
+DROP ROLE regress_pg_auditor;
