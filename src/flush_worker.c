@@ -25,12 +25,15 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #define IDLE_EXIT_MS 60000
@@ -316,6 +319,42 @@ flush_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+typedef enum FlushTarget
+{
+	TARGET_READY,				/* tables locked: write */
+	TARGET_GONE,				/* extension dropped: the counts have no home */
+	TARGET_BUSY					/* someone holds a conflicting lock: retry */
+} FlushTarget;
+
+/*
+ * Lock the two tables the flush statement touches, without waiting.  The
+ * worker must never queue behind DROP EXTENSION (or ALTER, TRUNCATE...):
+ * DROP locks the extension's objects one by one in catalog order, so a
+ * waiting worker holding one of them deadlocks it.  Once both are locked
+ * nothing else the statement needs can be taken away, and the existence
+ * check after the lock sees a DROP that committed meanwhile.
+ */
+static FlushTarget
+lock_flush_target(void)
+{
+	Oid			nsp,
+				usage,
+				credential;
+
+	if (!OidIsValid(get_extension_oid("apikeys", true)) ||
+		!OidIsValid(nsp = get_namespace_oid(APIKEYS_SCHEMA, true)) ||
+		!OidIsValid(usage = get_relname_relid("usage", nsp)) ||
+		!OidIsValid(credential = get_relname_relid("credential", nsp)))
+		return TARGET_GONE;
+	if (!ConditionalLockRelationOid(usage, RowExclusiveLock) ||
+		!ConditionalLockRelationOid(credential, AccessShareLock))
+		return TARGET_BUSY;		/* locks go at the transaction's end */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(usage)) ||
+		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(credential)))
+		return TARGET_GONE;
+	return TARGET_READY;
+}
+
 /* One turn: collect, write, settle.  Returns how many keys were written. */
 static int
 flush_once(Oid dbid)
@@ -326,6 +365,7 @@ flush_once(Oid dbid)
 	FlushItem  *volatile items;
 	int			n;
 	volatile bool ok = false;
+	volatile FlushTarget target = TARGET_BUSY;
 
 	items = collect(dbid, &n);
 	if (n == 0)
@@ -350,16 +390,9 @@ flush_once(Oid dbid)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
-		/*
-		 * The extension, not just its schema: DROP EXTENSION leaves the
-		 * schema CREATE EXTENSION made, and writing then fails every turn.
-		 */
-		if (OidIsValid(get_extension_oid("apikeys", true)))
-		{
+		target = lock_flush_target();
+		if (target == TARGET_READY)
 			ok = write_batch((FlushItem *) items, n);
-		}
-		else
-			ok = true;			/* extension gone: nothing to keep */
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -375,13 +408,14 @@ flush_once(Oid dbid)
 	PG_END_TRY();
 
 	MemoryContextSwitchTo(cxt);
-	settle((FlushItem *) items, n, ok);
+	/* gone: forget the counts; busy: keep them for the next turn */
+	settle((FlushItem *) items, n, ok || target == TARGET_GONE);
 	if (ok)
 	{
 		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
 		pg_atomic_write_u64(&apikeys_shared->last_flush_at, (uint64) GetCurrentTimestamp());
 	}
-	else
+	else if (target == TARGET_READY)
 		pg_atomic_fetch_add_u64(&apikeys_shared->flush_errors, 1);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
