@@ -162,6 +162,23 @@ SELECT pg_temp.try('SET apikeys.audit_retention = ''1 day''') AS tenant_set_rete
 RESET ROLE;
 
 ------------------------------------------------------------------------------
+-- Attack: make a change look like pg_restore's COPY so the triggers skip it
+-- (a COPY ... TO with " FROM stdin" in a literal, a comment, or both).
+------------------------------------------------------------------------------
+SELECT key_id AS k3 FROM apikeys.apikey_create('acme', 'copy-disguise') \gset
+SELECT max(audit_id) AS before_copy FROM apikeys.audit \gset
+SET ROLE regress_audit_admin;
+COPY (SELECT apikeys.apikey_update(:'k3', description => ' FROM stdin')) TO STDOUT;
+COPY (SELECT apikeys.apikey_disable(:'k3')) TO STDOUT; -- FROM stdin
+copy (SELECT apikeys.apikey_enable(:'k3')) TO STDOUT; -- copy apikeys.tenant FROM stdin
+COPY (SELECT apikeys.apikey_revoke(:'k3', ' FROM stdin')) TO STDOUT;
+RESET ROLE;
+-- every change is audited all the same
+SELECT action, db_role = 'regress_audit_admin' AS by_admin
+  FROM apikeys.audit WHERE audit_id > :before_copy ORDER BY audit_id;
+SELECT ok FROM apikeys.audit_check();
+
+------------------------------------------------------------------------------
 -- audit_purge: at least 1 day, default from apikeys.audit_retention
 ------------------------------------------------------------------------------
 SELECT count(*) AS rows_before, max(audit_id) AS last_before FROM apikeys.audit \gset

@@ -51,6 +51,9 @@ SELECT set_config('request.headers', '{"x-forwarded-for":"10.9.9.9, 172.16.0.1"}
 SELECT code FROM apikeys.apikey_verify(:'key');
 SET apikeys.trusted_proxies = 'local';
 SELECT code FROM apikeys.apikey_verify(:'key');
+-- the last address is the one the trusted proxy appended
+SELECT set_config('request.headers', '{"x-forwarded-for":"172.16.0.1, 10.9.9.9"}', false) IS NOT NULL;
+SELECT code FROM apikeys.apikey_verify(:'key');
 SELECT set_config('request.headers', '{"x-forwarded-for":"8.8.8.8"}', false) IS NOT NULL;
 SELECT code FROM apikeys.apikey_verify(:'key');
 SELECT set_config('request.headers', '{"x-forwarded-for":"garbage"}', false) IS NOT NULL;

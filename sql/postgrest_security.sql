@@ -196,13 +196,22 @@ ALTER ROLE regress_authenticator SET apikeys.trusted_proxies = 'local';
 \set SHOW_CONTEXT never
 :helpers
 SHOW apikeys.trusted_proxies;
--- ... and the first x-forwarded-for address decides.
+-- ... and the LAST x-forwarded-for address decides: the one the proxy
+-- appended.  A client that sends its own header ("10.1.2.3, <real>") only
+-- adds entries to the left, which prove nothing.
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT c.xff, r.status, r.code
-  FROM (VALUES (1, NULL), (2, '10.1.2.3'), (3, '192.0.2.1, 10.1.2.3'), (4, 'garbage'), (5, '10.1.2.3, 192.0.2.1')) c(n, xff),
+  FROM (VALUES (1, NULL), (2, '10.1.2.3'), (3, '192.0.2.1, 10.1.2.3'), (4, 'garbage'), (5, '10.1.2.3, 192.0.2.1'),
+               (6, '10.1.2.3,192.0.2.1'), (7, '192.0.2.1,  10.1.2.3')) c(n, xff),
        LATERAL pg_temp.gate('GET', '/items',
            jsonb_build_object('x-api-key', :'ip_key') || coalesce(jsonb_build_object('x-forwarded-for', c.xff), '{}')) r
  ORDER BY c.n;
+ROLLBACK;
+-- a header whose VALUE looks like an x-forwarded-for entry is not one
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+SELECT r.status, r.code
+  FROM pg_temp.gate('GET', '/items',
+           jsonb_build_object('x-api-key', :'ip_key', 'x-note', '","x-forwarded-for":"10.1.2.3')) r;
 ROLLBACK;
 -- the authenticator cannot widen it
 SELECT pg_temp.try('SET apikeys.trusted_proxies = ''0.0.0.0/0''') AS widen;

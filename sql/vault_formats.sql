@@ -120,8 +120,13 @@ SELECT pg_temp.err(format('SELECT apikeys.vault_service_register(%L, %L, %L, %L)
     ('okname', 'x', NULL, 'le-chat'),
     ('okname', 'x', '^' || repeat('x', 1000) || '$', NULL)
   ) v(s, d, f, a);
--- changing a format: vault_check reports secrets that no longer match
-SELECT service, format FROM apikeys.vault_service_register('mistral', 'Mistral AI', '^mis-[A-Za-z0-9]{32}$');
+-- A format cannot change under stored secrets (its own or its aliases'):
+-- otherwise vault_check() answers "does the secret match ^a.*$?" and the
+-- secret leaks one guess at a time.
+SELECT pg_temp.err($$SELECT apikeys.vault_service_register('mistral', 'Mistral AI', '^a.*$')$$) AS format_oracle;
+SELECT pg_temp.err($$SELECT apikeys.vault_service_register('mistral', 'Mistral AI', alias_of => 'openai')$$) AS realias;
+-- the same format again (a display-name change) is fine
+SELECT service, display_name FROM apikeys.vault_service_register('mistral', 'Mistral', '^[A-Za-z0-9]{32}$');
 SELECT service, name, ok, problem FROM apikeys.vault_check() ORDER BY service, name;
 -- unregister: not while secrets or aliases use it
 SELECT pg_temp.err($$SELECT apikeys.vault_service_unregister('mistral')$$);

@@ -217,27 +217,41 @@ SELECT count(*) FROM apikeys.vault_secret WHERE id IN (:'c1', :'c2', :'c3', :'c4
 -- Master key rotation: all or nothing, in one transaction
 ------------------------------------------------------------------------------
 SET ROLE regress_vault_acme;
-SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef')$$) AS tenant_rotates;
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS tenant_rotates;
 RESET ROLE;
-SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', NULL)$$) AS one_key;
-SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'short')$$) AS short_new_key;
+-- the keys come from the settings (or the key file), never from arguments
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef')$$) AS keys_as_arguments;
+SET apikeys.vault_master_key = 'rotated-master-key-0123456789abcdef';
+-- no previous key: the secrets under the old one do not open
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS no_previous_key;
+SET apikeys.vault_master_key = 'short';
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS short_new_key;
+SET apikeys.vault_master_key = 'rotated-master-key-0123456789abcdef';
+SET apikeys.vault_master_key_previous = 'regress-master-key-0123456789abcdef';
 -- the corrupt secrets abort it: nothing is re-encrypted
-SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef')$$) AS with_corrupt;
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS with_corrupt;
 SELECT count(DISTINCT key_fp) AS key_fps FROM apikeys.vault_secret;
+SET apikeys.vault_master_key = 'regress-master-key-0123456789abcdef';
 SELECT apikeys.vault_delete(x) FROM unnest(ARRAY[:'c1', :'c2', :'c3', :'c4']::uuid[]) x;
--- a wrong old key aborts it too
-SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key('third-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef')$$) AS wrong_old_key;
--- explicit keys (they appear in the statement: see the README for the settings way)
-SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef') AS reencrypted;
+-- a wrong previous key aborts it too
+SET apikeys.vault_master_key = 'rotated-master-key-0123456789abcdef';
+SET apikeys.vault_master_key_previous = 'third-master-key-0123456789abcdef';
+SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS wrong_old_key;
+SET apikeys.vault_master_key_previous = 'regress-master-key-0123456789abcdef';
+SELECT apikeys.vault_rotate_master_key() AS reencrypted;
 SELECT count(DISTINCT key_fp) AS key_fps,
        bool_and(key_fp = apikeys._vault_fingerprint('rotated-master-key-0123456789abcdef')) AS all_new
   FROM apikeys.vault_secret;
+RESET apikeys.vault_master_key_previous;
+SET apikeys.vault_master_key = 'regress-master-key-0123456789abcdef';
 SELECT pg_temp.try(format('SELECT apikeys.vault_reveal(%L)', :'acme1')) AS old_setting;
 SET apikeys.vault_master_key = 'rotated-master-key-0123456789abcdef';
 SELECT apikeys.vault_reveal(:'acme1') = 'sk-proj-Acme1111Acme1111Acme1111Acme' AS after_rotation;
 SELECT bool_and(ok) FROM apikeys.vault_check();
 -- again: nothing left to do
-SELECT apikeys.vault_rotate_master_key('regress-master-key-0123456789abcdef', 'rotated-master-key-0123456789abcdef') AS nothing_left;
+SET apikeys.vault_master_key_previous = 'regress-master-key-0123456789abcdef';
+SELECT apikeys.vault_rotate_master_key() AS nothing_left;
+RESET apikeys.vault_master_key_previous;
 -- the settings way: new key in vault_master_key, old one in vault_master_key_previous
 SET apikeys.vault_master_key = 'third-master-key-0123456789abcdef';
 SET apikeys.vault_master_key_previous = 'rotated-master-key-0123456789abcdef';
@@ -248,13 +262,13 @@ SELECT apikeys.vault_rotate_master_key() AS reencrypted;
 SELECT tenant, name, ok, problem FROM apikeys.vault_check() ORDER BY tenant, name;
 RESET apikeys.vault_master_key_previous;
 SELECT pg_temp.try(format('SELECT apikeys.vault_reveal(%L)', :'alice1')) AS still_alice_only;
-SELECT action, detail ?| ARRAY['ciphertext'] AS has_ciphertext, detail -> 'changed' ? 'key_fp' AS key_fp_changed
+SELECT action, detail ?| ARRAY['ciphertext'] AS has_ciphertext, detail::text ~ 'key_fp' AS shows_key_fp
   FROM apikeys.audit WHERE action IN ('vault_secret_reencrypted', 'vault_master_key_rotated')
  ORDER BY audit_id DESC LIMIT 2;
 SELECT count(*) FILTER (WHERE action = 'vault_secret_reencrypted') AS reencrypted,
        count(*) FILTER (WHERE action = 'vault_master_key_rotated') AS rotations
   FROM apikeys.audit;
-SELECT detail ? 'secrets' AS has_count, detail ? 'new_key_fp' AS has_fp, tenant IS NULL AS global
+SELECT detail ? 'secrets' AS has_count, detail::text ~ '_fp' AS has_fp, tenant IS NULL AS global
   FROM apikeys.audit WHERE action = 'vault_master_key_rotated' ORDER BY audit_id DESC LIMIT 1;
 
 ------------------------------------------------------------------------------
@@ -320,8 +334,6 @@ RESET ROLE;
 SET apikeys.vault_master_key = 'another-master-key-0123456789abcdef';
 SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[
     format('vault_reveal(%L)', :'acme1'), format('vault_check(%L)', :'acme1'),
-    $$vault_rotate_master_key('regress-master-key-0123456789abcdef', 'another-master-key-0123456789abcdef')$$,
-    $$vault_rotate_master_key('too-short', 'another-master-key-0123456789abcdef')$$,
     $$vault_rotate_master_key()$$]) f;
 RESET apikeys.vault_master_key;
 SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[

@@ -46,7 +46,7 @@ check_vault_master_key(char **newval, void **extra, GucSource source)
 		case PGC_S_DATABASE_USER:
 			GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
 			GUC_check_errmsg("vault_master_key_unsafe: a vault master key must not be stored in the system catalogs, which every role can read");
-			GUC_check_errhint("Set it in postgresql.conf or with ALTER SYSTEM, with apikeys in shared_preload_libraries.");
+			GUC_check_errhint("Name a key file outside the data directory in apikeys.vault_master_key_file (see docs/vault.md).");
 			return false;
 		case PGC_S_DYNAMIC_DEFAULT:
 		case PGC_S_ENV_VAR:

@@ -133,29 +133,58 @@ from_trusted_proxy(void)
 	return false;
 }
 
-/* first address of request.headers' x-forwarded-for */
+/*
+ * The client as the trusted proxy saw it: the LAST address of
+ * request.headers' x-forwarded-for.  Each proxy appends the address it was
+ * connected from, so every entry left of the last one was written by
+ * whoever sent the request and proves nothing.
+ *
+ * PostgREST emits compact JSON with lower-cased names.  A match counts only
+ * in key position (after '{' or ','): inside a value the quotes would be
+ * escaped.  Anything unexpected reads as "no address" (refused).
+ */
 static bool
 forwarded_addr(inet_struct *out)
 {
+	static const char key[] = "\"x-forwarded-for\"";
 	const char *headers = GetConfigOption("request.headers", true, false);
 	const char *v,
-			   *end;
+			   *end,
+			   *last;
 
 	if (headers == NULL || *headers == '\0')
 		return false;
-	/* PostgREST lower-cases header names and emits compact JSON */
-	v = strstr(headers, "\"x-forwarded-for\"");
+	for (v = strstr(headers, key); v != NULL; v = strstr(v + 1, key))
+	{
+		const char *before = v;
+
+		while (before > headers && (before[-1] == ' ' || before[-1] == '\n'))
+			before--;
+		if (before > headers && (before[-1] == '{' || before[-1] == ','))
+			break;
+	}
 	if (v == NULL)
 		return false;
-	v += strlen("\"x-forwarded-for\"");
-	while (*v == ' ' || *v == ':')
+	v += sizeof(key) - 1;
+	while (*v == ' ')
+		v++;
+	if (*v++ != ':')
+		return false;
+	while (*v == ' ')
 		v++;
 	if (*v++ != '"')
 		return false;
 	end = v;
-	while (*end && *end != '"' && *end != ',')
+	while (*end && *end != '"' && *end != '\\')
 		end++;
-	return parse_addr(v, end - v, out);
+	if (*end != '"')
+		return false;
+	last = end;
+	while (last > v && last[-1] != ',')
+		last--;
+	while (last < end && *last == ' ')
+		last++;
+	return parse_addr(last, end - last, out);
 }
 
 bool

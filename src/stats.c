@@ -4,6 +4,7 @@
  */
 #include "shmem.h"
 
+#include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -56,52 +57,58 @@ apikeys_verification_totals(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys._pending_usage(): per key of this database, what shared memory
- * holds that apikeys.usage does not yet: (key_id, last_used_at, used,
- * pending counts by outcome as bigint[] in VerdictCode order).
+ * apikeys._pending_usage(key_id): what shared memory holds for one key of
+ * this database that apikeys.usage does not yet: (key_id, last_used_at,
+ * used, pending counts by outcome as bigint[] in VerdictCode order), or
+ * NULL.  One key at a time, so a caller learns only about keys whose id it
+ * already knows (apikeys.key_usage passes the ids RLS lets it see).
  */
 PG_FUNCTION_INFO_V1(apikeys_pending_usage);
 Datum
 apikeys_pending_usage(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	materialize_srf(fcinfo);
-	if (apikeys_shared == NULL)
-		return (Datum) 0;
+	UsageKey	key;
+	UsageEntry *e;
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Datum		counts[VERDICT_COUNT];
+	uint32		set;
+	LWLock	   *lock;
+	bool		found = false;
 
-	for (uint32 set = 0; set < apikeys_usage_table.nsets; set++)
+	if (PG_ARGISNULL(0) || apikeys_shared == NULL)
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.key_id, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+	set = slot_set_of(&apikeys_usage_table, &key);
+	lock = slot_lock(&apikeys_usage_table, set);
+	LWLockAcquire(lock, LW_SHARED);
+	e = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
+	if (e)
 	{
-		LWLock	   *lock = slot_lock(&apikeys_usage_table, set);
-
-		LWLockAcquire(lock, LW_SHARED);
-		for (int w = 0; w < SLOT_WAYS; w++)
-		{
-			UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, set, w);
-			Datum		values[4];
-			bool		nulls[4] = {false, false, false, false};
-			Datum		counts[VERDICT_COUNT];
-			pg_uuid_t  *id;
-
-			if (!e->hdr.used || e->key.dbid != MyDatabaseId)
-				continue;
-			id = palloc(sizeof(pg_uuid_t));
-			memcpy(id, &e->key.key_id, sizeof(pg_uuid_t));
-			SpinLockAcquire(&e->mutex);
-			values[1] = TimestampTzGetDatum(e->last_used_at);
-			nulls[1] = e->last_used_at == 0;
-			values[2] = Int64GetDatum(e->used);
-			nulls[2] = !e->base_loaded;
-			for (int i = 0; i < VERDICT_COUNT; i++)
-				counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
-			SpinLockRelease(&e->mutex);
-			values[0] = UUIDPGetDatum(id);
-			values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
-														FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-		LWLockRelease(lock);
+		SpinLockAcquire(&e->mutex);
+		values[1] = TimestampTzGetDatum(e->last_used_at);
+		nulls[1] = e->last_used_at == 0;
+		values[2] = Int64GetDatum(e->used);
+		nulls[2] = !e->base_loaded;
+		for (int i = 0; i < VERDICT_COUNT; i++)
+			counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
+		SpinLockRelease(&e->mutex);
+		found = true;
 	}
-	return (Datum) 0;
+	LWLockRelease(lock);
+	if (!found)
+		PG_RETURN_NULL();
+
+	values[0] = PG_GETARG_DATUM(0);
+	values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 
 /* apikeys._runtime(): one row of shared-memory figures */

@@ -153,21 +153,29 @@ apikeys_session_role(PG_FUNCTION_ARGS)
 }
 
 /*
- * True while the top-level statement is a COPY FROM: pg_restore loading the
- * extension's tables.  Only their owner can COPY into them, and restored rows
- * are history, not new changes, so the audit triggers let them pass as they
- * are (an audit row keeps its original chain fields).
+ * True while the top-level statement is pg_restore loading one of the
+ * extension's tables: "COPY apikeys.<table> ... FROM stdin" sent by a
+ * superuser.  Restored rows are history, not new changes, so the audit
+ * triggers let them pass as they are (an audit row keeps its chain fields).
+ *
+ * The statement text alone is not proof: anyone can write
+ * COPY (SELECT apikeys.apikey_revoke(...)) TO STDOUT with " FROM stdin" in
+ * a literal.  So the session's role must be a superuser (who can silence
+ * triggers anyway), and the text must start with a plain COPY into our
+ * schema.
  */
 PG_FUNCTION_INFO_V1(apikeys_bulk_loading);
 Datum
 apikeys_bulk_loading(PG_FUNCTION_ARGS)
 {
+	static const char copy_into[] = "copy apikeys.";
 	const char *q = debug_query_string;
 
-	if (q == NULL)
+	if (q == NULL || !superuser_arg(GetOuterUserId()))
 		PG_RETURN_BOOL(false);
 	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
 		q++;
-	PG_RETURN_BOOL(pg_strncasecmp(q, "copy ", 5) == 0 &&
+	PG_RETURN_BOOL(pg_strncasecmp(q, copy_into, sizeof(copy_into) - 1) == 0 &&
+				   strchr(q, ';') == strrchr(q, ';') &&
 				   strstr(q, " FROM stdin") != NULL);
 }

@@ -27,19 +27,31 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
 COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets and role mappings. Append-only; each row hashes the previous one (audit_check()).';
 
 -- Application actor and request id: settings first, then PostgREST's GUCs.
+-- A malformed request.jwt.claims / request.headers must not stop an audit
+-- row or a refusal's log line: it reads as absent.
+CREATE FUNCTION apikeys._json_setting(name text, field text) RETURNS text
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN nullif(current_setting(name, true), '')::jsonb OPERATOR(pg_catalog.->>) field;
+EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
+    RETURN NULL;
+END;
+$$;
 CREATE FUNCTION apikeys._actor() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(nullif(current_setting('apikeys.actor', true), ''),
-                    nullif(current_setting('request.jwt.claims', true), '')::jsonb OPERATOR(pg_catalog.->>) 'sub')
+                    apikeys._json_setting('request.jwt.claims', 'sub'))
 $$;
 CREATE FUNCTION apikeys._request_id() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(nullif(current_setting('apikeys.request_id', true), ''),
-                    nullif(current_setting('request.headers', true), '')::jsonb OPERATOR(pg_catalog.->>) 'x-request-id')
+                    apikeys._json_setting('request.headers', 'x-request-id'))
 $$;
 
 CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea
@@ -52,6 +64,11 @@ AS $$
         a.request_id, a.client_addr, a.application_name, a.txid, a.detail)::text, 'UTF8'))
 $$;
 
+-- The head of the chain, read with the latest snapshot (src/audit_chain.c).
+CREATE FUNCTION apikeys._audit_last(OUT audit_id bigint, OUT row_hash bytea)
+    RETURNS record
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_last';
+
 -- BEFORE INSERT: number the row and chain it to the previous one.  The table
 -- lock serializes audit writers until commit, so ids follow commit order.
 CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
@@ -59,16 +76,18 @@ CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    last apikeys.audit;
+    last_id bigint;
+    last_hash bytea;
 BEGIN
     IF apikeys._bulk_loading() AND NEW.row_hash IS NOT NULL THEN
         RETURN NEW;   -- pg_restore: keep history as it was
     END IF;
+    -- normally taken already by _audit_write, before this INSERT's own lock
     LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
-    SELECT * INTO last FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1;
-    NEW.audit_id := coalesce(last.audit_id, 0) OPERATOR(pg_catalog.+) 1;
+    SELECT l.audit_id, l.row_hash INTO last_id, last_hash FROM apikeys._audit_last() l;
+    NEW.audit_id := coalesce(last_id, 0) OPERATOR(pg_catalog.+) 1;
     NEW.at := clock_timestamp();
-    NEW.prev_hash := coalesce(last.row_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+    NEW.prev_hash := coalesce(last_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
     NEW.row_hash := apikeys._audit_hash(NEW);
     RETURN NEW;
 END;
@@ -100,15 +119,20 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
 
 CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
     RETURNS void
-    LANGUAGE sql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    -- The writers' lock first: taken inside the INSERT (after its ROW
+    -- EXCLUSIVE lock) it would be a lock upgrade, and two writers deadlock.
+    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
     INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
                                request_id, client_addr, application_name, txid, detail,
                                prev_hash, row_hash)
     VALUES (p_tenant, p_key_id, p_action, apikeys._session_role(), session_user, apikeys._actor(),
             apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
-            pg_current_xact_id(), p_detail, '', '')
+            pg_current_xact_id(), p_detail, '', '');
+END;
 $$;
 
 -- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret and vault_service.
@@ -128,9 +152,10 @@ BEGIN
     IF apikeys._bulk_loading() THEN
         RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
     END IF;
-    -- never a digest or a vault ciphertext in the audit
-    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) '{digest,ciphertext}'::text[]; END IF;
-    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) '{digest,ciphertext}'::text[]; END IF;
+    -- never a digest, a vault ciphertext or a master-key fingerprint (a
+    -- fingerprint lets a reader test guesses of the master key offline)
+    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) '{digest,ciphertext,key_fp}'::text[]; END IF;
+    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) '{digest,ciphertext,key_fp}'::text[]; END IF;
     r := coalesce(n, o);
     t := r OPERATOR(pg_catalog.->>) 'tenant';
     k := (r OPERATOR(pg_catalog.->>) 'key_id')::uuid;
@@ -164,7 +189,7 @@ BEGIN
                ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'active') THEN
                              CASE WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'vault_secret_activated'
                                   ELSE 'vault_secret_deactivated' END
-                         WHEN (o OPERATOR(pg_catalog.->) 'key_fp') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'key_fp') THEN 'vault_secret_reencrypted'
+                         WHEN (to_jsonb(OLD) OPERATOR(pg_catalog.->) 'key_fp') OPERATOR(pg_catalog.<>) (to_jsonb(NEW) OPERATOR(pg_catalog.->) 'key_fp') THEN 'vault_secret_reencrypted'
                          ELSE 'vault_secret_updated' END END;
     ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_service' THEN
         act := CASE TG_OP WHEN 'INSERT' THEN 'vault_service_registered' WHEN 'DELETE' THEN 'vault_service_unregistered'
@@ -198,6 +223,26 @@ CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
 CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
 
+-- TRUNCATE fires no row triggers: it would change keys without an audit row.
+CREATE FUNCTION apikeys._refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+        MESSAGE = format('truncate_not_allowed: TRUNCATE on apikeys.%s is not audited', TG_TABLE_NAME),
+        HINT = 'Delete through the apikeys functions (apikey_delete, tenant_delete, ...), which the audit records.';
+END;
+$$;
+CREATE TRIGGER tenant_no_truncate BEFORE TRUNCATE ON apikeys.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+CREATE TRIGGER credential_no_truncate BEFORE TRUNCATE ON apikeys.credential
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+CREATE TRIGGER secret_no_truncate BEFORE TRUNCATE ON apikeys.secret
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+CREATE TRIGGER role_tenant_no_truncate BEFORE TRUNCATE ON apikeys.role_tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+
 -- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
 -- row_hash recomputed from the row.  The first row links to zeros, or, after
 -- a purge, to the hash the audit_purged row recorded.
@@ -211,17 +256,23 @@ DECLARE
     a apikeys.audit;
     prev apikeys.audit;
     anchor bytea;
+    anchor_id bigint;
 BEGIN
     ok := true;
     rows_checked := 0;
-    SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex') INTO anchor
+    SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex'),
+           (p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint
+      INTO anchor, anchor_id
       FROM apikeys.audit p WHERE p.action OPERATOR(pg_catalog.=) 'audit_purged'
      ORDER BY p.audit_id DESC LIMIT 1;
     FOR a IN SELECT * FROM apikeys.audit x ORDER BY x.audit_id LOOP
         rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
         IF prev.audit_id IS NULL THEN
             IF a.prev_hash OPERATOR(pg_catalog.<>) coalesce(anchor, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) THEN
-                problem := 'first row does not link to the chain start'; 
+                problem := 'first row does not link to the chain start';
+            ELSIF a.audit_id OPERATOR(pg_catalog.<>) (coalesce(anchor_id, 0) OPERATOR(pg_catalog.+) 1) THEN
+                problem := format('rows %s to %s are missing', coalesce(anchor_id, 0) OPERATOR(pg_catalog.+) 1,
+                                  a.audit_id OPERATOR(pg_catalog.-) 1);
             END IF;
         ELSIF a.audit_id OPERATOR(pg_catalog.<>) (prev.audit_id OPERATOR(pg_catalog.+) 1) THEN
             problem := format('rows %s to %s are missing', prev.audit_id OPERATOR(pg_catalog.+) 1, a.audit_id OPERATOR(pg_catalog.-) 1);
@@ -258,6 +309,7 @@ CREATE FUNCTION apikeys._audit_purge_rows(older_than interval) RETURNS bigint
 AS $$
 DECLARE
     cut apikeys.audit;
+    chain record;
     n bigint;
 BEGIN
     IF NOT apikeys._audit_purging() THEN
@@ -265,6 +317,13 @@ BEGIN
             MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
     END IF;
     LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    -- never purge evidence: a broken chain stays until someone looks at it
+    SELECT c.ok, c.first_bad_id, c.problem INTO chain FROM apikeys.audit_check() c;
+    IF NOT chain.ok THEN
+        RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
+            MESSAGE = format('audit_chain_broken: audit row %s: %s', chain.first_bad_id, chain.problem),
+            HINT = 'apikeys.audit_check() shows the first broken row; the purge refuses to delete evidence of tampering.';
+    END IF;
     -- purge a prefix of the chain: everything up to the newest row old enough
     SELECT * INTO cut FROM apikeys.audit a
      WHERE a.at OPERATOR(pg_catalog.<) (now() OPERATOR(pg_catalog.-) older_than)

@@ -71,7 +71,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.keys, apikeys.audit,'
                    ' apikeys.role_tenant, apikeys.usage, apikeys.key_usage TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._pending_usage() TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO %I', role_name);
     EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN

@@ -58,6 +58,10 @@ CREATE TRIGGER audit_vault_service AFTER INSERT OR UPDATE OR DELETE ON apikeys.v
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
 CREATE TRIGGER audit_vault_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.vault_secret
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER vault_service_no_truncate BEFORE TRUNCATE ON apikeys.vault_service
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+CREATE TRIGGER vault_secret_no_truncate BEFORE TRUNCATE ON apikeys.vault_secret
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
 
 -- Metadata only: no ciphertext, no key fingerprint.
 CREATE VIEW apikeys.vault_secrets WITH (security_invoker = true) AS
@@ -607,11 +611,13 @@ COMMENT ON FUNCTION apikeys.vault_check IS 'Check that vault secrets decrypt und
 -- Master key rotation (superuser only)
 ------------------------------------------------------------------------------
 
--- Re-encrypt every secret under the new key, in one transaction.  Without
--- arguments: from apikeys.vault_master_key_previous to apikeys.vault_master_key
--- (keys never appear in SQL text).  Secrets already under the new key are
--- skipped; one that neither key opens aborts the whole rotation.
-CREATE FUNCTION apikeys.vault_rotate_master_key(old_key text DEFAULT NULL, new_key text DEFAULT NULL)
+-- Re-encrypt every secret under the new key, in one transaction: from
+-- apikeys.vault_master_key_previous (or the key file's second line) to
+-- apikeys.vault_master_key (or its first line).  The keys never travel as
+-- arguments: a failed statement is logged with its text
+-- (log_min_error_statement), and pg_stat_activity shows it.  Secrets already
+-- under the new key are skipped; one that neither key opens aborts it all.
+CREATE FUNCTION apikeys.vault_rotate_master_key()
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -620,8 +626,8 @@ DECLARE
     r name := apikeys._session_role();
     s apikeys.vault_secret;
     k record;
-    o_key text := old_key;
-    n_key text := new_key;
+    o_key text;
+    n_key text;
     o_fp text;
     n_fp text;
     pt text;
@@ -632,15 +638,9 @@ BEGIN
             format('permission_denied: role "%s" may not rotate the vault master key', r),
             'Only superusers rotate the vault master key.');
     END IF;
-    IF (o_key IS NULL) OPERATOR(pg_catalog.<>) (n_key IS NULL) THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'vault_master_key_invalid: pass both keys, or neither to use the settings';
-    END IF;
-    IF n_key IS NULL THEN
-        k := apikeys._vault_keys();
-        n_key := k.cur;
-        o_key := k.prev;
-    END IF;
+    k := apikeys._vault_keys();
+    n_key := k.cur;
+    o_key := k.prev;
     PERFORM apikeys._vault_check_master_key(n_key);
     n_fp := apikeys._vault_fingerprint(n_key);
     o_fp := apikeys._vault_fingerprint(o_key);
@@ -661,12 +661,13 @@ BEGIN
          WHERE v.id OPERATOR(pg_catalog.=) s.id;
         n := n OPERATOR(pg_catalog.+) 1;
     END LOOP;
+    -- no fingerprints here: they would let an audit reader test key guesses
     PERFORM apikeys._audit_write('vault_master_key_rotated', NULL, NULL,
-        jsonb_build_object('secrets', n, 'old_key_fp', o_fp, 'new_key_fp', n_fp));
+        jsonb_build_object('secrets', n));
     RETURN n;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_rotate_master_key IS 'Re-encrypt every vault secret under a new master key in one transaction (superuser only); without arguments, from vault_master_key_previous to vault_master_key.';
+COMMENT ON FUNCTION apikeys.vault_rotate_master_key IS 'Re-encrypt every vault secret under a new master key in one transaction (superuser only): from vault_master_key_previous to vault_master_key (or the key file''s second line to its first).';
 
 ------------------------------------------------------------------------------
 -- Service registry (superusers and roles that manage every tenant)
@@ -720,10 +721,17 @@ BEGIN
             MESSAGE = format('vault_service_builtin: service "%s" is built in and cannot be changed', s.service),
             HINT = 'Register a service under another name.';
     END IF;
-    IF FOUND AND vault_service_register.alias_of IS NOT NULL
-       AND EXISTS (SELECT 1 FROM apikeys.vault_secret x WHERE x.service OPERATOR(pg_catalog.=) s.service) THEN
+    -- A format that changes under stored secrets would make vault_check() an
+    -- oracle on them (one regular expression at a time): frozen while in use.
+    IF FOUND AND (vault_service_register.format IS DISTINCT FROM s.format
+                  OR vault_service_register.alias_of IS DISTINCT FROM s.alias_of)
+       AND EXISTS (SELECT 1 FROM apikeys.vault_secret x
+                    WHERE x.service OPERATOR(pg_catalog.=) s.service
+                       OR x.service IN (SELECT a.service FROM apikeys.vault_service a
+                                         WHERE a.alias_of OPERATOR(pg_catalog.=) s.service)) THEN
         RAISE EXCEPTION USING ERRCODE = 'dependent_objects_still_exist',
-            MESSAGE = format('vault_service_in_use: service "%s" still has secrets', s.service);
+            MESSAGE = format('vault_service_in_use: service "%s" still has secrets; its format cannot change', s.service),
+            HINT = 'Register the new format under another service name, or delete the secrets first.';
     END IF;
     IF FOUND AND EXISTS (SELECT 1 FROM apikeys.vault_service x WHERE x.alias_of OPERATOR(pg_catalog.=) s.service)
        AND vault_service_register.alias_of IS NOT NULL THEN

@@ -85,10 +85,11 @@ COMMENT ON FUNCTION apikeys.apikey_set_policy IS 'Set (replace) a key''s IP allo
 CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
-CREATE FUNCTION apikeys._pending_usage(OUT key_id uuid, OUT last_used_at timestamptz,
+-- one key at a time: a caller learns only about keys whose id it can see
+CREATE FUNCTION apikeys._pending_usage(INOUT key_id uuid, OUT last_used_at timestamptz,
                                        OUT used bigint, OUT counts bigint[])
-    RETURNS SETOF record
-    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
+    RETURNS record
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
 CREATE FUNCTION apikeys._runtime(
     OUT preloaded boolean, OUT shmem_bytes bigint,
     OUT cache_capacity integer, OUT cache_entries bigint, OUT cache_hits bigint,
@@ -129,7 +130,7 @@ SELECT c.key_id, c.tenant, c.name,
        p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
   FROM apikeys.credential c
   LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
-  LEFT JOIN apikeys._pending_usage() p ON p.key_id OPERATOR(pg_catalog.=) c.key_id;
+  LEFT JOIN LATERAL apikeys._pending_usage(c.key_id) p ON true;
 COMMENT ON VIEW apikeys.key_usage IS 'Per key: last use, uses charged against the cap, verifications by outcome (flushed + pending).';
 
 ALTER TABLE apikeys.usage ENABLE ROW LEVEL SECURITY;
