@@ -72,6 +72,17 @@ SELECT bool_and(k.hint = i.hint) AS view_hint_ok,
                 AND k.secrets_in_grace = 0 AND k.created_by = current_user) AS view_fields_ok
   FROM issued i JOIN apikeys.keys k USING (key_id);
 
+-- The C SHA-256 (src/digest.c) agrees with PostgreSQL's at every key
+-- length, 52 to 83 bytes: prefixes of 1 to 32 characters cross the 55/56
+-- byte padding edge and the 64-byte block edge.
+CREATE TEMP TABLE lengths AS
+SELECT c.* FROM generate_series(1, 32) n,
+       LATERAL apikeys.apikey_create('kf', 'len-' || n, prefix => 'p' || repeat('0', n - 1)) c;
+SELECT count(*) AS lengths, min(length(c.api_key)) AS shortest, max(length(c.api_key)) AS longest,
+       bool_and(s.digest = sha256(convert_to(c.api_key, 'UTF8'))) AS digest_is_sha256,
+       bool_and((apikeys.apikey_verify(c.api_key)).valid) AS all_verify
+  FROM lengths c JOIN apikeys.secret s ON s.key_id = c.key_id;
+
 -- Only the SHA-256 digest of the UTF-8 key is stored, with the hint.
 SELECT bool_and(s.digest = sha256(convert_to(i.api_key, 'UTF8'))) AS digest_is_sha256,
        bool_and(s.hint = i.hint) AS stored_hint_ok,
