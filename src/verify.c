@@ -22,6 +22,8 @@
 #include "utils/builtins.h"
 #include "utils/inet.h"
 #include "utils/datum.h"
+#include "utils/memutils.h"
+#include "utils/typcache.h"
 #include "access/detoast.h"
 
 #include "tenant_context.h"
@@ -34,12 +36,79 @@ const char *const apikeys_verdict_names[VERDICT_COUNT] = {
 
 #define VERIFICATION_NATTS 11
 
-/* per-call-site state: the result descriptor and the malformed verdict */
-typedef struct VerifyCallState
+/*
+ * The result descriptor and a ready "malformed" verdict, kept for the life
+ * of the backend.  fn_extra alone would not do: the executor builds a new
+ * FmgrInfo for every execution of a statement, prepared or not, so per-call
+ * state would be rebuilt (type lookups, a descriptor copy, a tuple) on every
+ * pgbench transaction.  The state is keyed by the result type and its
+ * typcache identifier, so DROP/CREATE EXTENSION or ALTER TYPE rebuild it.
+ */
+typedef struct VerifyState
 {
+	Oid			typid;
+	uint64		tupdesc_id;
 	TupleDesc	desc;
 	Datum		malformed;		/* a ready tuple for the commonest rejection */
-} VerifyCallState;
+} VerifyState;
+
+static VerifyState verify_state;
+
+static Datum
+datumCopyTo(MemoryContext cxt, Datum tuple)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Datum		copy = datumCopy(tuple, false, -1);
+
+	MemoryContextSwitchTo(old);
+	return copy;
+}
+
+static Datum verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p,
+						   const RateVerdict *rv);
+
+static VerifyState *
+verify_state_for(FunctionCallInfo fcinfo)
+{
+	Oid			typid = get_fn_expr_rettype(fcinfo->flinfo);
+	TypeCacheEntry *tce;
+	TupleDesc	desc;
+	MemoryContext old;
+
+	if (!OidIsValid(typid) &&
+		get_call_result_type(fcinfo, &typid, NULL) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tce = lookup_type_cache(typid, TYPECACHE_TUPDESC);
+	if (tce->tupDesc == NULL)
+		elog(ERROR, "return type must be a row type");
+	if (verify_state.desc != NULL && verify_state.typid == typid &&
+		verify_state.tupdesc_id == tce->tupDesc_identifier)
+		return &verify_state;
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	desc = CreateTupleDescCopy(tce->tupDesc);
+	if (desc->natts != VERIFICATION_NATTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: apikeys.verification has %d columns, the library expects %d",
+						desc->natts, VERIFICATION_NATTS),
+				 errhint("The SQL objects and the loaded library disagree; run ALTER EXTENSION apikeys UPDATE.")));
+	BlessTupleDesc(desc);
+	MemoryContextSwitchTo(old);
+	if (verify_state.desc != NULL)
+	{
+		pfree(DatumGetPointer(verify_state.malformed));
+		FreeTupleDesc(verify_state.desc);
+		verify_state.desc = NULL;
+	}
+	/* formed here, then copied whole: a HeapTuple's datum points inside it */
+	verify_state.malformed = datumCopyTo(TopMemoryContext,
+										 verdict_tuple(desc, V_MALFORMED, NULL, NULL));
+	verify_state.desc = desc;
+	verify_state.typid = typid;
+	verify_state.tupdesc_id = tce->tupDesc_identifier;
+	return &verify_state;
+}
 
 /* Every required scope must be among the key's. */
 static bool
@@ -165,7 +234,7 @@ verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVe
 static Datum
 verify_common(FunctionCallInfo fcinfo, bool bind)
 {
-	VerifyCallState *st = (VerifyCallState *) fcinfo->flinfo->fn_extra;
+	VerifyState *st = fcinfo->flinfo->fn_extra;
 	size_t		prefix_len;
 	text	   *key;
 	uint8		digest[APIKEYS_DIGEST_LEN];
@@ -174,19 +243,9 @@ verify_common(FunctionCallInfo fcinfo, bool bind)
 	VerdictCode code;
 	TimestampTz now;
 
+	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
 	if (st == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		TupleDesc	desc;
-
-		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		st = palloc(sizeof(VerifyCallState));
-		st->desc = BlessTupleDesc(CreateTupleDescCopy(desc));
-		st->malformed = verdict_tuple(st->desc, V_MALFORMED, NULL, NULL);
-		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = st;
-	}
+		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
 
 	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
 	if (PG_ARGISNULL(0) ||

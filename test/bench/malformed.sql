@@ -1,1 +1,1 @@
-SELECT valid FROM apikeys.apikey_verify('ak_this-is-not-a-key');
+SELECT (apikeys.apikey_verify('ak_this-is-not-a-key')).valid;

@@ -7,7 +7,9 @@
 #
 # One throwaway server (apikeys preloaded), pgbench in prepared mode with 4
 # clients, one run each, printing transactions per second and the ratios
-# SPEC.md sets targets for.
+# SPEC.md sets targets for.  Verify is called as (apikey_verify(...)).valid:
+# a function in FROM is materialized through a tuplestore, which costs more
+# than the verification itself.
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
 
 KEYS=${BENCH_KEYS:-1000000}
@@ -70,7 +72,7 @@ SQL
 
 fixed_script() {
 	local key=$1 f="$TMPDIR_APIKEYS/$NAME/verify_fixed.sql"
-	echo "SELECT valid FROM apikeys.apikey_verify('$key');" > "$f"
+	echo "SELECT (apikeys.apikey_verify('$key')).valid;" > "$f"
 	echo "$f"
 }
 
