@@ -448,6 +448,14 @@ apikeys_flush_main(Datum arg)
 	pqsignal(SIGTERM, flush_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	/*
+	 * A flush must never wait long: a row lock held by an open transaction
+	 * (apikey_delete of a key being flushed) would otherwise hold the worker,
+	 * and with it shutdown, which it only notices between turns.  A timed
+	 * out turn keeps its counts for the next one.
+	 */
+	SetConfigOption("lock_timeout", "2s", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "30s", PGC_SUSET, PGC_S_OVERRIDE);
 
 	slot = db_slot(dbid, true);
 	if (slot == NULL)

@@ -64,6 +64,7 @@ apikeys_shmem_startup(void)
 	{
 		memset(apikeys_shared, 0, sizeof(ApikeysShared));
 		pg_atomic_init_u64(&apikeys_shared->generation, 1);
+		pg_atomic_init_u32(&apikeys_shared->commits_in_flight, 0);
 		for (int i = 0; i < VERDICT_COUNT; i++)
 			pg_atomic_init_u64(&apikeys_shared->outcomes[i], 0);
 		pg_atomic_init_u64(&apikeys_shared->cache_hits, 0);

@@ -36,6 +36,7 @@ typedef struct FlushDbSlot
 typedef struct ApikeysShared
 {
 	pg_atomic_uint64 generation;
+	pg_atomic_uint32 commits_in_flight;	/* key changes between PRE_COMMIT and COMMIT */
 	pg_atomic_uint64 outcomes[VERDICT_COUNT];
 	pg_atomic_uint64 cache_hits;
 	pg_atomic_uint64 cache_misses;
@@ -70,6 +71,13 @@ apikeys_shmem_ready(void)
 
 /* changes.c: did this transaction change key data (bypass the cache)? */
 extern bool apikeys_xact_changed_keys(void);
+
+/* Is a transaction that changed key data committing right now? */
+static inline bool
+apikeys_commit_in_flight(void)
+{
+	return pg_atomic_read_u32(&apikeys_shared->commits_in_flight) != 0;
+}
 extern void apikeys_changes_init(void);
 
 /* policy_cache.c */

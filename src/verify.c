@@ -152,7 +152,7 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 {
 	uint64		generation;
 	bool		use_cache = apikeys_shmem_ready() && !RecoveryInProgress() &&
-		!apikeys_xact_changed_keys();
+		!apikeys_xact_changed_keys() && !apikeys_commit_in_flight();
 
 	if (!use_cache)
 		return apikeys_policy_load(digest, policy, 0);

@@ -16,6 +16,17 @@ CREATE TRIGGER policy_cache_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE 
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret;
+-- Logical replication's apply worker fires row triggers only: a revoke that
+-- arrives on a subscriber must retire its cache too.
+CREATE TRIGGER policy_cache_tenant_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+CREATE TRIGGER policy_cache_credential_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
+    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+CREATE TRIGGER policy_cache_secret_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
+    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant_row;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential_row;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret_row;
 
 CREATE FUNCTION apikeys.apikey_set_policy(
     key_id       uuid,

@@ -23,7 +23,7 @@ BENCH_DIR="$ROOT/test/bench"
 ensure_deps
 build_install
 trap 'cluster_stop $NAME' EXIT
-cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '1GB'" \
+cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '1GB'" "fsync = on" \
 	"max_connections = 50" "apikeys.tracked_keys = 200000"
 psql_b() { cluster_psql $NAME $PORT -q -d postgres "$@"; }
 

@@ -39,6 +39,7 @@ CREATE TABLE api.items (
 );
 CREATE INDEX ON api.items (tenant);
 ALTER TABLE api.items ENABLE ROW LEVEL SECURITY;
+ALTER TABLE api.items FORCE ROW LEVEL SECURITY;   -- its owner too
 CREATE POLICY items_tenant ON api.items
     USING (tenant = apikeys.current_tenant())
     WITH CHECK (tenant = apikeys.current_tenant());
