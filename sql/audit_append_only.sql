@@ -162,6 +162,18 @@ SELECT pg_temp.try('SET apikeys.audit_retention = ''1 day''') AS tenant_set_rete
 RESET ROLE;
 
 ------------------------------------------------------------------------------
+-- TRUNCATE of the audited tables fires no row trigger: refused for the
+-- owner too; a tenant role has no TRUNCATE privilege at all.
+------------------------------------------------------------------------------
+SELECT t, pg_temp.try(format('TRUNCATE apikeys.%I CASCADE', t)) AS owner_truncate
+  FROM unnest(ARRAY['tenant', 'credential', 'secret', 'role_tenant', 'vault_secret', 'vault_service']) t;
+SET ROLE regress_audit_admin;
+SELECT t, pg_temp.try(format('TRUNCATE apikeys.%I', t)) AS tenant_truncate
+  FROM unnest(ARRAY['tenant', 'credential', 'secret', 'role_tenant']) t;
+RESET ROLE;
+SELECT count(*) > 0 AS keys_still_there FROM apikeys.credential;
+
+------------------------------------------------------------------------------
 -- Attack: make a change look like pg_restore's COPY so the triggers skip it
 -- (a COPY ... TO with " FROM stdin" in a literal, a comment, or both).
 ------------------------------------------------------------------------------
@@ -208,6 +220,9 @@ SET session_replication_role = replica;
 UPDATE apikeys.audit SET actor = 'evil' WHERE audit_id = 3;
 RESET session_replication_role;
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
+-- the retention routine never deletes evidence of tampering
+SELECT pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS purge_broken_chain;
+SELECT count(*) = :rows_before AS nothing_purged FROM apikeys.audit;
 SET session_replication_role = replica;
 UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.audit_id = 3 AND s.audit_id = 3;
 RESET session_replication_role;
@@ -292,8 +307,17 @@ SET session_replication_role = replica;
 UPDATE apikeys.audit SET actor = 'evil' WHERE audit_id = 8;
 RESET session_replication_role;
 SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
+SELECT pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS purge_broken_chain;
 SET session_replication_role = replica;
 UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.audit_id = 8 AND s.audit_id = 8;
+RESET session_replication_role;
+-- the oldest rows left after a purge deleted by hand: a gap after the anchor
+SET session_replication_role = replica;
+DELETE FROM apikeys.audit WHERE audit_id = 7;
+RESET session_replication_role;
+SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
+SET session_replication_role = replica;
+INSERT INTO apikeys.audit SELECT * FROM saved WHERE audit_id = 7;
 UPDATE apikeys.audit SET detail = jsonb_set(detail, '{last_purged_hash}', to_jsonb(repeat('0', 64)))
  WHERE action = 'audit_purged';
 RESET session_replication_role;
