@@ -68,11 +68,11 @@ SQL
 ROLLED_BACK_KEY=$(printf '%s\n' "$out" | grep -E '^[a-z][a-z0-9_]*_[0-9A-Za-z]{40,}$' | head -n 1)
 [ -n "$ROLLED_BACK_KEY" ] || die "no key created before the refusal: $out"
 KEYS+=("$ROLLED_BACK_KEY")
-printf '%s\n' "$out" | grep -q 'key_not_found' || die "rotate of a foreign key: $out"
+grep -q 'key_not_found' <<<"$out" || die "rotate of a foreign key: $out"
 
 echo "== denied: create in an inactive tenant (login role regress_sleepy_admin)"
 out=$(qas regress_sleepy_admin -c "SELECT apikeys.apikey_create('sleepy', 'nope')" 2>&1) && die "created in an inactive tenant"
-printf '%s\n' "$out" | grep -q 'tenant_inactive' || die "create in an inactive tenant: $out"
+grep -q 'tenant_inactive' <<<"$out" || die "create in an inactive tenant: $out"
 
 echo "== denied: revoke of an unknown key (SET ROLE by a superuser session)"
 out=$(q 2>&1 <<SQL
@@ -82,7 +82,7 @@ SET ROLE regress_acme_admin;
 SELECT apikeys.apikey_revoke('$UNKNOWN_ID', 'guess');
 SQL
 ) && die "revoked an unknown key"
-printf '%s\n' "$out" | grep -q 'key_not_found' || die "revoke of an unknown key: $out"
+grep -q 'key_not_found' <<<"$out" || die "revoke of an unknown key: $out"
 
 # the refusals rolled back: nothing of them in the audit table
 n=$(q -c "SELECT count(*) FROM apikeys.audit WHERE outcome <> 'success' OR key_id = '$UNKNOWN_ID' OR (key_id = '$GLOBEX_ID' AND action <> 'key_created' AND action <> 'secret_issued')")

@@ -37,7 +37,7 @@ expect_limits_unavailable() {
 	if out=$(qa -v VERBOSITY=verbose -c "SELECT code FROM apikeys.apikey_verify('$key')" 2>&1); then
 		die "$what: verify did not raise (got '$out')"
 	fi
-	echo "$out" | grep -q '^ERROR:  55000: limits_unavailable: ' ||
+	grep -q '^ERROR:  55000: limits_unavailable: ' <<<"$out" ||
 		die "$what: expected 'ERROR:  55000: limits_unavailable: ...', got: $out"
 	# 2. caught by SQLSTATE in PL/pgSQL
 	out=$(qa -c "DO \$\$
