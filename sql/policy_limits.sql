@@ -128,6 +128,24 @@ SET session_replication_role = replica;
 UPDATE apikeys.credential SET status = 'disabled' WHERE key_id = :'k4';
 RESET session_replication_role;
 SELECT code FROM apikeys.apikey_verify(:'key4');
+-- a change retires the cached policies of the keys it touched, not the others:
+-- creating a key retires nothing, revoking one leaves its neighbour cached
+SELECT key_id AS kc1, api_key AS keyc1 FROM apikeys.apikey_create('acme', 'cached 1') \gset
+SELECT key_id AS kc2, api_key AS keyc2 FROM apikeys.apikey_create('acme', 'cached 2') \gset
+SELECT code FROM apikeys.apikey_verify(:'keyc1') UNION ALL SELECT code FROM apikeys.apikey_verify(:'keyc2');
+SELECT cache_hits AS hits0, cache_misses AS misses0, cache_generation AS gen0 FROM apikeys.runtime \gset
+SELECT key_id IS NOT NULL AS created FROM apikeys.apikey_create('acme', 'newcomer');
+SELECT apikeys.apikey_revoke(:'kc1');
+SELECT code FROM apikeys.apikey_verify(:'keyc1');
+SELECT code FROM apikeys.apikey_verify(:'keyc2');
+SELECT code FROM apikeys.apikey_verify(:'keyc2');
+SELECT cache_hits - :hits0 AS hits, cache_misses - :misses0 AS misses,
+       cache_generation - :gen0 AS generations FROM apikeys.runtime;
+-- a tenant change retires every policy (each holds its tenant's active flag)
+SELECT apikeys.tenant_update('acme', active => false) IS NOT NULL AS updated;
+SELECT code FROM apikeys.apikey_verify(:'keyc2');
+SELECT apikeys.tenant_update('acme', active => true) IS NOT NULL AS updated;
+SELECT code FROM apikeys.apikey_verify(:'keyc2');
 -- PREPARE TRANSACTION of a key change is refused (its commit would be unseen)
 BEGIN;
 SELECT apikeys.apikey_enable(:'k4');

@@ -44,8 +44,12 @@
 #define Anum_credential_usage_period 21
 
 #define Anum_usage_key_id			1
+#define Anum_usage_last_used_at		2
 #define Anum_usage_used				3
 #define Anum_usage_period_start		4
+#define Anum_usage_first_count		5	/* count_valid .. count_usage_exceeded */
+#define Anum_usage_flushed_at		14
+#define Natts_usage					14
 
 #define Anum_secret_digest			1
 #define Anum_secret_key_id			2

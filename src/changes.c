@@ -2,22 +2,36 @@
  * changes.c - notice committed changes to key data, for the policy cache.
  *
  * apikeys._changed() is an ALWAYS trigger (it fires under
- * session_replication_role = replica too) on apikeys.tenant, credential and
- * secret, for rows and TRUNCATE.  It marks the transaction; when a marked
- * transaction commits, the shared generation is bumped, which retires every
- * cached policy.  The commit is visible to new snapshots a moment before
- * XACT_EVENT_COMMIT runs, so the cache is also bypassed from PRE_COMMIT on
- * (see commit_done): anyone who can see that a revoke committed also sees
- * the revoked key refused.  PREPARE TRANSACTION of such
- * a transaction is refused: the commit would happen where no callback runs.
+ * session_replication_role = replica and in logical replication's apply
+ * worker too) on apikeys.tenant, credential and secret, per row and for
+ * TRUNCATE.  Any change marks the transaction, which then bypasses the
+ * cache itself.  UPDATE and DELETE also note what a cached policy could
+ * depend on: the key_id of a credential or secret row, or "everything" for
+ * a tenant row, a TRUNCATE or more than MAX_NOTED keys.  INSERT notes
+ * nothing: no cached policy can refer to a row that did not exist.
+ *
+ * When a transaction with notes commits, the shared generation is bumped
+ * and the noted keys' stamps (or the floor) raised to it, which retires
+ * their cached policies.  The commit is visible to new snapshots a moment
+ * before XACT_EVENT_COMMIT runs, so PRE_COMMIT announces it
+ * (commits_in_flight) and the cache is bypassed until the stamps are
+ * raised: anyone who can see that a revoke committed also sees the revoked
+ * key refused.  PREPARE TRANSACTION of a marked transaction is refused: the
+ * commit would happen where no callback runs.
  */
 #include "shmem.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "commands/trigger.h"
 
+#define MAX_NOTED 64
+
 static bool xact_changed = false;
 static bool in_flight = false;	/* we hold one of commits_in_flight */
+static bool noted_all = false;
+static int	n_noted = 0;
+static pg_uuid_t noted[MAX_NOTED];
 
 bool
 apikeys_xact_changed_keys(void)
@@ -25,24 +39,47 @@ apikeys_xact_changed_keys(void)
 	return xact_changed;
 }
 
-/*
- * Between PRE_COMMIT and COMMIT the transaction becomes visible to new
- * snapshots (ProcArrayEndTransaction) before any callback can bump the
- * generation.  So PRE_COMMIT announces the commit: while any is in flight,
- * verify reads the tables and neither trusts nor fills the cache; COMMIT (or
- * ABORT, if the commit failed) bumps the generation and withdraws it.
- */
+static void
+note_key(const pg_uuid_t *key_id)
+{
+	for (int i = 0; i < n_noted; i++)
+		if (memcmp(&noted[i], key_id, sizeof(pg_uuid_t)) == 0)
+			return;
+	if (n_noted == MAX_NOTED)
+		noted_all = true;
+	else
+		noted[n_noted++] = *key_id;
+}
+
+static void
+raise_to(pg_atomic_uint64 *stamp, uint64 to)
+{
+	uint64		cur = pg_atomic_read_u64(stamp);
+
+	while (cur < to && !pg_atomic_compare_exchange_u64(stamp, &cur, to))
+		;
+}
+
+/* COMMIT (or ABORT after PRE_COMMIT): retire what changed, then withdraw. */
 static void
 commit_done(void)
 {
-	if (apikeys_shared)
+	if (apikeys_shared && (noted_all || n_noted > 0))
 	{
-		pg_atomic_fetch_add_u64(&apikeys_shared->generation, 1);
-		if (in_flight)
-			pg_atomic_fetch_sub_u32(&apikeys_shared->commits_in_flight, 1);
+		uint64		gen = pg_atomic_add_fetch_u64(&apikeys_shared->generation, 1);
+
+		if (noted_all)
+			raise_to(&apikeys_shared->floor, gen);
+		else
+			for (int i = 0; i < n_noted; i++)
+				raise_to(apikeys_key_stamp(&noted[i]), gen);
 	}
+	if (in_flight)
+		pg_atomic_fetch_sub_u32(&apikeys_shared->commits_in_flight, 1);
 	in_flight = false;
 	xact_changed = false;
+	noted_all = false;
+	n_noted = 0;
 }
 
 static void
@@ -60,7 +97,7 @@ changes_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
-			if (apikeys_shared && !in_flight)
+			if (apikeys_shared && !in_flight && (noted_all || n_noted > 0))
 			{
 				pg_atomic_fetch_add_u32(&apikeys_shared->commits_in_flight, 1);
 				in_flight = true;
@@ -74,6 +111,8 @@ changes_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_PREPARE:
 			xact_changed = false;
+			noted_all = false;
+			n_noted = 0;
 			break;
 		default:
 			break;
@@ -90,8 +129,39 @@ PG_FUNCTION_INFO_V1(apikeys_changed);
 Datum
 apikeys_changed(PG_FUNCTION_ARGS)
 {
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TriggerEvent ev;
+	Relation	rel;
+	const ApikeysCatalog *cat;
+	AttrNumber	key_att = InvalidAttrNumber;
+
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "apikeys._changed() must be called as a trigger");
 	xact_changed = true;
+	ev = td->tg_event;
+	if (TRIGGER_FIRED_BY_TRUNCATE(ev))
+		noted_all = true;
+	if (!TRIGGER_FIRED_FOR_ROW(ev) || TRIGGER_FIRED_BY_INSERT(ev) || noted_all)
+		return PointerGetDatum(NULL);
+
+	rel = td->tg_relation;
+	cat = apikeys_catalog();
+	if (RelationGetRelid(rel) == cat->credential_rel)
+		key_att = Anum_credential_key_id;
+	else if (RelationGetRelid(rel) == cat->secret_rel)
+		key_att = Anum_secret_key_id;
+	if (key_att == InvalidAttrNumber)
+		noted_all = true;		/* a tenant: its active flag is in every entry */
+	else
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(td->tg_trigtuple, key_att,
+									 RelationGetDescr(rel), &isnull);
+
+		if (isnull)
+			noted_all = true;
+		else
+			note_key(DatumGetUUIDP(d));
+	}
 	return PointerGetDatum(NULL);
 }

@@ -38,12 +38,11 @@
 
 #define IDLE_EXIT_MS 60000
 
-/* outcomes that have a column in apikeys.usage, in column order */
-static const VerdictCode counted[] = {
+const VerdictCode apikeys_flush_counted[] = {
 	V_VALID, V_DISABLED, V_REVOKED, V_EXPIRED, V_TENANT_INACTIVE,
 	V_IP_NOT_ALLOWED, V_INSUFFICIENT_SCOPE, V_RATE_LIMITED, V_USAGE_EXCEEDED
 };
-#define NCOUNTED lengthof(counted)
+const int	apikeys_flush_ncounted = lengthof(apikeys_flush_counted);
 
 void
 apikeys_flush_worker_register(void)
@@ -118,17 +117,6 @@ apikeys_flush_worker_wake(Oid dbid)
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}
 }
-
-typedef struct FlushItem
-{
-	UsageKey	key;
-	bool		has_used;
-	int64		used;
-	int64		period;
-	int32		period_s;
-	TimestampTz last_used_at;
-	int64		counts[VERDICT_COUNT];
-} FlushItem;
 
 /* Move pending counts of dirty entries of dbid to in-flight; return them. */
 static FlushItem *
@@ -256,9 +244,9 @@ int8_array(Datum *values, bool *nulls, int n)
 	return construct_md_array(values, nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-/* Write one batch in its own transaction; true when it committed. */
+/* Insert or update the rows of items through SQL; true on success. */
 static bool
-write_batch(FlushItem *items, int n)
+write_batch_sql(FlushItem *items, int n)
 {
 	Oid			argtypes[13];
 	Datum		args[13];
@@ -294,10 +282,10 @@ write_batch(FlushItem *items, int n)
 	argtypes[3] = TIMESTAMPTZARRAYOID;
 	args[3] = PointerGetDatum(construct_md_array(pstart, pstart_null, 1, dims, lbs, TIMESTAMPTZOID, 8,
 												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int c = 0; c < (int) NCOUNTED; c++)
+	for (int c = 0; c < apikeys_flush_ncounted; c++)
 	{
 		for (int k = 0; k < n; k++)
-			counts[k] = Int64GetDatum(items[k].counts[counted[c]]);
+			counts[k] = Int64GetDatum(items[k].counts[apikeys_flush_counted[c]]);
 		argtypes[4 + c] = INT8ARRAYOID;
 		args[4 + c] = PointerGetDatum(int8_array(counts, NULL, n));
 		counts = palloc(sizeof(Datum) * n);
@@ -305,6 +293,27 @@ write_batch(FlushItem *items, int n)
 
 	rc = SPI_execute_with_args(flush_sql, 13, argtypes, args, NULL, false, 0);
 	return rc == SPI_OK_INSERT;
+}
+
+/*
+ * Write one batch inside the caller's transaction: rows that exist are
+ * updated in place (flush_update.c), the rest go through SQL.
+ */
+static bool
+write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n)
+{
+	bool	   *done = palloc(sizeof(bool) * n);
+	int			updated = apikeys_flush_update_existing(usage_rel, usage_pkey, items, n, done);
+	FlushItem  *rest;
+	int			m = 0;
+
+	if (updated == n)
+		return true;
+	rest = palloc(sizeof(FlushItem) * (n - updated));
+	for (int k = 0; k < n; k++)
+		if (!done[k])
+			rest[m++] = items[k];
+	return write_batch_sql(rest, m);
 }
 
 static volatile sig_atomic_t got_sigterm = false;
@@ -327,31 +336,37 @@ typedef enum FlushTarget
 } FlushTarget;
 
 /*
- * Lock the two tables the flush statement touches, without waiting.  The
+ * Lock the relations the flush touches, without waiting.  The
  * worker must never queue behind DROP EXTENSION (or ALTER, TRUNCATE...):
  * DROP locks the extension's objects one by one in catalog order, so a
- * waiting worker holding one of them deadlocks it.  Once both are locked
+ * waiting worker holding one of them deadlocks it.  Once all are locked
  * nothing else the statement needs can be taken away, and the existence
  * check after the lock sees a DROP that committed meanwhile.
  */
 static FlushTarget
-lock_flush_target(void)
+lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 {
 	Oid			nsp,
 				usage,
+				usage_pkey,
 				credential;
 
 	if (!OidIsValid(get_extension_oid("apikeys", true)) ||
 		!OidIsValid(nsp = get_namespace_oid(APIKEYS_SCHEMA, true)) ||
 		!OidIsValid(usage = get_relname_relid("usage", nsp)) ||
+		!OidIsValid(usage_pkey = get_relname_relid("usage_pkey", nsp)) ||
 		!OidIsValid(credential = get_relname_relid("credential", nsp)))
 		return TARGET_GONE;
 	if (!ConditionalLockRelationOid(usage, RowExclusiveLock) ||
+		!ConditionalLockRelationOid(usage_pkey, RowExclusiveLock) ||
 		!ConditionalLockRelationOid(credential, AccessShareLock))
 		return TARGET_BUSY;		/* locks go at the transaction's end */
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(usage)) ||
+		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(usage_pkey)) ||
 		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(credential)))
 		return TARGET_GONE;
+	*usage_out = usage;
+	*usage_pkey_out = usage_pkey;
 	return TARGET_READY;
 }
 
@@ -366,6 +381,8 @@ flush_once(Oid dbid)
 	int			n;
 	volatile bool ok = false;
 	volatile FlushTarget target = TARGET_BUSY;
+	Oid			usage = InvalidOid,
+				usage_pkey = InvalidOid;
 
 	items = collect(dbid, &n);
 	if (n == 0)
@@ -390,9 +407,9 @@ flush_once(Oid dbid)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
-		target = lock_flush_target();
+		target = lock_flush_target(&usage, &usage_pkey);
 		if (target == TARGET_READY)
-			ok = write_batch((FlushItem *) items, n);
+			ok = write_batch(usage, usage_pkey, (FlushItem *) items, n);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();

@@ -1,17 +1,20 @@
 /*
  * policy_cache.c - secrets' policies in shared memory, so a verify of a
- * known key costs a lookup in a small set instead of three index probes.
+ * known key costs a lookup in a small set instead of two index probes.
  *
  * Never serves a stale policy:
- *   - every change to apikeys.tenant, credential or secret, committed by
- *     anyone, bumps apikeys_shared->generation after the commit became
- *     visible (changes.c); an entry is used only while its generation is the
- *     current one;
+ *   - every committed UPDATE or DELETE of apikeys.tenant, credential or
+ *     secret raises, after the commit became visible, the stamp of the
+ *     changed keys (or the floor of all entries) to a new generation
+ *     (changes.c); an entry is used only while its own stamp is not older
+ *     (apikeys_stamp_current);
  *   - a filler reads the generation BEFORE taking the snapshot it loads the
  *     policy with (policy_load.c uses the latest snapshot), so a commit
- *     racing with the fill leaves the entry under an old generation;
- *   - a transaction that changed key data itself, and hot standbys (WAL
- *     replay runs no triggers), bypass the cache (verify.c).
+ *     racing with the fill leaves the entry stale from the start;
+ *   - while such a commit is between becoming visible and raising the
+ *     stamps, nobody uses or fills the cache; a transaction that changed key
+ *     data itself, and hot standbys (WAL replay runs no triggers), bypass it
+ *     (verify.c).
  * Time-dependent checks (expiry, rotation grace) are made at lookup.  A
  * full set replaces its least recently used entry (slot_table.c).
  */
@@ -28,7 +31,7 @@ cache_key(const uint8 *digest, PolicyCacheKey *key)
 }
 
 bool
-apikeys_cache_lookup(const uint8 *digest, uint64 generation, KeyPolicy *policy)
+apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy)
 {
 	PolicyCacheKey key;
 	PolicyCacheEntry *entry;
@@ -43,40 +46,44 @@ apikeys_cache_lookup(const uint8 *digest, uint64 generation, KeyPolicy *policy)
 
 	LWLockAcquire(lock, LW_SHARED);
 	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, set, &key);
-	if (entry && entry->generation == generation &&
-		entry->credential_rel == credential_rel)
+	if (entry && entry->credential_rel == credential_rel)
+	{
+		memcpy(policy, entry->policy, POLICY_FIXED_LEN);
+		hit = apikeys_stamp_current(entry->stamp, &policy->key_id);
+	}
+	if (hit)
 	{
 		Size		len = entry->tenant_len + entry->name_len + entry->scopes_len;
 		char	   *buf = palloc(len);
 
-		memcpy(policy, &entry->policy, offsetof(KeyPolicy, tenant));
 		memcpy(buf, entry->vardata, len);
+		memcpy(policy->cidrs, entry->vardata + len, entry->cidrs_len);
 		policy->tenant = (text *) buf;
 		policy->name = (text *) (buf + entry->tenant_len);
 		policy->scopes = (ArrayType *) (buf + entry->tenant_len + entry->name_len);
 		entry->hdr.last_use = GetCurrentTimestamp();	/* a racy hint is fine */
-		hit = true;
 	}
 	LWLockRelease(lock);
 	pg_atomic_fetch_add_u64(hit ? &apikeys_shared->cache_hits : &apikeys_shared->cache_misses, 1);
 	return hit;
 }
 
+/* Remember a policy loaded with a snapshot taken after reading `stamp`. */
 void
-apikeys_cache_store(const uint8 *digest, uint64 generation, const KeyPolicy *policy)
+apikeys_cache_store(const uint8 *digest, uint64 stamp, const KeyPolicy *policy)
 {
 	PolicyCacheKey key;
 	PolicyCacheEntry *entry;
 	Size		tlen = INTALIGN(VARSIZE(policy->tenant));
 	Size		nlen = INTALIGN(VARSIZE(policy->name));
 	Size		slen = VARSIZE(policy->scopes);
+	Size		clen = policy->ncidrs > 0 ? policy->ncidrs * sizeof(inet_struct) : 0;
 	Oid			credential_rel = apikeys_catalog()->credential_rel;
 	bool		evicted;
 	uint32		set;
 	LWLock	   *lock;
 
-	/* policies with big names or many scopes are not cached */
-	if (tlen + nlen + slen > POLICY_VARDATA)
+	if (tlen + nlen + slen + clen > POLICY_VARDATA)
 		return;
 
 	cache_key(digest, &key);
@@ -84,10 +91,10 @@ apikeys_cache_store(const uint8 *digest, uint64 generation, const KeyPolicy *pol
 	lock = slot_lock(&apikeys_policy_table, set);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	if (pg_atomic_read_u64(&apikeys_shared->generation) != generation)
+	if (!apikeys_stamp_current(stamp, &policy->key_id))
 	{
 		LWLockRelease(lock);
-		return;					/* already outdated */
+		return;					/* changed since the snapshot was taken */
 	}
 	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, set, &key);
 	if (entry == NULL)
@@ -97,14 +104,16 @@ apikeys_cache_store(const uint8 *digest, uint64 generation, const KeyPolicy *pol
 			pg_atomic_fetch_add_u64(&apikeys_shared->cache_evictions, 1);
 	}
 	entry->hdr.last_use = GetCurrentTimestamp();
-	entry->generation = generation;
+	entry->stamp = stamp;
 	entry->credential_rel = credential_rel;
-	memcpy(&entry->policy, policy, offsetof(KeyPolicy, tenant));
+	memcpy(entry->policy, policy, POLICY_FIXED_LEN);
 	entry->tenant_len = tlen;
 	entry->name_len = nlen;
 	entry->scopes_len = slen;
+	entry->cidrs_len = clen;
 	memcpy(entry->vardata, policy->tenant, VARSIZE(policy->tenant));
 	memcpy(entry->vardata + tlen, policy->name, VARSIZE(policy->name));
 	memcpy(entry->vardata + tlen + nlen, policy->scopes, slen);
+	memcpy(entry->vardata + tlen + nlen + slen, policy->cidrs, clen);
 	LWLockRelease(lock);
 }

@@ -11,7 +11,7 @@
  * transaction that has committed is refused even inside an older REPEATABLE
  * READ transaction, and the shared cache (policy_cache.c) relies on it.
  */
-#include "policy.h"
+#include "shmem.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -81,9 +81,10 @@ load_cidrs(Datum d, KeyPolicy *p)
 }
 
 /*
- * Tenants' active flags, per backend.  Valid while the shared generation is
- * the one read before the snapshot they were loaded with (the same rule as
- * the policy cache): any committed change to key data clears them.
+ * Tenants' active flags, per backend.  Every committed change to a tenant
+ * raises the shared floor (changes.c); the flags are kept while the floor is
+ * not past the generation read before the first of their snapshots (the rule
+ * of the policy cache).
  */
 typedef struct TenantCacheEntry
 {
@@ -109,7 +110,8 @@ tenant_active(text *tenant, Snapshot snapshot, uint64 generation)
 
 	if (generation != 0 && len < sizeof(key))
 	{
-		if (tenant_cache == NULL || tenant_cache_generation != generation)
+		if (tenant_cache == NULL ||
+			pg_atomic_read_u64(&apikeys_shared->floor) > tenant_cache_generation)
 		{
 			HASHCTL		info;
 

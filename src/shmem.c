@@ -64,6 +64,9 @@ apikeys_shmem_startup(void)
 	{
 		memset(apikeys_shared, 0, sizeof(ApikeysShared));
 		pg_atomic_init_u64(&apikeys_shared->generation, 1);
+		pg_atomic_init_u64(&apikeys_shared->floor, 0);
+		for (int i = 0; i < APIKEYS_INVAL_BUCKETS; i++)
+			pg_atomic_init_u64(&apikeys_shared->key_stamps[i], 0);
 		pg_atomic_init_u32(&apikeys_shared->commits_in_flight, 0);
 		for (int i = 0; i < VERDICT_COUNT; i++)
 			pg_atomic_init_u64(&apikeys_shared->outcomes[i], 0);
@@ -95,7 +98,7 @@ apikeys_shmem_init(void)
 
 	DefineCustomIntVariable("apikeys.cache_entries",
 							"Secrets whose policies are cached in shared memory.",
-							"About 700 bytes each. Misses fall back to an index lookup.",
+							"About 300 bytes each. Misses fall back to two index lookups.",
 							&apikeys_cache_entries, 10000, 4, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.tracked_keys",

@@ -8,9 +8,16 @@
  *   usage table   partition lock shared to find an entry, then the entry's
  *                 spinlock to read or change its counters; exclusive to
  *                 create or evict entries (only flushed ones are evicted).
- *   generation  atomic counter bumped after every commit that changed keys,
- *               secrets, tenants or policies; cache entries filled under an
- *               older generation are ignored (policy_cache.c).
+ *   generation  atomic counter bumped after every commit that changed or
+ *               deleted keys, secrets or tenants (new rows need nothing: no
+ *               cached policy can refer to them).  The commit then raises
+ *               the stamp of the changed keys' buckets (key_stamps, by
+ *               key_id hash) to the new generation, or `floor` for tenant
+ *               changes, TRUNCATE and big batches.  A cache entry records
+ *               the generation read before the snapshot that filled it and
+ *               is used only while neither its bucket nor the floor is past
+ *               it (policy_cache.c): a change retires its own keys, not the
+ *               whole cache.
  *   counters    atomics, no lock.
  */
 #ifndef APIKEYS_SHMEM_H
@@ -18,6 +25,7 @@
 
 #include "policy.h"
 
+#include "common/hashfn.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -25,6 +33,7 @@
 #include "slot_table.h"
 
 #define APIKEYS_MAX_FLUSH_DBS 32
+#define APIKEYS_INVAL_BUCKETS 65536	/* power of two; 512 kB */
 
 typedef struct FlushDbSlot
 {
@@ -36,6 +45,7 @@ typedef struct FlushDbSlot
 typedef struct ApikeysShared
 {
 	pg_atomic_uint64 generation;
+	pg_atomic_uint64 floor;		/* entries stamped before it are stale */
 	pg_atomic_uint32 commits_in_flight;	/* key changes between PRE_COMMIT and COMMIT */
 	pg_atomic_uint64 outcomes[VERDICT_COUNT];
 	pg_atomic_uint64 cache_hits;
@@ -48,6 +58,7 @@ typedef struct ApikeysShared
 	pg_atomic_uint64 last_flush_at;	/* TimestampTz, 0: never */
 	slock_t		db_mutex;		/* protects dbs[] */
 	FlushDbSlot dbs[APIKEYS_MAX_FLUSH_DBS];
+	pg_atomic_uint64 key_stamps[APIKEYS_INVAL_BUCKETS];	/* last change, by key_id hash */
 } ApikeysShared;
 
 extern ApikeysShared *apikeys_shared;	/* NULL when not preloaded */
@@ -80,6 +91,21 @@ apikeys_commit_in_flight(void)
 }
 extern void apikeys_changes_init(void);
 
+static inline pg_atomic_uint64 *
+apikeys_key_stamp(const pg_uuid_t *key_id)
+{
+	return &apikeys_shared->key_stamps[hash_bytes(key_id->data, UUID_LEN) &
+									   (APIKEYS_INVAL_BUCKETS - 1)];
+}
+
+/* Is what was read under generation `stamp` about key_id still current? */
+static inline bool
+apikeys_stamp_current(uint64 stamp, const pg_uuid_t *key_id)
+{
+	return pg_atomic_read_u64(&apikeys_shared->floor) <= stamp &&
+		pg_atomic_read_u64(apikeys_key_stamp(key_id)) <= stamp;
+}
+
 /* policy_cache.c */
 typedef struct PolicyCacheKey
 {
@@ -87,24 +113,31 @@ typedef struct PolicyCacheKey
 	uint8		digest[APIKEYS_DIGEST_LEN];
 } PolicyCacheKey;
 
-#define POLICY_VARDATA 512
+/*
+ * About 300 bytes an entry, so a cache can hold every key of a big
+ * installation: the fixed part of the policy, then its allowlist, tenant,
+ * name and scopes packed in vardata.  Policies that do not fit (long names,
+ * many scopes or networks) are not cached: they are read from the tables.
+ */
+#define POLICY_VARDATA 160
+#define POLICY_FIXED_LEN offsetof(KeyPolicy, cidrs)
 
 typedef struct PolicyCacheEntry
 {
 	SlotHeader	hdr;
 	PolicyCacheKey key;
-	uint64		generation;		/* apikeys_shared->generation when filled */
+	uint64		stamp;			/* generation read before the fill's snapshot */
 	Oid			credential_rel; /* forget entries of a dropped extension */
-	KeyPolicy	policy;			/* pointers in it are meaningless here */
+	uint16		cidrs_len;
 	uint16		tenant_len;
 	uint16		name_len;
 	uint16		scopes_len;
-	char		vardata[POLICY_VARDATA];	/* tenant, name, scopes varlenas */
+	char		policy[POLICY_FIXED_LEN];	/* KeyPolicy up to cidrs */
+	char		vardata[POLICY_VARDATA];	/* copied out before use: no alignment */
 } PolicyCacheEntry;
 
-extern bool apikeys_cache_lookup(const uint8 *digest, uint64 generation,
-								 KeyPolicy *policy);
-extern void apikeys_cache_store(const uint8 *digest, uint64 generation,
+extern bool apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy);
+extern void apikeys_cache_store(const uint8 *digest, uint64 stamp,
 								const KeyPolicy *policy);
 
 /* usage.c */
@@ -146,8 +179,27 @@ extern void apikeys_usage_count(const KeyPolicy *policy, VerdictCode code,
 								TimestampTz now);
 
 /* flush_worker.c */
+typedef struct FlushItem
+{
+	UsageKey	key;
+	bool		has_used;
+	int64		used;
+	int64		period;
+	int32		period_s;
+	TimestampTz last_used_at;
+	int64		counts[VERDICT_COUNT];
+} FlushItem;
+
+/* outcomes that have a column in apikeys.usage, in column order */
+extern const VerdictCode apikeys_flush_counted[];
+extern const int apikeys_flush_ncounted;
+
 extern void apikeys_flush_worker_register(void);
 extern void apikeys_flush_worker_wake(Oid dbid);
 PGDLLEXPORT void apikeys_flush_main(Datum arg);
+
+/* flush_update.c */
+extern int	apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey,
+										  const FlushItem *items, int n, bool *done);
 
 #endif

@@ -12,10 +12,26 @@ sets_for(int nentries)
 	return Max((nentries + SLOT_WAYS - 1) / SLOT_WAYS, 1);
 }
 
+static Size
+tags_size(int nentries)
+{
+	return MAXALIGN(mul_size(mul_size(sets_for(nentries), SLOT_WAYS), sizeof(uint32)));
+}
+
 Size
 slot_table_size(int nentries, Size entry_size)
 {
-	return mul_size(mul_size(sets_for(nentries), SLOT_WAYS), MAXALIGN(entry_size));
+	return add_size(tags_size(nentries),
+					mul_size(mul_size(sets_for(nentries), SLOT_WAYS), MAXALIGN(entry_size)));
+}
+
+/* a key's tag: its full hash (the set only used the remainder), never 0 */
+static inline uint32
+tag_of(const SlotTable *t, const void *key)
+{
+	uint32		h = slot_hash(t, key);
+
+	return h == 0 ? 1 : h;
 }
 
 void
@@ -28,18 +44,25 @@ slot_table_init(SlotTable *t, const char *name, int nentries, Size entry_size,
 	t->key_size = key_size;
 	for (int i = 0; i < SLOT_PARTITIONS; i++)
 		t->locks[i] = &locks[i].lock;
-	t->entries = ShmemInitStruct(name, slot_table_size(nentries, entry_size), found);
+	t->tags = ShmemInitStruct(name, slot_table_size(nentries, entry_size), found);
+	t->entries = (char *) t->tags + tags_size(nentries);
 	if (!*found)
-		memset(t->entries, 0, slot_table_size(nentries, entry_size));
+		memset(t->tags, 0, slot_table_size(nentries, entry_size));
 }
 
 SlotHeader *
 slot_find(const SlotTable *t, uint32 set, const void *key)
 {
+	const uint32 *tags = &t->tags[(Size) set * SLOT_WAYS];
+	uint32		tag = tag_of(t, key);
+
 	for (int w = 0; w < SLOT_WAYS; w++)
 	{
-		SlotHeader *e = slot_entry(t, set, w);
+		SlotHeader *e;
 
+		if (tags[w] != tag)
+			continue;
+		e = slot_entry(t, set, w);
 		if (e->used && memcmp((char *) e + t->key_offset, key, t->key_size) == 0)
 			return e;
 	}
@@ -50,7 +73,9 @@ SlotHeader *
 slot_claim(const SlotTable *t, uint32 set, const void *key,
 		   bool (*may_evict) (const SlotHeader *), bool *evicted)
 {
+	uint32	   *tags = &t->tags[(Size) set * SLOT_WAYS];
 	SlotHeader *victim = NULL;
+	int			victim_way = -1;
 
 	*evicted = false;
 	for (int w = 0; w < SLOT_WAYS; w++)
@@ -60,11 +85,15 @@ slot_claim(const SlotTable *t, uint32 set, const void *key,
 		if (!e->used)
 		{
 			victim = e;
+			victim_way = w;
 			break;
 		}
 		if ((may_evict == NULL || may_evict(e)) &&
 			(victim == NULL || e->last_use < victim->last_use))
+		{
 			victim = e;
+			victim_way = w;
+		}
 	}
 	if (victim == NULL)
 		return NULL;
@@ -72,6 +101,7 @@ slot_claim(const SlotTable *t, uint32 set, const void *key,
 	memset(victim, 0, t->entry_size);
 	memcpy((char *) victim + t->key_offset, key, t->key_size);
 	victim->used = true;
+	tags[victim_way] = tag_of(t, key);
 	return victim;
 }
 

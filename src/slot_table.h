@@ -1,11 +1,15 @@
 /*
  * slot_table.h - a fixed-size, set-associative table in shared memory.
  *
- * A key hashes to one set of SLOT_WAYS entries; lookups compare at most
- * SLOT_WAYS keys, and a full set replaces its least recently used entry that
- * the caller allows to go.  Constant time, constant size, no allocation:
- * what the verify path needs.  Sets are guarded by SLOT_PARTITIONS LWLocks
- * (set % SLOT_PARTITIONS): shared to read, exclusive to insert or evict.
+ * A key hashes to one set of SLOT_WAYS entries; a full set replaces its
+ * least recently used entry that the caller allows to go.  Constant time,
+ * constant size, no allocation: what the verify path needs.  Each set also
+ * has a line of SLOT_WAYS 32-bit hash tags, so a lookup reads one cache line
+ * of tags and then only the entry whose tag matches, instead of SLOT_WAYS
+ * entries scattered over as many lines (with a million keys that is the
+ * difference between one and eight memory stalls).  Sets are guarded by
+ * SLOT_PARTITIONS LWLocks (set % SLOT_PARTITIONS): shared to read, exclusive
+ * to insert or evict.
  */
 #ifndef APIKEYS_SLOT_TABLE_H
 #define APIKEYS_SLOT_TABLE_H
@@ -15,8 +19,8 @@
 #include "utils/timestamp.h"
 #include "common/hashfn.h"
 
-#define SLOT_WAYS 4
-#define SLOT_PARTITIONS 32
+#define SLOT_WAYS 8
+#define SLOT_PARTITIONS 64
 
 /* every entry starts with this, then its key */
 typedef struct SlotHeader
@@ -32,6 +36,7 @@ typedef struct SlotTable
 	Size		key_offset;
 	Size		key_size;
 	LWLock	   *locks[SLOT_PARTITIONS];
+	uint32	   *tags;			/* nsets * SLOT_WAYS; 0: free way */
 	char	   *entries;		/* nsets * SLOT_WAYS entries */
 } SlotTable;
 
@@ -41,9 +46,15 @@ extern void slot_table_init(SlotTable *t, const char *name, int nentries,
 							LWLockPadded *locks, bool *found);
 
 static inline uint32
+slot_hash(const SlotTable *t, const void *key)
+{
+	return hash_bytes((const unsigned char *) key, (int) t->key_size);
+}
+
+static inline uint32
 slot_set_of(const SlotTable *t, const void *key)
 {
-	return hash_bytes((const unsigned char *) key, (int) t->key_size) % t->nsets;
+	return slot_hash(t, key) % t->nsets;
 }
 
 static inline LWLock *

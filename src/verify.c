@@ -157,10 +157,14 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 	if (!use_cache)
 		return apikeys_policy_load(digest, policy, 0);
 
-	/* read the generation before the snapshot the fill will use */
+	/*
+	 * Read the generation after the in-flight check (so the stamps a
+	 * finished commit raised are seen) and before the snapshot a fill uses.
+	 */
+	pg_memory_barrier();
 	generation = pg_atomic_read_u64(&apikeys_shared->generation);
 	pg_memory_barrier();
-	if (apikeys_cache_lookup(digest, generation, policy))
+	if (apikeys_cache_lookup(digest, policy))
 		return true;
 	if (!apikeys_policy_load(digest, policy, generation))
 		return false;
