@@ -2,9 +2,10 @@
  * flush_worker.c - write usage figures from shared memory to apikeys.usage.
  *
  * One dynamic background worker per database with tracked keys, started by
- * the first verify that finds none running.  Each turn it moves the pending
- * counts of every dirty entry of its database to "in flight", writes them in
- * one INSERT ... ON CONFLICT (counts added, `used` and last use set), and on
+ * the first verify that finds none running.  Each turn (flush_interval) it
+ * moves the pending counts of its database's dirty entries that are due
+ * (see collect) to "in flight", writes them (rows that exist are updated in
+ * place, flush_update.c; new ones through INSERT ... ON CONFLICT), and on
  * success forgets the in-flight counts; on failure it puts them back.  It
  * flushes once more on SIGTERM (clean shutdown), and exits after a minute
  * with nothing to do, so it does not hold its database (DROP DATABASE waits
@@ -75,11 +76,23 @@ db_slot(Oid dbid, bool create)
 			found->dbid = dbid;
 			found->worker_pid = 0;
 			found->starting = false;
+			found->start_requested = 0;
+			found->pressure = false;
 			cached_idx = i;
 		}
 	SpinLockRelease(&apikeys_shared->db_mutex);
 	cached_db = found ? dbid : InvalidOid;
 	return found;
+}
+
+/* A set is full of unwritten entries: ask dbid's worker to write them all. */
+void
+apikeys_flush_worker_hurry(Oid dbid)
+{
+	FlushDbSlot *slot = db_slot(dbid, true);
+
+	if (slot)
+		slot->pressure = true;	/* read under the mutex; a late read is fine */
 }
 
 /* Make sure a flush worker runs for dbid; cheap when one does. */
@@ -90,12 +103,24 @@ apikeys_flush_worker_wake(Oid dbid)
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	bool		start = false;
+	TimestampTz now;
 
-	if (slot == NULL || slot->worker_pid != 0 || slot->starting)
+	if (slot == NULL || slot->worker_pid != 0)
 		return;
+	/*
+	 * At most one attempt a second (registering takes a global lock), and a
+	 * start that never reported back (the worker died before connecting) is
+	 * given up after ten seconds.
+	 */
+	now = GetCurrentTimestamp();
 	SpinLockAcquire(&apikeys_shared->db_mutex);
-	if (slot->worker_pid == 0 && !slot->starting)
+	if (slot->worker_pid == 0 &&
+		(now < slot->start_requested ||
+		 now - slot->start_requested >= (slot->starting ? 10000 : 1000) * (int64) 1000))
+	{
 		start = slot->starting = true;
+		slot->start_requested = now;
+	}
 	SpinLockRelease(&apikeys_shared->db_mutex);
 	if (!start)
 		return;
@@ -118,14 +143,21 @@ apikeys_flush_worker_wake(Oid dbid)
 	}
 }
 
-/* Move pending counts of dirty entries of dbid to in-flight; return them. */
+/*
+ * Move pending counts of dirty entries of dbid that are due to in-flight;
+ * return them.  Due: all of them (all), a usage cap's count (written every
+ * turn, it is what a crash would let be spent again), or counts pending for
+ * apikeys.usage_write_delay.  *waiting_out: dirty entries left for later.
+ */
 static FlushItem *
-collect(Oid dbid, int *n_out)
+collect(Oid dbid, bool all, int *n_out, int *waiting_out)
 {
 	const SlotTable *t = &apikeys_usage_table;
 	int			cap = 256,
-				n = 0;
+				n = 0,
+				waiting = 0;
 	FlushItem  *items = palloc(sizeof(FlushItem) * cap);
+	TimestampTz due_before = GetCurrentTimestamp() - (int64) apikeys_write_delay_ms * 1000;
 
 	for (uint32 set = 0; set < t->nsets; set++)
 	{
@@ -139,6 +171,11 @@ collect(Oid dbid, int *n_out)
 
 			if (!e->hdr.used || e->key.dbid != dbid || !e->dirty)
 				continue;
+			if (!all && !e->base_loaded && e->dirty_since > due_before)
+			{
+				waiting++;
+				continue;
+			}
 			if (n == cap)
 			{
 				cap *= 2;
@@ -165,6 +202,7 @@ collect(Oid dbid, int *n_out)
 		LWLockRelease(lock);
 	}
 	*n_out = n;
+	*waiting_out = waiting;
 	return items;
 }
 
@@ -370,9 +408,12 @@ lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 	return TARGET_READY;
 }
 
-/* One turn: collect, write, settle.  Returns how many keys were written. */
+/*
+ * One turn: collect, write, settle.  Returns how many keys were written;
+ * *waiting: how many wait for a later turn.
+ */
 static int
-flush_once(Oid dbid)
+flush_once(Oid dbid, bool all, int *waiting)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "apikeys flush",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -384,7 +425,7 @@ flush_once(Oid dbid)
 	Oid			usage = InvalidOid,
 				usage_pkey = InvalidOid;
 
-	items = collect(dbid, &n);
+	items = collect(dbid, all, &n, waiting);
 	if (n == 0)
 	{
 		MemoryContextSwitchTo(old);
@@ -460,6 +501,8 @@ apikeys_flush_main(Datum arg)
 	Oid			dbid = DatumGetObjectId(arg);
 	FlushDbSlot *slot;
 	TimestampTz last_work = GetCurrentTimestamp();
+	bool		all;
+	int			waiting;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, flush_sigterm);
@@ -494,12 +537,17 @@ apikeys_flush_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (flush_once(dbid) > 0)
+		/* a set filled up with unwritten entries: write them all now */
+		SpinLockAcquire(&apikeys_shared->db_mutex);
+		all = slot->pressure;
+		slot->pressure = false;
+		SpinLockRelease(&apikeys_shared->db_mutex);
+		if (flush_once(dbid, all, &waiting) > 0 || waiting > 0)
 			last_work = GetCurrentTimestamp();
 		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
 			break;
 	}
 	/* clean shutdown or idle: write what is left */
-	flush_once(dbid);
+	flush_once(dbid, true, &waiting);
 	proc_exit(0);
 }

@@ -20,6 +20,7 @@ SlotTable	apikeys_usage_table;
 int			apikeys_cache_entries = 10000;
 int			apikeys_tracked_keys = 50000;
 int			apikeys_flush_interval_ms = 1000;
+int			apikeys_write_delay_ms = 60000;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -110,6 +111,12 @@ apikeys_shmem_init(void)
 							"How often the background worker writes usage figures to apikeys.usage.",
 							NULL,
 							&apikeys_flush_interval_ms, 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.usage_write_delay",
+							"How long use counts and last-use times of keys without a usage cap may wait before they are written.",
+							"Pending figures are visible at once in apikeys.key_usage; a crash loses at most this much of them. "
+							"Keys with a usage cap are written every flush_interval.",
+							&apikeys_write_delay_ms, 60000, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000

@@ -40,6 +40,8 @@ typedef struct FlushDbSlot
 	Oid			dbid;			/* InvalidOid: free */
 	pid_t		worker_pid;		/* 0: none running */
 	bool		starting;
+	TimestampTz start_requested;	/* when `starting` was set */
+	bool		pressure;		/* a set was full of unwritten entries */
 } FlushDbSlot;
 
 typedef struct ApikeysShared
@@ -69,6 +71,7 @@ extern SlotTable apikeys_usage_table;
 extern int	apikeys_cache_entries;
 extern int	apikeys_tracked_keys;
 extern int	apikeys_flush_interval_ms;
+extern int	apikeys_write_delay_ms;
 
 extern void apikeys_shmem_init(void);
 extern Size apikeys_shmem_size(void);
@@ -155,6 +158,7 @@ typedef struct UsageEntry
 	bool		base_loaded;	/* used_base read from apikeys.usage */
 	int64		rate_window;	/* index of the current rate window */
 	int32		rate_count;		/* successes counted in it */
+	TimestampTz rate_reset;		/* its end: the entry is kept until then */
 	int64		usage_period;	/* index of the usage period `used` counts */
 	int64		used;			/* uses charged in it (authoritative once loaded) */
 	int32		usage_period_s; /* period length, 0: lifetime */
@@ -163,6 +167,7 @@ typedef struct UsageEntry
 	int64		counts_inflight[VERDICT_COUNT];
 	bool		dirty;			/* something to flush */
 	bool		flushing;		/* counts in flight: keep until settled */
+	TimestampTz dirty_since;	/* first pending count: written once it is old enough */
 } UsageEntry;
 
 typedef struct RateVerdict
@@ -196,6 +201,7 @@ extern const int apikeys_flush_ncounted;
 
 extern void apikeys_flush_worker_register(void);
 extern void apikeys_flush_worker_wake(Oid dbid);
+extern void apikeys_flush_worker_hurry(Oid dbid);
 PGDLLEXPORT void apikeys_flush_main(Datum arg);
 
 /* flush_update.c */

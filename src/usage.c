@@ -6,10 +6,12 @@
  * at most rate_limit successes per window, counted exactly under the entry's
  * spinlock.  Usage cap: `used` counts charged uses in the current period
  * (periods aligned to the epoch too, or the key's lifetime); it starts from
- * apikeys.usage and the flush worker writes it back.  A crash loses what was
- * charged since the last flush (at most apikeys.flush_interval of traffic):
- * those uses can be spent again.  Counts per outcome are added to
- * apikeys.usage by the flush worker.
+ * apikeys.usage and the flush worker writes it back every turn.  A crash
+ * loses what was charged since the last flush (at most apikeys.flush_interval
+ * of traffic): those uses can be spent again.  Counts per outcome and last
+ * use are added to apikeys.usage by the flush worker once they are
+ * apikeys.usage_write_delay old (sooner when a set fills up), so a key in
+ * steady use costs one row write per delay, not one per turn.
  */
 #include "shmem.h"
 
@@ -19,12 +21,20 @@
 #include "utils/fmgroids.h"
 #include "utils/snapmgr.h"
 
+static TimestampTz evict_now;	/* the claiming call's clock, for usage_evictable */
+
+/*
+ * An entry may go when nothing in it is unwritten and no rate window it
+ * counts is still open: evicting one mid-window would forget the successes
+ * counted and let the key start the window over.  (A usage cap's count is
+ * written, so it is read back.)
+ */
 static bool
 usage_evictable(const SlotHeader *h)
 {
 	const UsageEntry *e = (const UsageEntry *) h;
 
-	return !e->dirty && !e->flushing;
+	return !e->dirty && !e->flushing && (e->rate_count == 0 || e->rate_reset <= evict_now);
 }
 
 /*
@@ -54,6 +64,7 @@ usage_entry(const KeyPolicy *p, LWLock **lock)
 
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
 	entry = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
+	evict_now = GetCurrentTimestamp();
 	if (entry == NULL)
 	{
 		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
@@ -69,8 +80,10 @@ usage_entry(const KeyPolicy *p, LWLock **lock)
 	}
 	if (entry == NULL)
 	{
+		/* the set is full of unwritten entries: have them written now */
 		LWLockRelease(*lock);
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
+		apikeys_flush_worker_hurry(MyDatabaseId);
 	}
 	return entry;
 }
@@ -117,6 +130,8 @@ count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
 	e->counts_pending[code]++;
 	if (code == V_VALID)
 		e->last_used_at = now;
+	if (!e->dirty)
+		e->dirty_since = now;
 	e->dirty = true;
 }
 
@@ -196,6 +211,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 			e->rate_count = 0;
 		}
 		rv->reset = (window + 1) * wlen;
+		e->rate_reset = rv->reset;
 		if (e->rate_count >= p->rate_limit)
 			code = V_RATE_LIMITED;
 	}

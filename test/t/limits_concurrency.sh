@@ -89,7 +89,7 @@ wait_flushed() {
 }
 
 cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" \
-	"apikeys.flush_interval = '200ms'" "max_connections = 40"
+	"apikeys.flush_interval = '200ms'" "apikeys.usage_write_delay = 0" "max_connections = 40"
 qa -c 'CREATE EXTENSION apikeys CASCADE' >/dev/null
 qa -c "SELECT apikeys.tenant_create('acme')" >/dev/null
 

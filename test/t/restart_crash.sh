@@ -9,6 +9,9 @@
 #   between 40 and 45 (documented: uses charged since the last flush may be
 #   lost on a crash).  The cap still holds: verifying until usage_exceeded
 #   gives exactly 100 - used valid verdicts.
+#   An uncapped key verified just before the crash has no apikeys.usage row
+#   afterwards: its count waited for apikeys.usage_write_delay (60 s) and
+#   was lost, as documented.
 #   apikeys.runtime: preloaded = t, flush_errors = 0.
 #
 # Own cluster: tmp/t_restart, port 54383; stopped on exit.  Exit 0 = pass.
@@ -73,15 +76,16 @@ got=$(qa -c "SELECT valid FROM apikeys.key_usage WHERE key_id = '$ID'")
 ok "clean restart: used = 40, valid = 40"
 
 echo "== 5 more, then a crash (pg_ctl stop -m immediate)"
-# Start the flush worker with another key and wait for its first flush, so
+# Start the flush worker with another (uncapped) key and wait for it, so
 # the 5 uses below are charged early in a flush interval: the crash then
 # most likely loses them (the test accepts either outcome).
 IFS='|' read -r ID2 KEY2 < <(qa -c "SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'other')")
 got=$(qa -c "SELECT code FROM apikeys.apikey_verify('$KEY2')"); [ "$got" = valid ] || die "second key: '$got'"
 for i in $(seq 1 100); do
-	[ "$(qa -c "SELECT count(*) FROM apikeys.usage WHERE key_id = '$ID2'")" = 1 ] && break
+	[ "$(qa -c "SELECT flush_workers FROM apikeys.runtime")" = 1 ] && break
 	sleep 0.05
 done
+sleep 0.3
 got=$(verify_n 5); [ "$got" = "valid:5" ] || die "5 verifies after the restart gave '$got'"
 pg_ctl_do stop -m immediate || die "pg_ctl stop -m immediate failed"
 pg_ctl_do start || { tail -n 20 "$DIR/server.log"; die "the server did not come back after a crash"; }
@@ -89,6 +93,9 @@ U=$(used)
 [ -n "$U" ] && [ "$U" -ge 40 ] && [ "$U" -le 45 ] ||
 	die "after a crash key_usage.used = '$U', expected 40..45"
 ok "after the crash: used = $U (lost $((45 - U)) uses charged since the last flush)"
+got=$(qa -c "SELECT count(*) || ' ' || coalesce(sum(valid), 0) FROM apikeys.key_usage k JOIN apikeys.usage u USING (key_id) WHERE key_id = '$ID2'")
+[ "$got" = "0 0" ] || die "uncapped key after the crash: apikeys.usage rows|valid = '$got', expected '0 0' (its count waits usage_write_delay)"
+ok "after the crash: the uncapped key's pending count was lost (usage_write_delay)"
 
 echo "== the cap still holds: exactly $((100 - U)) more valid"
 got=$(verify_n 120)

@@ -23,7 +23,7 @@ q() { local db=$1; shift; cluster_psql "$NAME" "$PORT" -d "$db" -qAt "$@"; }
 qas() { local db=$1 role=$2; shift 2; "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U "$role" -d "$db" -qAt "$@"; }
 expect() { [ "$2" = "$3" ] || die "$1: expected '$3', got '$2'"; }
 
-cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" "apikeys.flush_interval = '100ms'"
+cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" "apikeys.flush_interval = '100ms'" "apikeys.usage_write_delay = 0"
 
 echo "== setup: two databases, the same role and tenant name in both"
 q postgres -c "CREATE DATABASE db_one" -c "CREATE DATABASE db_two" >/dev/null
