@@ -277,6 +277,57 @@ SELECT r.outcome, r.status,
 ROLLBACK;
 
 ------------------------------------------------------------------------------
+-- More methods and the 403/429 refusals, replayed statement by statement as
+-- PostgREST sends them: psql shows the error PostgREST reads (SQLSTATE PGRST,
+-- the JSON message, and the JSON detail with status and headers).
+------------------------------------------------------------------------------
+-- HEAD is a GET without body (READ ONLY); its route is GET's.
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'HEAD', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'acme_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+WITH pgrst_source AS ( SELECT "api"."items".* FROM "api"."items" ) SELECT null::bigint AS total_result_set, pg_catalog.count(_postgrest_t) AS page_total, null AS body, nullif(current_setting('response.headers', true), '') AS response_headers, nullif(current_setting('response.status', true), '') AS response_status, '' AS response_inserted FROM ( SELECT * FROM pgrst_source ) _postgrest_t;
+COMMIT;
+-- PATCH (READ WRITE): the update reaches the key's tenant's rows only.
+BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'PATCH', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'acme_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+WITH pgrst_source AS (UPDATE "api"."items" SET "name" = "pgrst_body"."name" FROM (SELECT '{"name":"patched"}'::json AS json_data) pgrst_payload, LATERAL (SELECT "name" FROM json_to_record(pgrst_payload.json_data) AS _("name" text) ) pgrst_body RETURNING "api"."items".*) SELECT '' AS total_result_set, pg_catalog.count(_postgrest_t) AS page_total, array[]::text[] AS header, coalesce(json_agg(_postgrest_t), '[]') AS body, nullif(current_setting('response.headers', true), '') AS response_headers, nullif(current_setting('response.status', true), '') AS response_status, '' AS response_inserted FROM (SELECT * FROM pgrst_source) _postgrest_t;
+ROLLBACK;
+-- DELETE needs items:admin, which the key lacks: 403.
+BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'DELETE', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'acme_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+-- 403: the client address is not in the key's allowlist.
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'GET', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'ip_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+-- 403: the key's tenant is deactivated.
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'GET', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'initech_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+-- 429: the rate-limited key has used its two requests of the day (the detail,
+-- with Retry-After in seconds, changes with the clock: checked above).
+\set VERBOSITY terse
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'GET', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"x-api-key":"%s"}', :'rate_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+\set VERBOSITY default
+-- 401 for an unknown key sent as "Authorization: Bearer", on POST.
+BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
+select set_config('search_path', '"api"', true), set_config('role', 'regress_anon', true), set_config('request.jwt.claims', '{"role":"regress_anon"}', true), set_config('request.method', 'POST', true), set_config('request.path', '/items', true), set_config('request.headers', format('{"authorization":"Bearer %s"}', :'gone_key'), true), set_config('request.cookies', '{}', true) \gset
+select "apikeys"."pre_request"();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+
+------------------------------------------------------------------------------
 -- Where the key comes from
 ------------------------------------------------------------------------------
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
