@@ -105,7 +105,8 @@ apikeys_flush_worker_wake(Oid dbid)
 	bool		start = false;
 	TimestampTz now;
 
-	if (slot == NULL || slot->worker_pid != 0)
+	/* pg_upgrade's servers run no workers; the new cluster starts them */
+	if (slot == NULL || slot->worker_pid != 0 || IsBinaryUpgrade)
 		return;
 	/*
 	 * At most one attempt a second (registering takes a global lock), and a
