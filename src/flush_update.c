@@ -10,8 +10,8 @@
  * the page has room (the table is created with fillfactor 70 for that).
  *
  * Used only where nobody could tell the difference: the table has no
- * triggers and no index but its primary key, and its columns are the ones
- * this file knows.  Otherwise, and for keys without a row yet, the SQL
+ * triggers, rules or CHECK constraints and no index but its primary key, and
+ * its columns are the ones this file knows.  Otherwise, and for keys without a row yet, the SQL
  * statement does the work (flush_worker.c).  A row changed by a concurrent
  * transaction raises "tuple concurrently updated": the turn fails and its
  * counts are kept for the next one, as with any other flush error.
@@ -41,8 +41,9 @@ fast_path_applies(Relation rel, Relation index, IndexInfo *ii)
 	List	   *indexes;
 	bool		only_pkey;
 
-	if (rel->rd_rel->relhastriggers || rel->rd_rel->relkind != RELKIND_RELATION ||
-		desc->natts != Natts_usage)
+	if (rel->rd_rel->relhastriggers || rel->rd_rel->relhasrules ||
+		rel->rd_rel->relkind != RELKIND_RELATION || desc->natts != Natts_usage ||
+		(desc->constr && desc->constr->num_check > 0))
 		return false;
 	indexes = RelationGetIndexList(rel);
 	only_pkey = list_length(indexes) == 1 && linitial_oid(indexes) == RelationGetRelid(index);
@@ -113,7 +114,7 @@ update_row(Relation rel, Relation index, IndexInfo *ii, HeapTuple old, HeapTuple
 	TU_UpdateIndexes upd;
 
 	simple_heap_update(rel, &old->t_self, tup, &upd);
-	need_index = upd != TU_None;
+	need_index = upd == TU_All;
 #else
 	simple_heap_update(rel, &old->t_self, tup);
 	need_index = !HeapTupleIsHeapOnly(tup);

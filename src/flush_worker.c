@@ -85,14 +85,17 @@ db_slot(Oid dbid, bool create)
 	return found;
 }
 
-/* A set is full of unwritten entries: ask dbid's worker to write them all. */
+/*
+ * A usage set is full of unwritten entries: ask every worker to write all it
+ * has at its next turn (sets are shared by databases, so the entries may be
+ * another database's).
+ */
 void
-apikeys_flush_worker_hurry(Oid dbid)
+apikeys_flush_worker_hurry(void)
 {
-	FlushDbSlot *slot = db_slot(dbid, true);
-
-	if (slot)
-		slot->pressure = true;	/* read under the mutex; a late read is fine */
+	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS; i++)
+		if (apikeys_shared->dbs[i].dbid != InvalidOid)
+			apikeys_shared->dbs[i].pressure = true; /* read under the mutex; late is fine */
 }
 
 /* Make sure a flush worker runs for dbid; cheap when one does. */
@@ -144,46 +147,55 @@ apikeys_flush_worker_wake(Oid dbid)
 	}
 }
 
+typedef struct FlushList
+{
+	FlushItem  *items;
+	int			n;
+	int			cap;
+} FlushList;
+
 /*
- * Move pending counts of dirty entries of dbid that are due to in-flight;
- * return them.  Due: all of them (all), a usage cap's count (written every
- * turn, it is what a crash would let be spent again), or counts pending for
- * apikeys.usage_write_delay.  *waiting_out: dirty entries left for later.
+ * Move the pending counts of dbid's entries marked in marks[from..to) to
+ * in-flight and append them to list.  Only marked sets are locked and only
+ * marked ways read.
  */
-static FlushItem *
-collect(Oid dbid, bool all, int *n_out, int *waiting_out)
+static void
+collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *list)
 {
 	const SlotTable *t = &apikeys_usage_table;
-	int			cap = 256,
-				n = 0,
-				waiting = 0;
-	FlushItem  *items = palloc(sizeof(FlushItem) * cap);
-	TimestampTz due_before = GetCurrentTimestamp() - (int64) apikeys_write_delay_ms * 1000;
 
-	for (uint32 set = 0; set < t->nsets; set++)
+	for (uint32 set = from; set < to; set++)
 	{
-		LWLock	   *lock = slot_lock(t, set);
+		uint32		mask = pg_atomic_read_u32(&marks[set]);
+		LWLock	   *lock;
 
+		if (mask == 0)
+			continue;
+		lock = slot_lock(t, set);
 		LWLockAcquire(lock, LW_SHARED);
 		for (int w = 0; w < SLOT_WAYS; w++)
 		{
 			UsageEntry *e = (UsageEntry *) slot_entry(t, set, w);
+			uint32		bit = 1U << w;
 			FlushItem  *it;
 
-			if (!e->hdr.used || e->key.dbid != dbid || !e->dirty)
+			if (!(mask & bit) || !e->hdr.used || e->key.dbid != dbid)
 				continue;
-			if (!all && !e->base_loaded && e->dirty_since > due_before)
+			if (list->n == list->cap)
 			{
-				waiting++;
-				continue;
+				list->cap *= 2;
+				list->items = repalloc(list->items, sizeof(FlushItem) * list->cap);
 			}
-			if (n == cap)
-			{
-				cap *= 2;
-				items = repalloc(items, sizeof(FlushItem) * cap);
-			}
-			it = &items[n++];
 			SpinLockAcquire(&e->mutex);
+			if (!e->dirty)
+			{
+				/* taken by the other pass of this turn: drop a stale mark */
+				pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
+				pg_atomic_fetch_and_u32(&apikeys_usage_capped[set], ~bit);
+				SpinLockRelease(&e->mutex);
+				continue;
+			}
+			it = &list->items[list->n++];
 			it->key = e->key;
 			it->has_used = e->base_loaded;
 			it->used = e->used;
@@ -197,14 +209,48 @@ collect(Oid dbid, bool all, int *n_out, int *waiting_out)
 				e->counts_pending[i] = 0;
 			}
 			e->dirty = false;
+			e->capped_marked = false;
 			e->flushing = true;
+			pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
+			pg_atomic_fetch_and_u32(&apikeys_usage_capped[set], ~bit);
 			SpinLockRelease(&e->mutex);
 		}
 		LWLockRelease(lock);
 	}
-	*n_out = n;
-	*waiting_out = waiting;
-	return items;
+}
+
+/*
+ * What one turn writes: every usage cap's count, and the sets of this turn's
+ * slice of the sweep, which covers the whole table once per
+ * apikeys.usage_write_delay (everything when all).  Each unwritten count
+ * thus waits at most one delay, and the writes are spread evenly over it.
+ */
+static FlushItem *
+collect_turn(Oid dbid, bool all, int *n_out)
+{
+	static uint32 cursor = 0;
+	uint32		nsets = apikeys_usage_table.nsets;
+	uint32		per_turn = nsets;
+	FlushList	list;
+
+	list.cap = 256;
+	list.n = 0;
+	list.items = palloc(sizeof(FlushItem) * list.cap);
+
+	collect(dbid, apikeys_usage_capped, 0, nsets, &list);
+	if (!all && apikeys_write_delay_ms > apikeys_flush_interval_ms)
+		per_turn = Max((uint32) ((uint64) nsets * apikeys_flush_interval_ms / apikeys_write_delay_ms), 1);
+	if (per_turn >= nsets)
+		collect(dbid, apikeys_usage_dirty, 0, nsets, &list);
+	else
+	{
+		uint32		end = Min(cursor + per_turn, nsets);
+
+		collect(dbid, apikeys_usage_dirty, cursor, end, &list);
+		cursor = end == nsets ? 0 : end;
+	}
+	*n_out = list.n;
+	return list.items;
 }
 
 /*
@@ -233,8 +279,18 @@ settle(FlushItem *items, int n, bool ok)
 				if (!ok)
 					e->counts_pending[i] += items[k].counts[i];
 			}
-			if (!ok)
+			if (!ok && !e->dirty)
+			{
+				Size		idx = slot_index(t, &e->hdr);
+
 				e->dirty = true;
+				pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
+				if (items[k].has_used && !e->capped_marked)
+				{
+					e->capped_marked = true;
+					pg_atomic_fetch_or_u32(&apikeys_usage_capped[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
+				}
+			}
 			e->flushing = false;
 			SpinLockRelease(&e->mutex);
 		}
@@ -409,12 +465,9 @@ lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 	return TARGET_READY;
 }
 
-/*
- * One turn: collect, write, settle.  Returns how many keys were written;
- * *waiting: how many wait for a later turn.
- */
+/* One turn: collect, write, settle.  Returns how many keys were written. */
 static int
-flush_once(Oid dbid, bool all, int *waiting)
+flush_once(Oid dbid, bool all)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "apikeys flush",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -426,7 +479,7 @@ flush_once(Oid dbid, bool all, int *waiting)
 	Oid			usage = InvalidOid,
 				usage_pkey = InvalidOid;
 
-	items = collect(dbid, all, &n, waiting);
+	items = collect_turn(dbid, all, &n);
 	if (n == 0)
 	{
 		MemoryContextSwitchTo(old);
@@ -503,7 +556,6 @@ apikeys_flush_main(Datum arg)
 	FlushDbSlot *slot;
 	TimestampTz last_work = GetCurrentTimestamp();
 	bool		all;
-	int			waiting;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, flush_sigterm);
@@ -521,7 +573,13 @@ apikeys_flush_main(Datum arg)
 	slot = db_slot(dbid, true);
 	if (slot == NULL)
 		proc_exit(0);
+	/* a start given up as lost may have come through late: one worker only */
 	SpinLockAcquire(&apikeys_shared->db_mutex);
+	if (slot->worker_pid != 0 && slot->worker_pid != MyProcPid)
+	{
+		SpinLockRelease(&apikeys_shared->db_mutex);
+		proc_exit(0);
+	}
 	slot->worker_pid = MyProcPid;
 	slot->starting = false;
 	SpinLockRelease(&apikeys_shared->db_mutex);
@@ -543,12 +601,12 @@ apikeys_flush_main(Datum arg)
 		all = slot->pressure;
 		slot->pressure = false;
 		SpinLockRelease(&apikeys_shared->db_mutex);
-		if (flush_once(dbid, all, &waiting) > 0 || waiting > 0)
+		if (flush_once(dbid, all) > 0)
 			last_work = GetCurrentTimestamp();
 		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
 			break;
 	}
 	/* clean shutdown or idle: write what is left */
-	flush_once(dbid, true, &waiting);
+	flush_once(dbid, true);
 	proc_exit(0);
 }

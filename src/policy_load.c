@@ -81,10 +81,11 @@ load_cidrs(Datum d, KeyPolicy *p)
 }
 
 /*
- * Tenants' active flags, per backend.  Every committed change to a tenant
- * raises the shared floor (changes.c); the flags are kept while the floor is
- * not past the generation read before the first of their snapshots (the rule
- * of the policy cache).
+ * Tenants' active flags, per backend, kept while the shared generation is
+ * the one read before the snapshots they were loaded with.  (Not "while the
+ * floor is not past it": a tenant change bumps the generation before it
+ * raises the floor, and a flag read in between would be stored in the shared
+ * cache under the new generation.)
  */
 typedef struct TenantCacheEntry
 {
@@ -110,8 +111,7 @@ tenant_active(text *tenant, Snapshot snapshot, uint64 generation)
 
 	if (generation != 0 && len < sizeof(key))
 	{
-		if (tenant_cache == NULL ||
-			pg_atomic_read_u64(&apikeys_shared->floor) > tenant_cache_generation)
+		if (tenant_cache == NULL || tenant_cache_generation != generation)
 		{
 			HASHCTL		info;
 

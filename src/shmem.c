@@ -16,6 +16,8 @@
 ApikeysShared *apikeys_shared = NULL;
 SlotTable	apikeys_policy_table;
 SlotTable	apikeys_usage_table;
+pg_atomic_uint32 *apikeys_usage_dirty = NULL;
+pg_atomic_uint32 *apikeys_usage_capped = NULL;
 
 int			apikeys_cache_entries = 10000;
 int			apikeys_tracked_keys = 50000;
@@ -34,6 +36,7 @@ apikeys_shmem_size(void)
 
 	size = add_size(size, slot_table_size(apikeys_cache_entries, sizeof(PolicyCacheEntry)));
 	size = add_size(size, slot_table_size(apikeys_tracked_keys, sizeof(UsageEntry)));
+	size = add_size(size, mul_size(2 * sizeof(pg_atomic_uint32), slot_sets_for(apikeys_tracked_keys)));
 	return size;
 }
 
@@ -88,6 +91,13 @@ apikeys_shmem_startup(void)
 	slot_table_init(&apikeys_usage_table, "apikeys usage", apikeys_tracked_keys,
 					sizeof(UsageEntry), offsetof(UsageEntry, key), sizeof(UsageKey),
 					locks + SLOT_PARTITIONS, &found_table);
+	apikeys_usage_dirty = ShmemInitStruct("apikeys usage marks",
+										  mul_size(2 * sizeof(pg_atomic_uint32), apikeys_usage_table.nsets),
+										  &found_table);
+	apikeys_usage_capped = apikeys_usage_dirty + apikeys_usage_table.nsets;
+	if (!found_table)
+		for (uint32 i = 0; i < 2 * apikeys_usage_table.nsets; i++)
+			pg_atomic_init_u32(&apikeys_usage_dirty[i], 0);
 	LWLockRelease(AddinShmemInitLock);
 }
 

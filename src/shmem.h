@@ -167,8 +167,18 @@ typedef struct UsageEntry
 	int64		counts_inflight[VERDICT_COUNT];
 	bool		dirty;			/* something to flush */
 	bool		flushing;		/* counts in flight: keep until settled */
-	TimestampTz dirty_since;	/* first pending count: written once it is old enough */
+	bool		capped_marked;	/* its bit is set in apikeys_usage_capped */
 } UsageEntry;
+
+/*
+ * Which ways of each usage set hold unwritten counts (bit w: way w), so the
+ * flush worker reads a few bytes per set instead of every entry: any counts
+ * (apikeys_usage_dirty), and a usage cap's count (apikeys_usage_capped).
+ * Set by verify under the entry's spinlock, cleared by the worker when it
+ * takes the counts.
+ */
+extern pg_atomic_uint32 *apikeys_usage_dirty;
+extern pg_atomic_uint32 *apikeys_usage_capped;
 
 typedef struct RateVerdict
 {
@@ -201,7 +211,7 @@ extern const int apikeys_flush_ncounted;
 
 extern void apikeys_flush_worker_register(void);
 extern void apikeys_flush_worker_wake(Oid dbid);
-extern void apikeys_flush_worker_hurry(Oid dbid);
+extern void apikeys_flush_worker_hurry(void);
 PGDLLEXPORT void apikeys_flush_main(Datum arg);
 
 /* flush_update.c */

@@ -6,8 +6,8 @@
 #include "common/hashfn.h"
 #include "storage/shmem.h"
 
-static uint32
-sets_for(int nentries)
+uint32
+slot_sets_for(int nentries)
 {
 	return Max((nentries + SLOT_WAYS - 1) / SLOT_WAYS, 1);
 }
@@ -15,14 +15,14 @@ sets_for(int nentries)
 static Size
 tags_size(int nentries)
 {
-	return MAXALIGN(mul_size(mul_size(sets_for(nentries), SLOT_WAYS), sizeof(uint32)));
+	return MAXALIGN(mul_size(mul_size(slot_sets_for(nentries), SLOT_WAYS), sizeof(uint32)));
 }
 
 Size
 slot_table_size(int nentries, Size entry_size)
 {
 	return add_size(tags_size(nentries),
-					mul_size(mul_size(sets_for(nentries), SLOT_WAYS), MAXALIGN(entry_size)));
+					mul_size(mul_size(slot_sets_for(nentries), SLOT_WAYS), MAXALIGN(entry_size)));
 }
 
 /* a key's tag: its full hash (the set only used the remainder), never 0 */
@@ -38,7 +38,7 @@ void
 slot_table_init(SlotTable *t, const char *name, int nentries, Size entry_size,
 				Size key_offset, Size key_size, LWLockPadded *locks, bool *found)
 {
-	t->nsets = sets_for(nentries);
+	t->nsets = slot_sets_for(nentries);
 	t->entry_size = MAXALIGN(entry_size);
 	t->key_offset = key_offset;
 	t->key_size = key_size;

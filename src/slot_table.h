@@ -40,6 +40,7 @@ typedef struct SlotTable
 	char	   *entries;		/* nsets * SLOT_WAYS entries */
 } SlotTable;
 
+extern uint32 slot_sets_for(int nentries);
 extern Size slot_table_size(int nentries, Size entry_size);
 extern void slot_table_init(SlotTable *t, const char *name, int nentries,
 							Size entry_size, Size key_offset, Size key_size,
@@ -67,6 +68,13 @@ static inline SlotHeader *
 slot_entry(const SlotTable *t, uint32 set, int way)
 {
 	return (SlotHeader *) (t->entries + ((Size) set * SLOT_WAYS + way) * t->entry_size);
+}
+
+/* an entry's position: set * SLOT_WAYS + way */
+static inline Size
+slot_index(const SlotTable *t, const SlotHeader *e)
+{
+	return ((const char *) e - t->entries) / t->entry_size;
 }
 
 /* the entry holding key in set, or NULL (partition lock held, any mode) */

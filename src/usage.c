@@ -9,9 +9,9 @@
  * apikeys.usage and the flush worker writes it back every turn.  A crash
  * loses what was charged since the last flush (at most apikeys.flush_interval
  * of traffic): those uses can be spent again.  Counts per outcome and last
- * use are added to apikeys.usage by the flush worker once they are
- * apikeys.usage_write_delay old (sooner when a set fills up), so a key in
- * steady use costs one row write per delay, not one per turn.
+ * use are added to apikeys.usage by the flush worker within
+ * apikeys.usage_write_delay (sooner when a set fills up), so a key in steady
+ * use costs one row write per delay, not one per turn.
  */
 #include "shmem.h"
 
@@ -27,14 +27,23 @@ static TimestampTz evict_now;	/* the claiming call's clock, for usage_evictable 
  * An entry may go when nothing in it is unwritten and no rate window it
  * counts is still open: evicting one mid-window would forget the successes
  * counted and let the key start the window over.  (A usage cap's count is
- * written, so it is read back.)
+ * written, so it is read back.)  Only a set full of open windows gives up
+ * one of them (the least recently used), rather than refuse a key.
  */
+static bool
+usage_written(const SlotHeader *h)
+{
+	const UsageEntry *e = (const UsageEntry *) h;
+
+	return !e->dirty && !e->flushing;
+}
+
 static bool
 usage_evictable(const SlotHeader *h)
 {
 	const UsageEntry *e = (const UsageEntry *) h;
 
-	return !e->dirty && !e->flushing && (e->rate_count == 0 || e->rate_reset <= evict_now);
+	return usage_written(h) && (e->rate_count == 0 || e->rate_reset <= evict_now);
 }
 
 /*
@@ -69,6 +78,10 @@ usage_entry(const KeyPolicy *p, LWLock **lock)
 	{
 		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
 										  usage_evictable, &evicted);
+		/* a set of open rate windows: better reset one than refuse the key */
+		if (entry == NULL)
+			entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
+											  usage_written, &evicted);
 		if (entry)
 		{
 			if (evicted)
@@ -80,10 +93,10 @@ usage_entry(const KeyPolicy *p, LWLock **lock)
 	}
 	if (entry == NULL)
 	{
-		/* the set is full of unwritten entries: have them written now */
+		/* the set is full of unwritten entries (of any database): write them now */
 		LWLockRelease(*lock);
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
-		apikeys_flush_worker_hurry(MyDatabaseId);
+		apikeys_flush_worker_hurry();
 	}
 	return entry;
 }
@@ -127,11 +140,19 @@ load_used(const KeyPolicy *p, int64 period)
 static void
 count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
 {
+	Size		idx = slot_index(&apikeys_usage_table, &e->hdr);
+	uint32		bit = 1U << (idx % SLOT_WAYS);
+
 	e->counts_pending[code]++;
 	if (code == V_VALID)
 		e->last_used_at = now;
 	if (!e->dirty)
-		e->dirty_since = now;
+		pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], bit);
+	if (e->base_loaded && !e->capped_marked)
+	{
+		pg_atomic_fetch_or_u32(&apikeys_usage_capped[idx / SLOT_WAYS], bit);
+		e->capped_marked = true;
+	}
 	e->dirty = true;
 }
 

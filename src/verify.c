@@ -165,7 +165,16 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 	generation = pg_atomic_read_u64(&apikeys_shared->generation);
 	pg_memory_barrier();
 	if (apikeys_cache_lookup(digest, policy))
-		return true;
+	{
+		/*
+		 * A commit that became visible after the check above may not have
+		 * raised its stamps yet: if one is in flight now, ask the tables.
+		 */
+		pg_memory_barrier();
+		if (!apikeys_commit_in_flight())
+			return true;
+		return apikeys_policy_load(digest, policy, 0);
+	}
 	if (!apikeys_policy_load(digest, policy, generation))
 		return false;
 	apikeys_cache_store(digest, generation, policy);
