@@ -280,6 +280,18 @@ SELECT set_config('request.jwt.claims', '{"tenant":"globex"}', true) IS NOT NULL
 SELECT apikeys.current_tenant() AS still_acme, count(*) FILTER (WHERE tenant = 'globex') AS globex_keys
   FROM apikeys.keys;
 COMMIT;
+-- A binding made after a savepoint is undone by ROLLBACK TO it, like any
+-- other change; RELEASE keeps it.
+BEGIN;
+SAVEPOINT s;
+SELECT code FROM apikeys.authenticate(:'acme_key1');
+ROLLBACK TO SAVEPOINT s;
+SELECT apikeys.current_tenant() AS unbound, apikeys.current_key_id() AS no_key, count(*) AS keys FROM apikeys.keys;
+SAVEPOINT t;
+SELECT code, tenant FROM apikeys.authenticate(:'globex_key1');
+RELEASE SAVEPOINT t;
+SELECT apikeys.current_tenant() AS globex, apikeys.current_key_id() = :'globex_k1' AS key_is_globex_k1;
+ROLLBACK;
 -- The binding ends at COMMIT ...
 SELECT apikeys.current_tenant(), apikeys.current_key_id(), count(*) AS keys FROM apikeys.keys;
 -- ... and then a globex key binds globex (one request per transaction).

@@ -154,14 +154,20 @@ apikeys_changed(PG_FUNCTION_ARGS)
 		noted_all = true;		/* a tenant: its active flag is in every entry */
 	else
 	{
-		bool		isnull;
-		Datum		d = heap_getattr(td->tg_trigtuple, key_att,
-									 RelationGetDescr(rel), &isnull);
+		/* the old row's key, and the new row's if an UPDATE moved it */
+		HeapTuple	rows[2] = {td->tg_trigtuple,
+		TRIGGER_FIRED_BY_UPDATE(ev) ? td->tg_newtuple : NULL};
 
-		if (isnull)
-			noted_all = true;
-		else
-			note_key(DatumGetUUIDP(d));
+		for (int i = 0; i < 2 && rows[i]; i++)
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(rows[i], key_att, RelationGetDescr(rel), &isnull);
+
+			if (isnull)
+				noted_all = true;
+			else
+				note_key(DatumGetUUIDP(d));
+		}
 	}
 	return PointerGetDatum(NULL);
 }

@@ -7,8 +7,9 @@
  *     roles trusted to switch tenants ("trusted" binding);
  *   - apikeys.authenticate(key, ...): a valid key binds its own tenant
  *     ("key" binding), and never replaces a binding to another tenant.
- * Either lasts until the end of the top-level transaction.  RLS policies
- * read it through apikeys.current_tenant().
+ * Either lasts until the end of the top-level transaction, or of the
+ * savepoint it was made after if that is rolled back.  RLS policies read it
+ * through apikeys.current_tenant().
  */
 #include "apikeys.h"
 
@@ -19,10 +20,60 @@
 
 #include "tenant_context.h"
 
-static char bound_tenant[TENANT_ID_MAX + 1];
-static TenantSource bound_source = TENANT_SOURCE_NONE;
-static pg_uuid_t bound_key;
-static bool key_bound = false;
+typedef struct Binding
+{
+	char		tenant[TENANT_ID_MAX + 1];
+	TenantSource source;
+	pg_uuid_t	key;
+	bool		key_bound;
+	SubTransactionId subid;		/* the subtransaction that made it */
+} Binding;
+
+static Binding cur = {.source = TENANT_SOURCE_NONE};
+static Binding prev = {.source = TENANT_SOURCE_NONE};	/* what the last change replaced */
+
+/* Before a change: remember what it replaces, in case its subtransaction aborts. */
+static void
+binding_changing(void)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	if (cur.subid != subid)
+	{
+		prev = cur;
+		cur.subid = subid;
+	}
+}
+
+static void
+binding_clear(void)
+{
+	memset(&cur, 0, sizeof(cur));
+	cur.source = TENANT_SOURCE_NONE;
+	prev = cur;
+}
+
+/*
+ * ROLLBACK TO a savepoint undoes a binding made after it, like any other
+ * change; a released savepoint hands its binding to the parent.  One level
+ * is remembered: a binding changed again in a deeper subtransaction that
+ * aborts returns to the state before the outer change.
+ */
+static void
+tenant_context_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg)
+{
+	if (cur.subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		cur = prev;
+		if (cur.subid == mySubid)
+			binding_clear();
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		cur.subid = parentSubid;
+}
 
 static void
 tenant_context_xact_callback(XactEvent event, void *arg)
@@ -34,9 +85,7 @@ tenant_context_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			bound_source = TENANT_SOURCE_NONE;
-			bound_tenant[0] = '\0';
-			key_bound = false;
+			binding_clear();
 			break;
 		default:
 			break;
@@ -47,23 +96,25 @@ void
 apikeys_tenant_context_init(void)
 {
 	RegisterXactCallback(tenant_context_xact_callback, NULL);
+	RegisterSubXactCallback(tenant_context_subxact_callback, NULL);
 }
 
 const char *
 apikeys_bound_tenant(TenantSource *source)
 {
 	if (source)
-		*source = bound_source;
-	return bound_source == TENANT_SOURCE_NONE ? NULL : bound_tenant;
+		*source = cur.source;
+	return cur.source == TENANT_SOURCE_NONE ? NULL : cur.tenant;
 }
 
 static void
 bind(const char *tenant, size_t len, TenantSource source)
 {
 	Assert(len <= TENANT_ID_MAX);
-	memcpy(bound_tenant, tenant, len);
-	bound_tenant[len] = '\0';
-	bound_source = source;
+	binding_changing();
+	memcpy(cur.tenant, tenant, len);
+	cur.tenant[len] = '\0';
+	cur.source = source;
 }
 
 /*
@@ -76,8 +127,8 @@ apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id)
 	const char *t = VARDATA_ANY(tenant);
 	size_t		len = VARSIZE_ANY_EXHDR(tenant);
 
-	if (bound_source != TENANT_SOURCE_NONE &&
-		(strlen(bound_tenant) != len || memcmp(bound_tenant, t, len) != 0))
+	if (cur.source != TENANT_SOURCE_NONE &&
+		(strlen(cur.tenant) != len || memcmp(cur.tenant, t, len) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tenant_context_conflict: this transaction already acts for another tenant"),
@@ -85,10 +136,12 @@ apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id)
 				 errhint("Authenticate each request in its own transaction.")));
 	if (len > TENANT_ID_MAX)
 		elog(ERROR, "tenant id too long");
-	if (bound_source == TENANT_SOURCE_NONE)
+	if (cur.source == TENANT_SOURCE_NONE)
 		bind(t, len, TENANT_SOURCE_KEY);
-	memcpy(&bound_key, key_id, sizeof(pg_uuid_t));
-	key_bound = true;
+	else
+		binding_changing();
+	memcpy(&cur.key, key_id, sizeof(pg_uuid_t));
+	cur.key_bound = true;
 }
 
 PG_FUNCTION_INFO_V1(apikeys_current_key_id);
@@ -97,10 +150,10 @@ apikeys_current_key_id(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *result;
 
-	if (!key_bound)
+	if (!cur.key_bound)
 		PG_RETURN_NULL();
 	result = palloc(sizeof(pg_uuid_t));
-	memcpy(result, &bound_key, sizeof(pg_uuid_t));
+	memcpy(result, &cur.key, sizeof(pg_uuid_t));
 	PG_RETURN_UUID_P(result);
 }
 
@@ -108,9 +161,9 @@ PG_FUNCTION_INFO_V1(apikeys_current_tenant);
 Datum
 apikeys_current_tenant(PG_FUNCTION_ARGS)
 {
-	if (bound_source == TENANT_SOURCE_NONE)
+	if (cur.source == TENANT_SOURCE_NONE)
 		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(bound_tenant));
+	PG_RETURN_TEXT_P(cstring_to_text(cur.tenant));
 }
 
 PG_FUNCTION_INFO_V1(apikeys_context_source);
@@ -119,7 +172,7 @@ apikeys_context_source(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"none", "trusted", "key"};
 
-	PG_RETURN_TEXT_P(cstring_to_text(names[bound_source]));
+	PG_RETURN_TEXT_P(cstring_to_text(names[cur.source]));
 }
 
 /* apikeys.set_tenant(tenant text): trusted binding (EXECUTE is the gate). */

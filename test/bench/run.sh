@@ -135,6 +135,7 @@ cat <<TXT
   (3) / hand-written with UPDATE          $(ratio "$T_RANDOM" "$T_HW")   >= 6
   (3) / hand-written without UPDATE       $(ratio "$T_RANDOM" "$T_HWRO")   >= 1.5
   (3) / fetch alone                       $(ratio "$T_RANDOM" "$T_FETCH")
+  fetch alone / hand-written w/o UPDATE   $(ratio "$T_FETCH" "$T_HWRO")   (ceiling of the 1.5 ratio)
   (5) / (1)                               $(ratio "$T_BAD" "$T_SELECT1")   >= 0.95
 TXT
 psql_b -c "SELECT shmem_bytes, cache_capacity, cache_entries, cache_hits, cache_misses, tracked_capacity, tracked_keys, flushed_rows, flush_errors FROM apikeys.runtime"
