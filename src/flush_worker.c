@@ -229,6 +229,9 @@ static FlushItem *
 collect_turn(Oid dbid, bool all, int *n_out)
 {
 	static uint32 cursor = 0;
+	static TimestampTz last_turn = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		elapsed_ms = last_turn == 0 ? apikeys_flush_interval_ms : (now - last_turn) / 1000;
 	uint32		nsets = apikeys_usage_table.nsets;
 	uint32		per_turn = nsets;
 	FlushList	list;
@@ -238,8 +241,10 @@ collect_turn(Oid dbid, bool all, int *n_out)
 	list.items = palloc(sizeof(FlushItem) * list.cap);
 
 	collect(dbid, apikeys_usage_capped, 0, nsets, &list);
-	if (!all && apikeys_write_delay_ms > apikeys_flush_interval_ms)
-		per_turn = Max((uint32) ((uint64) nsets * apikeys_flush_interval_ms / apikeys_write_delay_ms), 1);
+	/* the share of the table for the time since the last turn (turns run late) */
+	last_turn = now;
+	if (!all && apikeys_write_delay_ms > elapsed_ms && elapsed_ms >= 0)
+		per_turn = Max((uint32) ((uint64) nsets * elapsed_ms / apikeys_write_delay_ms), 1);
 	if (per_turn >= nsets)
 		collect(dbid, apikeys_usage_dirty, 0, nsets, &list);
 	else
