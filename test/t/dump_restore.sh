@@ -2,7 +2,8 @@
 # test/t/dump_restore.sh - pg_dump -Fc / pg_restore keeps every tenant, key,
 # secret, role mapping and audit row (the extension's tables are
 # pg_extension_config_dump tables), and every key verifies with the same
-# verdict in the restored database.
+# verdict in the restored database; vault secrets reveal the same plaintext
+# with the same master key.
 #
 # Restore modes ($DUMP_RESTORE_MODES, default "custom single plain"):
 #   custom    pg_dump -Fc, pg_restore over one connection
@@ -29,7 +30,8 @@ q() { local db=$1; shift; cluster_psql "$NAME" "$PORT" -d "$db" -q "$@"; }
 qa() { local db=$1; shift; cluster_psql "$NAME" "$PORT" -d "$db" -qAt "$@"; }
 die() { echo "FAIL: $*" >&2; exit 1; }
 
-cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'"
+cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" \
+	"apikeys.vault_master_key = 'dump-test-master-key-0123456789abcdef'"
 q postgres -c 'CREATE DATABASE src'
 
 echo "== populating src"
@@ -78,7 +80,17 @@ SELECT apikeys.apikey_disable(pg_temp.id('acme_disabled'));
 SELECT apikeys.apikey_delete(pg_temp.id('acme_deleted'));
 SELECT apikeys.tenant_update('initech', active => false) \g /dev/null
 INSERT INTO public.plain_keys VALUES ('garbage', 'ak_not_a_key', NULL);
+
+-- Vault secrets: the ciphertexts travel, and decrypt with the same master key.
+CREATE TABLE public.plain_vault (id uuid PRIMARY KEY, secret text NOT NULL);
+INSERT INTO public.plain_vault
+SELECT apikeys.vault_add(t, s, l, p), p
+  FROM (VALUES ('acme', 'openai', 'prod', 'sk-proj-AAAAaaaa1111bbbb2222cccc3333'),
+               ('globex', 'generic', 'webhook', 'whsec-0123456789')) v(t, s, l, p);
 SQL
+
+[ "$(qa src -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
+	die "vault secrets do not reveal in the source database"
 
 # What each key must verify as, before and after the round trip.
 cat >"$DIR/expected_verdicts" <<'EOF'
@@ -108,6 +120,7 @@ snapshot() {
 		echo "-- secret";      qa "$db" -c "SELECT encode(digest, 'hex'), key_id, hint, created_at, valid_until FROM apikeys.secret ORDER BY digest"
 		echo "-- keys";        qa "$db" -c "SELECT * FROM apikeys.keys ORDER BY key_id"
 		echo "-- role_tenant"; qa "$db" -c "SELECT * FROM apikeys.role_tenant ORDER BY role_name, tenant"
+		echo "-- vault";       qa "$db" -c "SELECT id, tenant, service, name, encode(ciphertext, 'hex'), key_fp FROM apikeys.vault_secret ORDER BY id"
 		echo "-- verdicts";    qa "$db" -c "$VERDICTS"
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.audit') IS NOT NULL")" = t ]; then
 			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY audit_id"
@@ -149,7 +162,9 @@ SELECT (apikeys.apikey_verify(r.api_key)).code, (apikeys.apikey_verify(p.api_key
 SQL
 	[ "$(cat "$DIR/${db}_after")" = "valid|valid" ] ||
 		die "$db: rotate after restore: got '$(cat "$DIR/${db}_after")', want valid|valid"
-	echo "$db: $(wc -l <"$DIR/${db}_verdicts") verdicts and $(grep -c . "$DIR/$db.snapshot") snapshot lines match; audit chain ok; create/rotate/verify work"
+	[ "$(qa "$db" -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
+		die "$db: vault secrets do not reveal after restore"
+	echo "$db: $(wc -l <"$DIR/${db}_verdicts") verdicts and $(grep -c . "$DIR/$db.snapshot") snapshot lines match; audit chain ok; create/rotate/verify and vault reveal work"
 }
 
 restore() {   # restore DB LOG COMMAND...
