@@ -76,11 +76,11 @@ apikey_create(PG_FUNCTION_ARGS)
 	TEXTOID, JSONBOID, TEXTOID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Datum		key_id,
-				created_at;
+	Datum		key_id;
+	TimestampTz created_at;
 	bool		isnull;
 	NewSecret	secret;
-	Datum		result;
+	volatile Datum result;
 
 	if (!expires_null)
 		apikeys_check_expiry(DatumGetTimestampTz(expires_at));
@@ -111,17 +111,27 @@ apikey_create(PG_FUNCTION_ARGS)
 					" apikeys._session_role())"	/* the caller, not the definer */
 					" RETURNING key_id, created_at",
 					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
-	created_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	/* a value, not a Datum: by reference on 32-bit, gone at SPI_finish */
+	created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	key_id = PointerGetDatum(SPI_palloc(sizeof(pg_uuid_t)));
 	memcpy(DatumGetPointer(key_id),
 		   DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 		   sizeof(pg_uuid_t));
 
-	apikeys_new_secret(prefix, strlen(prefix), &secret);
-	apikeys_insert_secret(key_id, &secret);
+	/* the plaintext is wiped from this frame whether or not we get through */
+	PG_TRY();
+	{
+		apikeys_new_secret(prefix, strlen(prefix), &secret);
+		apikeys_insert_secret(key_id, &secret);
 
-	SPI_finish();
-	result = apikeys_issued_key_tuple(fcinfo, key_id, &secret, expires_at,
-									  expires_null, created_at);
+		SPI_finish();
+		result = apikeys_issued_key_tuple(fcinfo, key_id, &secret, expires_at,
+										  expires_null, TimestampTzGetDatum(created_at));
+	}
+	PG_FINALLY();
+	{
+		apikeys_wipe_secret(&secret);
+	}
+	PG_END_TRY();
 	PG_RETURN_DATUM(result);
 }

@@ -37,13 +37,13 @@ apikey_rotate(PG_FUNCTION_ARGS)
 	char	   *tenant,
 			   *status,
 			   *prefix;
-	Datum		key_id,
-				expires_at,
+	Datum		key_id;
+	TimestampTz expires_at,
 				rotated_at;
 	bool		expires_null;
 	NewSecret	secret;
 	char	   *key_text;
-	Datum		result;
+	volatile Datum result;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -93,13 +93,13 @@ apikey_rotate(PG_FUNCTION_ARGS)
 	desc = SPI_tuptable->tupdesc;
 	status = SPI_getvalue(row, desc, 1);
 	prefix = SPI_getvalue(row, desc, 2);
-	expires_at = SPI_getbinval(row, desc, 3, &expires_null);
+	expires_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 3, &expires_null));
 
 	if (strcmp(status, "revoked") == 0)
 		apikeys_spi_deny("key_rotate", tenant, key_id, "55000",
 						 "A revoked key cannot be rotated; create a new key.",
 						 "key_revoked: API key %s is revoked", key_text);
-	if (!expires_null && DatumGetTimestampTz(expires_at) <= GetCurrentTransactionStartTimestamp())
+	if (!expires_null && expires_at <= GetCurrentTransactionStartTimestamp())
 		apikeys_spi_deny("key_rotate", tenant, key_id, "55000",
 						 "Extend it with apikeys.apikey_update(key_id, expires_at => ...) first.",
 						 "key_expired: API key %s has expired", key_text);
@@ -123,19 +123,30 @@ apikey_rotate(PG_FUNCTION_ARGS)
 						"   AND s.key_id OPERATOR(pg_catalog.=) $1 AND s.valid_until IS NULL",
 						2, grace_types, values, NULL, SPI_OK_UPDATE);
 
-	apikeys_new_secret(prefix, strlen(prefix), &secret);
-	apikeys_insert_secret(key_id, &secret);
+	/* the plaintext is wiped from this frame whether or not we get through */
+	PG_TRY();
+	{
+		apikeys_new_secret(prefix, strlen(prefix), &secret);
+		apikeys_insert_secret(key_id, &secret);
 
-	apikeys_spi_run(&touch_plan,
-					"UPDATE apikeys.credential"
-					" SET rotated_at = pg_catalog.now(), updated_at = pg_catalog.now(),"
-					"     rotation_count = rotation_count OPERATOR(pg_catalog.+) 1"
-					" WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING rotated_at",
-					1, uuid_type, values, NULL, SPI_OK_UPDATE_RETURNING);
-	rotated_at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		apikeys_spi_run(&touch_plan,
+						"UPDATE apikeys.credential"
+						" SET rotated_at = pg_catalog.now(), updated_at = pg_catalog.now(),"
+						"     rotation_count = rotation_count OPERATOR(pg_catalog.+) 1"
+						" WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING rotated_at",
+						1, uuid_type, values, NULL, SPI_OK_UPDATE_RETURNING);
+		/* a value, not a Datum: by reference on 32-bit, gone at SPI_finish */
+		rotated_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-	SPI_finish();
-	result = apikeys_issued_key_tuple(fcinfo, key_id, &secret, expires_at,
-									  expires_null, rotated_at);
+		SPI_finish();
+		result = apikeys_issued_key_tuple(fcinfo, key_id, &secret,
+										  expires_null ? (Datum) 0 : TimestampTzGetDatum(expires_at),
+										  expires_null, TimestampTzGetDatum(rotated_at));
+	}
+	PG_FINALLY();
+	{
+		apikeys_wipe_secret(&secret);
+	}
+	PG_END_TRY();
 	PG_RETURN_DATUM(result);
 }
