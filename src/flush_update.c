@@ -21,8 +21,6 @@
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
-#include "access/skey.h"
-#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/index.h"
@@ -152,18 +150,11 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
 	{
 		for (int k = 0; k < n; k++)
 		{
-			ScanKeyData skey;
-			SysScanDesc scan;
-			HeapTuple	old;
-
-			ScanKeyInit(&skey, Anum_usage_key_id, BTEqualStrategyNumber, F_UUID_EQ,
-						UUIDPGetDatum(&items[k].key.key_id));
 			/* the newest committed row: an older one would fail the update */
-			scan = systable_beginscan(rel, usage_pkey, true, GetLatestSnapshot(), 1, &skey);
-			old = systable_getnext(scan);
-			if (old)
-				old = heap_copytuple(old);
-			systable_endscan(scan);
+			HeapTuple	old = apikeys_probe_rel(rel, usage_pkey, F_UUID_EQ,
+												UUIDPGetDatum(&items[k].key.key_id),
+												InvalidOid, GetLatestSnapshot());
+
 			if (old == NULL)
 				continue;
 			update_row(rel, index, ii, old, updated_row(old, desc, &items[k], now));

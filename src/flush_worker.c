@@ -45,12 +45,6 @@ const VerdictCode apikeys_flush_counted[] = {
 };
 const int	apikeys_flush_ncounted = lengthof(apikeys_flush_counted);
 
-void
-apikeys_flush_worker_register(void)
-{
-	/* workers are started on demand (apikeys_flush_worker_wake) */
-}
-
 static FlushDbSlot *
 db_slot(Oid dbid, bool create)
 {
@@ -269,12 +263,13 @@ settle(FlushItem *items, int n, bool ok)
 
 	for (int k = 0; k < n; k++)
 	{
-		uint32		set = slot_set_of(t, &items[k].key);
+		uint32		hash = slot_hash(t, &items[k].key);
+		uint32		set = slot_set(t, hash);
 		LWLock	   *lock = slot_lock(t, set);
 		UsageEntry *e;
 
 		LWLockAcquire(lock, LW_SHARED);
-		e = (UsageEntry *) slot_find(t, set, &items[k].key);
+		e = (UsageEntry *) slot_find(t, hash, &items[k].key);
 		if (e)
 		{
 			SpinLockAcquire(&e->mutex);

@@ -62,6 +62,8 @@ extern int32 apikeys_interval_seconds(Datum interval);
 /* ip_allow.c */
 extern char *apikeys_trusted_proxies;
 extern bool apikeys_ip_allowed(const KeyPolicy *policy, const inet *client_arg);
+extern HeapTuple apikeys_probe_rel(Relation rel, Oid indexid, RegProcedure eqproc,
+								   Datum value, Oid collation, Snapshot snapshot);
 extern HeapTuple apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc,
 									  Datum value, Oid collation, Snapshot snapshot,
 									  TupleDesc *desc_out, Relation *rel_out);

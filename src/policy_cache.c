@@ -31,21 +31,23 @@ cache_key(const uint8 *digest, PolicyCacheKey *key)
 }
 
 bool
-apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy)
+apikeys_cache_lookup(const uint8 *digest, TimestampTz now, KeyPolicy *policy)
 {
 	PolicyCacheKey key;
 	PolicyCacheEntry *entry;
 	bool		hit = false;
 	Oid			credential_rel = apikeys_catalog()->credential_rel;
-	uint32		set;
+	uint32		set,
+					hash;
 	LWLock	   *lock;
 
 	cache_key(digest, &key);
-	set = slot_set_of(&apikeys_policy_table, &key);
+	hash = slot_hash(&apikeys_policy_table, &key);
+	set = slot_set(&apikeys_policy_table, hash);
 	lock = slot_lock(&apikeys_policy_table, set);
 
 	LWLockAcquire(lock, LW_SHARED);
-	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, set, &key);
+	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, hash, &key);
 	if (entry && entry->credential_rel == credential_rel)
 	{
 		memcpy(policy, entry->policy, POLICY_FIXED_LEN);
@@ -61,7 +63,7 @@ apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy)
 		policy->tenant = (text *) buf;
 		policy->name = (text *) (buf + entry->tenant_len);
 		policy->scopes = (ArrayType *) (buf + entry->tenant_len + entry->name_len);
-		entry->hdr.last_use = GetCurrentTimestamp();	/* a racy hint is fine */
+		entry->hdr.last_use = now;	/* a racy hint is fine */
 	}
 	LWLockRelease(lock);
 	pg_atomic_fetch_add_u64(hit ? &apikeys_shared->cache_hits : &apikeys_shared->cache_misses, 1);
@@ -70,7 +72,8 @@ apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy)
 
 /* Remember a policy loaded with a snapshot taken after reading `stamp`. */
 void
-apikeys_cache_store(const uint8 *digest, uint64 stamp, const KeyPolicy *policy)
+apikeys_cache_store(const uint8 *digest, uint64 stamp, TimestampTz now,
+					const KeyPolicy *policy)
 {
 	PolicyCacheKey key;
 	PolicyCacheEntry *entry;
@@ -80,14 +83,16 @@ apikeys_cache_store(const uint8 *digest, uint64 stamp, const KeyPolicy *policy)
 	Size		clen = policy->ncidrs > 0 ? policy->ncidrs * sizeof(inet_struct) : 0;
 	Oid			credential_rel = apikeys_catalog()->credential_rel;
 	bool		evicted;
-	uint32		set;
+	uint32		set,
+					hash;
 	LWLock	   *lock;
 
 	if (tlen + nlen + slen + clen > POLICY_VARDATA)
 		return;
 
 	cache_key(digest, &key);
-	set = slot_set_of(&apikeys_policy_table, &key);
+	hash = slot_hash(&apikeys_policy_table, &key);
+	set = slot_set(&apikeys_policy_table, hash);
 	lock = slot_lock(&apikeys_policy_table, set);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -96,14 +101,14 @@ apikeys_cache_store(const uint8 *digest, uint64 stamp, const KeyPolicy *policy)
 		LWLockRelease(lock);
 		return;					/* changed since the snapshot was taken */
 	}
-	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, set, &key);
+	entry = (PolicyCacheEntry *) slot_find(&apikeys_policy_table, hash, &key);
 	if (entry == NULL)
 	{
-		entry = (PolicyCacheEntry *) slot_claim(&apikeys_policy_table, set, &key, NULL, &evicted);
+		entry = (PolicyCacheEntry *) slot_claim(&apikeys_policy_table, hash, &key, NULL, &evicted);
 		if (evicted)
 			pg_atomic_fetch_add_u64(&apikeys_shared->cache_evictions, 1);
 	}
-	entry->hdr.last_use = GetCurrentTimestamp();
+	entry->hdr.last_use = now;
 	entry->stamp = stamp;
 	entry->credential_rel = credential_rel;
 	memcpy(entry->policy, policy, POLICY_FIXED_LEN);

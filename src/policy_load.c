@@ -27,12 +27,14 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-/* Probe a unique index for one value; copy the row out before closing. */
+/*
+ * Probe the unique index indexid of an open relation for the row whose
+ * first index column equals value; a copy of it, or NULL.
+ */
 HeapTuple
-apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc, Datum value,
-			 Oid collation, Snapshot snapshot, TupleDesc *desc_out, Relation *rel_out)
+apikeys_probe_rel(Relation rel, Oid indexid, RegProcedure eqproc, Datum value,
+				  Oid collation, Snapshot snapshot)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
 	ScanKeyData skey;
 	SysScanDesc scan;
 	HeapTuple	tuple;
@@ -44,9 +46,19 @@ apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc, Datum value,
 	if (tuple)
 		tuple = heap_copytuple(tuple);
 	systable_endscan(scan);
+	return tuple;
+}
+
+/* The same, opening relid (AccessShareLock); the caller closes *rel_out. */
+HeapTuple
+apikeys_probe_unique(Oid relid, Oid indexid, RegProcedure eqproc, Datum value,
+			 Oid collation, Snapshot snapshot, TupleDesc *desc_out, Relation *rel_out)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+
 	*desc_out = RelationGetDescr(rel);
 	*rel_out = rel;
-	return tuple;
+	return apikeys_probe_rel(rel, indexid, eqproc, value, collation, snapshot);
 }
 
 int32

@@ -138,5 +138,5 @@ apikeys_shmem_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = apikeys_shmem_startup;
 
-	apikeys_flush_worker_register();
+	/* flush workers are started on demand (apikeys_flush_worker_wake) */
 }

@@ -139,8 +139,8 @@ typedef struct PolicyCacheEntry
 	char		vardata[POLICY_VARDATA];	/* copied out before use: no alignment */
 } PolicyCacheEntry;
 
-extern bool apikeys_cache_lookup(const uint8 *digest, KeyPolicy *policy);
-extern void apikeys_cache_store(const uint8 *digest, uint64 stamp,
+extern bool apikeys_cache_lookup(const uint8 *digest, TimestampTz now, KeyPolicy *policy);
+extern void apikeys_cache_store(const uint8 *digest, uint64 stamp, TimestampTz now,
 								const KeyPolicy *policy);
 
 /* usage.c */
@@ -209,7 +209,6 @@ typedef struct FlushItem
 extern const VerdictCode apikeys_flush_counted[];
 extern const int apikeys_flush_ncounted;
 
-extern void apikeys_flush_worker_register(void);
 extern void apikeys_flush_worker_wake(Oid dbid);
 extern void apikeys_flush_worker_hurry(void);
 PGDLLEXPORT void apikeys_flush_main(Datum arg);

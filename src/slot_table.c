@@ -27,11 +27,9 @@ slot_table_size(int nentries, Size entry_size)
 
 /* a key's tag: its full hash (the set only used the remainder), never 0 */
 static inline uint32
-tag_of(const SlotTable *t, const void *key)
+tag_of(uint32 hash)
 {
-	uint32		h = slot_hash(t, key);
-
-	return h == 0 ? 1 : h;
+	return hash == 0 ? 1 : hash;
 }
 
 void
@@ -51,10 +49,11 @@ slot_table_init(SlotTable *t, const char *name, int nentries, Size entry_size,
 }
 
 SlotHeader *
-slot_find(const SlotTable *t, uint32 set, const void *key)
+slot_find(const SlotTable *t, uint32 hash, const void *key)
 {
+	uint32		set = slot_set(t, hash);
 	const uint32 *tags = &t->tags[(Size) set * SLOT_WAYS];
-	uint32		tag = tag_of(t, key);
+	uint32		tag = tag_of(hash);
 
 	for (int w = 0; w < SLOT_WAYS; w++)
 	{
@@ -70,9 +69,10 @@ slot_find(const SlotTable *t, uint32 set, const void *key)
 }
 
 SlotHeader *
-slot_claim(const SlotTable *t, uint32 set, const void *key,
+slot_claim(const SlotTable *t, uint32 hash, const void *key,
 		   bool (*may_evict) (const SlotHeader *), bool *evicted)
 {
+	uint32		set = slot_set(t, hash);
 	uint32	   *tags = &t->tags[(Size) set * SLOT_WAYS];
 	SlotHeader *victim = NULL;
 	int			victim_way = -1;
@@ -101,7 +101,7 @@ slot_claim(const SlotTable *t, uint32 set, const void *key,
 	memset(victim, 0, t->entry_size);
 	memcpy((char *) victim + t->key_offset, key, t->key_size);
 	victim->used = true;
-	tags[victim_way] = tag_of(t, key);
+	tags[victim_way] = tag_of(hash);
 	return victim;
 }
 

@@ -52,10 +52,11 @@ slot_hash(const SlotTable *t, const void *key)
 	return hash_bytes((const unsigned char *) key, (int) t->key_size);
 }
 
+/* the set a key's hash falls in */
 static inline uint32
-slot_set_of(const SlotTable *t, const void *key)
+slot_set(const SlotTable *t, uint32 hash)
 {
-	return slot_hash(t, key) % t->nsets;
+	return hash % t->nsets;
 }
 
 static inline LWLock *
@@ -77,8 +78,8 @@ slot_index(const SlotTable *t, const SlotHeader *e)
 	return ((const char *) e - t->entries) / t->entry_size;
 }
 
-/* the entry holding key in set, or NULL (partition lock held, any mode) */
-extern SlotHeader *slot_find(const SlotTable *t, uint32 set, const void *key);
+/* the entry holding key (hash: slot_hash of it), or NULL; its set's lock held, any mode */
+extern SlotHeader *slot_find(const SlotTable *t, uint32 hash, const void *key);
 
 /*
  * A free entry of set, else the least recently used one that may_evict()
@@ -86,7 +87,7 @@ extern SlotHeader *slot_find(const SlotTable *t, uint32 set, const void *key);
  * entry comes back with its key set and used = true; the caller fills the
  * rest.
  */
-extern SlotHeader *slot_claim(const SlotTable *t, uint32 set, const void *key,
+extern SlotHeader *slot_claim(const SlotTable *t, uint32 hash, const void *key,
 							  bool (*may_evict) (const SlotHeader *), bool *evicted);
 
 /* entries in use (approximate: no locks) */

@@ -73,7 +73,8 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 	Datum		counts[VERDICT_COUNT];
-	uint32		set;
+	uint32		set,
+					hash;
 	LWLock	   *lock;
 	bool		found = false;
 
@@ -85,10 +86,11 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	memcpy(&key.key_id, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
-	set = slot_set_of(&apikeys_usage_table, &key);
+	hash = slot_hash(&apikeys_usage_table, &key);
+	set = slot_set(&apikeys_usage_table, hash);
 	lock = slot_lock(&apikeys_usage_table, set);
 	LWLockAcquire(lock, LW_SHARED);
-	e = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
+	e = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
 	if (e)
 	{
 		SpinLockAcquire(&e->mutex);

@@ -52,35 +52,37 @@ usage_evictable(const SlotHeader *h)
  * NULL, with no lock held, when the key's set is full of unflushed entries.
  */
 static UsageEntry *
-usage_entry(const KeyPolicy *p, LWLock **lock)
+usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 {
 	UsageKey	key;
 	UsageEntry *entry;
-	uint32		set;
+	uint32		set,
+					hash;
 	bool		evicted;
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	memcpy(&key.key_id, &p->key_id, sizeof(pg_uuid_t));
-	set = slot_set_of(&apikeys_usage_table, &key);
+	hash = slot_hash(&apikeys_usage_table, &key);
+	set = slot_set(&apikeys_usage_table, hash);
 	*lock = slot_lock(&apikeys_usage_table, set);
 
 	LWLockAcquire(*lock, LW_SHARED);
-	entry = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
+	entry = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
 	if (entry)
 		return entry;
 	LWLockRelease(*lock);
 
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
-	entry = (UsageEntry *) slot_find(&apikeys_usage_table, set, &key);
-	evict_now = GetCurrentTimestamp();
+	entry = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
+	evict_now = now;
 	if (entry == NULL)
 	{
-		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
+		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, hash, &key,
 										  usage_evictable, &evicted);
 		/* a set of open rate windows: better reset one than refuse the key */
 		if (entry == NULL)
-			entry = (UsageEntry *) slot_claim(&apikeys_usage_table, set, &key,
+			entry = (UsageEntry *) slot_claim(&apikeys_usage_table, hash, &key,
 											  usage_written, &evicted);
 		if (entry)
 		{
@@ -181,7 +183,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		return V_VALID;
 	}
 
-	e = usage_entry(p, &lock);
+	e = usage_entry(p, now, &lock);
 	if (e == NULL)
 	{
 		if (p->rate_limit > 0 || p->usage_limit > 0)
@@ -204,7 +206,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		{
 			LWLockRelease(lock);
 			base = load_used(p, period);
-			if ((e = usage_entry(p, &lock)) == NULL)
+			if ((e = usage_entry(p, now, &lock)) == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 						 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
@@ -267,7 +269,7 @@ apikeys_usage_count(const KeyPolicy *p, VerdictCode code, TimestampTz now)
 	UsageEntry *e;
 	LWLock	   *lock;
 
-	if (!apikeys_shmem_ready() || (e = usage_entry(p, &lock)) == NULL)
+	if (!apikeys_shmem_ready() || (e = usage_entry(p, now, &lock)) == NULL)
 		return;
 	SpinLockAcquire(&e->mutex);
 	count_locked(e, code, now);

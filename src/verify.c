@@ -148,7 +148,7 @@ scopes_satisfied(ArrayType *have, ArrayType *need)
 
 /* Find the policy of a digest: shared cache when usable, else the tables. */
 static bool
-find_policy(const uint8 *digest, KeyPolicy *policy)
+find_policy(const uint8 *digest, TimestampTz now, KeyPolicy *policy)
 {
 	uint64		generation;
 	bool		use_cache = apikeys_shmem_ready() && !RecoveryInProgress() &&
@@ -164,7 +164,7 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 	pg_memory_barrier();
 	generation = pg_atomic_read_u64(&apikeys_shared->generation);
 	pg_memory_barrier();
-	if (apikeys_cache_lookup(digest, policy))
+	if (apikeys_cache_lookup(digest, now, policy))
 	{
 		/*
 		 * A commit that became visible after the check above may not have
@@ -177,7 +177,7 @@ find_policy(const uint8 *digest, KeyPolicy *policy)
 	}
 	if (!apikeys_policy_load(digest, policy, generation))
 		return false;
-	apikeys_cache_store(digest, generation, policy);
+	apikeys_cache_store(digest, generation, now, policy);
 	return true;
 }
 
@@ -208,6 +208,22 @@ judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz n
 	return code;
 }
 
+/* The verdict's name as text, made once per backend (heap_form_tuple copies it). */
+static text *
+verdict_text(VerdictCode code)
+{
+	static text *names[VERDICT_COUNT];
+
+	if (names[code] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		names[code] = cstring_to_text(apikeys_verdict_names[code]);
+		MemoryContextSwitchTo(old);
+	}
+	return names[code];
+}
+
 static Datum
 verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVerdict *rv)
 {
@@ -217,7 +233,7 @@ verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVe
 	memset(nulls, true, sizeof(nulls));
 	values[0] = BoolGetDatum(code == V_VALID);
 	nulls[0] = false;
-	values[1] = CStringGetTextDatum(apikeys_verdict_names[code]);
+	values[1] = PointerGetDatum(verdict_text(code));
 	nulls[1] = false;
 	if (p)
 	{
@@ -269,14 +285,14 @@ verify_common(FunctionCallInfo fcinfo, bool bind)
 		goto malformed;
 
 	apikeys_sha256(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
-	if (!find_policy(digest, &policy))
+	now = GetCurrentTimestamp();	/* the one clock read of a verify */
+	if (!find_policy(digest, now, &policy))
 	{
 		if (apikeys_shared)
 			pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_NOT_FOUND], 1);
 		PG_RETURN_DATUM(verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL));
 	}
 
-	now = GetCurrentTimestamp();
 	code = judge(&policy,
 				 PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 				 PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2),
