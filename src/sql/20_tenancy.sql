@@ -41,7 +41,16 @@ CREATE FUNCTION apikeys.authenticate(
     AS 'MODULE_PATHNAME', 'apikeys_authenticate';
 COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant to this transaction (RLS then shows that tenant only).';
 
+-- pg_roles.rolsuper of role r; NULL if there is no such role.
+CREATE FUNCTION apikeys._is_superuser(r name) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r
+$$;
+
 -- Does role r hold `need` ('read', 'audit' or 'manage') on tenant t through role_tenant?
+-- (t NULL: a grant on every tenant.)
 CREATE FUNCTION apikeys._role_may(r name, t text, need text) RETURNS boolean
     LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
@@ -92,7 +101,7 @@ AS $$
 DECLARE
     r name := apikeys._session_role();
 BEGIN
-    IF (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r) THEN
+    IF apikeys._is_superuser(r) THEN
         RETURN;
     END IF;
     IF p_tenant IS NOT NULL THEN
@@ -103,10 +112,7 @@ BEGIN
         IF apikeys._role_may(r, p_tenant, 'manage') THEN
             RETURN;
         END IF;
-    ELSIF EXISTS (SELECT 1 FROM apikeys.role_tenant g
-                    JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
-                   WHERE g.tenant IS NULL AND g.privilege OPERATOR(pg_catalog.=) 'manage'
-                     AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')) THEN
+    ELSIF apikeys._role_may(r, NULL, 'manage') THEN
         RETURN;
     END IF;
     IF p_key_id IS NOT NULL THEN

@@ -298,7 +298,7 @@ BEGIN
         END;
         RETURN;
     END IF;
-    IF (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r)
+    IF apikeys._is_superuser(r)
        OR apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant
        OR apikeys._role_may(r, p_tenant, 'read') THEN
         RETURN;
@@ -377,7 +377,7 @@ DECLARE
     k record;
     new_id uuid := gen_random_uuid();
 BEGIN
-    SELECT ro.rolsuper INTO su FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r;
+    su := apikeys._is_superuser(r);
     -- An unknown tenant is never echoed (it could be a misplaced secret).
     IF tenant IS NULL OR NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) vault_add.tenant) THEN
         IF su THEN
@@ -434,7 +434,7 @@ CREATE FUNCTION apikeys.vault_list(tenant text DEFAULT NULL)
 AS $$
 DECLARE
     r name := apikeys._session_role();
-    su boolean := (SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r);
+    su boolean := apikeys._is_superuser(r);
 BEGIN
     IF tenant IS NOT NULL THEN
         PERFORM apikeys._vault_authorize(tenant, 'vault_list', NULL, 'read');
@@ -633,17 +633,16 @@ DECLARE
     pt text;
     n bigint := 0;
 BEGIN
-    IF NOT coalesce((SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r), false) THEN
+    IF NOT coalesce(apikeys._is_superuser(r), false) THEN
         PERFORM apikeys._deny('vault_rotate_master_key', NULL, NULL, '42501',
             format('permission_denied: role "%s" may not rotate the vault master key', r),
             'Only superusers rotate the vault master key.');
     END IF;
-    k := apikeys._vault_keys();
+    k := apikeys._vault_keys();   -- checks the current key itself
     n_key := k.cur;
     o_key := k.prev;
-    PERFORM apikeys._vault_check_master_key(n_key);
-    n_fp := apikeys._vault_fingerprint(n_key);
-    o_fp := apikeys._vault_fingerprint(o_key);
+    n_fp := k.cur_fp;
+    o_fp := k.prev_fp;
 
     LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE;
     FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) n_fp ORDER BY v.id LOOP
