@@ -170,3 +170,18 @@ SELECT total > 0 AS counted FROM apikeys.verifications WHERE outcome IN ('valid'
 SELECT preloaded, shmem_bytes > 0 AS has_shmem, cache_capacity >= 10000 AS cache_cap,
        tracked_capacity >= 50000 AS tracked_cap, flush_errors, flush_workers >= 0 AS workers
   FROM apikeys.runtime;
+
+-- A reader sees each count once, whether its snapshot is taken before, during
+-- or after the flush that writes it: here a REPEATABLE READ snapshot older
+-- than the flush still counts the uses the flush moved to apikeys.usage.
+SELECT key_id AS kr, api_key AS keyr FROM apikeys.apikey_create('acme', 'read while flushing') \gset
+SELECT apikeys.apikey_set_policy(:'kr', usage_limit => 100);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT valid, used FROM apikeys.key_usage WHERE key_id = :'kr';
+SELECT code, count(*) FROM generate_series(1, 3) g, LATERAL apikeys.apikey_verify(CASE WHEN g > 0 THEN :'keyr' END) v GROUP BY code;
+SELECT pg_sleep(0.5);   -- the worker writes a capped key every turn (100ms here)
+SELECT valid, used FROM apikeys.key_usage WHERE key_id = :'kr';
+COMMIT;
+SELECT pg_temp.wait_flushed(:'kr');
+SELECT valid, used FROM apikeys.key_usage WHERE key_id = :'kr';
+SELECT count_valid, used FROM apikeys.usage WHERE key_id = :'kr';

@@ -28,6 +28,7 @@
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -173,7 +174,8 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 			uint32		bit = 1U << w;
 			FlushItem  *it;
 
-			if (!(mask & bit) || !e->hdr.used || e->key.dbid != dbid)
+			/* still in flight from an earlier turn: its marks wait for it */
+			if (!(mask & bit) || !e->hdr.used || e->key.dbid != dbid || e->flushing)
 				continue;
 			if (list->n == list->cap)
 			{
@@ -292,10 +294,108 @@ settle(FlushItem *items, int n, bool ok)
 				}
 			}
 			e->flushing = false;
+			e->inflight_xid = InvalidTransactionId;
 			SpinLockRelease(&e->mutex);
 		}
 		LWLockRelease(lock);
 	}
+}
+
+/*
+ * Before the flush commits: name its transaction in the entries, so readers
+ * can tell whether their snapshot sees the written counts (stats.c).
+ */
+static void
+stamp_inflight(FlushItem *items, int n, TransactionId xid)
+{
+	const SlotTable *t = &apikeys_usage_table;
+
+	for (int k = 0; k < n; k++)
+	{
+		uint32		hash = slot_hash(t, &items[k].key);
+		LWLock	   *lock = slot_lock(t, slot_set(t, hash));
+		UsageEntry *e;
+
+		LWLockAcquire(lock, LW_SHARED);
+		e = (UsageEntry *) slot_find(t, hash, &items[k].key);
+		if (e)
+		{
+			SpinLockAcquire(&e->mutex);
+			e->inflight_xid = xid;
+			SpinLockRelease(&e->mutex);
+		}
+		LWLockRelease(lock);
+	}
+}
+
+/*
+ * Written batches whose in-flight counts stay until no snapshot older than
+ * their commit remains (a reader with one must still add them), or for
+ * WRITTEN_KEEP_MS at most: a long transaction elsewhere (pg_dump) must not
+ * keep entries from being written again or evicted.  A snapshot older than
+ * that may miss counts written after it was taken.
+ */
+#define WRITTEN_KEEP_MS 10000
+
+typedef struct WrittenBatch
+{
+	TransactionId xid;
+	TimestampTz at;
+	int			n;
+	FlushItem  *items;
+} WrittenBatch;
+
+static List *written = NIL;
+
+static void
+keep_written(FlushItem *items, int n, TransactionId xid)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	WrittenBatch *b = palloc(sizeof(WrittenBatch));
+
+	b->xid = xid;
+	b->at = GetCurrentTimestamp();
+	b->n = n;
+	b->items = palloc(sizeof(FlushItem) * n);
+	memcpy(b->items, items, sizeof(FlushItem) * n);
+	written = lappend(written, b);
+	MemoryContextSwitchTo(old);
+}
+
+/* Forget the in-flight counts of batches every snapshot now sees (all: any). */
+static void
+retire_written(bool all)
+{
+#if PG_VERSION_NUM >= 140000
+	TransactionId horizon = GetOldestNonRemovableTransactionId(NULL);
+#else
+	TransactionId horizon = GetOldestXmin(NULL, PROCARRAY_FLAGS_VACUUM);
+#endif
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *keep = NIL;
+	ListCell   *lc;
+
+	foreach(lc, written)
+	{
+		WrittenBatch *b = lfirst(lc);
+
+		if (all || TransactionIdPrecedes(b->xid, horizon) ||
+			TimestampDifferenceExceeds(b->at, now, WRITTEN_KEEP_MS))
+		{
+			settle(b->items, b->n, true);
+			pfree(b->items);
+			pfree(b);
+		}
+		else
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			keep = lappend(keep, b);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	list_free(written);
+	written = keep;
 }
 
 /*
@@ -478,7 +578,9 @@ flush_once(Oid dbid, bool all)
 	volatile FlushTarget target = TARGET_BUSY;
 	Oid			usage = InvalidOid,
 				usage_pkey = InvalidOid;
+	volatile TransactionId xid = InvalidTransactionId;
 
+	retire_written(false);
 	items = collect_turn(dbid, all, &n);
 	if (n == 0)
 	{
@@ -505,6 +607,8 @@ flush_once(Oid dbid, bool all)
 		target = lock_flush_target(&usage, &usage_pkey);
 		if (target == TARGET_READY)
 			ok = write_batch(usage, usage_pkey, (FlushItem *) items, n);
+		if (ok && TransactionIdIsValid(xid = GetCurrentTransactionIdIfAny()))
+			stamp_inflight((FlushItem *) items, n, xid);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -520,8 +624,14 @@ flush_once(Oid dbid, bool all)
 	PG_END_TRY();
 
 	MemoryContextSwitchTo(cxt);
-	/* gone: forget the counts; busy: keep them for the next turn */
-	settle((FlushItem *) items, n, ok || target == TARGET_GONE);
+	/*
+	 * written: keep the in-flight counts until every snapshot sees them;
+	 * gone: forget the counts; busy or failed: back to pending
+	 */
+	if (ok && TransactionIdIsValid(xid))
+		keep_written((FlushItem *) items, n, xid);
+	else
+		settle((FlushItem *) items, n, ok || target == TARGET_GONE);
 	if (ok)
 	{
 		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
@@ -606,7 +716,8 @@ apikeys_flush_main(Datum arg)
 		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
 			break;
 	}
-	/* clean shutdown or idle: write what is left */
+	/* clean shutdown or idle: write what is left, free every entry */
 	flush_once(dbid, true);
+	retire_written(true);
 	proc_exit(0);
 }

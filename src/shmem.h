@@ -25,10 +25,12 @@
 
 #include "policy.h"
 
+#include "access/transam.h"
 #include "common/hashfn.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+#include "utils/snapmgr.h"
 
 #include "slot_table.h"
 
@@ -168,7 +170,22 @@ typedef struct UsageEntry
 	bool		dirty;			/* something to flush */
 	bool		flushing;		/* counts in flight: keep until settled */
 	bool		capped_marked;	/* its bit is set in apikeys_usage_capped */
+	TransactionId inflight_xid; /* the flush that wrote counts_inflight, or invalid */
 } UsageEntry;
+
+/*
+ * Are an entry's in-flight counts already in apikeys.usage as `snapshot`
+ * sees it?  Readers add them otherwise, so a count is seen once whether the
+ * reader's snapshot is before, during or after the flush's commit.
+ */
+static inline bool
+apikeys_inflight_visible(TransactionId inflight_xid, Snapshot snapshot)
+{
+	/* may read the commit log: never call it under the entry's spinlock */
+	return TransactionIdIsValid(inflight_xid) &&
+		!XidInMVCCSnapshot(inflight_xid, snapshot) &&
+		TransactionIdDidCommit(inflight_xid);
+}
 
 /*
  * Which ways of each usage set hold unwritten counts (bit w: way w), so the

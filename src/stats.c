@@ -77,6 +77,9 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 					hash;
 	LWLock	   *lock;
 	bool		found = false;
+	int64		pending[VERDICT_COUNT],
+				inflight[VERDICT_COUNT];
+	TransactionId xid = InvalidTransactionId;
 
 	if (PG_ARGISNULL(0) || apikeys_shared == NULL)
 		PG_RETURN_NULL();
@@ -98,14 +101,20 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 		nulls[1] = e->last_used_at == 0;
 		values[2] = Int64GetDatum(e->used);
 		nulls[2] = !e->base_loaded;
-		for (int i = 0; i < VERDICT_COUNT; i++)
-			counts[i] = Int64GetDatum(e->counts_pending[i] + e->counts_inflight[i]);
+		memcpy(pending, e->counts_pending, sizeof(pending));
+		memcpy(inflight, e->counts_inflight, sizeof(inflight));
+		xid = e->inflight_xid;
 		SpinLockRelease(&e->mutex);
 		found = true;
 	}
 	LWLockRelease(lock);
 	if (!found)
 		PG_RETURN_NULL();
+	/* in flight: counted here unless this snapshot already sees the flush */
+	if (apikeys_inflight_visible(xid, ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot()))
+		memset(inflight, 0, sizeof(inflight));
+	for (int i = 0; i < VERDICT_COUNT; i++)
+		counts[i] = Int64GetDatum(pending[i] + inflight[i]);
 
 	values[0] = PG_GETARG_DATUM(0);
 	values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
