@@ -21,7 +21,7 @@ CREATE EXTENSION apikeys CASCADE;
 DROP SCHEMA IF EXISTS api CASCADE;
 DROP ROLE IF EXISTS regress_authenticator, regress_anon, regress_api, regress_api_globex,
                     regress_api_admin, regress_api_special, regress_not_granted, regress_bypass,
-                    regress_gone;
+                    regress_gone, regress_owner, regress_owner_heir;
 RESET client_min_messages;
 \set VERBOSITY default
 \set SHOW_CONTEXT never
@@ -38,10 +38,12 @@ CREATE ROLE regress_api_admin NOLOGIN;
 CREATE ROLE regress_api_special NOLOGIN;
 CREATE ROLE regress_not_granted NOLOGIN;      -- the authenticator is no member
 CREATE ROLE regress_bypass NOLOGIN BYPASSRLS;
+CREATE ROLE regress_owner NOLOGIN;            -- owns an RLS table, not forced
+CREATE ROLE regress_owner_heir NOLOGIN IN ROLE regress_owner;   -- has its privileges
 GRANT regress_anon, regress_api, regress_api_globex, regress_api_admin,
-      regress_api_special, regress_bypass TO regress_authenticator;
+      regress_api_special, regress_bypass, regress_owner, regress_owner_heir TO regress_authenticator;
 SELECT apikeys.grant_postgrest(r)
-  FROM unnest('{regress_anon,regress_api,regress_api_globex,regress_api_admin,regress_api_special}'::name[]) r;
+  FROM unnest('{regress_anon,regress_api,regress_api_globex,regress_api_admin,regress_api_special,regress_owner,regress_owner_heir}'::name[]) r;
 
 CREATE SCHEMA api;
 GRANT USAGE ON SCHEMA api TO regress_anon, regress_api, regress_api_globex, regress_api_admin, regress_api_special;
@@ -429,6 +431,16 @@ SELECT key_id AS unmapped_id, api_key AS unmapped_key FROM apikeys.apikey_create
 SELECT key_id AS notgranted_id, api_key AS notgranted_key FROM apikeys.apikey_create('acme', 'not granted', '{}') \gset
 SELECT key_id AS bypass_id, api_key AS bypass_key FROM apikeys.apikey_create('acme', 'bypass', '{}') \gset
 SELECT key_id AS gone_role_id, api_key AS gone_role_key FROM apikeys.apikey_create('acme', 'role dropped', '{}') \gset
+SELECT key_id AS owner_id, api_key AS owner_key FROM apikeys.apikey_create('acme', 'table owner', '{}') \gset
+SELECT key_id AS heir_id, api_key AS heir_key FROM apikeys.apikey_create('acme', 'owner heir', '{}') \gset
+-- a role owning a table whose RLS it skips (not FORCE) would see every tenant's rows
+CREATE TABLE api.owned (tenant text NOT NULL DEFAULT apikeys.current_tenant(), note text);
+ALTER TABLE api.owned ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owned_tenant ON api.owned USING (tenant = apikeys.current_tenant());
+ALTER TABLE api.owned OWNER TO regress_owner;
+GRANT USAGE ON SCHEMA api TO regress_owner;
+INSERT INTO apikeys.postgrest_role_map (key_id, role_name) VALUES
+    (:'owner_id', 'regress_owner'), (:'heir_id', 'regress_owner_heir');
 CREATE ROLE regress_gone NOLOGIN;
 INSERT INTO apikeys.postgrest_role_map (key_id, role_name) VALUES
     (:'notgranted_id', 'regress_not_granted'), (:'bypass_id', 'regress_bypass'), (:'gone_role_id', 'regress_gone');
@@ -453,10 +465,33 @@ SELECT c.who, r.*
                (3, 'unmapped (priority 1)', :'unmapped_key'),
                (4, 'not granted', :'notgranted_key'),
                (5, 'bypassrls role', :'bypass_key'),
-               (6, 'dropped role', :'gone_role_key')) c(n, who, key),
+               (6, 'dropped role', :'gone_role_key'),
+               (7, 'owns an RLS table, not forced', :'owner_key'),
+               (8, 'member of that owner', :'heir_key')) c(n, who, key),
        LATERAL pg_temp.req('GET', '/items2', jsonb_build_object('x-api-key', c.key)) r
  ORDER BY c.n;
 ROLLBACK;
+\x off
+-- forced, the owner's queries are filtered too: the mapping is allowed
+\c - :su
+ALTER TABLE api.owned FORCE ROW LEVEL SECURITY;
+INSERT INTO api.owned VALUES ('acme', 'acme note'), ('globex', 'globex note');
+\c - regress_authenticator
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+:helpers
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+SELECT c.who, r.status, r.role_after, r.tenant
+  FROM (VALUES (1, 'owner, RLS forced', :'owner_key'), (2, 'heir, RLS forced', :'heir_key')) c(n, who, key),
+       LATERAL pg_temp.req('GET', '/items2', jsonb_build_object('x-api-key', c.key)) r
+ ORDER BY c.n;
+ROLLBACK;
+-- and the owner, as the request's role, sees its key's tenant only
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+SELECT status, role_after, tenant FROM pg_temp.req('GET', '/items2', jsonb_build_object('x-api-key', :'owner_key'));
+SELECT current_user, tenant, note FROM api.owned;
+ROLLBACK;
+\x on
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT c.who, r.*
   FROM (VALUES (1, 'globex rw (tenant row)', :'globex_key'),
@@ -556,6 +591,8 @@ DROP SCHEMA api CASCADE;
 DROP EXTENSION apikeys CASCADE;
 RESET client_min_messages;
 DROP OWNED BY regress_authenticator, regress_anon, regress_api, regress_api_globex,
-              regress_api_admin, regress_api_special, regress_not_granted, regress_bypass;
+              regress_api_admin, regress_api_special, regress_not_granted, regress_bypass,
+              regress_owner, regress_owner_heir;
 DROP ROLE regress_authenticator, regress_anon, regress_api, regress_api_globex,
-          regress_api_admin, regress_api_special, regress_not_granted, regress_bypass;
+          regress_api_admin, regress_api_special, regress_not_granted, regress_bypass,
+          regress_owner, regress_owner_heir;

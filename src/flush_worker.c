@@ -46,16 +46,35 @@ const VerdictCode apikeys_flush_counted[] = {
 };
 const int	apikeys_flush_ncounted = lengthof(apikeys_flush_counted);
 
+/* a slot no worker holds or is starting (a start lost for 10 s counts as none) */
+static bool
+slot_idle(const FlushDbSlot *slot, TimestampTz now)
+{
+	return slot->worker_pid == 0 &&
+		(!slot->starting || now - slot->start_requested >= 10000 * (int64) 1000);
+}
+
+/*
+ * The slot of dbid, created when asked (NULL: all taken).  A worker frees
+ * its slot when it exits (flush_exit); when none is free, an idle slot of
+ * another database is taken over: its database gets a new one at its next
+ * verify.  So the APIKEYS_MAX_FLUSH_DBS limit is on databases with a worker
+ * at the same time, not on databases ever served.  Callers recheck
+ * slot->dbid under db_mutex before acting on it.
+ */
 static FlushDbSlot *
 db_slot(Oid dbid, bool create)
 {
 	static Oid	cached_db = InvalidOid;
 	static int	cached_idx = -1;
 	FlushDbSlot *found = NULL;
+	TimestampTz now = 0;
 
 	if (cached_idx >= 0 && cached_db == dbid &&
 		apikeys_shared->dbs[cached_idx].dbid == dbid)
 		return &apikeys_shared->dbs[cached_idx];
+	if (create)
+		now = GetCurrentTimestamp();
 
 	SpinLockAcquire(&apikeys_shared->db_mutex);
 	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found; i++)
@@ -64,16 +83,21 @@ db_slot(Oid dbid, bool create)
 			found = &apikeys_shared->dbs[i];
 			cached_idx = i;
 		}
-	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found && create; i++)
-		if (apikeys_shared->dbs[i].dbid == InvalidOid)
+	for (int pass = 0; pass < 2 && !found && create; pass++)
+		for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found; i++)
 		{
-			found = &apikeys_shared->dbs[i];
-			found->dbid = dbid;
-			found->worker_pid = 0;
-			found->starting = false;
-			found->start_requested = 0;
-			found->pressure = false;
-			cached_idx = i;
+			FlushDbSlot *s = &apikeys_shared->dbs[i];
+
+			if (pass == 0 ? s->dbid == InvalidOid : slot_idle(s, now))
+			{
+				found = s;
+				found->dbid = dbid;
+				found->worker_pid = 0;
+				found->starting = false;
+				found->start_requested = 0;
+				found->pressure = false;
+				cached_idx = i;
+			}
 		}
 	SpinLockRelease(&apikeys_shared->db_mutex);
 	cached_db = found ? dbid : InvalidOid;
@@ -82,15 +106,26 @@ db_slot(Oid dbid, bool create)
 
 /*
  * A usage set is full of unwritten entries: ask every worker to write all it
- * has at its next turn (sets are shared by databases, so the entries may be
- * another database's).
+ * has, now (sets are shared by databases, so the entries may be another
+ * database's).
  */
 void
 apikeys_flush_worker_hurry(void)
 {
 	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS; i++)
-		if (apikeys_shared->dbs[i].dbid != InvalidOid)
-			apikeys_shared->dbs[i].pressure = true; /* read under the mutex; late is fine */
+	{
+		FlushDbSlot *slot = &apikeys_shared->dbs[i];
+		pid_t		pid;
+		PGPROC	   *proc;
+
+		/* unlocked: a late or lost flag costs one flush interval at most */
+		if (slot->dbid == InvalidOid || slot->pressure)
+			continue;
+		slot->pressure = true;
+		/* wake the worker now rather than at the end of its interval */
+		if ((pid = slot->worker_pid) != 0 && (proc = BackendPidGetProc(pid)) != NULL)
+			SetLatch(&proc->procLatch);
+	}
 }
 
 /* Make sure a flush worker runs for dbid; cheap when one does. */
@@ -113,7 +148,7 @@ apikeys_flush_worker_wake(Oid dbid)
 	 */
 	now = GetCurrentTimestamp();
 	SpinLockAcquire(&apikeys_shared->db_mutex);
-	if (slot->worker_pid == 0 &&
+	if (slot->dbid == dbid && slot->worker_pid == 0 &&
 		(now < slot->start_requested ||
 		 now - slot->start_requested >= (slot->starting ? 10000 : 1000) * (int64) 1000))
 	{
@@ -137,7 +172,8 @@ apikeys_flush_worker_wake(Oid dbid)
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
 		SpinLockAcquire(&apikeys_shared->db_mutex);
-		slot->starting = false;
+		if (slot->dbid == dbid)
+			slot->starting = false;
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}
 }
@@ -649,12 +685,17 @@ flush_exit(int code, Datum arg)
 {
 	FlushDbSlot *slot = db_slot(DatumGetObjectId(arg), false);
 
+	/* free the slot: the next verify in this database takes one again */
 	if (slot)
 	{
 		SpinLockAcquire(&apikeys_shared->db_mutex);
-		if (slot->worker_pid == MyProcPid)
+		if (slot->dbid == DatumGetObjectId(arg) && slot->worker_pid == MyProcPid)
+		{
 			slot->worker_pid = 0;
-		slot->starting = false;
+			slot->starting = false;
+			slot->pressure = false;
+			slot->dbid = InvalidOid;
+		}
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}
 }
@@ -680,11 +721,19 @@ apikeys_flush_main(Datum arg)
 	SetConfigOption("lock_timeout", "2s", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "30s", PGC_SUSET, PGC_S_OVERRIDE);
 
-	slot = db_slot(dbid, true);
-	if (slot == NULL)
-		proc_exit(0);
-	/* a start given up as lost may have come through late: one worker only */
-	SpinLockAcquire(&apikeys_shared->db_mutex);
+	/*
+	 * A start given up as lost may have come through late: one worker only.
+	 * The slot may have been freed and taken over meanwhile: look again.
+	 */
+	for (;;)
+	{
+		if ((slot = db_slot(dbid, true)) == NULL)
+			proc_exit(0);
+		SpinLockAcquire(&apikeys_shared->db_mutex);
+		if (slot->dbid == dbid)
+			break;
+		SpinLockRelease(&apikeys_shared->db_mutex);
+	}
 	if (slot->worker_pid != 0 && slot->worker_pid != MyProcPid)
 	{
 		SpinLockRelease(&apikeys_shared->db_mutex);

@@ -310,6 +310,14 @@ BEGIN
                     code := 'apikeys.role_unsafe';
                     msg := 'The role mapped to this API key is a superuser or bypasses row-level security';
                     hint := 'Map keys to ordinary roles in apikeys.postgrest_role_map.';
+                ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                               WHERE c.relrowsecurity AND NOT c.relforcerowsecurity
+                                 AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE')) THEN
+                    -- an owner's queries skip RLS unless it is forced: the key's
+                    -- tenant binding would not restrict them
+                    code := 'apikeys.role_unsafe';
+                    msg := 'The role mapped to this API key owns a table whose row-level security does not apply to its owner';
+                    hint := 'ALTER TABLE ... FORCE ROW LEVEL SECURITY on the tables that role owns (or inherits), or map keys to a role that owns none.';
                 ELSIF NOT pg_has_role(session_user, r.oid, 'MEMBER') THEN
                     code := 'apikeys.role_not_allowed';
                     msg := 'The database connection may not switch to the role mapped to this API key';

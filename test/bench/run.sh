@@ -3,7 +3,8 @@
 #
 #   test/bench/run.sh            1,000,000 keys, 10 s per run
 #   BENCH_KEYS=100000 BENCH_SECONDS=5 test/bench/run.sh
-#   BENCH_SIZES="1000 100000 1000000 10000000" test/bench/run.sh   # latency by size
+#   BENCH_SIZES="1000 100000 1000000 10000000" BENCH_LATENCY_ONLY=1 \
+#       BENCH_SHARED_BUFFERS=6GB test/bench/run.sh    # latency by size only
 #
 # One throwaway server (apikeys preloaded), pgbench in prepared mode with 4
 # clients, one run each, printing transactions per second and the ratios
@@ -16,6 +17,7 @@ KEYS=${BENCH_KEYS:-1000000}
 SECS=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-4}
 SIZES=${BENCH_SIZES:-"1000 100000 $KEYS"}
+SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-1GB}
 PORT=54388
 NAME=bench
 BENCH_DIR="$ROOT/test/bench"
@@ -26,13 +28,14 @@ trap 'cluster_stop $NAME' EXIT
 # The policy cache and the usage table are sized for every key to stay in
 # shared memory (1.5 x the keys: sets are 8-way): about 900 MB at 1M keys.
 SLOTS=$(( KEYS * 3 / 2 ))
-cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '1GB'" "fsync = on" \
+cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '$SHARED_BUFFERS'" "fsync = on" \
 	"max_connections = 50" "apikeys.cache_entries = $SLOTS" "apikeys.tracked_keys = $SLOTS"
 psql_b() { cluster_psql $NAME $PORT -q -d postgres "$@"; }
 
 # pgbench_tps SCRIPT [extra args]: one run, prints tps
 pgbench_tps() {
 	local script=$1; shift
+	quiet
 	"$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$SECS" \
 		-h "$TMPDIR_APIKEYS/$NAME" -p $PORT -U postgres "$@" -f "$script" postgres 2>&1 |
 		awk '/^tps/ {print $3}' || true
@@ -55,22 +58,39 @@ SQL
 
 # grow_to N: real keys through apikey_create (audit triggers off for the bulk
 # load only: session_replication_role = replica), mirrored in the
-# hand-written table.
+# hand-written table.  Two sessions share each step (the machine has two cores).
 have=0
+create_keys() {
+	psql_b <<SQL
+SET session_replication_role = replica;
+INSERT INTO bench_keys (k)
+SELECT c.api_key FROM generate_series(1, $1) g, LATERAL apikeys.apikey_create('bench', 'bench ' || g) c;
+SQL
+}
 grow_to() {
 	local n=$1
 	while [ "$have" -lt "$n" ]; do
-		local step=$(( n - have < 100000 ? n - have : 100000 ))
-		psql_b <<SQL
-SET session_replication_role = replica;
-INSERT INTO bench_keys (k)
-SELECT c.api_key FROM generate_series(1, $step) g, LATERAL apikeys.apikey_create('bench', 'bench ' || g) c;
-INSERT INTO bench_hw_keys (key_hash, tenant)
-SELECT encode(digest(k, 'sha256'), 'hex'), 'bench' FROM bench_keys WHERE id > $have;
-SQL
+		local step=$(( n - have < 200000 ? n - have : 200000 ))
+		create_keys $(( step / 2 )) & local first=$!
+		create_keys $(( step - step / 2 ))
+		wait $first
+		psql_b -c "INSERT INTO bench_hw_keys (key_hash, tenant)
+			SELECT encode(digest(k, 'sha256'), 'hex'), 'bench' FROM bench_keys WHERE id > $have"
 		have=$(( have + step ))
 	done
-	psql_b -c "VACUUM ANALYZE" >/dev/null
+	psql_b -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+}
+
+# quiet: every pending usage count written (write delay 0 until then, then
+# back to the default) and a checkpoint, so that no run pays for the writes
+# of the one before it (the usage worker's, or the hand-written UPDATEs')
+quiet() {
+	psql_b -c "ALTER SYSTEM SET apikeys.usage_write_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
+	for i in $(seq 1 300); do
+		[ "$(psql_b -At -c "SELECT unflushed_keys FROM apikeys.runtime")" = 0 ] && break
+		sleep 1
+	done
+	psql_b -c "ALTER SYSTEM RESET apikeys.usage_write_delay" -c "SELECT pg_reload_conf()" -c "CHECKPOINT" >/dev/null
 }
 
 fixed_script() {
@@ -86,6 +106,7 @@ for size in $SIZES; do
 	LAT[$size]=$(pgbench_lat "$BENCH_DIR/verify_random.sql" -D nkeys="$size")
 	printf '  %10s keys: verify %s ms\n' "$size" "${LAT[$size]}"
 done
+[ -n "${BENCH_LATENCY_ONLY:-}" ] && exit 0
 grow_to "$KEYS"
 
 # the fixed key: tracking on (always, when preloaded) and a rate limit that never bites
@@ -94,16 +115,10 @@ psql_b -c "SELECT apikeys.apikey_set_policy(key_id, rate_limit => 2000000000, ra
 psql_b -c "INSERT INTO bench_rotate (key_id) SELECT c.key_id FROM generate_series(1, 1000) g, LATERAL apikeys.apikey_create('bench', 'rot ' || g) c" >/dev/null
 
 # Warm-up: one verify of every key fills the policy cache, as steady traffic
-# would; its million counts are written before measuring (write delay 0 for
-# the warm-up only, then back to the default).
+# would; its million counts are written before measuring.
 say "warm-up: one verify of each key"
-psql_b -c "ALTER SYSTEM SET apikeys.usage_write_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
 psql_b -c "SELECT count(*) FROM bench_keys WHERE (apikeys.apikey_verify(k)).valid" >/dev/null
-for i in $(seq 1 300); do
-	[ "$(psql_b -At -c "SELECT unflushed_keys FROM apikeys.runtime")" = 0 ] && break
-	sleep 1
-done
-psql_b -c "ALTER SYSTEM RESET apikeys.usage_write_delay" -c "SELECT pg_reload_conf()" -c "CHECKPOINT" >/dev/null
+quiet
 
 say "throughput ($CLIENTS clients, prepared, ${SECS}s each)"
 # a short unmeasured run first: the first run after the warm-up's writes and

@@ -7,7 +7,10 @@
 #   - DROP EXTENSION in one database leaves the other working (verify, the
 #     policy cache, management, audit);
 #   - the role can then be dropped once its grants are gone in each database
-#     (revoke_tenant, DROP OWNED BY).
+#     (revoke_tenant, DROP OWNED BY);
+#   - 40 databases in turn (more than the 32 flush workers that can run at
+#     once), each verifying a key and dropped WITH (FORCE): every one gets its
+#     usage written, as the slot of an exited worker is freed.
 #
 # Runs its own cluster (tmp/twodb, port 54397, unless $TWO_DB_NAME /
 # $TWO_DB_PORT say otherwise), stopped on exit.  Exit 0 = pass.
@@ -97,4 +100,26 @@ expect "no mapping left in db_two" "$(q db_two -c "SELECT count(*) FROM apikeys.
 expect "db_two still verifies" "$(q db_two -c "SELECT code FROM apikeys.apikey_verify('$R')")" valid
 expect "keys created by the role keep their created_by" \
 	"$(q db_two -c "SELECT count(*) FROM apikeys.keys WHERE created_by = 'regress_two_admin'")" 2
-echo "ok: two databases, isolated keys, drop in one keeps the other, role dropped"
+
+echo "== 40 databases in turn: each gets a flush worker and its usage written"
+q postgres >/dev/null <<'SQL'
+CREATE DATABASE db_tmpl;
+\c db_tmpl
+SET client_min_messages = warning;
+CREATE EXTENSION apikeys CASCADE;
+SELECT apikeys.tenant_create('acme');
+CREATE TABLE the_key AS SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'everywhere');
+SQL
+for i in $(seq 1 40); do
+	q postgres -c "CREATE DATABASE db_many_$i TEMPLATE db_tmpl" >/dev/null
+	expect "verify in db_many_$i" "$(q db_many_$i -c "SELECT code FROM apikeys.apikey_verify((SELECT api_key FROM the_key))")" valid
+	flushed=
+	for _ in $(seq 1 100); do
+		flushed=$(q db_many_$i -c "SELECT count_valid FROM apikeys.usage")
+		[ "$flushed" = 1 ] && break
+		sleep 0.1
+	done
+	expect "usage written in db_many_$i" "$flushed" 1
+	q postgres -c "DROP DATABASE db_many_$i WITH (FORCE)" >/dev/null
+done
+echo "ok: two databases, isolated keys, drop in one keeps the other, role dropped, 40 databases served in turn"
