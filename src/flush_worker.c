@@ -95,7 +95,6 @@ db_slot(Oid dbid, bool create)
 				found->worker_pid = 0;
 				found->starting = false;
 				found->start_requested = 0;
-				found->pressure = false;
 				cached_idx = i;
 			}
 		}
@@ -105,25 +104,19 @@ db_slot(Oid dbid, bool create)
 }
 
 /*
- * A usage set is full of unwritten entries: ask every worker to write all it
- * has, now (sets are shared by databases, so the entries may be another
- * database's).
+ * Sets filled up with unwritten entries and were marked urgent (usage.c):
+ * wake every worker now rather than at the end of its interval (the entries
+ * may be any database's).
  */
 void
 apikeys_flush_worker_hurry(void)
 {
 	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS; i++)
 	{
-		FlushDbSlot *slot = &apikeys_shared->dbs[i];
-		pid_t		pid;
+		pid_t		pid = apikeys_shared->dbs[i].worker_pid;	/* unlocked: a hint */
 		PGPROC	   *proc;
 
-		/* unlocked: a late or lost flag costs one flush interval at most */
-		if (slot->dbid == InvalidOid || slot->pressure)
-			continue;
-		slot->pressure = true;
-		/* wake the worker now rather than at the end of its interval */
-		if ((pid = slot->worker_pid) != 0 && (proc = BackendPidGetProc(pid)) != NULL)
+		if (pid != 0 && (proc = BackendPidGetProc(pid)) != NULL)
 			SetLatch(&proc->procLatch);
 	}
 }
@@ -223,7 +216,7 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 			{
 				/* taken by the other pass of this turn: drop a stale mark */
 				pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
-				pg_atomic_fetch_and_u32(&apikeys_usage_capped[set], ~bit);
+				pg_atomic_fetch_and_u32(&apikeys_usage_urgent[set], ~bit);
 				SpinLockRelease(&e->mutex);
 				continue;
 			}
@@ -241,10 +234,10 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 				e->counts_pending[i] = 0;
 			}
 			e->dirty = false;
-			e->capped_marked = false;
+			e->urgent_marked = false;
 			e->flushing = true;
 			pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
-			pg_atomic_fetch_and_u32(&apikeys_usage_capped[set], ~bit);
+			pg_atomic_fetch_and_u32(&apikeys_usage_urgent[set], ~bit);
 			SpinLockRelease(&e->mutex);
 		}
 		LWLockRelease(lock);
@@ -272,7 +265,7 @@ collect_turn(Oid dbid, bool all, int *n_out)
 	list.n = 0;
 	list.items = palloc(sizeof(FlushItem) * list.cap);
 
-	collect(dbid, apikeys_usage_capped, 0, nsets, &list);
+	collect(dbid, apikeys_usage_urgent, 0, nsets, &list);
 	/* the share of the table for the time since the last turn (turns run late) */
 	last_turn = now;
 	if (!all && apikeys_write_delay_ms > elapsed_ms && elapsed_ms >= 0)
@@ -323,10 +316,10 @@ settle(FlushItem *items, int n, bool ok)
 
 				e->dirty = true;
 				pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
-				if (items[k].has_used && !e->capped_marked)
+				if (items[k].has_used && !e->urgent_marked)
 				{
-					e->capped_marked = true;
-					pg_atomic_fetch_or_u32(&apikeys_usage_capped[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
+					e->urgent_marked = true;
+					pg_atomic_fetch_or_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
 				}
 			}
 			e->flushing = false;
@@ -693,7 +686,6 @@ flush_exit(int code, Datum arg)
 		{
 			slot->worker_pid = 0;
 			slot->starting = false;
-			slot->pressure = false;
 			slot->dbid = InvalidOid;
 		}
 		SpinLockRelease(&apikeys_shared->db_mutex);
@@ -706,7 +698,6 @@ apikeys_flush_main(Datum arg)
 	Oid			dbid = DatumGetObjectId(arg);
 	FlushDbSlot *slot;
 	TimestampTz last_work = GetCurrentTimestamp();
-	bool		all;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, flush_sigterm);
@@ -746,8 +737,13 @@ apikeys_flush_main(Datum arg)
 
 	while (!got_sigterm)
 	{
+		/*
+		 * Written entries stay pinned (not evictable) until retired: come
+		 * back for them soon, whatever the interval.
+		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 apikeys_flush_interval_ms, PG_WAIT_EXTENSION);
+						 written != NIL ? Min(apikeys_flush_interval_ms, 100) : apikeys_flush_interval_ms,
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -755,12 +751,7 @@ apikeys_flush_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		/* a set filled up with unwritten entries: write them all now */
-		SpinLockAcquire(&apikeys_shared->db_mutex);
-		all = slot->pressure;
-		slot->pressure = false;
-		SpinLockRelease(&apikeys_shared->db_mutex);
-		if (flush_once(dbid, all) > 0)
+		if (flush_once(dbid, false) > 0)
 			last_work = GetCurrentTimestamp();
 		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
 			break;

@@ -17,7 +17,7 @@ ApikeysShared *apikeys_shared = NULL;
 SlotTable	apikeys_policy_table;
 SlotTable	apikeys_usage_table;
 pg_atomic_uint32 *apikeys_usage_dirty = NULL;
-pg_atomic_uint32 *apikeys_usage_capped = NULL;
+pg_atomic_uint32 *apikeys_usage_urgent = NULL;
 
 int			apikeys_cache_entries = 10000;
 int			apikeys_tracked_keys = 50000;
@@ -94,7 +94,7 @@ apikeys_shmem_startup(void)
 	apikeys_usage_dirty = ShmemInitStruct("apikeys usage marks",
 										  mul_size(2 * sizeof(pg_atomic_uint32), apikeys_usage_table.nsets),
 										  &found_table);
-	apikeys_usage_capped = apikeys_usage_dirty + apikeys_usage_table.nsets;
+	apikeys_usage_urgent = apikeys_usage_dirty + apikeys_usage_table.nsets;
 	if (!found_table)
 		for (uint32 i = 0; i < 2 * apikeys_usage_table.nsets; i++)
 			pg_atomic_init_u32(&apikeys_usage_dirty[i], 0);

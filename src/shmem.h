@@ -43,7 +43,6 @@ typedef struct FlushDbSlot
 	pid_t		worker_pid;		/* 0: none running */
 	bool		starting;
 	TimestampTz start_requested;	/* when `starting` was set */
-	bool		pressure;		/* a set was full of unwritten entries */
 } FlushDbSlot;
 
 typedef struct ApikeysShared
@@ -169,7 +168,7 @@ typedef struct UsageEntry
 	int64		counts_inflight[VERDICT_COUNT];
 	bool		dirty;			/* something to flush */
 	bool		flushing;		/* counts in flight: keep until settled */
-	bool		capped_marked;	/* its bit is set in apikeys_usage_capped */
+	bool		urgent_marked;	/* its bit is set in apikeys_usage_urgent */
 	TransactionId inflight_xid; /* the flush that wrote counts_inflight, or invalid */
 } UsageEntry;
 
@@ -190,12 +189,13 @@ apikeys_inflight_visible(TransactionId inflight_xid, Snapshot snapshot)
 /*
  * Which ways of each usage set hold unwritten counts (bit w: way w), so the
  * flush worker reads a few bytes per set instead of every entry: any counts
- * (apikeys_usage_dirty), and a usage cap's count (apikeys_usage_capped).
- * Set by verify under the entry's spinlock, cleared by the worker when it
- * takes the counts.
+ * (apikeys_usage_dirty, written within usage_write_delay), and those to
+ * write at the next turn (apikeys_usage_urgent: a usage cap's count, and the
+ * entries of sets that filled up).  Set by verify, cleared by the worker
+ * when it takes the counts; a stale bit is dropped then.
  */
 extern pg_atomic_uint32 *apikeys_usage_dirty;
-extern pg_atomic_uint32 *apikeys_usage_capped;
+extern pg_atomic_uint32 *apikeys_usage_urgent;
 
 typedef struct RateVerdict
 {

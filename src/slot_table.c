@@ -6,10 +6,13 @@
 #include "common/hashfn.h"
 #include "storage/shmem.h"
 
+/* enough sets for nentries, a whole number of them per lock partition */
 uint32
 slot_sets_for(int nentries)
 {
-	return Max((nentries + SLOT_WAYS - 1) / SLOT_WAYS, 1);
+	uint32		sets = (nentries + SLOT_WAYS - 1) / SLOT_WAYS;
+
+	return Max((sets + SLOT_PARTITIONS - 1) / SLOT_PARTITIONS, 1) * SLOT_PARTITIONS;
 }
 
 static Size
@@ -48,12 +51,10 @@ slot_table_init(SlotTable *t, const char *name, int nentries, Size entry_size,
 		memset(t->tags, 0, slot_table_size(nentries, entry_size));
 }
 
-SlotHeader *
-slot_find(const SlotTable *t, uint32 hash, const void *key)
+static SlotHeader *
+find_in_set(const SlotTable *t, uint32 set, uint32 tag, const void *key)
 {
-	uint32		set = slot_set(t, hash);
 	const uint32 *tags = &t->tags[(Size) set * SLOT_WAYS];
-	uint32		tag = tag_of(hash);
 
 	for (int w = 0; w < SLOT_WAYS; w++)
 	{
@@ -69,39 +70,56 @@ slot_find(const SlotTable *t, uint32 hash, const void *key)
 }
 
 SlotHeader *
+slot_find(const SlotTable *t, uint32 hash, const void *key)
+{
+	uint32		home = slot_set(t, hash);
+	uint32		alt = slot_alt_set(t, hash);
+	SlotHeader *e = find_in_set(t, home, tag_of(hash), key);
+
+	if (e == NULL && alt != home)
+		e = find_in_set(t, alt, tag_of(hash), key);
+	return e;
+}
+
+SlotHeader *
 slot_claim(const SlotTable *t, uint32 hash, const void *key,
 		   bool (*may_evict) (const SlotHeader *), bool *evicted)
 {
-	uint32		set = slot_set(t, hash);
-	uint32	   *tags = &t->tags[(Size) set * SLOT_WAYS];
+	uint32		sets[2] = {slot_set(t, hash), slot_alt_set(t, hash)};
+	int			nsets = sets[1] == sets[0] ? 1 : 2;
 	SlotHeader *victim = NULL;
+	uint32		victim_set = 0;
 	int			victim_way = -1;
 
 	*evicted = false;
-	for (int w = 0; w < SLOT_WAYS; w++)
-	{
-		SlotHeader *e = slot_entry(t, set, w);
+	/* a free way, home first; else the least recently used evictable entry */
+	for (int i = 0; i < nsets && (victim == NULL || victim->used); i++)
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			SlotHeader *e = slot_entry(t, sets[i], w);
 
-		if (!e->used)
-		{
-			victim = e;
-			victim_way = w;
-			break;
+			if (!e->used)
+			{
+				victim = e;
+				victim_set = sets[i];
+				victim_way = w;
+				break;
+			}
+			if ((may_evict == NULL || may_evict(e)) &&
+				(victim == NULL || e->last_use < victim->last_use))
+			{
+				victim = e;
+				victim_set = sets[i];
+				victim_way = w;
+			}
 		}
-		if ((may_evict == NULL || may_evict(e)) &&
-			(victim == NULL || e->last_use < victim->last_use))
-		{
-			victim = e;
-			victim_way = w;
-		}
-	}
 	if (victim == NULL)
 		return NULL;
 	*evicted = victim->used;
 	memset(victim, 0, t->entry_size);
 	memcpy((char *) victim + t->key_offset, key, t->key_size);
 	victim->used = true;
-	tags[victim_way] = tag_of(hash);
+	t->tags[(Size) victim_set * SLOT_WAYS + victim_way] = tag_of(hash);
 	return victim;
 }
 

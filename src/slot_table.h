@@ -1,15 +1,22 @@
 /*
  * slot_table.h - a fixed-size, set-associative table in shared memory.
  *
- * A key hashes to one set of SLOT_WAYS entries; a full set replaces its
- * least recently used entry that the caller allows to go.  Constant time,
+ * A key may live in two sets of SLOT_WAYS entries: its home set, and an
+ * alternative chosen by a second hash among the sets of the same lock
+ * partition (so one lock covers both).  It goes home when there is room,
+ * else to a free way of the alternative, else it replaces the least recently
+ * used entry of the two that the caller allows to go.  With one set only,
+ * about 8 % of the sets of a table sized 1.5 x its keys get more than
+ * SLOT_WAYS keys and thrash while the table is two thirds empty; with two
+ * choices that practically never happens.  Lookups read the home set's tags,
+ * and the alternative's only when the key is not at home.  Constant time,
  * constant size, no allocation: what the verify path needs.  Each set also
  * has a line of SLOT_WAYS 32-bit hash tags, so a lookup reads one cache line
  * of tags and then only the entry whose tag matches, instead of SLOT_WAYS
  * entries scattered over as many lines (with a million keys that is the
  * difference between one and eight memory stalls).  Sets are guarded by
- * SLOT_PARTITIONS LWLocks (set % SLOT_PARTITIONS): shared to read, exclusive
- * to insert or evict.
+ * SLOT_PARTITIONS LWLocks (set % SLOT_PARTITIONS; the number of sets is a
+ * multiple of SLOT_PARTITIONS): shared to read, exclusive to insert or evict.
  */
 #ifndef APIKEYS_SLOT_TABLE_H
 #define APIKEYS_SLOT_TABLE_H
@@ -52,11 +59,26 @@ slot_hash(const SlotTable *t, const void *key)
 	return hash_bytes((const unsigned char *) key, (int) t->key_size);
 }
 
-/* the set a key's hash falls in */
+/* a key's home set; its partition lock also covers the alternative set */
 static inline uint32
 slot_set(const SlotTable *t, uint32 hash)
 {
 	return hash % t->nsets;
+}
+
+/*
+ * A key's alternative set: another set of the same partition, picked by a
+ * second hash (the home set itself when the partition has only one).
+ */
+static inline uint32
+slot_alt_set(const SlotTable *t, uint32 hash)
+{
+	uint32		per_partition = t->nsets / SLOT_PARTITIONS;
+	uint32		home = slot_set(t, hash);
+
+	if (per_partition < 2)
+		return home;
+	return (home + SLOT_PARTITIONS * (1 + murmurhash32(hash) % (per_partition - 1))) % t->nsets;
 }
 
 static inline LWLock *
@@ -82,8 +104,9 @@ slot_index(const SlotTable *t, const SlotHeader *e)
 extern SlotHeader *slot_find(const SlotTable *t, uint32 hash, const void *key);
 
 /*
- * A free entry of set, else the least recently used one that may_evict()
- * accepts (NULL: any), else NULL.  Needs the partition lock exclusive.  The
+ * A free entry of the key's home set, else of its alternative set, else the
+ * least recently used entry of the two that may_evict() accepts (NULL: any),
+ * else NULL.  Needs the partition lock exclusive.  The
  * entry comes back with its key set and used = true; the caller fills the
  * rest.
  */

@@ -47,6 +47,30 @@ usage_evictable(const SlotHeader *h)
 }
 
 /*
+ * The key's two sets are full of unwritten entries (of any database): have
+ * those written at the workers' next turn, and wake the workers, unless an
+ * earlier call did so already.  Writing everything instead would cost the
+ * worker seconds for a handful of entries.
+ */
+static void
+hurry_sets(uint32 hash)
+{
+	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
+	slot_alt_set(&apikeys_usage_table, hash)};
+	bool		news = false;
+
+	for (int i = 0; i < 2; i++)
+	{
+		uint32		dirty = pg_atomic_read_u32(&apikeys_usage_dirty[sets[i]]);
+		uint32		before = pg_atomic_fetch_or_u32(&apikeys_usage_urgent[sets[i]], dirty);
+
+		news |= (dirty & ~before) != 0;
+	}
+	if (news)
+		apikeys_flush_worker_hurry();
+}
+
+/*
  * Find or create the entry of a key and return it with its partition lock
  * held (*lock; the caller releases it), so it cannot be evicted while in use.
  * NULL, with no lock held, when the key's set is full of unflushed entries.
@@ -95,10 +119,9 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	}
 	if (entry == NULL)
 	{
-		/* the set is full of unwritten entries (of any database): write them now */
 		LWLockRelease(*lock);
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
-		apikeys_flush_worker_hurry();
+		hurry_sets(hash);
 	}
 	return entry;
 }
@@ -150,10 +173,10 @@ count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
 		e->last_used_at = now;
 	if (!e->dirty)
 		pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], bit);
-	if (e->base_loaded && !e->capped_marked)
+	if (e->base_loaded && !e->urgent_marked)
 	{
-		pg_atomic_fetch_or_u32(&apikeys_usage_capped[idx / SLOT_WAYS], bit);
-		e->capped_marked = true;
+		pg_atomic_fetch_or_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], bit);
+		e->urgent_marked = true;
 	}
 	e->dirty = true;
 }

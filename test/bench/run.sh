@@ -5,6 +5,7 @@
 #   BENCH_KEYS=100000 BENCH_SECONDS=5 test/bench/run.sh
 #   BENCH_SIZES="1000 100000 1000000 10000000" BENCH_LATENCY_ONLY=1 \
 #       BENCH_SHARED_BUFFERS=6GB test/bench/run.sh    # latency by size only
+#   BENCH_HUGE_PAGES=0 test/bench/run.sh     # 4 kB pages (default: 2 MB when root)
 #
 # One throwaway server (apikeys preloaded), pgbench in prepared mode with 4
 # clients, one run each, printing transactions per second and the ratios
@@ -24,12 +25,36 @@ BENCH_DIR="$ROOT/test/bench"
 
 ensure_deps
 build_install
-trap 'cluster_stop $NAME' EXIT
 # The policy cache and the usage table are sized for every key to stay in
-# shared memory (1.5 x the keys: sets are 8-way): about 900 MB at 1M keys.
+# shared memory (1.5 x the keys): about 900 MB at 1M keys.
 SLOTS=$(( KEYS * 3 / 2 ))
+# Huge pages, as PostgreSQL recommends for a shared memory this size: 2 MB
+# pages are reserved for the run (vm.nr_hugepages, root only) and given back
+# after.  With 4 kB pages every new backend takes a page fault for each page
+# of the cache it touches, and misses the TLB on most lookups: about 10 %
+# of the random-key run.  BENCH_HUGE_PAGES=0: plain pages.
+HUGE="huge_pages = off"
+OLD_HUGE=
+if [ "${BENCH_HUGE_PAGES:-1}" = 1 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+	OLD_HUGE=$(cat /proc/sys/vm/nr_hugepages)
+	sb_mb=$(echo "$SHARED_BUFFERS" | awk '/GB$/ {print $0 * 1024; next} {print $0 + 0}')
+	need=$(( OLD_HUGE + sb_mb / 2 + SLOTS * 600 / 2097152 + 256 ))
+	echo "$need" > /proc/sys/vm/nr_hugepages
+	if [ "$(cat /proc/sys/vm/nr_hugepages)" = "$need" ]; then
+		HUGE="huge_pages = on"
+	else
+		echo "$OLD_HUGE" > /proc/sys/vm/nr_hugepages
+		OLD_HUGE=
+	fi
+fi
+say "shared memory: $HUGE"
+finish() {
+	cluster_stop $NAME
+	[ -z "$OLD_HUGE" ] || echo "$OLD_HUGE" > /proc/sys/vm/nr_hugepages
+}
+trap finish EXIT
 cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '$SHARED_BUFFERS'" "fsync = on" \
-	"max_connections = 50" "apikeys.cache_entries = $SLOTS" "apikeys.tracked_keys = $SLOTS"
+	"max_connections = 50" "apikeys.cache_entries = $SLOTS" "apikeys.tracked_keys = $SLOTS" "$HUGE"
 psql_b() { cluster_psql $NAME $PORT -q -d postgres "$@"; }
 
 # pgbench_tps SCRIPT [extra args]: one run, prints tps
@@ -82,15 +107,36 @@ grow_to() {
 }
 
 # quiet: every pending usage count written (write delay 0 until then, then
-# back to the default) and a checkpoint, so that no run pays for the writes
-# of the one before it (the usage worker's, or the hand-written UPDATEs')
+# back to the default), no autovacuum at work, and a checkpoint, so that no
+# run pays for the writes of the one before it (the usage worker's, the
+# hand-written UPDATEs', or the vacuum they call for)
 quiet() {
 	psql_b -c "ALTER SYSTEM SET apikeys.usage_write_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
 	for i in $(seq 1 300); do
 		[ "$(psql_b -At -c "SELECT unflushed_keys FROM apikeys.runtime")" = 0 ] && break
 		sleep 1
 	done
+	for i in $(seq 1 300); do
+		[ "$(psql_b -At -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ] && break
+		sleep 1
+	done
 	psql_b -c "ALTER SYSTEM RESET apikeys.usage_write_delay" -c "SELECT pg_reload_conf()" -c "CHECKPOINT" >/dev/null
+	idle_machine
+}
+
+# idle_machine: wait (2 minutes at most) until the CPUs are 95 % idle over
+# 2 seconds: the kernel may still be writing back or compacting memory after
+# a load, and that lands on whichever run comes next
+idle_machine() {
+	local a b
+	for i in $(seq 1 60); do
+		a=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+		sleep 2
+		b=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+		awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+			exit !((y[1] - x[1]) >= 0.95 * (y[2] - x[2])) }' && return 0
+	done
+	echo "warning: the machine did not become idle" >&2
 }
 
 fixed_script() {
