@@ -491,6 +491,26 @@ BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT status, role_after, tenant FROM pg_temp.req('GET', '/items2', jsonb_build_object('x-api-key', :'owner_key'));
 SELECT current_user, tenant, note FROM api.owned;
 ROLLBACK;
+-- the check's answers are cached per backend and follow every change
+\c - :su
+SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS forced_owner,
+       apikeys._role_skips_rls('regress_owner_heir'::regrole) AS forced_heir;
+ALTER TABLE api.owned NO FORCE ROW LEVEL SECURITY;
+SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS unforced_owner,
+       apikeys._role_skips_rls('regress_owner_heir'::regrole) AS unforced_heir;
+REVOKE regress_owner FROM regress_owner_heir;
+SELECT apikeys._role_skips_rls('regress_owner_heir'::regrole) AS heir_no_longer_member;
+GRANT regress_owner TO regress_owner_heir;
+ALTER TABLE api.owned FORCE ROW LEVEL SECURITY;
+SELECT apikeys._role_skips_rls('regress_owner_heir'::regrole) AS heir_again_forced;
+-- not callable by the request's roles (it is the gate's, run as owner)
+SET ROLE regress_api;
+SELECT apikeys._role_skips_rls('regress_owner'::regrole);
+RESET ROLE;
+\c - regress_authenticator
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+:helpers
 \x on
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT c.who, r.*

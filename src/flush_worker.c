@@ -698,6 +698,7 @@ apikeys_flush_main(Datum arg)
 	Oid			dbid = DatumGetObjectId(arg);
 	FlushDbSlot *slot;
 	TimestampTz last_work = GetCurrentTimestamp();
+	TimestampTz next_turn;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, flush_sigterm);
@@ -735,25 +736,45 @@ apikeys_flush_main(Datum arg)
 	SpinLockRelease(&apikeys_shared->db_mutex);
 	before_shmem_exit(flush_exit, ObjectIdGetDatum(dbid));
 
+	/*
+	 * A turn at once: sets may have been marked urgent while this worker was
+	 * starting, with nobody to wake.  Then a turn every flush_interval or
+	 * when woken (usage.c hurries), and in between, while written batches
+	 * wait to be retired (their entries cannot be evicted until then), a
+	 * look every 100 ms that retires them and writes nothing.
+	 */
+	next_turn = GetCurrentTimestamp();
 	while (!got_sigterm)
 	{
-		/*
-		 * Written entries stay pinned (not evictable) until retired: come
-		 * back for them soon, whatever the interval.
-		 */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 written != NIL ? Min(apikeys_flush_interval_ms, 100) : apikeys_flush_interval_ms,
-						 PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		TimestampTz now = GetCurrentTimestamp();
+		int			rc = 0;
+
+		if (now < next_turn)
+		{
+			long		wait_ms = (long) ((next_turn - now + 999) / 1000);
+
+			if (written != NIL)
+				wait_ms = Min(wait_ms, 100);
+			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   wait_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		now = GetCurrentTimestamp();
+		if (!(rc & WL_LATCH_SET) && now < next_turn)
+		{
+			retire_written(false);
+			continue;
+		}
+		next_turn = now + (int64) apikeys_flush_interval_ms * 1000;
 		if (flush_once(dbid, false) > 0)
-			last_work = GetCurrentTimestamp();
-		else if (TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), IDLE_EXIT_MS))
+			last_work = now;
+		else if (TimestampDifferenceExceeds(last_work, now, IDLE_EXIT_MS))
 			break;
 	}
 	/* clean shutdown or idle: write what is left, free every entry */

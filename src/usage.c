@@ -68,6 +68,8 @@ hurry_sets(uint32 hash)
 	}
 	if (news)
 		apikeys_flush_worker_hurry();
+	/* a worker that is not running yet writes urgent sets at its first turn */
+	apikeys_flush_worker_wake(MyDatabaseId);
 }
 
 /*
