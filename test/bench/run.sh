@@ -170,13 +170,15 @@ say "throughput ($CLIENTS clients, prepared, ${SECS}s each)"
 # a short unmeasured run first: the first run after the warm-up's writes and
 # checkpoint is consistently slower, whatever it runs
 SECS=3 pgbench_tps "$BENCH_DIR/select1.sql" >/dev/null
+# (5) right after (1): both are a few microseconds of server time, so a
+# drift of the machine between distant runs would swamp their difference
 T_SELECT1=$(pgbench_tps "$BENCH_DIR/select1.sql")
+T_BAD=$(pgbench_tps "$BENCH_DIR/malformed.sql")
 T_FIXED=$(pgbench_tps "$(fixed_script "$FIXED")")
 T_RANDOM=$(pgbench_tps "$BENCH_DIR/verify_random.sql" -D nkeys="$KEYS")
 T_FETCH=$(pgbench_tps "$BENCH_DIR/fetch_random.sql" -D nkeys="$KEYS")
 T_HW=$(pgbench_tps "$BENCH_DIR/handwritten.sql" -D nkeys="$KEYS")
 T_HWRO=$(pgbench_tps "$BENCH_DIR/handwritten_ro.sql" -D nkeys="$KEYS")
-T_BAD=$(pgbench_tps "$BENCH_DIR/malformed.sql")
 T_CREATE=$(pgbench_tps "$BENCH_DIR/create.sql")
 T_ROTATE=$(pgbench_tps "$BENCH_DIR/rotate.sql")
 
