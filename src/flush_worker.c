@@ -594,6 +594,16 @@ lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 	return TARGET_READY;
 }
 
+/*
+ * The turn under way, for flush_exit: a FATAL error (a cancel outside the
+ * turn's transaction, out of memory while collecting) ends the worker
+ * without settling its entries, which would stay in flight, never written
+ * again nor evicted.
+ */
+static FlushItem *turn_items = NULL;
+static int	turn_n = 0;
+static TransactionId turn_xid = InvalidTransactionId;
+
 /* One turn: collect, write, settle.  Returns how many keys were written. */
 static int
 flush_once(Oid dbid, bool all)
@@ -611,6 +621,9 @@ flush_once(Oid dbid, bool all)
 
 	retire_written(false);
 	items = collect_turn(dbid, all, &n);
+	turn_items = (FlushItem *) items;
+	turn_n = n;
+	turn_xid = InvalidTransactionId;
 	if (n == 0)
 	{
 		MemoryContextSwitchTo(old);
@@ -621,6 +634,8 @@ flush_once(Oid dbid, bool all)
 	{
 		/* a standby cannot write: drop the counts (documented) */
 		settle((FlushItem *) items, n, true);
+		turn_items = NULL;
+		turn_n = 0;
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
 		return 0;
@@ -637,7 +652,10 @@ flush_once(Oid dbid, bool all)
 		if (target == TARGET_READY)
 			ok = write_batch(usage, usage_pkey, (FlushItem *) items, n);
 		if (ok && TransactionIdIsValid(xid = GetCurrentTransactionIdIfAny()))
+		{
+			turn_xid = xid;
 			stamp_inflight((FlushItem *) items, n, xid);
+		}
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -661,6 +679,8 @@ flush_once(Oid dbid, bool all)
 		keep_written((FlushItem *) items, n, xid);
 	else
 		settle((FlushItem *) items, n, ok || target == TARGET_GONE);
+	turn_items = NULL;
+	turn_n = 0;
 	if (ok)
 	{
 		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
@@ -673,16 +693,64 @@ flush_once(Oid dbid, bool all)
 	return ok ? n : 0;
 }
 
+/* Are entries of dbid waiting to be written? */
+static bool
+db_has_dirty(Oid dbid)
+{
+	const SlotTable *t = &apikeys_usage_table;
+
+	for (uint32 set = 0; set < t->nsets; set++)
+	{
+		uint32		mask = pg_atomic_read_u32(&apikeys_usage_dirty[set]);
+		bool		found = false;
+
+		if (mask == 0)
+			continue;
+		LWLockAcquire(slot_lock(t, set), LW_SHARED);
+		for (int w = 0; w < SLOT_WAYS && !found; w++)
+		{
+			const UsageEntry *e = (const UsageEntry *) slot_entry(t, set, w);
+
+			found = (mask & (1U << w)) && e->hdr.used && e->key.dbid == dbid;
+		}
+		LWLockRelease(slot_lock(t, set));
+		if (found)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Whatever ended the worker: settle what it had in flight, free its slot,
+ * and, unless it was told to stop (shutdown, DROP DATABASE, an
+ * administrator), start a successor when counts are still waiting: a
+ * verify that came during the last turn saw this worker and started none,
+ * and a quiet database would otherwise keep them unwritten.
+ */
 static void
 flush_exit(int code, Datum arg)
 {
-	FlushDbSlot *slot = db_slot(DatumGetObjectId(arg), false);
+	Oid			dbid = DatumGetObjectId(arg);
+	FlushDbSlot *slot;
+
+	/* a FATAL error may come with the turn's transaction and locks held */
+	AbortOutOfAnyTransaction();
+	if (turn_items != NULL)
+	{
+		bool		committed = TransactionIdIsValid(turn_xid) &&
+			TransactionIdDidCommit(turn_xid);
+
+		settle(turn_items, turn_n, committed);
+		turn_items = NULL;
+	}
+	retire_written(true);
 
 	/* free the slot: the next verify in this database takes one again */
+	slot = db_slot(dbid, false);
 	if (slot)
 	{
 		SpinLockAcquire(&apikeys_shared->db_mutex);
-		if (slot->dbid == DatumGetObjectId(arg) && slot->worker_pid == MyProcPid)
+		if (slot->dbid == dbid && slot->worker_pid == MyProcPid)
 		{
 			slot->worker_pid = 0;
 			slot->starting = false;
@@ -690,6 +758,10 @@ flush_exit(int code, Datum arg)
 		}
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}
+	/* pairs with the verify's dirty mark before it looks for a worker */
+	pg_memory_barrier();
+	if (!got_sigterm && !IsBinaryUpgrade && db_has_dirty(dbid))
+		apikeys_flush_worker_wake(dbid);
 }
 
 void
@@ -757,7 +829,9 @@ apikeys_flush_main(Datum arg)
 				wait_ms = Min(wait_ms, 100);
 			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						   wait_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
+			/* a set that came after a timeout stays, for the next wait */
+			if (rc & WL_LATCH_SET)
+				ResetLatch(MyLatch);
 		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -7,9 +7,10 @@
  *
  * Answering means reading all of pg_class (owners have no index), about
  * 0.5 ms with a few thousand relations: too much for every request.  So the
- * answers are kept per backend and forgotten on any change to pg_class or to
- * role membership (syscache invalidation, which also brings other sessions'
- * committed changes).
+ * answers are kept per backend and forgotten on any change to pg_class, to
+ * role membership, to roles (a superuser is a member of every role) or to
+ * databases (the owner is a member of pg_database_owner): syscache
+ * invalidation, which also brings other sessions' committed changes.
  */
 #include "apikeys.h"
 
@@ -33,10 +34,18 @@ static RoleAnswer answers[RLS_OWNER_CACHE];
 static int	nanswers = 0;
 static bool callbacks_registered = false;
 
+/*
+ * Bumped by every invalidation.  The scan reads pg_class with the snapshot
+ * it started with, and is_member_of_role may take in invalidations halfway
+ * (opening pg_auth_members): an answer is kept only if none came during it.
+ */
+static uint64 answers_generation = 0;
+
 static void
 forget_answers(Datum arg, int cacheid, uint32 hashvalue)
 {
 	nanswers = 0;
+	answers_generation++;
 }
 
 static bool
@@ -64,20 +73,24 @@ Datum
 apikeys_role_skips_rls(PG_FUNCTION_ARGS)
 {
 	Oid			role = PG_GETARG_OID(0);
+	uint64		generation;
 	bool		skips;
 
 	if (!callbacks_registered)
 	{
 		CacheRegisterSyscacheCallback(RELOID, forget_answers, (Datum) 0);
 		CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, forget_answers, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, forget_answers, (Datum) 0);
+		CacheRegisterSyscacheCallback(DATABASEOID, forget_answers, (Datum) 0);
 		callbacks_registered = true;
 	}
 	for (int i = 0; i < nanswers; i++)
 		if (answers[i].role == role)
 			PG_RETURN_BOOL(answers[i].skips);
 
+	generation = answers_generation;
 	skips = scan_pg_class(role);
-	if (nanswers < RLS_OWNER_CACHE)
+	if (generation == answers_generation && nanswers < RLS_OWNER_CACHE)
 	{
 		answers[nanswers].role = role;
 		answers[nanswers].skips = skips;

@@ -123,6 +123,13 @@ slot_claim(const SlotTable *t, uint32 hash, const void *key,
 	return victim;
 }
 
+void
+slot_release(const SlotTable *t, SlotHeader *e)
+{
+	e->used = false;
+	t->tags[slot_index(t, e)] = 0;
+}
+
 int64
 slot_count_used(const SlotTable *t)
 {

@@ -113,6 +113,9 @@ extern SlotHeader *slot_find(const SlotTable *t, uint32 hash, const void *key);
 extern SlotHeader *slot_claim(const SlotTable *t, uint32 hash, const void *key,
 							  bool (*may_evict) (const SlotHeader *), bool *evicted);
 
+/* free an entry (partition lock exclusive) */
+extern void slot_release(const SlotTable *t, SlotHeader *e);
+
 /* entries in use (approximate: no locks) */
 extern int64 slot_count_used(const SlotTable *t);
 

@@ -20,6 +20,7 @@
 #include "miscadmin.h"
 #include "utils/fmgroids.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 static TimestampTz evict_now;	/* the claiming call's clock, for usage_evictable */
 
@@ -47,13 +48,84 @@ usage_evictable(const SlotHeader *h)
 }
 
 /*
- * The key's two sets are full of unwritten entries (of any database): have
- * those written at the workers' next turn, and wake the workers, unless an
- * earlier call did so already.  Writing everything instead would cost the
- * worker seconds for a handful of entries.
+ * The databases whose entries fill the key's two sets (partition lock held):
+ * at most 2 x SLOT_WAYS, usually one.
+ */
+static int
+full_sets_databases(uint32 hash, Oid *dbids)
+{
+	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
+	slot_alt_set(&apikeys_usage_table, hash)};
+	int			n = 0;
+
+	for (int i = 0; i < 2; i++)
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			const UsageEntry *e = (const UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
+			int			k = 0;
+
+			if (!e->hdr.used)
+				continue;
+			while (k < n && dbids[k] != e->key.dbid)
+				k++;
+			if (k == n)
+				dbids[n++] = e->key.dbid;
+		}
+	return n;
+}
+
+/*
+ * Unwritten entries of a database dropped meanwhile (its worker never ran,
+ * or could not write before the drop) would hold their ways for ever:
+ * free them.  Removes those databases from dbids; true if any was freed.
+ */
+static bool
+forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
+{
+	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
+	slot_alt_set(&apikeys_usage_table, hash)};
+	LWLock	   *lock = slot_lock(&apikeys_usage_table, sets[0]);
+	bool		freed = false;
+	int			kept = 0;
+
+	for (int k = 0; k < *ndbs; k++)
+	{
+		if (dbids[k] == MyDatabaseId ||
+			SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbids[k])))
+		{
+			dbids[kept++] = dbids[k];
+			continue;
+		}
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		for (int i = 0; i < 2; i++)
+			for (int w = 0; w < SLOT_WAYS; w++)
+			{
+				UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
+				uint32		bit = 1U << w;
+
+				if (!e->hdr.used || e->key.dbid != dbids[k] || e->flushing)
+					continue;
+				slot_release(&apikeys_usage_table, &e->hdr);
+				pg_atomic_fetch_and_u32(&apikeys_usage_dirty[sets[i]], ~bit);
+				pg_atomic_fetch_and_u32(&apikeys_usage_urgent[sets[i]], ~bit);
+				freed = true;
+			}
+		LWLockRelease(lock);
+	}
+	*ndbs = kept;
+	return freed;
+}
+
+/*
+ * The key's two sets are full of unwritten entries of the databases dbids:
+ * have those written at the workers' next turn, and wake the workers,
+ * unless an earlier call did so already.  Writing everything instead would
+ * cost the worker seconds for a handful of entries.  A database may have no
+ * worker running (it exited, or is still starting): it gets one, which
+ * writes urgent sets at its first turn.
  */
 static void
-hurry_sets(uint32 hash)
+hurry_sets(uint32 hash, const Oid *dbids, int ndbs)
 {
 	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
 	slot_alt_set(&apikeys_usage_table, hash)};
@@ -68,8 +140,8 @@ hurry_sets(uint32 hash)
 	}
 	if (news)
 		apikeys_flush_worker_hurry();
-	/* a worker that is not running yet writes urgent sets at its first turn */
-	apikeys_flush_worker_wake(MyDatabaseId);
+	for (int i = 0; i < ndbs; i++)
+		apikeys_flush_worker_wake(dbids[i]);
 }
 
 /*
@@ -85,6 +157,7 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	uint32		set,
 					hash;
 	bool		evicted;
+	bool		retried = false;
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
@@ -99,6 +172,7 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 		return entry;
 	LWLockRelease(*lock);
 
+retry:
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
 	entry = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
 	evict_now = now;
@@ -121,9 +195,17 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	}
 	if (entry == NULL)
 	{
+		Oid			dbids[2 * SLOT_WAYS];
+		int			ndbs = full_sets_databases(hash, dbids);
+
 		LWLockRelease(*lock);
+		if (!retried && forget_dropped_databases(hash, dbids, &ndbs))
+		{
+			retried = true;
+			goto retry;
+		}
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
-		hurry_sets(hash);
+		hurry_sets(hash, dbids, ndbs);
 	}
 	return entry;
 }
