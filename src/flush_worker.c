@@ -179,6 +179,19 @@ typedef struct FlushList
 } FlushList;
 
 /*
+ * The turn under way, kept where flush_exit can see it: a FATAL error (a
+ * cancel outside the turn's transaction, out of memory while collecting)
+ * ends the worker without settling its entries, which would otherwise stay
+ * in flight, never written again nor evicted.  xid: the write's, once made.
+ * A turn takes at most TURN_MAX_ITEMS entries (144 MB of items); the rest
+ * stay marked for the next.
+ */
+#define TURN_MAX_ITEMS 1000000
+static FlushList turn = {NULL, 0, 0};
+static TransactionId turn_xid = InvalidTransactionId;
+static bool last_turn_ok = true;	/* the last turn wrote, or had nothing to */
+
+/*
  * Move the pending counts of dbid's entries marked in marks[from..to) to
  * in-flight and append them to list.  Only marked sets are locked and only
  * marked ways read.
@@ -206,6 +219,8 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 			/* still in flight from an earlier turn: its marks wait for it */
 			if (!(mask & bit) || !e->hdr.used || e->key.dbid != dbid || e->flushing)
 				continue;
+			if (list->n >= TURN_MAX_ITEMS)
+				break;
 			if (list->n == list->cap)
 			{
 				list->cap *= 2;
@@ -253,34 +268,35 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 static FlushItem *
 collect_turn(Oid dbid, bool all, int *n_out)
 {
+	FlushList  *list = &turn;
 	static uint32 cursor = 0;
 	static TimestampTz last_turn = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	int64		elapsed_ms = last_turn == 0 ? apikeys_flush_interval_ms : (now - last_turn) / 1000;
 	uint32		nsets = apikeys_usage_table.nsets;
 	uint32		per_turn = nsets;
-	FlushList	list;
 
-	list.cap = 256;
-	list.n = 0;
-	list.items = palloc(sizeof(FlushItem) * list.cap);
+	list->cap = 256;
+	list->n = 0;
+	list->items = palloc(sizeof(FlushItem) * list->cap);
+	turn_xid = InvalidTransactionId;
 
-	collect(dbid, apikeys_usage_urgent, 0, nsets, &list);
+	collect(dbid, apikeys_usage_urgent, 0, nsets, list);
 	/* the share of the table for the time since the last turn (turns run late) */
 	last_turn = now;
 	if (!all && apikeys_write_delay_ms > elapsed_ms && elapsed_ms >= 0)
 		per_turn = Max((uint32) ((uint64) nsets * elapsed_ms / apikeys_write_delay_ms), 1);
 	if (per_turn >= nsets)
-		collect(dbid, apikeys_usage_dirty, 0, nsets, &list);
+		collect(dbid, apikeys_usage_dirty, 0, nsets, list);
 	else
 	{
 		uint32		end = Min(cursor + per_turn, nsets);
 
-		collect(dbid, apikeys_usage_dirty, cursor, end, &list);
+		collect(dbid, apikeys_usage_dirty, cursor, end, list);
 		cursor = end == nsets ? 0 : end;
 	}
-	*n_out = list.n;
-	return list.items;
+	*n_out = list->n;
+	return list->items;
 }
 
 /*
@@ -401,9 +417,9 @@ retire_written(bool all)
 	TransactionId horizon = GetOldestXmin(NULL, PROCARRAY_FLAGS_VACUUM);
 #endif
 	TimestampTz now = GetCurrentTimestamp();
-	List	   *keep = NIL;
 	ListCell   *lc;
 
+	/* in place, allocating nothing: flush_exit calls this after any error */
 	foreach(lc, written)
 	{
 		WrittenBatch *b = lfirst(lc);
@@ -411,20 +427,12 @@ retire_written(bool all)
 		if (all || TransactionIdPrecedes(b->xid, horizon) ||
 			TimestampDifferenceExceeds(b->at, now, WRITTEN_KEEP_MS))
 		{
+			written = foreach_delete_current(written, lc);
 			settle(b->items, b->n, true);
 			pfree(b->items);
 			pfree(b);
 		}
-		else
-		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-			keep = lappend(keep, b);
-			MemoryContextSwitchTo(old);
-		}
 	}
-	list_free(written);
-	written = keep;
 }
 
 /*
@@ -594,16 +602,6 @@ lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 	return TARGET_READY;
 }
 
-/*
- * The turn under way, for flush_exit: a FATAL error (a cancel outside the
- * turn's transaction, out of memory while collecting) ends the worker
- * without settling its entries, which would stay in flight, never written
- * again nor evicted.
- */
-static FlushItem *turn_items = NULL;
-static int	turn_n = 0;
-static TransactionId turn_xid = InvalidTransactionId;
-
 /* One turn: collect, write, settle.  Returns how many keys were written. */
 static int
 flush_once(Oid dbid, bool all)
@@ -621,11 +619,11 @@ flush_once(Oid dbid, bool all)
 
 	retire_written(false);
 	items = collect_turn(dbid, all, &n);
-	turn_items = (FlushItem *) items;
-	turn_n = n;
-	turn_xid = InvalidTransactionId;
 	if (n == 0)
 	{
+		turn.n = 0;
+		turn.items = NULL;
+		last_turn_ok = true;
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
 		return 0;
@@ -634,8 +632,8 @@ flush_once(Oid dbid, bool all)
 	{
 		/* a standby cannot write: drop the counts (documented) */
 		settle((FlushItem *) items, n, true);
-		turn_items = NULL;
-		turn_n = 0;
+		turn.n = 0;
+		turn.items = NULL;
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
 		return 0;
@@ -679,8 +677,9 @@ flush_once(Oid dbid, bool all)
 		keep_written((FlushItem *) items, n, xid);
 	else
 		settle((FlushItem *) items, n, ok || target == TARGET_GONE);
-	turn_items = NULL;
-	turn_n = 0;
+	turn.n = 0;
+	turn.items = NULL;
+	last_turn_ok = ok || target == TARGET_GONE;
 	if (ok)
 	{
 		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
@@ -721,32 +720,27 @@ db_has_dirty(Oid dbid)
 }
 
 /*
- * Whatever ended the worker: settle what it had in flight, free its slot,
- * and, unless it was told to stop (shutdown, DROP DATABASE, an
- * administrator), start a successor when counts are still waiting: a
+ * Whatever ended the worker: free its slot (first: nothing after may fail
+ * the exit), settle what it had in flight, and start a successor when its
+ * database's counts still wait, unless it was told to stop (shutdown, DROP
+ * DATABASE, an administrator), runs on a standby, or its last turn failed
+ * (a successor would fail the same way; the next verify starts one).  A
  * verify that came during the last turn saw this worker and started none,
- * and a quiet database would otherwise keep them unwritten.
+ * and a quiet database would otherwise keep its counts unwritten.  The
+ * slot keeps the database and its last start time, so successors start at
+ * most once a second (apikeys_flush_worker_wake).
  */
 static void
 flush_exit(int code, Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	FlushDbSlot *slot;
+	FlushDbSlot *slot = db_slot(dbid, false);
 
-	/* a FATAL error may come with the turn's transaction and locks held */
-	AbortOutOfAnyTransaction();
-	if (turn_items != NULL)
-	{
-		bool		committed = TransactionIdIsValid(turn_xid) &&
-			TransactionIdDidCommit(turn_xid);
-
-		settle(turn_items, turn_n, committed);
-		turn_items = NULL;
-	}
-	retire_written(true);
-
-	/* free the slot: the next verify in this database takes one again */
-	slot = db_slot(dbid, false);
+	/*
+	 * A FATAL error may come with the turn's transaction open and, out of
+	 * one (collecting), a partition lock held.
+	 */
+	LWLockReleaseAll();
 	if (slot)
 	{
 		SpinLockAcquire(&apikeys_shared->db_mutex);
@@ -754,13 +748,25 @@ flush_exit(int code, Datum arg)
 		{
 			slot->worker_pid = 0;
 			slot->starting = false;
-			slot->dbid = InvalidOid;
 		}
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}
+	AbortOutOfAnyTransaction();
+	if (turn.items != NULL)
+	{
+		bool		committed = TransactionIdIsValid(turn_xid) &&
+			TransactionIdDidCommit(turn_xid);
+
+		settle(turn.items, turn.n, committed);
+		turn.items = NULL;
+		turn.n = 0;
+	}
+	retire_written(true);
+
 	/* pairs with the verify's dirty mark before it looks for a worker */
 	pg_memory_barrier();
-	if (!got_sigterm && !IsBinaryUpgrade && db_has_dirty(dbid))
+	if (!got_sigterm && !IsBinaryUpgrade && !RecoveryInProgress() &&
+		(code != 0 || last_turn_ok) && db_has_dirty(dbid))
 		apikeys_flush_worker_wake(dbid);
 }
 
@@ -852,7 +858,8 @@ apikeys_flush_main(Datum arg)
 			break;
 	}
 	/* clean shutdown or idle: write what is left, free every entry */
-	flush_once(dbid, true);
+	while (flush_once(dbid, true) >= TURN_MAX_ITEMS)
+		;
 	retire_written(true);
 	proc_exit(0);
 }

@@ -19,6 +19,7 @@
 #include "access/table.h"
 #include "miscadmin.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -88,6 +89,12 @@ forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 	bool		freed = false;
 	int			kept = 0;
 
+	/*
+	 * A database created during this statement must be seen: its entries
+	 * are live.  Its creation committed before any of them existed.
+	 */
+	AcceptInvalidationMessages();
+	InvalidateCatalogSnapshot();
 	for (int k = 0; k < *ndbs; k++)
 	{
 		if (dbids[k] == MyDatabaseId ||
