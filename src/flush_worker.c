@@ -726,15 +726,17 @@ db_has_dirty(Oid dbid)
  * DATABASE, an administrator), runs on a standby, or its last turn failed
  * (a successor would fail the same way; the next verify starts one).  A
  * verify that came during the last turn saw this worker and started none,
- * and a quiet database would otherwise keep its counts unwritten.  The
- * slot keeps the database and its last start time, so successors start at
- * most once a second (apikeys_flush_worker_wake).
+ * and a quiet database would otherwise keep its counts unwritten.  A
+ * worker that lived less than a second leaves its start time in the slot,
+ * so its successor waits for the rest of that second
+ * (apikeys_flush_worker_wake).
  */
 static void
 flush_exit(int code, Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
 	FlushDbSlot *slot = db_slot(dbid, false);
+	TimestampTz now = GetCurrentTimestamp();
 
 	/*
 	 * A FATAL error may come with the turn's transaction open and, out of
@@ -748,6 +750,9 @@ flush_exit(int code, Datum arg)
 		{
 			slot->worker_pid = 0;
 			slot->starting = false;
+			/* one that died young keeps its start time: no crash loop */
+			if (now - slot->start_requested >= 1000 * (int64) 1000)
+				slot->start_requested = 0;
 		}
 		SpinLockRelease(&apikeys_shared->db_mutex);
 	}

@@ -6,7 +6,9 @@
 #     = 100: 512 entries);
 #   - after DROP DATABASE gone, verifies in postgres find their sets full
 #     of the dropped database's entries: those are freed, and every use is
-#     tracked (none dropped), with rate limits enforced.
+#     tracked (none dropped), with rate limits enforced.  50 keys in 64
+#     sets of 8: more than 8 of them in one set (which no freeing can help)
+#     is practically impossible; with 100 it happens in about 0.2 % of runs.
 #
 # Own cluster: tmp/t_dropdb, port 54386; stopped on exit.  Exit 0 = pass.
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
@@ -32,7 +34,7 @@ dropped() { q postgres -c "SELECT tracking_dropped FROM apikeys.runtime"; }
 cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" "apikeys.tracked_keys = 100" \
 	"max_worker_processes = 0" "max_logical_replication_workers = 0" \
 	"apikeys.flush_interval = '1h'" "apikeys.usage_write_delay = '1h'"
-setup postgres 100
+setup postgres 50
 q postgres -c "CREATE DATABASE gone" >/dev/null
 setup gone 1000
 [ "$(q postgres -c "SELECT tracked_capacity FROM apikeys.runtime")" = 512 ] || die "tracked_capacity is not 512"
@@ -56,7 +58,7 @@ codes=$(q postgres -c "SELECT string_agg(code, ',' ORDER BY code) FROM (
 	die "verify in postgres failed: the table is still full of the dropped database's entries"
 after=$(dropped)
 [ "$after" = "$before" ] || die "$((after - before)) uses dropped after the DROP (table still full)"
-[ "$(q postgres -c "SELECT count(*) FROM apikeys.key_usage WHERE valid = 1 AND rate_limited = 1")" = 100 ] ||
-	die "the 100 keys are not each counted once valid, once rate limited (codes: $codes)"
-ok "100 keys tracked, each valid once then rate_limited: no use dropped"
+[ "$(q postgres -c "SELECT count(*) FROM apikeys.key_usage WHERE valid = 1 AND rate_limited = 1")" = 50 ] ||
+	die "the 50 keys are not each counted once valid, once rate limited (codes: $codes)"
+ok "50 keys tracked, each valid once then rate_limited: no use dropped"
 echo "ok: a dropped database's unwritten usage entries are freed when their ways are needed"

@@ -68,6 +68,7 @@ wait_for "the old snapshot" \
 	"qa -c \"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()\"" 1
 verify 3
 wait_for "uses written" written 3
+sleep 1		# a worker cancelled younger than 1 s has its successor wait that long
 cancel_worker
 ok "worker cancelled with a written batch waiting to be retired"
 qa -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()" >/dev/null
