@@ -85,8 +85,8 @@ SlotHeader *
 slot_claim(const SlotTable *t, uint32 hash, const void *key,
 		   bool (*may_evict) (const SlotHeader *), bool *evicted)
 {
-	uint32		sets[2] = {slot_set(t, hash), slot_alt_set(t, hash)};
-	int			nsets = sets[1] == sets[0] ? 1 : 2;
+	uint32		sets[2];
+	int			nsets = slot_sets_of(t, hash, sets);
 	SlotHeader *victim = NULL;
 	uint32		victim_set = 0;
 	int			victim_way = -1;

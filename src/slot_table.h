@@ -81,6 +81,15 @@ slot_alt_set(const SlotTable *t, uint32 hash)
 	return (home + SLOT_PARTITIONS * (1 + murmurhash32(hash) % (per_partition - 1))) % t->nsets;
 }
 
+/* The sets a key may sit in, home first: 2, or 1 when they are the same. */
+static inline int
+slot_sets_of(const SlotTable *t, uint32 hash, uint32 sets[2])
+{
+	sets[0] = slot_set(t, hash);
+	sets[1] = slot_alt_set(t, hash);
+	return sets[1] == sets[0] ? 1 : 2;
+}
+
 static inline LWLock *
 slot_lock(const SlotTable *t, uint32 set)
 {

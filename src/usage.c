@@ -55,11 +55,11 @@ usage_evictable(const SlotHeader *h)
 static int
 full_sets_databases(uint32 hash, Oid *dbids)
 {
-	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
-	slot_alt_set(&apikeys_usage_table, hash)};
+	uint32		sets[2];
+	int			nsets = slot_sets_of(&apikeys_usage_table, hash, sets);
 	int			n = 0;
 
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < nsets; i++)
 		for (int w = 0; w < SLOT_WAYS; w++)
 		{
 			const UsageEntry *e = (const UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
@@ -83,11 +83,18 @@ full_sets_databases(uint32 hash, Oid *dbids)
 static bool
 forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 {
-	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
-	slot_alt_set(&apikeys_usage_table, hash)};
+	uint32		sets[2];
+	int			nsets = slot_sets_of(&apikeys_usage_table, hash, sets);
 	LWLock	   *lock = slot_lock(&apikeys_usage_table, sets[0]);
 	bool		freed = false;
 	int			kept = 0;
+	int			k;
+
+	/* the usual case, one database filling its own sets: no catalog work */
+	for (k = 0; k < *ndbs && dbids[k] == MyDatabaseId; k++)
+		;
+	if (k == *ndbs)
+		return false;
 
 	/*
 	 * A database created during this statement must be seen: its entries
@@ -95,7 +102,7 @@ forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 	 */
 	AcceptInvalidationMessages();
 	InvalidateCatalogSnapshot();
-	for (int k = 0; k < *ndbs; k++)
+	for (k = 0; k < *ndbs; k++)
 	{
 		if (dbids[k] == MyDatabaseId ||
 			SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbids[k])))
@@ -104,7 +111,7 @@ forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 			continue;
 		}
 		LWLockAcquire(lock, LW_EXCLUSIVE);
-		for (int i = 0; i < 2; i++)
+		for (int i = 0; i < nsets; i++)
 			for (int w = 0; w < SLOT_WAYS; w++)
 			{
 				UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
@@ -134,11 +141,11 @@ forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 static void
 hurry_sets(uint32 hash, const Oid *dbids, int ndbs)
 {
-	uint32		sets[2] = {slot_set(&apikeys_usage_table, hash),
-	slot_alt_set(&apikeys_usage_table, hash)};
+	uint32		sets[2];
+	int			nsets = slot_sets_of(&apikeys_usage_table, hash, sets);
 	bool		news = false;
 
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < nsets; i++)
 	{
 		uint32		dirty = pg_atomic_read_u32(&apikeys_usage_dirty[sets[i]]);
 		uint32		before = pg_atomic_fetch_or_u32(&apikeys_usage_urgent[sets[i]], dirty);

@@ -209,9 +209,9 @@ $$;
 
 -- Does role own, or may it become (SET ROLE) the owner of, a table with
 -- row-level security enabled but not forced?  Its queries would skip RLS
--- there.  Answers are cached per backend until pg_class or a role
--- membership changes (src/rls_owner.c): reading pg_class costs about 0.5 ms
--- with a few thousand relations.
+-- there.  Answers are cached per backend until pg_class, a role, a role
+-- membership or a database changes (src/rls_owner.c): reading pg_class
+-- costs about 0.5 ms with a few thousand relations.
 CREATE FUNCTION apikeys._role_skips_rls(role oid) RETURNS boolean
     LANGUAGE C STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'apikeys_role_skips_rls';
