@@ -602,6 +602,16 @@ lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
 	return TARGET_READY;
 }
 
+/* The turn is settled: flush_exit has nothing left of it; free its memory. */
+static void
+end_turn(MemoryContext old, MemoryContext cxt)
+{
+	turn.items = NULL;
+	turn.n = 0;
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+}
+
 /* One turn: collect, write, settle.  Returns how many keys were written. */
 static int
 flush_once(Oid dbid, bool all)
@@ -621,21 +631,15 @@ flush_once(Oid dbid, bool all)
 	items = collect_turn(dbid, all, &n);
 	if (n == 0)
 	{
-		turn.n = 0;
-		turn.items = NULL;
 		last_turn_ok = true;
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(cxt);
+		end_turn(old, cxt);
 		return 0;
 	}
 	if (RecoveryInProgress())
 	{
 		/* a standby cannot write: drop the counts (documented) */
 		settle((FlushItem *) items, n, true);
-		turn.n = 0;
-		turn.items = NULL;
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(cxt);
+		end_turn(old, cxt);
 		return 0;
 	}
 
@@ -677,8 +681,6 @@ flush_once(Oid dbid, bool all)
 		keep_written((FlushItem *) items, n, xid);
 	else
 		settle((FlushItem *) items, n, ok || target == TARGET_GONE);
-	turn.n = 0;
-	turn.items = NULL;
 	last_turn_ok = ok || target == TARGET_GONE;
 	if (ok)
 	{
@@ -687,8 +689,7 @@ flush_once(Oid dbid, bool all)
 	}
 	else if (target == TARGET_READY)
 		pg_atomic_fetch_add_u64(&apikeys_shared->flush_errors, 1);
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
+	end_turn(old, cxt);
 	return ok ? n : 0;
 }
 
