@@ -4,6 +4,7 @@
  */
 #include "apikeys.h"
 
+#include "caller.h"
 #include "shmem.h"
 #include "tenant_context.h"
 
@@ -16,6 +17,7 @@ _PG_init(void)
 {
 	apikeys_guc_init();
 	apikeys_catalog_init();
+	apikeys_caller_init();
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
 	apikeys_shmem_init();

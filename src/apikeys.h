@@ -14,6 +14,7 @@
 #include "key_format.h"
 
 #define APIKEYS_SCHEMA "apikeys"
+#define APIKEYS_INTERNAL_SCHEMA "apikeys_internal"	/* bodies of management functions */
 #define APIKEYS_DIGEST_LEN 32
 
 /* Infinite intervals exist from PostgreSQL 17 on. */

@@ -108,7 +108,7 @@ apikey_create(PG_FUNCTION_ARGS)
 					"INSERT INTO apikeys.credential"
 					" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
 					" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
-					" apikeys._session_role())"	/* the caller, not the definer */
+					" apikeys._acting_role())"	/* the caller, not the definer */
 					" RETURNING key_id, created_at",
 					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
 	/* a value, not a Datum: by reference on 32-bit, gone at SPI_finish */

@@ -18,6 +18,7 @@
 #include "utils/builtins.h"
 #include "tcop/tcopprot.h"
 
+#include "caller.h"
 #include "tenant_context.h"
 
 typedef struct Binding
@@ -193,18 +194,6 @@ apikeys_set_tenant(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(t));
 }
 
-/* The role management calls are authorized as: the session's current role. */
-PG_FUNCTION_INFO_V1(apikeys_session_role);
-Datum
-apikeys_session_role(PG_FUNCTION_ARGS)
-{
-	Name		result = (Name) palloc0(NAMEDATALEN);
-	char	   *name = GetUserNameFromId(GetOuterUserId(), false);
-
-	namestrcpy(result, name);
-	PG_RETURN_NAME(result);
-}
-
 /*
  * True while the top-level statement is pg_restore loading one of the
  * extension's tables: "COPY apikeys.<table> ... FROM stdin" sent by a
@@ -224,7 +213,9 @@ apikeys_bulk_loading(PG_FUNCTION_ARGS)
 	static const char copy_into[] = "copy apikeys.";
 	const char *q = debug_query_string;
 
-	if (q == NULL || !superuser_arg(GetOuterUserId()))
+	/* never inside a management call or a maintenance run of someone's code */
+	if (q == NULL || !superuser_arg(GetOuterUserId()) ||
+		apikeys_in_entry_point() || InSecurityRestrictedOperation())
 		PG_RETURN_BOOL(false);
 	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
 		q++;

@@ -6,6 +6,49 @@
 REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Entry points.  A management function's body lives in apikeys_internal
+-- (SECURITY DEFINER, never granted to anyone); the apikeys.<name> that users
+-- call is a C entry point published from it, which records the role whose
+-- code makes the call, refuses security-restricted operations (ANALYZE,
+-- VACUUM, CREATE INDEX, REFRESH ...) and calls the body (src/caller.c).
+-- Authorization then asks apikeys._acting_role(), never the session.
+------------------------------------------------------------------------------
+
+CREATE SCHEMA apikeys_internal;
+REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
+COMMENT ON SCHEMA apikeys_internal IS 'Bodies of the apikeys management functions; reached only through their apikeys.* entry points.';
+
+-- Publish apikeys_internal.<name> as apikeys.<name>: same arguments, defaults,
+-- result, volatility and parallel safety; the comment goes on the entry point.
+CREATE FUNCTION apikeys_internal.publish(name text, comment text) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT f.oid, f.provolatile, f.proparallel, f.proretset, f.prorows INTO STRICT p
+      FROM pg_catalog.pg_proc f
+     WHERE f.pronamespace OPERATOR(pg_catalog.=) 'apikeys_internal'::regnamespace
+       AND f.proname OPERATOR(pg_catalog.=) publish.name;
+    EXECUTE format('CREATE FUNCTION apikeys.%I(%s) RETURNS %s LANGUAGE C %s PARALLEL %s%s AS %L, %L',
+        name, pg_catalog.pg_get_function_arguments(p.oid), pg_catalog.pg_get_function_result(p.oid),
+        CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END,
+        CASE p.proparallel WHEN 's' THEN 'SAFE' WHEN 'r' THEN 'RESTRICTED' ELSE 'UNSAFE' END,
+        CASE WHEN p.proretset THEN format(' ROWS %s', p.prorows) ELSE '' END,
+        'MODULE_PATHNAME', 'apikeys_entry');
+    EXECUTE format('COMMENT ON FUNCTION apikeys.%I(%s) IS %L',
+        name, pg_catalog.pg_get_function_identity_arguments(p.oid), comment);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', p.oid::regprocedure);
+END;
+$$;
+
+-- The role the current management call acts for: the caller of the entry
+-- point being run (outside one: the session's current role).
+CREATE FUNCTION apikeys._acting_role() RETURNS name
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_acting_role_sql';
+
+------------------------------------------------------------------------------
 -- Tables.  Column order of tenant, credential and secret is read by the C
 -- verify path (src/apikeys.h); add columns at the end only.
 ------------------------------------------------------------------------------

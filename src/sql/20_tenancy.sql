@@ -27,8 +27,6 @@ CREATE FUNCTION apikeys.set_tenant(tenant text) RETURNS text
 COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant. Grant EXECUTE only to roles trusted to switch tenants.';
 CREATE FUNCTION apikeys._context_source() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
-CREATE FUNCTION apikeys._session_role() RETURNS name
-    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_session_role';
 CREATE FUNCTION apikeys._bulk_loading() RETURNS boolean
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_bulk_loading';
 
@@ -77,7 +75,7 @@ BEGIN
         'at', clock_timestamp(), 'action', p_action, 'outcome', 'denied',
         'error', split_part(p_message, ':', 1), 'sqlstate', p_sqlstate,
         'tenant', p_tenant, 'key_id', p_key_id,
-        'db_role', apikeys._session_role(), 'session_role', session_user,
+        'db_role', apikeys._acting_role(), 'session_role', session_user,
         'actor', apikeys._actor(), 'request_id', apikeys._request_id(),
         'client_addr', inet_client_addr(),
         'application_name', current_setting('application_name'),
@@ -89,17 +87,19 @@ BEGIN
 END;
 $$;
 
--- Management calls act for the session's current role (login role or SET
--- ROLE): a superuser, a role mapped to the tenant with 'manage' (or to every
--- tenant), or a transaction bound to the tenant by set_tenant().  A refused
--- key-scoped call reads as key_not_found so other tenants' keys stay unseen.
+-- Management calls act for the role whose code called the entry point
+-- (apikeys._acting_role(): inside a tenant admin's SECURITY DEFINER function
+-- that is the tenant admin, whoever runs the session): a superuser, a role
+-- mapped to the tenant with 'manage' (or to every tenant), or a transaction
+-- bound to the tenant by set_tenant().  A refused key-scoped call reads as
+-- key_not_found so other tenants' keys stay unseen.
 CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
 BEGIN
     IF apikeys._is_superuser(r) THEN
         RETURN;

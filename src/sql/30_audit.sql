@@ -129,7 +129,7 @@ BEGIN
     INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
                                request_id, client_addr, application_name, txid, detail,
                                prev_hash, row_hash)
-    VALUES (p_tenant, p_key_id, p_action, apikeys._session_role(), session_user, apikeys._actor(),
+    VALUES (p_tenant, p_key_id, p_action, apikeys._acting_role(), session_user, apikeys._actor(),
             apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
             pg_current_xact_id(), p_detail, '', '');
 END;
@@ -246,7 +246,7 @@ CREATE TRIGGER role_tenant_no_truncate BEFORE TRUNCATE ON apikeys.role_tenant
 -- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
 -- row_hash recomputed from the row.  The first row links to zeros, or, after
 -- a purge, to the hash the audit_purged row recorded.
-CREATE FUNCTION apikeys.audit_check(
+CREATE FUNCTION apikeys_internal.audit_check(
     OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint, OUT problem text)
     RETURNS record
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -291,16 +291,16 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.audit_check IS 'Verify the audit hash chain; reports the first broken row.';
+SELECT apikeys_internal.publish('audit_check', 'Verify the audit hash chain; reports the first broken row.');
 
-CREATE FUNCTION apikeys.audit_head(OUT audit_id bigint, OUT row_hash text)
+CREATE FUNCTION apikeys_internal.audit_head(OUT audit_id bigint, OUT row_hash text)
     RETURNS record
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT a.audit_id, encode(a.row_hash, 'hex') FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1
 $$;
-COMMENT ON FUNCTION apikeys.audit_head IS 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.';
+SELECT apikeys_internal.publish('audit_head', 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.');
 
 -- Called by apikeys.audit_purge() (C) with the purge flag set.
 CREATE FUNCTION apikeys._audit_purge_rows(older_than interval) RETURNS bigint
@@ -340,8 +340,8 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION apikeys.audit_purge(older_than interval DEFAULT NULL) RETURNS bigint
+CREATE FUNCTION apikeys_internal.audit_purge(older_than interval DEFAULT NULL) RETURNS bigint
     LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_audit_purge';
-COMMENT ON FUNCTION apikeys.audit_purge IS 'Delete audit rows older than older_than (default: apikeys.audit_retention), keeping the chain checkable.';
+SELECT apikeys_internal.publish('audit_purge', 'Delete audit rows older than older_than (default: apikeys.audit_retention), keeping the chain checkable.');

@@ -2,7 +2,7 @@
 -- Keys: create, rotate, verify (C)
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys.apikey_create(
+CREATE FUNCTION apikeys_internal.apikey_create(
     tenant      text,
     name        text,
     scopes      text[] DEFAULT '{}',
@@ -20,9 +20,9 @@ CREATE FUNCTION apikeys.apikey_create(
     LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikey_create';
-COMMENT ON FUNCTION apikeys.apikey_create IS 'Create an API key; the returned api_key is shown once and never stored.';
+SELECT apikeys_internal.publish('apikey_create', 'Create an API key; the returned api_key is shown once and never stored.');
 
-CREATE FUNCTION apikeys.apikey_rotate(
+CREATE FUNCTION apikeys_internal.apikey_rotate(
     key_id uuid,
     grace  interval DEFAULT '0',
     OUT key_id     uuid,
@@ -35,7 +35,7 @@ CREATE FUNCTION apikeys.apikey_rotate(
     LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikey_rotate';
-COMMENT ON FUNCTION apikeys.apikey_rotate IS 'Issue a new secret for a key; the old one dies at commit (grace 0) or after the grace period.';
+SELECT apikeys_internal.publish('apikey_rotate', 'Issue a new secret for a key; the old one dies at commit (grace 0) or after the grace period.');
 
 CREATE FUNCTION apikeys.apikey_verify(
     api_key         text,
@@ -107,7 +107,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION apikeys.apikey_revoke(key_id uuid, reason text DEFAULT NULL) RETURNS void
+CREATE FUNCTION apikeys_internal.apikey_revoke(key_id uuid, reason text DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -129,9 +129,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_revoke IS 'Revoke a key for good: it verifies as revoked from commit on.';
+SELECT apikeys_internal.publish('apikey_revoke', 'Revoke a key for good: it verifies as revoked from commit on.');
 
-CREATE FUNCTION apikeys.apikey_disable(key_id uuid) RETURNS void
+CREATE FUNCTION apikeys_internal.apikey_disable(key_id uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -145,9 +145,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_disable IS 'Suspend a key (verifies as disabled) until apikey_enable.';
+SELECT apikeys_internal.publish('apikey_disable', 'Suspend a key (verifies as disabled) until apikey_enable.');
 
-CREATE FUNCTION apikeys.apikey_enable(key_id uuid) RETURNS void
+CREATE FUNCTION apikeys_internal.apikey_enable(key_id uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -162,9 +162,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_enable IS 'Re-enable a disabled key.';
+SELECT apikeys_internal.publish('apikey_enable', 'Re-enable a disabled key.');
 
-CREATE FUNCTION apikeys.apikey_update(
+CREATE FUNCTION apikeys_internal.apikey_update(
     key_id      uuid,
     name        text DEFAULT NULL,
     description text DEFAULT NULL,
@@ -199,9 +199,9 @@ BEGIN
        AND s.valid_until IS NOT NULL AND c.expires_at IS NOT NULL;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_update IS 'Change name, description, scopes, expiry or metadata of a key; NULL leaves a field as it is.';
+SELECT apikeys_internal.publish('apikey_update', 'Change name, description, scopes, expiry or metadata of a key; NULL leaves a field as it is.');
 
-CREATE FUNCTION apikeys.apikey_delete(key_id uuid) RETURNS void
+CREATE FUNCTION apikeys_internal.apikey_delete(key_id uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -212,13 +212,13 @@ BEGIN
     DELETE FROM apikeys.usage u WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_delete IS 'Delete a key and all its secrets; it verifies as not_found from commit on.';
+SELECT apikeys_internal.publish('apikey_delete', 'Delete a key and all its secrets; it verifies as not_found from commit on.');
 
 ------------------------------------------------------------------------------
 -- Tenants
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys.tenant_create(tenant text, display_name text DEFAULT NULL)
+CREATE FUNCTION apikeys_internal.tenant_create(tenant text, display_name text DEFAULT NULL)
     RETURNS apikeys.tenant
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -246,9 +246,9 @@ BEGIN
     RETURN t;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.tenant_create IS 'Create a tenant.';
+SELECT apikeys_internal.publish('tenant_create', 'Create a tenant.');
 
-CREATE FUNCTION apikeys.tenant_update(tenant text, display_name text DEFAULT NULL, active boolean DEFAULT NULL)
+CREATE FUNCTION apikeys_internal.tenant_update(tenant text, display_name text DEFAULT NULL, active boolean DEFAULT NULL)
     RETURNS apikeys.tenant
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -274,9 +274,9 @@ BEGIN
     RETURN t;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.tenant_update IS 'Rename, deactivate (keys verify as tenant_inactive) or reactivate a tenant.';
+SELECT apikeys_internal.publish('tenant_update', 'Rename, deactivate (keys verify as tenant_inactive) or reactivate a tenant.');
 
-CREATE FUNCTION apikeys.tenant_delete(tenant text, force boolean DEFAULT false) RETURNS void
+CREATE FUNCTION apikeys_internal.tenant_delete(tenant text, force boolean DEFAULT false) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -299,7 +299,7 @@ BEGIN
     DELETE FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.tenant_delete IS 'Delete a tenant; with force => true its keys too.';
+SELECT apikeys_internal.publish('tenant_delete', 'Delete a tenant; with force => true its keys too.');
 
 ------------------------------------------------------------------------------
 -- Views (never a digest)

@@ -35,7 +35,7 @@ CREATE POLICY audit_read ON apikeys.audit FOR SELECT
 -- Privilege recipes (superuser only)
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys.grant_verifier(role_name name) RETURNS void
+CREATE FUNCTION apikeys_internal.grant_verifier(role_name name) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -46,9 +46,9 @@ BEGIN
                    ' apikeys.current_key_id() TO %I', role_name);
 END;
 $$;
-COMMENT ON FUNCTION apikeys.grant_verifier IS 'Let a role verify keys (apikey_verify, authenticate).';
+SELECT apikeys_internal.publish('grant_verifier', 'Let a role verify keys (apikey_verify, authenticate).');
 
-CREATE FUNCTION apikeys.grant_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+CREATE FUNCTION apikeys_internal.grant_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -92,9 +92,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.grant_tenant IS 'Let a role manage (or only audit) one tenant, or every tenant with tenant => NULL.';
+SELECT apikeys_internal.publish('grant_tenant', 'Let a role manage (or only audit) one tenant, or every tenant with tenant => NULL.');
 
-CREATE FUNCTION apikeys.revoke_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+CREATE FUNCTION apikeys_internal.revoke_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -110,4 +110,4 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.revoke_tenant IS 'Undo grant_tenant (the mapping; SQL privileges stay, harmless without it).';
+SELECT apikeys_internal.publish('revoke_tenant', 'Undo grant_tenant (the mapping; SQL privileges stay, harmless without it).');

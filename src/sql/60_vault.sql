@@ -145,7 +145,7 @@ DECLARE
     lines text[];
     unreadable boolean := false;
 BEGIN
-    PERFORM apikeys._session_role();   -- loads the module, which defines the settings
+    PERFORM apikeys._acting_role();   -- loads the module, which defines the settings
     cur := nullif(current_setting('apikeys.vault_master_key', true), '');
     prev := nullif(current_setting('apikeys.vault_master_key_previous', true), '');
     path := nullif(current_setting('apikeys.vault_master_key_file', true), '');
@@ -287,7 +287,7 @@ CREATE FUNCTION apikeys._vault_authorize(p_tenant text, p_action text, p_id uuid
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
 BEGIN
     IF p_need OPERATOR(pg_catalog.=) 'manage' THEN
         BEGIN
@@ -360,7 +360,7 @@ $$;
 -- Secrets
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys.vault_add(
+CREATE FUNCTION apikeys_internal.vault_add(
     tenant     text,
     service    text,
     name       text,
@@ -371,7 +371,7 @@ CREATE FUNCTION apikeys.vault_add(
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
     su boolean;
     svc apikeys.vault_service;
     k record;
@@ -425,15 +425,15 @@ BEGIN
     RETURN new_id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_add IS 'Store a third-party secret for a tenant (or a role in it); it replaces the owner''s active secret for that service. Returns its id.';
+SELECT apikeys_internal.publish('vault_add', 'Store a third-party secret for a tenant (or a role in it); it replaces the owner''s active secret for that service. Returns its id.');
 
-CREATE FUNCTION apikeys.vault_list(tenant text DEFAULT NULL)
+CREATE FUNCTION apikeys_internal.vault_list(tenant text DEFAULT NULL)
     RETURNS SETOF apikeys.vault_secrets
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
     su boolean := apikeys._is_superuser(r);
 BEGIN
     IF tenant IS NOT NULL THEN
@@ -448,9 +448,9 @@ BEGIN
      ORDER BY v.tenant, v.service, v.owner_user NULLS FIRST, v.active DESC, v.created_at, v.id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_list IS 'Metadata of the vault secrets of a tenant (NULL: every tenant the role may read); never a secret.';
+SELECT apikeys_internal.publish('vault_list', 'Metadata of the vault secrets of a tenant (NULL: every tenant the role may read); never a secret.');
 
-CREATE FUNCTION apikeys.vault_get(id uuid)
+CREATE FUNCTION apikeys_internal.vault_get(id uuid)
     RETURNS apikeys.vault_secrets
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -464,9 +464,9 @@ BEGIN
     RETURN m;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_get IS 'Metadata of one vault secret; never the secret.';
+SELECT apikeys_internal.publish('vault_get', 'Metadata of one vault secret; never the secret.');
 
-CREATE FUNCTION apikeys.vault_update(id uuid, name text DEFAULT NULL, active boolean DEFAULT NULL)
+CREATE FUNCTION apikeys_internal.vault_update(id uuid, name text DEFAULT NULL, active boolean DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -497,9 +497,9 @@ BEGIN
      WHERE v.id OPERATOR(pg_catalog.=) s.id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_update IS 'Rename a vault secret or (de)activate it; activating replaces the active one. NULL leaves a field as it is.';
+SELECT apikeys_internal.publish('vault_update', 'Rename a vault secret or (de)activate it; activating replaces the active one. NULL leaves a field as it is.');
 
-CREATE FUNCTION apikeys.vault_delete(id uuid) RETURNS void
+CREATE FUNCTION apikeys_internal.vault_delete(id uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -509,15 +509,15 @@ BEGIN
     DELETE FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) s.id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_delete IS 'Delete a vault secret for good.';
+SELECT apikeys_internal.publish('vault_delete', 'Delete a vault secret for good.');
 
-CREATE FUNCTION apikeys.vault_reveal(id uuid) RETURNS text
+CREATE FUNCTION apikeys_internal.vault_reveal(id uuid) RETURNS text
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s apikeys.vault_secret := apikeys._vault_find(vault_reveal.id, 'vault_reveal', 'manage', false);
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
     o record;
     detail jsonb;
 BEGIN
@@ -546,7 +546,7 @@ BEGIN
     RETURN o.plaintext;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_reveal IS 'The plaintext of a vault secret, for its owner only; every call is audited (vault_secret_revealed).';
+SELECT apikeys_internal.publish('vault_reveal', 'The plaintext of a vault secret, for its owner only; every call is audited (vault_secret_revealed).');
 
 CREATE TYPE apikeys.vault_check_result AS (
     id      uuid,
@@ -583,7 +583,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION apikeys.vault_check(id uuid DEFAULT NULL)
+CREATE FUNCTION apikeys_internal.vault_check(id uuid DEFAULT NULL)
     RETURNS SETOF apikeys.vault_check_result
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -605,7 +605,7 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_check IS 'Check that vault secrets decrypt under the current master key and still match their service''s format (one secret, or all the role may read).';
+SELECT apikeys_internal.publish('vault_check', 'Check that vault secrets decrypt under the current master key and still match their service''s format (one secret, or all the role may read).');
 
 ------------------------------------------------------------------------------
 -- Master key rotation (superuser only)
@@ -617,13 +617,13 @@ COMMENT ON FUNCTION apikeys.vault_check IS 'Check that vault secrets decrypt und
 -- arguments: a failed statement is logged with its text
 -- (log_min_error_statement), and pg_stat_activity shows it.  Secrets already
 -- under the new key are skipped; one that neither key opens aborts it all.
-CREATE FUNCTION apikeys.vault_rotate_master_key()
+CREATE FUNCTION apikeys_internal.vault_rotate_master_key()
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._session_role();
+    r name := apikeys._acting_role();
     s apikeys.vault_secret;
     k record;
     o_key text;
@@ -666,13 +666,13 @@ BEGIN
     RETURN n;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_rotate_master_key IS 'Re-encrypt every vault secret under a new master key in one transaction (superuser only): from vault_master_key_previous to vault_master_key (or the key file''s second line to its first).';
+SELECT apikeys_internal.publish('vault_rotate_master_key', 'Re-encrypt every vault secret under a new master key in one transaction (superuser only): from vault_master_key_previous to vault_master_key (or the key file''s second line to its first).');
 
 ------------------------------------------------------------------------------
 -- Service registry (superusers and roles that manage every tenant)
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys.vault_service_register(service text, display_name text, format text DEFAULT NULL,
+CREATE FUNCTION apikeys_internal.vault_service_register(service text, display_name text, format text DEFAULT NULL,
                                                alias_of text DEFAULT NULL)
     RETURNS apikeys.vault_service
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -747,9 +747,9 @@ BEGIN
     RETURN s;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_service_register IS 'Add or change a vault service: its key format (anchored regex) or the service it is an alias of. Built-in services cannot change.';
+SELECT apikeys_internal.publish('vault_service_register', 'Add or change a vault service: its key format (anchored regex) or the service it is an alias of. Built-in services cannot change.');
 
-CREATE FUNCTION apikeys.vault_service_unregister(service text) RETURNS void
+CREATE FUNCTION apikeys_internal.vault_service_unregister(service text) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -775,7 +775,7 @@ BEGIN
     DELETE FROM apikeys.vault_service v WHERE v.service OPERATOR(pg_catalog.=) s.service;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.vault_service_unregister IS 'Remove a vault service that has no secrets and no aliases. Built-in services stay.';
+SELECT apikeys_internal.publish('vault_service_unregister', 'Remove a vault service that has no secrets and no aliases. Built-in services stay.');
 
 ------------------------------------------------------------------------------
 -- Privilege recipe (superuser only)
@@ -783,7 +783,7 @@ COMMENT ON FUNCTION apikeys.vault_service_unregister IS 'Remove a vault service 
 
 -- What a role needs to use the vault; which tenants it may act for still
 -- comes from apikeys.grant_tenant (role_tenant).  'audit': metadata only.
-CREATE FUNCTION apikeys.grant_vault(role_name name, privilege text DEFAULT 'manage') RETURNS void
+CREATE FUNCTION apikeys_internal.grant_vault(role_name name, privilege text DEFAULT 'manage') RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -811,4 +811,4 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.grant_vault IS 'Let a role use the vault functions (manage) or read vault metadata (audit); tenants still come from grant_tenant.';
+SELECT apikeys_internal.publish('grant_vault', 'Let a role use the vault functions (manage) or read vault metadata (audit); tenants still come from grant_tenant.');

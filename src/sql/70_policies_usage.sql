@@ -28,7 +28,7 @@ ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant_row;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential_row;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret_row;
 
-CREATE FUNCTION apikeys.apikey_set_policy(
+CREATE FUNCTION apikeys_internal.apikey_set_policy(
     key_id       uuid,
     allowed_ips  cidr[] DEFAULT NULL,
     rate_limit   integer DEFAULT NULL,
@@ -87,7 +87,7 @@ BEGIN
      WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
 END;
 $$;
-COMMENT ON FUNCTION apikeys.apikey_set_policy IS 'Set (replace) a key''s IP allowlist, rate limit and usage cap; NULL removes one. Limits need apikeys in shared_preload_libraries.';
+SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP allowlist, rate limit and usage cap; NULL removes one. Limits need apikeys in shared_preload_libraries.');
 
 ------------------------------------------------------------------------------
 -- Observability

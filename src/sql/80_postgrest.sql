@@ -443,7 +443,7 @@ END;
 $$;
 COMMENT ON FUNCTION apikeys.pre_request IS 'PostgREST db-pre-request: verify the request''s API key, bind its tenant, map its role, set X-RateLimit-* headers; else answer 401/403/429 (docs/postgrest.md).';
 
-CREATE FUNCTION apikeys.grant_postgrest(role_name name) RETURNS void
+CREATE FUNCTION apikeys_internal.grant_postgrest(role_name name) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -453,4 +453,4 @@ BEGIN
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
 END;
 $$;
-COMMENT ON FUNCTION apikeys.grant_postgrest IS 'Let a PostgREST role (anon, authenticated) run apikeys.pre_request().';
+SELECT apikeys_internal.publish('grant_postgrest', 'Let a PostgREST role (anon, authenticated) run apikeys.pre_request().');
