@@ -115,12 +115,24 @@ apikeys_refuse_restricted(const char *what)
 	deny_oid = LookupFuncName(list_make2(makeString(APIKEYS_SCHEMA), makeString("_deny")),
 							  -1, NULL, true);
 	if (OidIsValid(deny_oid))
-		OidFunctionCall6(deny_oid,
-						 CStringGetTextDatum(what), (Datum) 0, (Datum) 0,
-						 CStringGetTextDatum("42501"), CStringGetTextDatum(msg),
-						 CStringGetTextDatum("ANALYZE, VACUUM, CREATE INDEX, REFRESH MATERIALIZED VIEW"
-											 " and autovacuum run a table owner's functions; apikeys"
-											 " refuses key and vault management there."));
+	{
+		/* _deny(action, tenant NULL, key_id NULL, sqlstate, message, hint) */
+		FmgrInfo	flinfo;
+		LOCAL_FCINFO(deny, 6);
+
+		fmgr_info(deny_oid, &flinfo);
+		InitFunctionCallInfoData(*deny, &flinfo, 6, InvalidOid, NULL, NULL);
+		deny->args[0].value = CStringGetTextDatum(what);
+		deny->args[1].isnull = deny->args[2].isnull = true;
+		deny->args[0].isnull = deny->args[3].isnull = deny->args[4].isnull =
+			deny->args[5].isnull = false;
+		deny->args[3].value = CStringGetTextDatum("42501");
+		deny->args[4].value = CStringGetTextDatum(msg);
+		deny->args[5].value = CStringGetTextDatum("ANALYZE, VACUUM, CREATE INDEX, REFRESH MATERIALIZED VIEW"
+												  " and autovacuum run a table owner's code; apikeys"
+												  " refuses key and vault management there.");
+		FunctionCallInvoke(deny);
+	}
 	/* _deny raises; this is reached only without the SQL objects */
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

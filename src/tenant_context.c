@@ -128,6 +128,7 @@ apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id)
 	const char *t = VARDATA_ANY(tenant);
 	size_t		len = VARSIZE_ANY_EXHDR(tenant);
 
+	apikeys_refuse_restricted("apikeys.authenticate");
 	if (cur.source != TENANT_SOURCE_NONE &&
 		(strlen(cur.tenant) != len || memcmp(cur.tenant, t, len) != 0))
 		ereport(ERROR,
@@ -189,6 +190,7 @@ apikeys_set_tenant(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
 				 errmsg("set_tenant outside a transaction block lasts only for this statement"),
 				 errhint("Call it after BEGIN.")));
+	apikeys_refuse_restricted("apikeys.set_tenant");
 	t = apikeys_check_tenant_id(tenant);
 	bind(t, strlen(t), TENANT_SOURCE_TRUSTED);
 	PG_RETURN_TEXT_P(cstring_to_text(t));
