@@ -118,7 +118,7 @@ SELECT action, count(*) FROM apikeys.audit
 ------------------------------------------------------------------------------
 SET ROLE regress_caller_acme;
 SELECT apikeys_internal.apikey_create('globex', 'direct');
-SELECT apikeys_internal.apikey_revoke(:'globex_k');
+SELECT apikeys_internal.apikey_revoke('00000000-0000-4000-8000-000000000000');
 SELECT apikeys._acting_role();
 RESET ROLE;
 SELECT apikeys._acting_role() = current_user AS acting_role_is_me;

@@ -14,7 +14,6 @@
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
-static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr purge_plan = NULL;
 static SPIPlanPtr kill_plan = NULL;
@@ -70,30 +69,18 @@ apikey_rotate(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	/* who owns it, before taking any lock: foreign keys read as unknown */
-	apikeys_spi_run(&tenant_plan,
-					"SELECT tenant FROM apikeys.credential"
-					" WHERE key_id OPERATOR(pg_catalog.=) $1",
-					1, uuid_type, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		apikeys_spi_deny("key_rotate", NULL, key_id, "42704", NULL,
-						 "key_not_found: no API key with id %s", key_text);
-	tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	apikeys_spi_authorize(tenant, "key_rotate", key_id);
-
+	/* locked if ours to manage; unknown and foreign keys raise alike */
 	apikeys_spi_run(&lock_plan,
-					"SELECT status, prefix, expires_at"
-					" FROM apikeys.credential"
-					" WHERE key_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+					"SELECT tenant, status, prefix, expires_at"
+					" FROM apikeys._lock_key($1, 'key_rotate')",
 					1, uuid_type, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)		/* deleted while we waited */
-		apikeys_spi_deny("key_rotate", tenant, key_id, "42704", NULL,
-						 "key_not_found: no API key with id %s", key_text);
+	Assert(SPI_processed == 1);
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	status = SPI_getvalue(row, desc, 1);
-	prefix = SPI_getvalue(row, desc, 2);
-	expires_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 3, &expires_null));
+	tenant = SPI_getvalue(row, desc, 1);
+	status = SPI_getvalue(row, desc, 2);
+	prefix = SPI_getvalue(row, desc, 3);
+	expires_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 4, &expires_null));
 
 	if (strcmp(status, "revoked") == 0)
 		apikeys_spi_deny("key_rotate", tenant, key_id, "55000",

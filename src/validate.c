@@ -198,7 +198,8 @@ PG_FUNCTION_INFO_V1(apikeys_sql_check_tenant_id);
 Datum
 apikeys_sql_check_tenant_id(PG_FUNCTION_ARGS)
 {
-	apikeys_check_tenant_id(PG_GETARG_TEXT_PP(0));
+	/* declared STRICT as _check_tenant_id, not as _tenant_arg */
+	apikeys_check_tenant_id(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	PG_RETURN_DATUM(PG_GETARG_DATUM(0));
 }
 

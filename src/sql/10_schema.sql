@@ -156,6 +156,9 @@ COMMENT ON TYPE apikeys.verification IS 'Result of apikey_verify: valid, a verdi
 
 CREATE FUNCTION apikeys._check_tenant_id(text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_tenant_id';
+-- the same, for an argument that must name one tenant (NULL is an error)
+CREATE FUNCTION apikeys._tenant_arg(text) RETURNS text
+    LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_tenant_id';
 CREATE FUNCTION apikeys._check_name(text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_name';
 CREATE FUNCTION apikeys._check_description(text) RETURNS text

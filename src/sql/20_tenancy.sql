@@ -87,14 +87,14 @@ BEGIN
 END;
 $$;
 
--- Management calls act for the role whose code called the entry point
--- (apikeys._acting_role(): inside a tenant admin's SECURITY DEFINER function
--- that is the tenant admin, whoever runs the session): a superuser, a role
--- mapped to the tenant with 'manage' (or to every tenant), or a transaction
--- bound to the tenant by set_tenant().  A refused key-scoped call reads as
--- key_not_found so other tenants' keys stay unseen.
-CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
-    RETURNS void
+-- May the acting role manage tenant p_tenant (NULL: manage tenants)?  The
+-- role whose code called the entry point (apikeys._acting_role(): inside a
+-- tenant admin's SECURITY DEFINER function that is the tenant admin, whoever
+-- runs the session) may if it is a superuser, is mapped to the tenant with
+-- 'manage' (or to every tenant), or its transaction is bound to the tenant
+-- by set_tenant().  A question, never an error: callers that must not tell
+-- "not yours" from "no such thing" raise one error for both.
+CREATE FUNCTION apikeys._may_manage(p_tenant text) RETURNS boolean
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -102,17 +102,27 @@ DECLARE
     r name := apikeys._acting_role();
 BEGIN
     IF apikeys._is_superuser(r) THEN
-        RETURN;
+        RETURN true;
     END IF;
-    IF p_tenant IS NOT NULL THEN
-        IF apikeys._context_source() OPERATOR(pg_catalog.=) 'trusted'
-           AND apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant THEN
-            RETURN;
-        END IF;
-        IF apikeys._role_may(r, p_tenant, 'manage') THEN
-            RETURN;
-        END IF;
-    ELSIF apikeys._role_may(r, NULL, 'manage') THEN
+    IF p_tenant IS NULL THEN
+        RETURN apikeys._role_may(r, NULL, 'manage');
+    END IF;
+    RETURN (apikeys._context_source() OPERATOR(pg_catalog.=) 'trusted'
+            AND apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant)
+        OR apikeys._role_may(r, p_tenant, 'manage');
+END;
+$$;
+
+-- Raise (and log) unless the acting role may manage p_tenant.  With a key or
+-- secret id the refusal reads as key_not_found, so other tenants' ids stay
+-- unseen (apikeys._lock_key() looks keys up that way).
+CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF apikeys._may_manage(p_tenant) THEN
         RETURN;
     END IF;
     IF p_key_id IS NOT NULL THEN
@@ -120,11 +130,11 @@ BEGIN
             format('key_not_found: no API key with id %s', p_key_id));
     ELSIF p_tenant IS NULL THEN
         PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
-            format('permission_denied: role "%s" may not manage tenants', r),
+            format('permission_denied: role "%s" may not manage tenants', apikeys._acting_role()),
             'Tenants are managed by superusers and roles granted apikeys.grant_tenant(role, NULL).');
     ELSE
         PERFORM apikeys._deny(p_action, p_tenant, NULL, '42501',
-            format('permission_denied: role "%s" may not manage tenant "%s"', r, p_tenant),
+            format('permission_denied: role "%s" may not manage tenant "%s"', apikeys._acting_role(), p_tenant),
             'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
     END IF;
 END;

@@ -50,8 +50,9 @@ COMMENT ON FUNCTION apikeys.apikey_verify IS 'Check a presented key; returns a v
 -- Key lifecycle (PL/pgSQL)
 ------------------------------------------------------------------------------
 
--- Authorize the session's role for the key's tenant, then lock the key and
--- return its row.  Unknown and foreign keys both read as key_not_found.
+-- Lock the key and return its row, if the acting role may manage its tenant.
+-- An unknown key and another tenant's key take the same path to the same
+-- error (message, context and all), so neither tells the other apart.
 CREATE FUNCTION apikeys._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.credential
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -64,14 +65,14 @@ BEGIN
             MESSAGE = 'invalid_key_id: key_id must not be NULL';
     END IF;
     SELECT * INTO k FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id;
-    IF NOT FOUND THEN
-        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
-            format('key_not_found: no API key with id %s', p_key_id));
+    IF FOUND AND apikeys._may_manage(k.tenant) THEN
+        -- FOR UPDATE only now: a foreign key is never locked (nor waited for)
+        SELECT * INTO k FROM apikeys.credential c
+         WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id FOR UPDATE;
+    ELSE
+        k := NULL;
     END IF;
-    PERFORM apikeys._authorize(k.tenant, p_action, p_key_id);
-    SELECT * INTO k FROM apikeys.credential c
-     WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id FOR UPDATE;
-    IF NOT FOUND THEN   -- deleted while we waited
+    IF k.key_id IS NULL THEN   -- unknown, foreign, or deleted while we waited
         PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
             format('key_not_found: no API key with id %s', p_key_id));
     END IF;
@@ -231,12 +232,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
     END IF;
-    IF tenant IS NULL THEN  -- _check_tenant_id is STRICT
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_tenant: tenant must not be NULL';
-    END IF;
     INSERT INTO apikeys.tenant (tenant, display_name)
-    VALUES (apikeys._check_tenant_id(tenant), coalesce(display_name, tenant))
+    VALUES (apikeys._tenant_arg(tenant), coalesce(display_name, tenant))
     ON CONFLICT DO NOTHING
     RETURNING * INTO t;
     IF NOT FOUND THEN
@@ -257,6 +254,7 @@ DECLARE
     t apikeys.tenant;
 BEGIN
     PERFORM apikeys._authorize(NULL, 'tenant_update');
+    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
@@ -284,6 +282,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM apikeys._authorize(NULL, 'tenant_delete');
+    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
     PERFORM 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',

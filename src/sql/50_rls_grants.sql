@@ -35,11 +35,46 @@ CREATE POLICY audit_read ON apikeys.audit FOR SELECT
 -- Privilege recipes (superuser only)
 ------------------------------------------------------------------------------
 
+-- The role a grant recipe names: an existing role, never NULL or PUBLIC
+-- (GRANT ... TO public would hand the privilege to every role).
+CREATE FUNCTION apikeys._check_role(role_name name) RETURNS name
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'invalid_role: role_name must not be NULL';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) role_name) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('role_not_found: role "%s" does not exist', role_name),
+            HINT = 'Grants go to one existing role at a time, never to PUBLIC.';
+    END IF;
+    RETURN role_name;
+END;
+$$;
+
+-- The privilege a tenant grant names.
+CREATE FUNCTION apikeys._check_privilege(privilege text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF privilege IS NULL OR privilege NOT IN ('manage', 'audit') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_privilege: privilege must be ''manage'' or ''audit''';
+    END IF;
+    RETURN privilege;
+END;
+$$;
+
 CREATE FUNCTION apikeys_internal.grant_verifier(role_name name) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM apikeys._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
                    ' apikeys.authenticate(text, text[], inet), apikeys.current_tenant(),'
@@ -53,14 +88,8 @@ CREATE FUNCTION apikeys_internal.grant_tenant(role_name name, tenant text, privi
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF privilege IS NULL OR privilege NOT IN ('manage', 'audit') THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_privilege: privilege must be ''manage'' or ''audit''';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) role_name) THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('role_not_found: role "%s" does not exist', role_name);
-    END IF;
+    PERFORM apikeys._check_privilege(privilege), apikeys._check_role(role_name),
+            apikeys._check_tenant_id(tenant);   -- STRICT: NULL is every tenant
     IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) grant_tenant.tenant) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
@@ -99,6 +128,7 @@ CREATE FUNCTION apikeys_internal.revoke_tenant(role_name name, tenant text, priv
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM apikeys._check_privilege(privilege), apikeys._check_tenant_id(tenant);
     DELETE FROM apikeys.role_tenant g
      WHERE g.role_name OPERATOR(pg_catalog.=) revoke_tenant.role_name
        AND g.tenant IS NOT DISTINCT FROM revoke_tenant.tenant

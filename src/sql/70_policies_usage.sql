@@ -44,11 +44,13 @@ DECLARE
 BEGIN
     PERFORM apikeys._require_not_revoked(k, 'key_set_policy');
     PERFORM apikeys._require_active_tenant(k.tenant, 'key_set_policy', k.key_id);
-    IF allowed_ips IS NOT NULL AND (cardinality(allowed_ips) NOT BETWEEN 1 AND 16
-                                    OR array_position(allowed_ips, NULL) IS NOT NULL
-                                    OR array_ndims(allowed_ips) > 1) THEN
+    -- one dimension first: array_position() refuses a multidimensional array
+    IF allowed_ips IS NOT NULL AND (array_ndims(allowed_ips) OPERATOR(pg_catalog.>) 1
+                                    OR cardinality(allowed_ips) NOT BETWEEN 1 AND 16
+                                    OR CASE WHEN array_ndims(allowed_ips) OPERATOR(pg_catalog.>) 1 THEN true
+                                            ELSE array_position(allowed_ips, NULL) IS NOT NULL END) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_allowed_ips: allowed_ips must hold 1 to 16 networks and no NULL',
+            MESSAGE = 'invalid_allowed_ips: allowed_ips must be a one-dimensional array of 1 to 16 networks and no NULL',
             HINT = 'Pass NULL to allow every address.';
     END IF;
     IF rate_limit IS NOT NULL AND rate_limit OPERATOR(pg_catalog.<=) 0 THEN
