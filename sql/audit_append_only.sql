@@ -148,7 +148,7 @@ ALTER TABLE apikeys.audit OWNER TO :"su";
 -- Append-only: a tenant role
 ------------------------------------------------------------------------------
 SET ROLE regress_audit_admin;
-SELECT count(*) > 0 AS reads_acme FROM apikeys.audit;
+SELECT count(*) > 0 AS reads_acme FROM apikeys.audit_log;
 SELECT pg_temp.try('UPDATE apikeys.audit SET actor = ''evil''') AS tenant_update,
        pg_temp.try('DELETE FROM apikeys.audit') AS tenant_delete,
        pg_temp.try('TRUNCATE apikeys.audit') AS tenant_truncate,

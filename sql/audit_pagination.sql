@@ -59,17 +59,19 @@ SELECT * FROM apikeys.audit
 EXPLAIN (COSTS OFF)
 SELECT * FROM apikeys.audit WHERE audit_id < 1000 ORDER BY audit_id DESC LIMIT 50;
 
--- Through row-level security, as an auditor of acme sees it: the same
--- index scan, the policy a filter on the rows it returns.
+-- An auditor of acme reads apikeys.audit_log (a function scan: nothing of
+-- the other tenants' rows is scanned for it, nor shown by EXPLAIN) and
+-- pages it with apikeys.audit_log_page().
 CREATE ROLE regress_pg_auditor;
 SELECT apikeys.grant_tenant('regress_pg_auditor', 'acme', 'audit');
+SELECT key_id AS globex_k FROM apikeys.keys WHERE tenant = 'globex' LIMIT 1 \gset
 SET ROLE regress_pg_auditor;
 EXPLAIN (COSTS OFF)
-SELECT * FROM apikeys.audit
+SELECT * FROM apikeys.audit_log
  WHERE tenant = 'acme' AND audit_id < 1000
  ORDER BY audit_id DESC LIMIT 50;
-SELECT count(*) AS acme_rows, count(*) FILTER (WHERE tenant <> 'acme') AS others FROM apikeys.audit;
-RESET ROLE;
+SELECT count(*) AS acme_rows, count(*) FILTER (WHERE tenant <> 'acme') AS others FROM apikeys.audit_log;
+SELECT count(*) AS direct FROM apikeys.audit;
 
 -- The pages themselves are right: walking acme's audit 7 rows at a time,
 -- newest first, visits each of its rows once, in order.
@@ -79,17 +81,20 @@ WITH RECURSIVE pages(n, last_id, ids) AS (
     SELECT p.n + 1, pg.min_id, p.ids || pg.ids
       FROM pages p,
            LATERAL (SELECT min(audit_id) AS min_id, array_agg(audit_id ORDER BY audit_id DESC) AS ids
-                      FROM (SELECT audit_id FROM apikeys.audit
-                             WHERE tenant = 'acme' AND audit_id < p.last_id
-                             ORDER BY audit_id DESC LIMIT 7) x) pg
+                      FROM apikeys.audit_log_page(p.last_id, 7) x) pg
      WHERE pg.min_id IS NOT NULL)
 SELECT max(n) AS pages,
        (SELECT ids FROM pages ORDER BY n DESC LIMIT 1)
-         = (SELECT array_agg(audit_id ORDER BY audit_id DESC) FROM apikeys.audit WHERE tenant = 'acme') AS all_in_order
+         = (SELECT array_agg(audit_id ORDER BY audit_id DESC) FROM apikeys.audit_log) AS all_in_order
   FROM pages;
--- Same for one key: its rows, oldest first.
-SELECT array_agg(action ORDER BY audit_id) AS key_history FROM (
-    SELECT audit_id, action FROM apikeys.audit WHERE key_id = :'k' ORDER BY audit_id LIMIT 50) s;
+-- Same for one key: its rows, newest first.
+SELECT array_agg(action ORDER BY audit_id) AS key_history FROM apikeys.audit_log_page(key_id => :'k') s;
+SELECT count(*) AS globex_key_rows FROM apikeys.audit_log_page(key_id => :'globex_k');
+SELECT count(*) AS three FROM apikeys.audit_log_page(NULL, 3);
+RESET ROLE;
+-- The page size is bounded.
+SELECT apikeys.audit_log_page(NULL, 0);
+SELECT apikeys.audit_log_page(NULL, 100000);
 
 RESET enable_seqscan;
 RESET enable_bitmapscan;

@@ -197,7 +197,7 @@ SELECT count(*) AS hijacked_calls FROM regress_evil.hijack_log;
 RESET search_path;
 -- What it sees through RLS: its own tenant only.
 SELECT name, status, hint = :'hint1' AS first_hint, scopes FROM apikeys.keys ORDER BY name;
-SELECT tenant FROM apikeys.tenant;
+SELECT tenant FROM apikeys.tenants;
 
 ------------------------------------------------------------------------------
 -- A superuser whose search_path was poisoned

@@ -50,6 +50,7 @@ SELECT apikeys.grant_verifier('regress_app');
 -- The app may read the keys view, but only what RLS lets through.
 GRANT SELECT ON apikeys.keys, apikeys.credential, apikeys.tenant, apikeys.audit TO regress_app;
 GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO regress_app;
+GRANT EXECUTE ON FUNCTION apikeys._read_keys() TO regress_app, regress_gateway;
 -- The gateway: a verifier plus set_tenant (the trust gate) and key management.
 SELECT apikeys.grant_verifier('regress_gateway');
 GRANT EXECUTE ON FUNCTION apikeys.set_tenant(text),
@@ -75,16 +76,22 @@ END
 $$;
 SELECT session_user, current_user, apikeys.current_tenant();
 
--- Reads: only acme, everywhere.
+-- Reads: only acme, everywhere (through the views; the tables are not granted).
 SELECT tenant, name, status, hint IS NOT NULL AS has_hint FROM apikeys.keys ORDER BY name;
-SELECT tenant, count(*) FROM apikeys.credential GROUP BY tenant ORDER BY tenant;
-SELECT tenant FROM apikeys.tenant ORDER BY tenant;
-SELECT count(*) AS acme_secrets FROM apikeys.secret;
-SELECT tenant, count(*) > 0 AS has_rows FROM apikeys.audit GROUP BY tenant ORDER BY tenant;
-SELECT role_name, tenant, privilege FROM apikeys.role_tenant ORDER BY 1, 2;
+SELECT tenant, count(*) FROM apikeys.keys GROUP BY tenant ORDER BY tenant;
+SELECT tenant FROM apikeys.tenants ORDER BY tenant;
+SELECT tenant, count(*) > 0 AS has_rows FROM apikeys.audit_log GROUP BY tenant ORDER BY tenant;
+SELECT role_name, tenant, privilege FROM apikeys.tenant_grants ORDER BY 1, 2;
+SELECT tenant, count(*) FROM apikeys.key_usage GROUP BY tenant ORDER BY tenant;
+SELECT pg_temp.try('SELECT 1 FROM apikeys.credential') AS credential,
+       pg_temp.try('SELECT 1 FROM apikeys.tenant') AS tenant,
+       pg_temp.try('SELECT 1 FROM apikeys.audit') AS audit,
+       pg_temp.try('SELECT 1 FROM apikeys.role_tenant') AS role_tenant,
+       pg_temp.try('SELECT 1 FROM apikeys.usage') AS usage,
+       pg_temp.try('SELECT hint FROM apikeys.secret') AS secret;
 -- Guessing globex's key ids does not help.
 SELECT count(*) AS globex_by_id FROM apikeys.keys WHERE key_id IN (:'globex_k1', :'globex_k2');
-SELECT count(*) AS globex_audit_by_id FROM apikeys.audit WHERE key_id = :'globex_k1';
+SELECT count(*) AS globex_audit_by_id FROM apikeys.audit_log WHERE key_id = :'globex_k1';
 -- A leaky function in WHERE sees only rows RLS already let through.
 CREATE FUNCTION pg_temp.leak(t text, n text) RETURNS boolean LANGUAGE plpgsql COST 0.0001 AS $$
 BEGIN
@@ -92,9 +99,8 @@ BEGIN
     RETURN true;
 END
 $$;
-SELECT count(*) FROM apikeys.credential WHERE pg_temp.leak(tenant, name);
 SELECT count(*) FROM apikeys.keys WHERE pg_temp.leak(tenant, name);
-SELECT count(*) FROM apikeys.tenant WHERE pg_temp.leak(tenant, display_name);
+SELECT count(*) FROM apikeys.tenants WHERE pg_temp.leak(tenant, display_name);
 
 -- Management of a globex key: key_not_found, exactly like an unknown key.
 SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'globex_k1')) AS rotate,
@@ -191,7 +197,7 @@ EXCEPTION WHEN others THEN
 END
 $$;
 SELECT tenant, name FROM apikeys.keys ORDER BY name;
-SELECT DISTINCT tenant FROM apikeys.audit ORDER BY tenant;
+SELECT DISTINCT tenant FROM apikeys.audit_log ORDER BY tenant;
 SELECT ok FROM apikeys.audit_check();
 SELECT pg_temp.try(format('SELECT apikeys.apikey_revoke(%L)', :'acme_k1')) AS revoke_acme,
        pg_temp.try('SELECT apikeys.apikey_create(''acme'', ''by auditor'')') AS create_acme;

@@ -146,11 +146,11 @@ SELECT pg_temp.try($$SELECT apikeys.vault_add('acme', 'openai', 'x-name', 'sk-pr
 
 -- the audit: each tenant's role sees its own vault history
 SET ROLE regress_vault_acme;
-SELECT DISTINCT tenant FROM apikeys.audit WHERE action LIKE 'vault%';
-SELECT action, db_role FROM apikeys.audit WHERE action = 'vault_secret_revealed' ORDER BY audit_id;
+SELECT DISTINCT tenant FROM apikeys.audit_log WHERE action LIKE 'vault%';
+SELECT action, db_role FROM apikeys.audit_log WHERE action = 'vault_secret_revealed' ORDER BY audit_id;
 RESET ROLE;
 SET ROLE regress_vault_globex;
-SELECT DISTINCT tenant FROM apikeys.audit WHERE action LIKE 'vault%';
+SELECT DISTINCT tenant FROM apikeys.audit_log WHERE action LIKE 'vault%';
 RESET ROLE;
 
 ------------------------------------------------------------------------------

@@ -62,6 +62,37 @@ AS $$
            AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE'))
 $$;
 
+-- The tenants whose rows the role whose code runs may read.  need 'read'
+-- (keys, tenants, usage): its mappings of either privilege and the tenant its
+-- transaction is bound to; 'audit' (audit rows): its mappings only, never a
+-- key-bound transaction.  NULL: every tenant (superusers, global mappings).
+-- Published (below) so that it answers for the caller, whoever owns the
+-- code; row-level policies ask it once per query, and the tenant-facing
+-- readers (apikeys.keys, apikeys.tenants, apikeys.audit_log ...) read only
+-- these tenants' rows, so no other tenant's row is scanned on its behalf.
+CREATE FUNCTION apikeys_internal._visible_tenants(need text) RETURNS text[]
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r name := apikeys._acting_role();
+BEGIN
+    IF apikeys._is_superuser(r) OR apikeys._role_may(r, NULL, 'read') THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY(
+        SELECT g.tenant
+          FROM apikeys.role_tenant g
+          JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
+         WHERE g.tenant IS NOT NULL AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')
+        UNION
+        SELECT apikeys.current_tenant()
+         WHERE need OPERATOR(pg_catalog.=) 'read' AND apikeys.current_tenant() IS NOT NULL
+        ORDER BY 1);
+END;
+$$;
+SELECT apikeys_internal.publish('_visible_tenants', 'Tenants the calling role may read (NULL: every tenant); answers only about the caller.');
+
 -- Record a refused management attempt in the server log (it survives the
 -- rollback that the error causes), then raise.
 CREATE FUNCTION apikeys._deny(p_action text, p_tenant text, p_key_id uuid,

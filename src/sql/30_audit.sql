@@ -243,9 +243,67 @@ CREATE TRIGGER secret_no_truncate BEFORE TRUNCATE ON apikeys.secret
 CREATE TRIGGER role_tenant_no_truncate BEFORE TRUNCATE ON apikeys.role_tenant
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
 
+-- Rows of apikeys.audit_log: the audit rows of the tenants the caller may
+-- audit (apikeys.tenants explains why a reader function).
+CREATE FUNCTION apikeys_internal._read_audit() RETURNS SETOF apikeys.audit
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 1000
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('audit');
+BEGIN
+    RETURN QUERY SELECT * FROM apikeys.audit a
+                  WHERE v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+SELECT apikeys_internal.publish('_read_audit', 'Rows of apikeys.audit_log: the audit rows of the tenants the caller may audit.');
+CREATE VIEW apikeys.audit_log WITH (security_invoker = true) AS
+SELECT * FROM apikeys._read_audit();
+COMMENT ON VIEW apikeys.audit_log IS 'The audit rows the caller may read: its tenants'' (every row for superusers and global auditors).';
+
+-- One page of apikeys.audit_log, newest first: the rows before before_id
+-- (all rows when NULL), at most max_rows, of one key if key_id is given.
+-- For a caller who audits one tenant it is a backward scan of that tenant's
+-- index, however big the other tenants' history.
+CREATE FUNCTION apikeys_internal.audit_log_page(before_id bigint DEFAULT NULL, max_rows integer DEFAULT 100,
+                                                key_id uuid DEFAULT NULL)
+    RETURNS SETOF apikeys.audit
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('audit');
+    before bigint := coalesce(before_id, 9223372036854775807);
+BEGIN
+    IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_max_rows: max_rows must be between 1 and 10000';
+    END IF;
+    IF cardinality(v) OPERATOR(pg_catalog.=) 1 THEN
+        RETURN QUERY SELECT * FROM apikeys.audit a
+                      WHERE a.tenant OPERATOR(pg_catalog.=) v[1]
+                        AND a.audit_id OPERATOR(pg_catalog.<) before
+                        AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
+                      ORDER BY a.audit_id DESC LIMIT max_rows;
+    ELSE
+        RETURN QUERY SELECT * FROM apikeys.audit a
+                      WHERE (v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v))
+                        AND a.audit_id OPERATOR(pg_catalog.<) before
+                        AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
+                      ORDER BY a.audit_id DESC LIMIT max_rows;
+    END IF;
+END;
+$$;
+SELECT apikeys_internal.publish('audit_log_page', 'A page of the audit rows the caller may read, newest first, before before_id (keyset pagination).');
+
 -- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
 -- row_hash recomputed from the row.  The first row links to zeros, or, after
--- a purge, to the hash the audit_purged row recorded.
+-- a purge, to the hash the audit_purged row recorded.  A caller who may audit
+-- only some tenants cannot see the rows between theirs: for it, each of its
+-- tenants' rows is checked against its own hash, and nothing is said about
+-- any other row.
 CREATE FUNCTION apikeys_internal.audit_check(
     OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint, OUT problem text)
     RETURNS record
@@ -257,9 +315,23 @@ DECLARE
     prev apikeys.audit;
     anchor bytea;
     anchor_id bigint;
+    v text[] := apikeys._visible_tenants('audit');
 BEGIN
     ok := true;
     rows_checked := 0;
+    IF v IS NOT NULL THEN
+        FOR a IN SELECT * FROM apikeys.audit x WHERE x.tenant OPERATOR(pg_catalog.=) ANY (v)
+                  ORDER BY x.audit_id LOOP
+            rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
+            IF a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
+                ok := false;
+                first_bad_id := a.audit_id;
+                problem := 'row content does not match its hash';
+                RETURN;
+            END IF;
+        END LOOP;
+        RETURN;
+    END IF;
     SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex'),
            (p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint
       INTO anchor, anchor_id
@@ -295,10 +367,18 @@ SELECT apikeys_internal.publish('audit_check', 'Verify the audit hash chain; rep
 
 CREATE FUNCTION apikeys_internal.audit_head(OUT audit_id bigint, OUT row_hash text)
     RETURNS record
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
 AS $$
-    SELECT a.audit_id, encode(a.row_hash, 'hex') FROM apikeys.audit a ORDER BY a.audit_id DESC LIMIT 1
+DECLARE
+    v text[] := apikeys._visible_tenants('audit');   -- NULL: the whole chain's head
+BEGIN
+    SELECT a.audit_id, encode(a.row_hash, 'hex') INTO audit_id, row_hash
+      FROM apikeys.audit a
+     WHERE v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v)
+     ORDER BY a.audit_id DESC LIMIT 1;
+END;
 $$;
 SELECT apikeys_internal.publish('audit_head', 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.');
 

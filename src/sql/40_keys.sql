@@ -304,16 +304,39 @@ SELECT apikeys_internal.publish('tenant_delete', 'Delete a tenant; with force =>
 -- Views (never a digest)
 ------------------------------------------------------------------------------
 
+-- Rows of apikeys.keys: the visible tenants' keys only (apikeys.tenants
+-- explains why a reader function).
+CREATE FUNCTION apikeys_internal._read_keys()
+    RETURNS TABLE (key_id uuid, tenant text, name text, description text, prefix text, hint text,
+                   scopes text[], metadata jsonb, status text, expires_at timestamptz,
+                   created_by name, created_at timestamptz, updated_at timestamptz,
+                   rotated_at timestamptz, rotation_count integer,
+                   revoked_at timestamptz, revoked_reason text,
+                   allowed_ips cidr[], rate_limit integer, rate_window interval,
+                   usage_limit bigint, usage_period interval, secrets_in_grace bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('read');
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name, c.description, c.prefix,
+           (SELECT s.hint FROM apikeys.secret s
+             WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NULL) AS hint,
+           c.scopes, c.metadata, c.status, c.expires_at,
+           c.created_by, c.created_at, c.updated_at, c.rotated_at, c.rotation_count,
+           c.revoked_at, c.revoked_reason,
+           c.allowed_ips, c.rate_limit, c.rate_window, c.usage_limit, c.usage_period,
+           (SELECT count(*) FROM apikeys.secret s
+             WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NOT NULL
+               AND s.valid_until OPERATOR(pg_catalog.>) now()) AS secrets_in_grace
+      FROM apikeys.credential c
+     WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+SELECT apikeys_internal.publish('_read_keys', 'Rows of apikeys.keys: the keys of the tenants the caller may read.');
 CREATE VIEW apikeys.keys WITH (security_invoker = true) AS
-SELECT c.key_id, c.tenant, c.name, c.description, c.prefix,
-       (SELECT s.hint FROM apikeys.secret s
-         WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NULL) AS hint,
-       c.scopes, c.metadata, c.status, c.expires_at,
-       c.created_by, c.created_at, c.updated_at, c.rotated_at, c.rotation_count,
-       c.revoked_at, c.revoked_reason,
-       c.allowed_ips, c.rate_limit, c.rate_window, c.usage_limit, c.usage_period,
-       (SELECT count(*) FROM apikeys.secret s
-         WHERE s.key_id OPERATOR(pg_catalog.=) c.key_id AND s.valid_until IS NOT NULL
-           AND s.valid_until OPERATOR(pg_catalog.>) now()) AS secrets_in_grace
-  FROM apikeys.credential c;
+SELECT * FROM apikeys._read_keys();
 COMMENT ON VIEW apikeys.keys IS 'One row per API key with its current hint; no secret or digest.';

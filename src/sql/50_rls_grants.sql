@@ -8,28 +8,71 @@ ALTER TABLE apikeys.secret ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.audit ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.role_tenant ENABLE ROW LEVEL SECURITY;
 
--- Reads only: every write goes through the SECURITY DEFINER functions.
--- A role sees the tenants it is mapped to in role_tenant (whose own policy
--- shows each role only its mappings), or the tenant its transaction is bound
--- to.  No function call per row: the subqueries become hashed subplans.
+-- Reads only: every write goes through the management functions.  These
+-- policies guard roles a DBA lets read the tables themselves (global admins
+-- and auditors get that from grant_tenant); tenant-scoped roles read the
+-- views below instead, which never scan another tenant's rows (a query on a
+-- table under RLS still scans them, and EXPLAIN ANALYZE would count them).
+-- apikeys._visible_tenants() runs once per query (an InitPlan); NULL means
+-- every tenant, hence the coalesce.
 CREATE POLICY role_tenant_read ON apikeys.role_tenant FOR SELECT
     USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro
                     WHERE ro.rolname OPERATOR(pg_catalog.=) role_tenant.role_name
-                      AND pg_catalog.pg_has_role(current_user, ro.oid, 'USAGE')));
+                      AND pg_catalog.pg_has_role(current_user, ro.oid, 'USAGE'))
+           OR (SELECT apikeys._visible_tenants('read')) IS NULL);
 CREATE POLICY tenant_read ON apikeys.tenant FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
-           OR tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
-           OR EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
 CREATE POLICY credential_read ON apikeys.credential FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
-           OR tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
-           OR EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
 CREATE POLICY secret_read ON apikeys.secret FOR SELECT
     USING (EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) secret.key_id));
 -- the audit only through a mapping, never through a key-bound transaction
 CREATE POLICY audit_read ON apikeys.audit FOR SELECT
-    USING (tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
-           OR (tenant IS NOT NULL AND EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL)));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('audit')), ARRAY[tenant])));
+
+------------------------------------------------------------------------------
+-- Tenant-facing readers: each reads the caller's visible tenants' rows only
+-- (through the tenant indexes), inside a function, so neither EXPLAIN nor
+-- the planner's estimates show anything of the others.  Custom plans: the
+-- visible tenants are known when each query is planned.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION apikeys_internal._read_tenants() RETURNS SETOF apikeys.tenant
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 10
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('read');
+BEGIN
+    RETURN QUERY SELECT * FROM apikeys.tenant t
+                  WHERE v IS NULL OR t.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+SELECT apikeys_internal.publish('_read_tenants', 'Rows of apikeys.tenants: the tenants the caller may read.');
+CREATE VIEW apikeys.tenants WITH (security_invoker = true) AS
+SELECT * FROM apikeys._read_tenants();
+COMMENT ON VIEW apikeys.tenants IS 'The tenants the caller may read (all of them for superusers and global roles).';
+
+CREATE FUNCTION apikeys_internal._read_grants() RETURNS SETOF apikeys.role_tenant
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 10
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r name := apikeys._acting_role();
+    all_ boolean := apikeys._visible_tenants('read') IS NULL;
+BEGIN
+    RETURN QUERY SELECT g.* FROM apikeys.role_tenant g
+                  WHERE all_ OR EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_roles ro
+                         WHERE ro.rolname OPERATOR(pg_catalog.=) g.role_name
+                           AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE'));
+END;
+$$;
+SELECT apikeys_internal.publish('_read_grants', 'Rows of apikeys.tenant_grants: the caller''s own tenant mappings (every mapping for superusers and global roles).');
+CREATE VIEW apikeys.tenant_grants WITH (security_invoker = true) AS
+SELECT * FROM apikeys._read_grants();
+COMMENT ON VIEW apikeys.tenant_grants IS 'Which tenants the caller (and the roles it belongs to) manage or audit.';
 
 ------------------------------------------------------------------------------
 -- Privilege recipes (superuser only)
@@ -98,11 +141,19 @@ BEGIN
     VALUES (grant_tenant.role_name, grant_tenant.tenant, grant_tenant.privilege)
     ON CONFLICT DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.keys, apikeys.audit,'
-                   ' apikeys.role_tenant, apikeys.usage, apikeys.key_usage TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO %I', role_name);
-    EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
+    -- the views, never the tables (see the readers above) ...
+    EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
+                   ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._read_tenants(), apikeys._read_keys(),'
+                   ' apikeys._read_audit(), apikeys._read_grants(), apikeys._read_key_usage(),'
+                   ' apikeys.audit_log_page(bigint, integer, uuid),'
+                   ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
+    -- ... but for global roles, who see every row anyway
+    IF tenant IS NULL THEN
+        EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.audit,'
+                       ' apikeys.role_tenant, apikeys.usage TO %I', role_name);
+        EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
+    END IF;
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION'
             ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'

@@ -122,28 +122,49 @@ SELECT r.*, now() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_lag
   FROM apikeys._runtime() r;
 COMMENT ON VIEW apikeys.runtime IS 'Shared memory use, policy cache and usage-flush figures.';
 
--- flushed figures plus what shared memory holds; RLS of credential applies
+-- Rows of apikeys.key_usage: flushed figures plus what shared memory holds,
+-- for the keys of the tenants the caller may read (apikeys.tenants explains
+-- why a reader function).
+CREATE FUNCTION apikeys_internal._read_key_usage()
+    RETURNS TABLE (key_id uuid, tenant text, name text, last_used_at timestamptz, usage_limit bigint,
+                   used bigint, usage_remaining bigint, valid bigint, disabled bigint, revoked bigint,
+                   expired bigint, tenant_inactive bigint, ip_not_allowed bigint,
+                   insufficient_scope bigint, rate_limited bigint, usage_exceeded bigint,
+                   flushed_at timestamptz, has_unflushed boolean)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('read');
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name,
+           GREATEST(u.last_used_at, p.last_used_at) AS last_used_at,
+           c.usage_limit,
+           COALESCE(p.used, u.used, 0) AS used,
+           CASE WHEN c.usage_limit IS NOT NULL
+                THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
+           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[1], 0) AS valid,
+           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[4], 0) AS disabled,
+           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[5], 0) AS revoked,
+           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[6], 0) AS expired,
+           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[7], 0) AS tenant_inactive,
+           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[8], 0) AS ip_not_allowed,
+           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[9], 0) AS insufficient_scope,
+           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[10], 0) AS rate_limited,
+           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[11], 0) AS usage_exceeded,
+           u.flushed_at,
+           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
+      FROM apikeys.credential c
+      LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
+      LEFT JOIN LATERAL apikeys._pending_usage(c.key_id) p ON true
+     WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+SELECT apikeys_internal.publish('_read_key_usage', 'Rows of apikeys.key_usage: usage of the keys of the tenants the caller may read.');
 CREATE VIEW apikeys.key_usage WITH (security_invoker = true) AS
-SELECT c.key_id, c.tenant, c.name,
-       GREATEST(u.last_used_at, p.last_used_at) AS last_used_at,
-       c.usage_limit,
-       COALESCE(p.used, u.used, 0) AS used,
-       CASE WHEN c.usage_limit IS NOT NULL
-            THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
-       COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[1], 0) AS valid,
-       COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[4], 0) AS disabled,
-       COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[5], 0) AS revoked,
-       COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[6], 0) AS expired,
-       COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[7], 0) AS tenant_inactive,
-       COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[8], 0) AS ip_not_allowed,
-       COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[9], 0) AS insufficient_scope,
-       COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[10], 0) AS rate_limited,
-       COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[11], 0) AS usage_exceeded,
-       u.flushed_at,
-       p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
-  FROM apikeys.credential c
-  LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
-  LEFT JOIN LATERAL apikeys._pending_usage(c.key_id) p ON true;
+SELECT * FROM apikeys._read_key_usage();
 COMMENT ON VIEW apikeys.key_usage IS 'Per key: last use, uses charged against the cap, verifications by outcome (flushed + pending).';
 
 ALTER TABLE apikeys.usage ENABLE ROW LEVEL SECURITY;

@@ -5,6 +5,6 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO PUBLIC;
--- The row-level policies read these for any role granted SELECT on a table;
--- each answers only about the caller.
-GRANT SELECT ON apikeys.role_tenant TO PUBLIC;
+-- The row-level policies call this for any role granted SELECT on a table;
+-- it answers only about the caller.
+GRANT EXECUTE ON FUNCTION apikeys._visible_tenants(text) TO PUBLIC;
