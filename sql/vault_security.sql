@@ -106,10 +106,31 @@ SELECT pg_temp.try($$SELECT current_setting('apikeys.vault_master_key_previous')
 SELECT pg_temp.try($$SELECT set_config('apikeys.vault_master_key', 'mine-mine-mine-mine-mine', false)$$) AS set_key;
 SELECT count(*) AS in_pg_settings FROM pg_settings WHERE name LIKE 'apikeys.vault%';
 SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[
-    '_vault_keys()', format('_vault_decrypt(%L, %L, %L)', :'acme1', '\x00', 'k'),
-    '_vault_open(NULL::apikeys.vault_secret)', format('_vault_find(%L, %L, %L, false)', :'acme1', 'x', 'read'),
+    '_vault_key_state()', format('_vault_seal(%L, %L)', :'acme1', 'x'),
+    format('_vault_open(%L, %L, %L)', :'acme1', '\x00', '0123456789abcdef'),
+    format('_vault_rewrap(%L, %L, %L)', :'acme1', '\x00', '0123456789abcdef'),
+    $$_vault_lock_slot('acme', NULL, 'openai')$$, $$_vault_fingerprint('x')$$,
+    format('_vault_find(%L, %L, %L, false)', :'acme1', 'x', 'read'),
     'vault_rotate_master_key()']) f;
 RESET ROLE;
+-- Even a role granted EXECUTE on the internals cannot use them: they refuse
+-- any caller that is not running as a superuser.
+GRANT EXECUTE ON FUNCTION apikeys._vault_key_state(), apikeys._vault_seal(uuid, text),
+    apikeys._vault_open(uuid, bytea, text), apikeys._vault_rewrap(uuid, bytea, text),
+    apikeys._vault_lock_slot(text, text, text) TO regress_vault_globex;
+GRANT SELECT ON apikeys.vault_secret TO regress_vault_globex;
+SET ROLE regress_vault_globex;
+SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[
+    '_vault_key_state()', format('_vault_seal(%L, %L)', :'globex1', 'x'),
+    format('_vault_open(v.id, v.ciphertext, v.key_fp) FROM apikeys.vault_secret v WHERE v.id = %L', :'globex1'),
+    format('_vault_rewrap(v.id, v.ciphertext, v.key_fp) FROM apikeys.vault_secret v WHERE v.id = %L', :'globex1'),
+    $$_vault_lock_slot('acme', NULL, 'openai')$$]) f;
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION apikeys._vault_key_state(), apikeys._vault_seal(uuid, text),
+    apikeys._vault_open(uuid, bytea, text), apikeys._vault_rewrap(uuid, bytea, text),
+    apikeys._vault_lock_slot(text, text, text) FROM regress_vault_globex;
+REVOKE SELECT ON apikeys.vault_secret FROM regress_vault_globex;
+SELECT apikeys.grant_vault('regress_vault_globex');   -- its column grants back
 
 -- An auditor of acme sees metadata, never plaintext, changes nothing.
 SET ROLE regress_vault_auditor;

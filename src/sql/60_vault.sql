@@ -63,48 +63,52 @@ CREATE TRIGGER vault_service_no_truncate BEFORE TRUNCATE ON apikeys.vault_servic
 CREATE TRIGGER vault_secret_no_truncate BEFORE TRUNCATE ON apikeys.vault_secret
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
 
--- Metadata only: no ciphertext, no key fingerprint.
+-- Metadata only: no ciphertext, no key fingerprint; the visible tenants'
+-- secrets only, read inside a function (see apikeys.tenants for why).
+CREATE FUNCTION apikeys_internal._read_vault_secrets()
+    RETURNS TABLE (id uuid, tenant text, owner_user name, service text, name text, active boolean,
+                   last_used_at timestamptz, created_at timestamptz, updated_at timestamptz)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('read');
+BEGIN
+    RETURN QUERY
+    SELECT s.id, s.tenant, s.owner_user, s.service, s.name, s.active, s.last_used_at, s.created_at, s.updated_at
+      FROM apikeys.vault_secret s
+     WHERE v IS NULL OR s.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+SELECT apikeys_internal.publish('_read_vault_secrets', 'Rows of apikeys.vault_secrets: metadata of the vault secrets of the tenants the caller may read.');
 CREATE VIEW apikeys.vault_secrets WITH (security_invoker = true) AS
-SELECT v.id, v.tenant, v.owner_user, v.service, v.name, v.active, v.last_used_at, v.created_at, v.updated_at
-  FROM apikeys.vault_secret v;
-COMMENT ON VIEW apikeys.vault_secrets IS 'Vault secrets'' metadata (no ciphertext), filtered by row-level security.';
+SELECT * FROM apikeys._read_vault_secrets();
+COMMENT ON VIEW apikeys.vault_secrets IS 'Vault secrets'' metadata (no ciphertext) of the tenants the caller may read.';
 
 ALTER TABLE apikeys.vault_service ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.vault_secret ENABLE ROW LEVEL SECURITY;
 CREATE POLICY vault_service_read ON apikeys.vault_service FOR SELECT USING (true);
 CREATE POLICY vault_secret_read ON apikeys.vault_secret FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
-           OR tenant IN (SELECT g.tenant FROM apikeys.role_tenant g)
-           OR EXISTS (SELECT 1 FROM apikeys.role_tenant g WHERE g.tenant IS NULL));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
 
 ------------------------------------------------------------------------------
--- Internals.  Whatever touches the master key is SECURITY INVOKER: it works
--- only when called from the SECURITY DEFINER entry points below (run as the
--- superuser who owns the extension); called directly by any other role it
--- fails, because only superusers may read the setting.
+-- Internals.  The master keys never reach SQL: src/vault_crypto.c reads them
+-- (settings or key file), computes their fingerprints and calls pgcrypto
+-- through the function manager, so no statement the executor runs, and so
+-- no plan auto_explain could log, ever holds a master key.  A plaintext is
+-- held only in plpgsql variables used in simple expressions (assignments,
+-- IF, RETURN), which never reach the executor either; and every function
+-- that holds one also runs with plan_cache_mode = force_generic_plan, so a
+-- statement that used one would show a $n parameter, never the value, in
+-- its plan.  The C functions refuse to run unless the current user is a
+-- superuser: they work only inside the SECURITY DEFINER entry points below.
 ------------------------------------------------------------------------------
 
--- pgcrypto is relocatable: find its schema at run time.
-CREATE FUNCTION apikeys._vault_pgcrypto() RETURNS name
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    nsp name;
-BEGIN
-    SELECT n.nspname INTO nsp
-      FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
-     WHERE e.extname OPERATOR(pg_catalog.=) 'pgcrypto';
-    IF nsp IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'vault_pgcrypto_missing: the pgcrypto extension is not installed';
-    END IF;
-    RETURN nsp;
-END;
-$$;
-
--- A short, non-reversible fingerprint of a master key (which key encrypted a row).
+-- A short, non-reversible fingerprint of a master key (which key encrypted a
+-- row); the same as the C code computes.  Neither the extension nor its
+-- functions call it (the key would be an argument): it is for superusers who
+-- want to know which key a row is under, and for the tests.
 CREATE FUNCTION apikeys._vault_fingerprint(master_key text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
@@ -113,133 +117,36 @@ AS $$
                                 OPERATOR(pg_catalog.||) textsend(master_key)), 1, 8), 'hex')
 $$;
 
-CREATE FUNCTION apikeys._vault_check_master_key(master_key text) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF master_key IS NULL OR master_key OPERATOR(pg_catalog.=) '' THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'vault_master_key_missing: the vault master key is not set',
-            HINT = 'A superuser names a key file in apikeys.vault_master_key_file (see the README).';
-    END IF;
-    IF char_length(master_key) OPERATOR(pg_catalog.<) 16 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'vault_master_key_invalid: a vault master key must be at least 16 characters',
-            HINT = 'Use a random key, e.g. the output of: openssl rand -base64 32';
-    END IF;
-END;
-$$;
+-- Fingerprints of the configured keys (prev_fp NULL outside a rotation);
+-- vault_master_key_missing / vault_master_key_invalid without a usable key.
+CREATE FUNCTION apikeys._vault_key_state(OUT cur_fp text, OUT prev_fp text) RETURNS record
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_key_state';
 
--- The configured keys (current and, during a rotation, previous) and their
--- fingerprints: the settings apikeys.vault_master_key[_previous], else the
--- lines of the file named by apikeys.vault_master_key_file.  Superuser
--- context only (the settings are superuser-only, pg_read_file too).
-CREATE FUNCTION apikeys._vault_keys(OUT cur text, OUT cur_fp text, OUT prev text, OUT prev_fp text)
-    RETURNS record
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    path text;
-    lines text[];
-    unreadable boolean := false;
-BEGIN
-    PERFORM apikeys._acting_role();   -- loads the module, which defines the settings
-    cur := nullif(current_setting('apikeys.vault_master_key', true), '');
-    prev := nullif(current_setting('apikeys.vault_master_key_previous', true), '');
-    path := nullif(current_setting('apikeys.vault_master_key_file', true), '');
-    IF cur IS NULL AND path IS NOT NULL THEN
-        BEGIN
-            lines := regexp_split_to_array(pg_read_file(path), E'\r?\n');
-        EXCEPTION WHEN OTHERS THEN
-            unreadable := true;   -- never pass the error on: it may quote the file
-        END;
-        IF unreadable THEN
-            RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-                MESSAGE = 'vault_master_key_missing: the vault master key file cannot be read',
-                HINT = 'The server must be able to read the file named by apikeys.vault_master_key_file.';
-        END IF;
-        cur := nullif(btrim(lines[1], E' \t\r'), '');
-        prev := coalesce(prev, nullif(btrim(lines[2], E' \t\r'), ''));
-    END IF;
-    PERFORM apikeys._vault_check_master_key(cur);
-    cur_fp := apikeys._vault_fingerprint(cur);
-    prev_fp := apikeys._vault_fingerprint(prev);
-END;
-$$;
-
-CREATE FUNCTION apikeys._vault_encrypt(p_id uuid, p_secret text, p_master_key text) RETURNS bytea
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    q text := format('SELECT %I.pgp_sym_encrypt($1, $2, $3)', apikeys._vault_pgcrypto());
-    ct bytea;
-    failed boolean := false;
-BEGIN
-    BEGIN
-        EXECUTE q
-           INTO ct
-          USING p_secret, p_id::text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p_master_key,
-                'cipher-algo=aes256, compress-algo=0'::text;
-    EXCEPTION WHEN OTHERS THEN
-        failed := true;   -- never pass pgcrypto's message or context on
-    END;
-    IF failed OR ct IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'external_routine_invocation_exception',
-            MESSAGE = 'vault_encrypt_failed: the secret could not be encrypted';
-    END IF;
-    RETURN ct;
-END;
-$$;
-
--- NULL when the ciphertext does not decrypt (wrong key, corrupt data).
-CREATE FUNCTION apikeys._vault_decrypt(p_id uuid, p_ciphertext bytea, p_master_key text) RETURNS text
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    q text := format('SELECT %I.pgp_sym_decrypt($1, $2, $3)', apikeys._vault_pgcrypto());
-    pt text;
-BEGIN
-    BEGIN
-        EXECUTE q INTO pt
-          USING p_ciphertext, p_id::text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p_master_key,
-                'cipher-algo=aes256, compress-algo=0'::text;
-    EXCEPTION WHEN OTHERS THEN
-        pt := NULL;   -- "Wrong key or corrupt data" and the like: callers report vault_decrypt_failed
-    END;
-    RETURN pt;
-END;
-$$;
+-- Encrypt a secret (pgp_sym_encrypt, AES-256, no compression; passphrase
+-- id || ':' || master key) under the current master key.
+CREATE FUNCTION apikeys._vault_seal(id uuid, plaintext text, OUT ciphertext bytea, OUT key_fp text) RETURNS record
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_seal';
 
 -- Decrypt a row with whichever configured key encrypted it.  problem:
 -- NULL, 'master_key_mismatch' (neither configured key encrypted it) or
--- 'decrypt_failed'; stale: decrypted with apikeys.vault_master_key_previous.
-CREATE FUNCTION apikeys._vault_open(s apikeys.vault_secret, OUT plaintext text, OUT problem text, OUT stale boolean)
-    RETURNS record
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    k record := apikeys._vault_keys();
-BEGIN
-    stale := false;
-    IF s.key_fp OPERATOR(pg_catalog.=) k.cur_fp THEN
-        plaintext := apikeys._vault_decrypt(s.id, s.ciphertext, k.cur);
-    ELSIF s.key_fp OPERATOR(pg_catalog.=) k.prev_fp THEN
-        plaintext := apikeys._vault_decrypt(s.id, s.ciphertext, k.prev);
-        stale := true;
-    ELSE
-        problem := 'master_key_mismatch';
-        RETURN;
-    END IF;
-    IF plaintext IS NULL THEN
-        problem := 'decrypt_failed';
-    END IF;
-END;
-$$;
+-- 'decrypt_failed'; stale: decrypted with the previous master key.
+CREATE FUNCTION apikeys._vault_open(id uuid, ciphertext bytea, key_fp text,
+                                    OUT plaintext text, OUT problem text, OUT stale boolean) RETURNS record
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_open';
+
+-- A row re-encrypted under the current master key (as it is if it already
+-- is; NULLs if the previous key does not open it).  For the rotation: the
+-- plaintext never leaves C.
+CREATE FUNCTION apikeys._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
+                                      OUT ciphertext bytea, OUT key_fp text) RETURNS record
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_rewrap';
+
+-- Serialize changes to one owner's secrets of one service (owner NULL: the
+-- tenant) until the end of the transaction.  The lock's tag is one no SQL
+-- function can take (not pg_advisory_*), so no role can hold it to block
+-- another tenant's vault_add.
+CREATE FUNCTION apikeys._vault_lock_slot(tenant text, owner text, service text) RETURNS void
+    LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_lock_slot';
 
 -- A service by name (aliases resolved).  Never echoes the caller's input:
 -- a secret passed in the wrong argument must not reach an error message.
@@ -276,12 +183,29 @@ BEGIN
 END;
 $$;
 
--- Is the session's role allowed `need` ('read' or 'manage') on a tenant?
--- 'manage' is exactly apikeys._authorize(); 'read' is what row-level
--- security shows (a mapping of either privilege, or the bound tenant).
--- Refused: for a secret (p_id), vault_secret_not_found, so other tenants'
--- secrets stay unseen; else permission_denied.
-CREATE FUNCTION apikeys._vault_authorize(p_tenant text, p_action text, p_id uuid, p_need text)
+-- May the acting role do `need` ('read' or 'manage') on a tenant?  'manage'
+-- is apikeys._may_manage(); 'read' is what the readers show (a mapping of
+-- either privilege, or the bound tenant).  Answers; never raises.
+CREATE FUNCTION apikeys._vault_may(p_tenant text, p_need text)
+    RETURNS boolean
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v text[];
+BEGIN
+    IF p_need OPERATOR(pg_catalog.=) 'manage' THEN
+        RETURN apikeys._may_manage(p_tenant);
+    END IF;
+    v := apikeys._visible_tenants('read');
+    RETURN v IS NULL OR p_tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+
+-- Refuse a tenant-scoped call the session's role may not make
+-- (permission_denied; the tenant is not echoed: it could be a misplaced
+-- secret).  For one secret, use apikeys._vault_find instead.
+CREATE FUNCTION apikeys._vault_authorize(p_tenant text, p_action text, p_need text)
     RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -289,33 +213,19 @@ AS $$
 DECLARE
     r name := apikeys._acting_role();
 BEGIN
-    IF p_need OPERATOR(pg_catalog.=) 'manage' THEN
-        BEGIN
-            PERFORM apikeys._authorize(p_tenant, p_action, p_id);   -- logs a refusal itself
-        EXCEPTION WHEN undefined_object THEN
-            RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-                MESSAGE = format('vault_secret_not_found: no vault secret with id %s', p_id);
-        END;
-        RETURN;
+    IF NOT apikeys._vault_may(p_tenant, p_need) THEN
+        PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not %s this tenant', r, p_need),
+            'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
     END IF;
-    IF apikeys._is_superuser(r)
-       OR apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant
-       OR apikeys._role_may(r, p_tenant, 'read') THEN
-        RETURN;
-    END IF;
-    IF p_id IS NOT NULL THEN
-        PERFORM apikeys._deny(p_action, p_tenant, p_id, '42704',
-            format('vault_secret_not_found: no vault secret with id %s', p_id));
-    END IF;
-    -- the tenant is not echoed: it could be a misplaced secret
-    PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
-        format('permission_denied: role "%s" may not read this tenant', r),
-        'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
 END;
 $$;
 
--- Find a secret, authorize the session's role for its tenant, return it
--- (locked FOR UPDATE when p_lock).  Unknown and foreign secrets read alike.
+-- Find a secret the session's role may `need`, return it (locked FOR
+-- UPDATE when p_lock).  A secret that does not exist, one of a tenant the
+-- role may not act for, and one deleted while we waited for its lock all
+-- end at the one raise point below, so their errors are identical to the
+-- byte, CONTEXT included: other tenants' secrets stay unseen.
 CREATE FUNCTION apikeys._vault_find(p_id uuid, p_action text, p_need text, p_lock boolean)
     RETURNS apikeys.vault_secret
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -323,37 +233,25 @@ CREATE FUNCTION apikeys._vault_find(p_id uuid, p_action text, p_need text, p_loc
 AS $$
 DECLARE
     s apikeys.vault_secret;
+    visible boolean;
 BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'invalid_id: id must not be NULL';
     END IF;
     SELECT * INTO s FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) p_id;
-    IF NOT FOUND THEN
-        PERFORM apikeys._deny(p_action, NULL, p_id, '42704',
-            format('vault_secret_not_found: no vault secret with id %s', p_id));
-    END IF;
-    PERFORM apikeys._vault_authorize(s.tenant, p_action, p_id, p_need);
-    IF p_lock THEN
+    visible := FOUND AND apikeys._vault_may(s.tenant, p_need);
+    IF visible AND p_lock THEN
+        -- locked only once authorized: a foreign row is never waited for
         SELECT * INTO s FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) p_id FOR UPDATE;
-        IF NOT FOUND THEN   -- deleted while we waited
-            PERFORM apikeys._deny(p_action, NULL, p_id, '42704',
-                format('vault_secret_not_found: no vault secret with id %s', p_id));
-        END IF;
+        visible := FOUND;
+    END IF;
+    IF NOT visible THEN
+        PERFORM apikeys._deny(p_action, s.tenant, p_id, '42704',
+            format('vault_secret_not_found: no vault secret with id %s', p_id));
     END IF;
     RETURN s;
 END;
-$$;
-
--- Serialize changes to one owner's secrets of one service.
-CREATE FUNCTION apikeys._vault_lock_slot(p_tenant text, p_owner text, p_service text) RETURNS void
-    LANGUAGE sql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
-        'apikeys.vault' OPERATOR(pg_catalog.||) chr(1) OPERATOR(pg_catalog.||) p_tenant
-        OPERATOR(pg_catalog.||) chr(1) OPERATOR(pg_catalog.||) coalesce(p_owner, '')
-        OPERATOR(pg_catalog.||) chr(1) OPERATOR(pg_catalog.||) p_service, 0))
 $$;
 
 ------------------------------------------------------------------------------
@@ -369,12 +267,13 @@ CREATE FUNCTION apikeys_internal.vault_add(
     RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- the secret never a plan constant
 AS $$
 DECLARE
     r name := apikeys._acting_role();
     su boolean;
     svc apikeys.vault_service;
-    k record;
+    sealed record;
     new_id uuid := gen_random_uuid();
 BEGIN
     su := apikeys._is_superuser(r);
@@ -411,7 +310,8 @@ BEGIN
             MESSAGE = format('vault_invalid_format: the secret does not have the format of service "%s"', svc.service),
             HINT = format('%s keys match %s', svc.display_name, svc.format);
     END IF;
-    k := apikeys._vault_keys();
+    -- a simple expression: the secret reaches no statement (see Internals)
+    sealed := apikeys._vault_seal(new_id, secret);
 
     -- one active secret per owner and service: the new one replaces it
     PERFORM apikeys._vault_lock_slot(tenant, owner_user, svc.service);
@@ -420,8 +320,7 @@ BEGIN
        AND v.owner_user IS NOT DISTINCT FROM vault_add.owner_user
        AND v.service OPERATOR(pg_catalog.=) svc.service AND v.active;
     INSERT INTO apikeys.vault_secret (id, tenant, owner_user, service, name, ciphertext, key_fp)
-    VALUES (new_id, tenant, owner_user, svc.service, name,
-            apikeys._vault_encrypt(new_id, secret, k.cur), k.cur_fp);
+    VALUES (new_id, tenant, owner_user, svc.service, name, sealed.ciphertext, sealed.key_fp);
     RETURN new_id;
 END;
 $$;
@@ -432,19 +331,13 @@ CREATE FUNCTION apikeys_internal.vault_list(tenant text DEFAULT NULL)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r name := apikeys._acting_role();
-    su boolean := apikeys._is_superuser(r);
 BEGIN
     IF tenant IS NOT NULL THEN
-        PERFORM apikeys._vault_authorize(tenant, 'vault_list', NULL, 'read');
+        PERFORM apikeys._vault_authorize(tenant, 'vault_list', 'read');
     END IF;
     RETURN QUERY
-    SELECT v.id, v.tenant, v.owner_user, v.service, v.name, v.active, v.last_used_at, v.created_at, v.updated_at
-      FROM apikeys.vault_secret v
-     WHERE CASE WHEN vault_list.tenant IS NOT NULL THEN v.tenant OPERATOR(pg_catalog.=) vault_list.tenant
-                ELSE su OR v.tenant OPERATOR(pg_catalog.=) apikeys.current_tenant()
-                     OR apikeys._role_may(r, v.tenant, 'read') END
+    SELECT v.* FROM apikeys._read_vault_secrets() v
+     WHERE vault_list.tenant IS NULL OR v.tenant OPERATOR(pg_catalog.=) vault_list.tenant
      ORDER BY v.tenant, v.service, v.owner_user NULLS FIRST, v.active DESC, v.created_at, v.id;
 END;
 $$;
@@ -514,6 +407,7 @@ SELECT apikeys_internal.publish('vault_delete', 'Delete a vault secret for good.
 CREATE FUNCTION apikeys_internal.vault_reveal(id uuid) RETURNS text
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- the plaintext never a plan constant
 AS $$
 DECLARE
     s apikeys.vault_secret := apikeys._vault_find(vault_reveal.id, 'vault_reveal', 'manage', false);
@@ -527,7 +421,7 @@ BEGIN
             'Only its owner_user may reveal it.');
     END IF;
     PERFORM apikeys._require_active_tenant(s.tenant, 'vault_reveal', s.id);
-    o := apikeys._vault_open(s);
+    o := apikeys._vault_open(s.id, s.ciphertext, s.key_fp);   -- o.plaintext only in simple expressions
     IF o.problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
             MESSAGE = format('vault_decrypt_failed: vault secret %s could not be decrypted', s.id),
@@ -560,9 +454,11 @@ CREATE TYPE apikeys.vault_check_result AS (
 CREATE FUNCTION apikeys._vault_check_one(s apikeys.vault_secret) RETURNS apikeys.vault_check_result
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- the plaintext never a plan constant
 AS $$
 DECLARE
-    o record := apikeys._vault_open(s);
+    fmt text := (SELECT x.format FROM apikeys.vault_service x WHERE x.service OPERATOR(pg_catalog.=) s.service);
+    o record := apikeys._vault_open(s.id, s.ciphertext, s.key_fp);
     res apikeys.vault_check_result;
 BEGIN
     res.id := s.id;
@@ -571,8 +467,8 @@ BEGIN
     res.name := s.name;
     res.problem := o.problem;
     IF res.problem IS NULL THEN
-        IF NOT (o.plaintext OPERATOR(pg_catalog.~)
-                (SELECT x.format FROM apikeys.vault_service x WHERE x.service OPERATOR(pg_catalog.=) s.service)) THEN
+        -- a simple expression (no subquery): the plaintext reaches no statement
+        IF NOT (o.plaintext OPERATOR(pg_catalog.~) fmt) THEN
             res.problem := 'invalid_format';
         ELSIF o.stale THEN
             res.problem := 'stale_master_key';
@@ -593,11 +489,11 @@ DECLARE
 BEGIN
     IF id IS NOT NULL THEN
         s := apikeys._vault_find(id, 'vault_check', 'read', false);
-        PERFORM apikeys._vault_keys();   -- vault_master_key_missing
+        PERFORM apikeys._vault_key_state();   -- vault_master_key_missing
         RETURN NEXT apikeys._vault_check_one(s);
         RETURN;
     END IF;
-    PERFORM apikeys._vault_keys();
+    PERFORM apikeys._vault_key_state();
     FOR s IN SELECT v.* FROM apikeys.vault_secret v
               WHERE v.id IN (SELECT l.id FROM apikeys.vault_list() l)
               ORDER BY v.tenant, v.service, v.owner_user NULLS FIRST, v.active DESC, v.created_at, v.id LOOP
@@ -621,16 +517,13 @@ CREATE FUNCTION apikeys_internal.vault_rotate_master_key()
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- no fingerprint or ciphertext as a plan constant
 AS $$
 DECLARE
     r name := apikeys._acting_role();
     s apikeys.vault_secret;
     k record;
-    o_key text;
-    n_key text;
-    o_fp text;
-    n_fp text;
-    pt text;
+    w record;
     n bigint := 0;
 BEGIN
     IF NOT coalesce(apikeys._is_superuser(r), false) THEN
@@ -638,25 +531,20 @@ BEGIN
             format('permission_denied: role "%s" may not rotate the vault master key', r),
             'Only superusers rotate the vault master key.');
     END IF;
-    k := apikeys._vault_keys();   -- checks the current key itself
-    n_key := k.cur;
-    o_key := k.prev;
-    n_fp := k.cur_fp;
-    o_fp := k.prev_fp;
+    k := apikeys._vault_key_state();   -- checks the current key itself
 
     LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE;
-    FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) n_fp ORDER BY v.id LOOP
-        pt := NULL;
-        IF s.key_fp OPERATOR(pg_catalog.=) o_fp THEN
-            pt := apikeys._vault_decrypt(s.id, s.ciphertext, o_key);
-        END IF;
-        IF pt IS NULL THEN
+    FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) k.cur_fp ORDER BY v.id LOOP
+        -- decrypted with the previous key and encrypted with the current one
+        -- inside C: the plaintext and both keys stay out of SQL
+        w := apikeys._vault_rewrap(s.id, s.ciphertext, s.key_fp);
+        IF w.ciphertext IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
                 MESSAGE = format('vault_decrypt_failed: vault secret %s could not be decrypted with the old master key', s.id),
                 HINT = 'Nothing was re-encrypted. apikeys.vault_check() lists the secrets that do not open.';
         END IF;
         UPDATE apikeys.vault_secret v
-           SET ciphertext = apikeys._vault_encrypt(s.id, pt, n_key), key_fp = n_fp
+           SET ciphertext = w.ciphertext, key_fp = w.key_fp
          WHERE v.id OPERATOR(pg_catalog.=) s.id;
         n := n OPERATOR(pg_catalog.+) 1;
     END LOOP;
@@ -788,20 +676,11 @@ CREATE FUNCTION apikeys_internal.grant_vault(role_name name, privilege text DEFA
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF privilege IS NULL OR privilege NOT IN ('manage', 'audit') THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_privilege: privilege must be ''manage'' or ''audit''';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) role_name) THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('role_not_found: role "%s" does not exist', role_name);
-    END IF;
+    PERFORM apikeys._check_privilege(privilege), apikeys._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT SELECT ON apikeys.vault_service, apikeys.vault_secrets TO %I', role_name);
-    EXECUTE format('GRANT SELECT (id, tenant, owner_user, service, name, active, last_used_at, created_at, updated_at)'
-                   ' ON apikeys.vault_secret TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.vault_list(text), apikeys.vault_get(uuid),'
-                   ' apikeys.vault_check(uuid), apikeys.current_tenant() TO %I', role_name);
+                   ' apikeys.vault_check(uuid), apikeys.current_tenant(), apikeys._read_vault_secrets() TO %I', role_name);
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.vault_add(text, text, text, text, text),'
                        ' apikeys.vault_update(uuid, text, boolean), apikeys.vault_delete(uuid),'

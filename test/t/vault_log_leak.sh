@@ -7,10 +7,19 @@
 # leak: a plain SQL literal, and extended-protocol parameters when
 # log_parameter_max_length is left at its default.
 #
+# Every session runs with auto_explain (session_preload_libraries) logging
+# the verbose, analyzed plan of every nested statement, and a superuser
+# session also LOADs it itself: the statements the vault functions run must
+# never carry a plaintext or a master key, as a plan constant (plpgsql's
+# custom plans and EXECUTE ... USING fold parameters into constants) or
+# otherwise.  The whole log is searched for each secret and master key, and
+# for their hex and base64 forms.
+#
 # Documented ways (docs/vault.md, "Storing a secret without logging it"):
 #   A  bind the secret as a parameter of the extended protocol (any driver;
-#      pgbench -M extended here), with log_parameter_max_length = 0 for the
-#      role (a superuser sets it: ALTER ROLE app SET log_parameter_max_length = 0);
+#      pgbench -M extended here), with log_parameter_max_length = 0 and
+#      plan_cache_mode = force_generic_plan for the role (a superuser sets
+#      them with ALTER ROLE app SET ...);
 #   B  COPY it into a temporary table (psql \copy from a file, or COPY FROM
 #      STDIN), then vault_add(..., (SELECT secret FROM vault_in)).
 #
@@ -44,7 +53,10 @@ C_LITERAL="sk-proj-LITERAL$(rnd 32)"      # control: a plain SQL literal
 C_PARAM="sk-proj-CPARAM$(rnd 32)"         # control: parameter, default log_parameter_max_length
 
 cluster_start "$NAME" "$PORT" "log_statement = 'all'" "log_min_duration_statement = 0" \
-	"shared_preload_libraries = 'apikeys'" "apikeys.vault_master_key_file = '$KEYFILE'"
+	"shared_preload_libraries = 'apikeys'" "apikeys.vault_master_key_file = '$KEYFILE'" \
+	"session_preload_libraries = 'auto_explain'" "auto_explain.log_min_duration = 0" \
+	"auto_explain.log_nested_statements = on" "auto_explain.log_verbose = on" \
+	"auto_explain.log_analyze = on" "auto_explain.log_triggers = on"
 as_pg mkdir -p "$WORK"
 printf '%s\n' "$MASTER1" | as_pg tee "$KEYFILE" >/dev/null
 as_pg chmod 600 "$KEYFILE"
@@ -56,8 +68,10 @@ SELECT apikeys.tenant_create('acme');
 CREATE ROLE vault_app LOGIN;
 SELECT apikeys.grant_tenant('vault_app', 'acme');
 SELECT apikeys.grant_vault('vault_app');
--- the documented setting: parameters never reach the log for this role
+-- the documented settings: parameters never reach the log for this role,
+-- and its own statements' plans (auto_explain) show $n, never a bound value
 ALTER ROLE vault_app SET log_parameter_max_length = 0;
+ALTER ROLE vault_app SET plan_cache_mode = force_generic_plan;
 SQL
 
 echo "== A: extended-protocol parameter, log_parameter_max_length = 0"
@@ -124,6 +138,49 @@ qapp -c "SELECT apikeys.vault_reveal(id) FROM apikeys.vault_list('acme') WHERE n
 grep -q vault_master_key_missing "$WORK/nofile.err" || die "missing key file: $(cat "$WORK/nofile.err")"
 as_pg mv "$KEYFILE.moved" "$KEYFILE"
 
+echo "== a superuser session that LOADs auto_explain: add, reveal (custom and generic plans), check, rotate"
+S_SU="sk-proj-SUPER$(rnd 32)"
+S_SU2="sk-proj-SUPERB$(rnd 32)"
+MASTER3="mk3-$(rnd 40)"
+C_PLAN="sk-proj-CPLAN$(rnd 32)"   # control: a plpgsql variable in a statement of the test's own
+printf '%s\n%s\n%s\n' "$S_SU" "$S_SU2" "$C_PLAN" >"$WORK/su.keys"
+chmod 644 "$WORK/su.keys"
+printf '%s\n%s\n' "$MASTER3" "$MASTER2" | as_pg tee "$KEYFILE.next" >/dev/null
+as_pg chmod 600 "$KEYFILE.next"
+q >"$WORK/su.out" <<SQL
+LOAD 'auto_explain';
+SET auto_explain.log_min_duration = 0;
+SET auto_explain.log_nested_statements = on;
+SET auto_explain.log_verbose = on;
+SET auto_explain.log_analyze = on;
+BEGIN;
+CREATE TEMP TABLE vault_in (n serial, secret text) ON COMMIT DROP;
+\\copy vault_in (secret) FROM '$WORK/su.keys' WITH (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')
+-- seven adds of one slot: plpgsql switches from custom to generic plans after five
+SELECT count(apikeys.vault_add('acme', 'openai', 'su ' || g, (SELECT secret FROM vault_in WHERE n = 1 + g % 2)))
+  FROM generate_series(1, 7) g;
+-- control: what auto_explain shows of a variable a statement uses (a constant)
+DO \$\$ DECLARE x text := (SELECT secret FROM vault_in WHERE n = 3);
+BEGIN PERFORM 1 FROM pg_catalog.pg_class WHERE relname = x; END \$\$;
+COMMIT;
+SELECT count(apikeys.vault_reveal(id)) FROM apikeys.vault_list('acme'), generate_series(1, 7) WHERE name LIKE 'su %';
+SELECT count(*) FROM apikeys.vault_check();
+SELECT count(*) FROM apikeys.vault_list('acme') l, apikeys.vault_check(l.id) c WHERE l.name = 'su 7';
+\\! mv '$KEYFILE.next' '$KEYFILE'
+SELECT apikeys.vault_rotate_master_key() > 0 AS rotated;
+SELECT count(apikeys.vault_reveal(id)) FROM apikeys.vault_list('acme'), generate_series(1, 7) WHERE name LIKE 'su %';
+SQL
+grep -qx t "$WORK/su.out" || die "superuser section: rotation did not happen"
+[ "$(q -c "SELECT apikeys.vault_reveal(id) FROM apikeys.vault_list('acme') WHERE name = 'su 7'")" = "$S_SU2" ] \
+	|| die "superuser section: round trip"
+rm -f "$WORK/su.keys"
+# the app role too, many times in one session (its sessions preload auto_explain)
+qapp >/dev/null <<SQL
+SELECT count(apikeys.vault_reveal(id)) FROM apikeys.vault_list('acme'), generate_series(1, 7) WHERE name IN ('via copy', 'via stdin');
+SELECT count(*) FROM apikeys.vault_check();
+SQL
+grep -q 'Query Text: .*pgp_sym\|Query Text: .*vault_secret' "$LOG" || die "auto_explain logged no nested statement of the vault"
+
 echo "== controls: what the documented ways avoid"
 q -c "SELECT apikeys.vault_add('acme', 'openai', 'literal', '$C_LITERAL')" >/dev/null
 # the superuser keeps the default log_parameter_max_length (-1: whole values)
@@ -136,12 +193,22 @@ echo "== scanning $LOG"
 grep -q 'apikeys.vault_add' "$LOG" || die "log_statement = 'all' logged nothing"
 grep -qF -- "$C_LITERAL" "$LOG" || die "control: the SQL literal should be in the log"
 grep -qF -- "$C_PARAM" "$LOG" || die "control: the parameter should be in the log at the default log_parameter_max_length"
+grep -qF -- "$C_PLAN" "$LOG" || die "control: auto_explain should show a plpgsql variable as a plan constant"
 S_TAB_PART=${S_TAB%%	*}
-for s in "$S_PARAM" "$S_PARAM_BAD" "$S_COPY" "$S_STDIN" "$S_COPY_BAD" "$S_TAB_PART" "$MASTER1" "$MASTER2"; do
-	if grep -qF -- "$s" "$LOG"; then
-		grep -nF -- "$s" "$LOG" | head -3 >&2
-		die "a secret reached the server log (${s:0:12}...)"
-	fi
+# each secret and master key as it is, in hex (bytea constants) and in base64
+leaks=0
+for s in "$S_PARAM" "$S_PARAM_BAD" "$S_COPY" "$S_STDIN" "$S_COPY_BAD" "$S_TAB_PART" "$S_SU" "$S_SU2" \
+		"$MASTER1" "$MASTER2" "$MASTER3"; do
+	hex=$(printf '%s' "$s" | od -An -tx1 | tr -d ' \n')
+	b64=$(printf '%s' "$s" | base64 -w0 | tr -d '=')
+	for form in "$s" "$hex" "$b64"; do
+		if grep -qiF -- "$form" "$LOG"; then
+			{ grep -niF -- "$form" "$LOG" | head -3 | cut -c1-300 >&2; } || true
+			echo "LEAK: a secret reached the server log (${s:0:12}..., as ${form:0:12}...)" >&2
+			leaks=$((leaks + 1))
+		fi
+	done
 done
+[ $leaks -eq 0 ] || die "$leaks secret form(s) in the server log"
 grep -q 'apikeys_audit_vault_reveal' "$LOG" || die "reveals are not in the log"
 echo "ok: no vault plaintext or master key in the server log"
