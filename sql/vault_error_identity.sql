@@ -74,7 +74,7 @@ SELECT * FROM pg_temp.compared ORDER BY role, call;
 
 -- The same as psql shows it, in full: another tenant's secret, then an id
 -- that does not exist.
-\set VERBOSITY verbose
+\set VERBOSITY default
 \set SHOW_CONTEXT always
 SET ROLE regress_vid_globex;
 SELECT apikeys.vault_reveal('00000000-0000-4000-8000-00000000acfe');

@@ -89,7 +89,7 @@ SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SE
 SELECT pg_temp.try($$SELECT apikeys.vault_add('acme', 'openai', 'planted', $1)$$, 'sk-proj-Globex22Globex22Globex22Globex') AS add_foreign;
 SELECT tenant, service, name FROM apikeys.vault_list();
 SELECT tenant, service, name FROM apikeys.vault_secrets;
-SELECT tenant, name FROM apikeys.vault_secret;   -- the metadata columns, own tenant only
+SELECT pg_temp.try('SELECT tenant, name FROM apikeys.vault_secret') AS table_itself;   -- the view, not the table
 SELECT tenant, ok FROM apikeys.vault_check();
 -- never the ciphertext, never a write
 SELECT pg_temp.try('SELECT ciphertext FROM apikeys.vault_secret') AS read_ciphertext;

@@ -59,12 +59,14 @@ CREATE FUNCTION apikeys._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.
 AS $$
 DECLARE
     k apikeys.credential;
+    owner_tenant text;   -- for the server log only
 BEGIN
     IF p_key_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'invalid_key_id: key_id must not be NULL';
     END IF;
     SELECT * INTO k FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id;
+    owner_tenant := k.tenant;
     IF FOUND AND apikeys._may_manage(k.tenant) THEN
         -- FOR UPDATE only now: a foreign key is never locked (nor waited for)
         SELECT * INTO k FROM apikeys.credential c
@@ -73,7 +75,7 @@ BEGIN
         k := NULL;
     END IF;
     IF k.key_id IS NULL THEN   -- unknown, foreign, or deleted while we waited
-        PERFORM apikeys._deny(p_action, NULL, p_key_id, '42704',
+        PERFORM apikeys._deny(p_action, owner_tenant, p_key_id, '42704',
             format('key_not_found: no API key with id %s', p_key_id));
     END IF;
     RETURN k;

@@ -66,7 +66,7 @@ CREATE TRIGGER vault_secret_no_truncate BEFORE TRUNCATE ON apikeys.vault_secret
 -- Metadata only: no ciphertext, no key fingerprint; the visible tenants'
 -- secrets only, read inside a function (see apikeys.tenants for why).
 CREATE FUNCTION apikeys_internal._read_vault_secrets()
-    RETURNS TABLE (id uuid, tenant text, owner_user name, service text, name text, active boolean,
+    RETURNS TABLE (id uuid, tenant text, owner_user text, service text, name text, active boolean,
                    last_used_at timestamptz, created_at timestamptz, updated_at timestamptz)
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
     SET search_path = pg_catalog, pg_temp
