@@ -42,38 +42,44 @@ SELECT tenant FROM apikeys.tenant_create('acme');
 SELECT apikeys.grant_tenant('regress_audit_admin', 'acme');
 
 ------------------------------------------------------------------------------
--- A lifecycle, labelled by apikeys.actor / apikeys.request_id
+-- A lifecycle, labelled by apikeys.actor / apikeys.request_id (set for the
+-- transaction: session values are ignored, see security_context_labels)
 ------------------------------------------------------------------------------
-SET apikeys.actor = 'alice@example.com';
-SET apikeys.request_id = 'req-0001';
-SET ROLE regress_audit_admin;
+BEGIN;
+SET LOCAL apikeys.actor = 'alice@example.com';
+SET LOCAL apikeys.request_id = 'req-0001';
+SET LOCAL ROLE regress_audit_admin;
 SELECT key_id AS k, api_key AS key1 FROM apikeys.apikey_create('acme', 'lifecycle', '{read}') \gset
 SELECT api_key AS key2 FROM apikeys.apikey_rotate(:'k', '1 hour') \gset
+COMMIT;
+-- each transaction states its labels
+BEGIN;
+SET LOCAL apikeys.actor = 'alice@example.com';
+SET LOCAL apikeys.request_id = 'req-0001';
+SET LOCAL ROLE regress_audit_admin;
 SELECT apikeys.apikey_update(:'k', name => 'renamed', scopes => '{read,write}');
 SELECT apikeys.apikey_disable(:'k');
 SELECT apikeys.apikey_enable(:'k');
 SELECT apikeys.apikey_revoke(:'k', 'compromised');
 SELECT key_id AS k2, api_key AS key3 FROM apikeys.apikey_create('acme', 'short-lived') \gset
 SELECT apikeys.apikey_delete(:'k2');
-RESET ROLE;
--- PostgREST's GUCs are the fallback when apikeys.actor / request_id are empty.
-RESET apikeys.actor;
-RESET apikeys.request_id;
-SELECT set_config('request.jwt.claims', '{"sub":"jwt-user-42","role":"authenticated"}', false) IS NOT NULL AS claims,
-       set_config('request.headers', '{"x-request-id":"hdr-req-7"}', false) IS NOT NULL AS headers;
+COMMIT;
+-- PostgREST's GUCs (transaction-local, as PostgREST sets them) are the
+-- fallback when apikeys.actor / request_id are not set.
+BEGIN;
+SELECT set_config('request.jwt.claims', '{"sub":"jwt-user-42","role":"authenticated"}', true) IS NOT NULL AS claims,
+       set_config('request.headers', '{"x-request-id":"hdr-req-7"}', true) IS NOT NULL AS headers;
 SELECT tenant FROM apikeys.tenant_update('acme', display_name => 'ACME');
 SELECT tenant FROM apikeys.tenant_update('acme', active => false);
 SELECT tenant FROM apikeys.tenant_update('acme', active => true);
 -- ... and apikeys.actor / request_id win when both are set.
-SET apikeys.actor = 'bob';
-SET apikeys.request_id = 'req-0002';
+SET LOCAL apikeys.actor = 'bob';
+SET LOCAL apikeys.request_id = 'req-0002';
 SELECT tenant FROM apikeys.tenant_create('doomed');
 SELECT apikeys.tenant_delete('doomed');
 SELECT apikeys.revoke_tenant('regress_audit_admin', 'acme');
 SELECT apikeys.grant_tenant('regress_audit_admin', 'acme');
-RESET apikeys.actor;
-RESET apikeys.request_id;
-SELECT set_config('request.jwt.claims', '', false), set_config('request.headers', '', false);
+COMMIT;
 
 SELECT * FROM pg_temp.audit_rows ORDER BY audit_id;
 -- Rows of the lifecycle key carry its key_id and tenant.

@@ -53,7 +53,7 @@ GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO regres
 GRANT EXECUTE ON FUNCTION apikeys._read_keys() TO regress_app, regress_gateway;
 -- The gateway: a verifier plus set_tenant (the trust gate) and key management.
 SELECT apikeys.grant_verifier('regress_gateway');
-GRANT EXECUTE ON FUNCTION apikeys.set_tenant(text),
+GRANT EXECUTE ON FUNCTION apikeys.set_tenant(text, text, text),
     apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),
     apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid) TO regress_gateway;
 GRANT SELECT ON apikeys.keys, apikeys.credential TO regress_gateway;

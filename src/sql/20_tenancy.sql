@@ -22,22 +22,35 @@ COMMENT ON FUNCTION apikeys.current_tenant IS 'Tenant this transaction is bound 
 CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
 COMMENT ON FUNCTION apikeys.current_key_id IS 'Key that authenticate() accepted in this transaction, or NULL.';
-CREATE FUNCTION apikeys.set_tenant(tenant text) RETURNS text
+CREATE FUNCTION apikeys.set_tenant(tenant text, actor text DEFAULT NULL, request_id text DEFAULT NULL)
+    RETURNS text
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_set_tenant';
-COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant. Grant EXECUTE only to roles trusted to switch tenants.';
+COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant (and label its audit with actor/request_id). Grant EXECUTE only to roles trusted to switch tenants.';
 CREATE FUNCTION apikeys._context_source() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
+-- The labels set_tenant()/authenticate() bound to this transaction, or NULL.
+CREATE FUNCTION apikeys._context_actor() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_actor';
+CREATE FUNCTION apikeys._context_request_id() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_request_id';
+-- A setting's value if it was set for this transaction (SET LOCAL,
+-- set_config(..., true), a function's SET clause) and is at most max_bytes
+-- long; else NULL, with a WARNING when a value was ignored.
+CREATE FUNCTION apikeys._transaction_setting(name text, max_bytes integer) RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_transaction_setting';
 CREATE FUNCTION apikeys._bulk_loading() RETURNS boolean
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_bulk_loading';
 
 CREATE FUNCTION apikeys.authenticate(
     api_key         text,
     required_scopes text[] DEFAULT NULL,
-    client_addr     inet DEFAULT NULL)
+    client_addr     inet DEFAULT NULL,
+    actor           text DEFAULT NULL,
+    request_id      text DEFAULT NULL)
     RETURNS apikeys.verification
     LANGUAGE C VOLATILE PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'apikeys_authenticate';
-COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant to this transaction (RLS then shows that tenant only).';
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate_labelled';
+COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant (and actor/request_id labels) to this transaction (RLS then shows that tenant only).';
 
 -- pg_roles.rolsuper of role r; NULL if there is no such role.
 CREATE FUNCTION apikeys._is_superuser(r name) RETURNS boolean

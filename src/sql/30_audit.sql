@@ -26,32 +26,60 @@ CREATE INDEX audit_at_idx ON apikeys.audit (at, audit_id);
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
 COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets and role mappings. Append-only; each row hashes the previous one (audit_check()).';
 
--- Application actor and request id: settings first, then PostgREST's GUCs.
--- A malformed request.jwt.claims / request.headers must not stop an audit
--- row or a refusal's log line: it reads as absent.
+-- Application actor and request id, in this order: the labels set_tenant()
+-- or authenticate() bound to the transaction; apikeys.actor /
+-- apikeys.request_id if set for this transaction (SET LOCAL); PostgREST's
+-- transaction-local request.jwt.claims "sub" / request.headers
+-- "x-request-id".  A value set for the session is ignored with a WARNING (in
+-- a pooled connection it may be another client's), and so is one over 200
+-- characters.  Nothing here raises: any setting's value, however malformed,
+-- reads as absent, so an audit row or a refusal's log line is never lost.
+
+-- Field `field` of the JSON object in setting `name`.  Values over 16 kB, or
+-- not valid JSON, or not an object, or holding anything jsonb refuses (a
+-- \u0000, nesting past the stack limit), read as absent: WHEN OTHERS catches
+-- every error but query_canceled (and assert_failure).
 CREATE FUNCTION apikeys._json_setting(name text, field text) RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN nullif(current_setting(name, true), '')::jsonb OPERATOR(pg_catalog.->>) field;
-EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
+    RETURN nullif(apikeys._transaction_setting(name, 16384)::jsonb OPERATOR(pg_catalog.->>) field, '');
+EXCEPTION WHEN OTHERS THEN
     RETURN NULL;
 END;
 $$;
 CREATE FUNCTION apikeys._actor() RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(nullif(current_setting('apikeys.actor', true), ''),
-                    apikeys._json_setting('request.jwt.claims', 'sub'))
+DECLARE
+    v text := coalesce(apikeys._context_actor(),
+                       apikeys._transaction_setting('apikeys.actor', 16384),
+                       apikeys._json_setting('request.jwt.claims', 'sub'));
+BEGIN
+    IF length(v) OPERATOR(pg_catalog.>) 200 THEN
+        RAISE WARNING 'apikeys_setting_ignored: the actor is longer than 200 characters';
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END;
 $$;
 CREATE FUNCTION apikeys._request_id() RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(nullif(current_setting('apikeys.request_id', true), ''),
-                    apikeys._json_setting('request.headers', 'x-request-id'))
+DECLARE
+    v text := coalesce(apikeys._context_request_id(),
+                       apikeys._transaction_setting('apikeys.request_id', 16384),
+                       apikeys._json_setting('request.headers', 'x-request-id'));
+BEGIN
+    IF length(v) OPERATOR(pg_catalog.>) 200 THEN
+        RAISE WARNING 'apikeys_setting_ignored: the request id is longer than 200 characters';
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END;
 $$;
 
 CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea

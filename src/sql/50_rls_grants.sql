@@ -120,7 +120,7 @@ BEGIN
     PERFORM apikeys._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
-                   ' apikeys.authenticate(text, text[], inet), apikeys.current_tenant(),'
+                   ' apikeys.authenticate(text, text[], inet, text, text), apikeys.current_tenant(),'
                    ' apikeys.current_key_id() TO %I', role_name);
 END;
 $$;
