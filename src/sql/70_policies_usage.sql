@@ -96,7 +96,9 @@ COMMENT ON FUNCTION apikeys.apikey_set_policy IS 'Set (replace) a key''s IP allo
 CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
--- one key at a time: a caller learns only about keys whose id it can see
+-- one key at a time, and only a key the caller can see in apikeys.credential
+-- (its RLS; checked in C, src/stats.c): any other id, another tenant's or
+-- none, gives the same row of NULLs
 CREATE FUNCTION apikeys._pending_usage(INOUT key_id uuid, OUT last_used_at timestamptz,
                                        OUT used bigint, OUT counts bigint[])
     RETURNS record
