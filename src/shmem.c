@@ -23,6 +23,7 @@ int			apikeys_cache_entries = 10000;
 int			apikeys_tracked_keys = 50000;
 int			apikeys_flush_interval_ms = 1000;
 int			apikeys_write_delay_ms = 60000;
+double		apikeys_tenant_share = 0.5;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -128,6 +129,13 @@ apikeys_shmem_init(void)
 							"Keys with a usage cap are written every flush_interval.",
 							&apikeys_write_delay_ms, 60000, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomRealVariable("apikeys.tenant_share",
+							 "Share of each set of the usage table one tenant may hold against other tenants.",
+							 "Each key's usage state sits in one of two sets of 8 entries. A tenant's entries beyond "
+							 "this share of a set (at least 1 of 8) give way to other tenants' keys, even with unwritten counts, "
+							 "and no tenant evicts another's unwritten counts or open rate windows otherwise. 1 switches this off.",
+							 &apikeys_tenant_share, 0.5, 0.125, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;

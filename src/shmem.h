@@ -73,6 +73,7 @@ extern int	apikeys_cache_entries;
 extern int	apikeys_tracked_keys;
 extern int	apikeys_flush_interval_ms;
 extern int	apikeys_write_delay_ms;
+extern double apikeys_tenant_share;
 
 extern void apikeys_shmem_init(void);
 extern Size apikeys_shmem_size(void);
@@ -155,6 +156,7 @@ typedef struct UsageEntry
 {
 	SlotHeader	hdr;
 	UsageKey	key;
+	uint32		tenant_hash;	/* the key's tenant (apikeys_tenant_hash), set at claim */
 	slock_t		mutex;
 	bool		base_loaded;	/* used_base read from apikeys.usage */
 	int64		rate_window;	/* index of the current rate window */
@@ -204,6 +206,20 @@ typedef struct RateVerdict
 	TimestampTz reset;
 	int64		usage_remaining;	/* -1: no cap */
 } RateVerdict;
+
+/*
+ * Who owns a usage entry, for the per-tenant share of each set (usage.c):
+ * a hash of the database and the tenant id, computed from the policy in
+ * hand (no lookup).  Two tenants whose hashes collide (about one pair in
+ * 4 billion) share one share.
+ */
+static inline uint32
+apikeys_tenant_hash(Oid dbid, const text *tenant)
+{
+	return hash_combine(murmurhash32(dbid),
+						hash_bytes((const unsigned char *) VARDATA_ANY(tenant),
+								   VARSIZE_ANY_EXHDR(tenant)));
+}
 
 extern VerdictCode apikeys_usage_charge(const KeyPolicy *policy, TimestampTz now,
 										RateVerdict *rv);

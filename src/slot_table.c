@@ -82,44 +82,70 @@ slot_find(const SlotTable *t, uint32 hash, const void *key)
 }
 
 SlotHeader *
+slot_choose(const SlotTable *t, uint32 hash, const uint8 ranks[2 * SLOT_WAYS])
+{
+	uint32		sets[2];
+	int			nsets = slot_sets_of(t, hash, sets);
+	SlotHeader *victim = NULL;
+	int			victim_rank = 0;
+
+	/* a free way, home first */
+	for (int i = 0; i < nsets; i++)
+		for (int w = 0; w < SLOT_WAYS; w++)
+			if (!slot_entry(t, sets[i], w)->used)
+				return slot_entry(t, sets[i], w);
+	/* else the best-ranked used entry, least recently used among equals */
+	for (int i = 0; i < nsets; i++)
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			SlotHeader *e = slot_entry(t, sets[i], w);
+			int			rank = ranks[i * SLOT_WAYS + w];
+
+			if (rank == 0)
+				continue;
+			if (victim == NULL || rank > victim_rank ||
+				(rank == victim_rank && e->last_use < victim->last_use))
+			{
+				victim = e;
+				victim_rank = rank;
+			}
+		}
+	return victim;
+}
+
+void
+slot_take(const SlotTable *t, uint32 hash, const void *key, SlotHeader *e)
+{
+	Size		idx = slot_index(t, e);
+
+	Assert(idx < (Size) t->nsets * SLOT_WAYS);
+	Assert(slot_set(t, hash) == idx / SLOT_WAYS || slot_alt_set(t, hash) == idx / SLOT_WAYS);
+	memset(e, 0, t->entry_size);
+	memcpy((char *) e + t->key_offset, key, t->key_size);
+	e->used = true;
+	t->tags[idx] = tag_of(hash);
+}
+
+SlotHeader *
 slot_claim(const SlotTable *t, uint32 hash, const void *key,
 		   bool (*may_evict) (const SlotHeader *), bool *evicted)
 {
 	uint32		sets[2];
 	int			nsets = slot_sets_of(t, hash, sets);
-	SlotHeader *victim = NULL;
-	uint32		victim_set = 0;
-	int			victim_way = -1;
+	uint8		ranks[2 * SLOT_WAYS] = {0};
+	SlotHeader *victim;
 
-	*evicted = false;
-	/* a free way, home first; else the least recently used evictable entry */
-	for (int i = 0; i < nsets && (victim == NULL || victim->used); i++)
+	for (int i = 0; i < nsets; i++)
 		for (int w = 0; w < SLOT_WAYS; w++)
 		{
-			SlotHeader *e = slot_entry(t, sets[i], w);
+			const SlotHeader *e = slot_entry(t, sets[i], w);
 
-			if (!e->used)
-			{
-				victim = e;
-				victim_set = sets[i];
-				victim_way = w;
-				break;
-			}
-			if ((may_evict == NULL || may_evict(e)) &&
-				(victim == NULL || e->last_use < victim->last_use))
-			{
-				victim = e;
-				victim_set = sets[i];
-				victim_way = w;
-			}
+			ranks[i * SLOT_WAYS + w] = (e->used && (may_evict == NULL || may_evict(e))) ? 1 : 0;
 		}
-	if (victim == NULL)
-		return NULL;
-	*evicted = victim->used;
-	memset(victim, 0, t->entry_size);
-	memcpy((char *) victim + t->key_offset, key, t->key_size);
-	victim->used = true;
-	t->tags[(Size) victim_set * SLOT_WAYS + victim_way] = tag_of(hash);
+	victim = slot_choose(t, hash, ranks);
+	*evicted = victim != NULL && victim->used;
+	if (victim != NULL)
+		slot_take(t, hash, key, victim);
 	return victim;
 }
 

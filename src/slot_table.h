@@ -122,6 +122,22 @@ extern SlotHeader *slot_find(const SlotTable *t, uint32 hash, const void *key);
 extern SlotHeader *slot_claim(const SlotTable *t, uint32 hash, const void *key,
 							  bool (*may_evict) (const SlotHeader *), bool *evicted);
 
+/*
+ * The entry a claim of the key would take, without taking it: a free way of
+ * the home set, else of the alternative set, else among the used entries the
+ * one with the highest rank (ranks[i * SLOT_WAYS + w] for way w of the i-th
+ * set of slot_sets_of; 0: may not go), the least recently used among equals;
+ * NULL when every rank is 0.  Partition lock exclusive.
+ */
+extern SlotHeader *slot_choose(const SlotTable *t, uint32 hash,
+							   const uint8 ranks[2 * SLOT_WAYS]);
+
+/*
+ * Give entry e (from slot_choose, same lock hold) to key: zeroed, key set,
+ * used = true, tag written.  Whatever it held is gone.
+ */
+extern void slot_take(const SlotTable *t, uint32 hash, const void *key, SlotHeader *e);
+
 /* free an entry (partition lock exclusive) */
 extern void slot_release(const SlotTable *t, SlotHeader *e);
 

@@ -5,9 +5,12 @@
 #include "shmem.h"
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/tuplestore.h"
 
 /* Set up a set-returning function's tuplestore (InitMaterializedSRF, 15+). */
@@ -57,11 +60,133 @@ apikeys_verification_totals(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Which keys the caller may see: those apikeys.credential shows it, with its
+ * row-level security (this function runs as the caller, SECURITY INVOKER).
+ * Per call site and statement (fn_extra, in the statement's memory): the
+ * first VISIBLE_PROBES keys are checked one by one with a prepared probe,
+ * so a look at one key costs one index probe; from then on the ids the
+ * caller sees are read once into a hash table, so apikeys.key_usage over N
+ * keys costs one scan of them instead of N probes.
+ */
+#define VISIBLE_PROBES 16
+#define VISIBLE_FETCH 10000
+
+typedef struct VisibleKeys
+{
+	Oid			userid;			/* the role it was read as */
+	int			probes;			/* one-by-one checks made */
+	HTAB	   *ids;			/* the visible ids, once read (NULL before) */
+} VisibleKeys;
+
+/* Can the caller see key_id in apikeys.credential?  (SPI connected.) */
+static bool
+probe_visible(const pg_uuid_t *key_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {UUIDOID};
+	Datum		values[1];
+	int			rc;
+
+	if (plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare("SELECT 1 FROM apikeys.credential c"
+									" WHERE c.key_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+
+		if (p == NULL || SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		plan = p;
+	}
+	values[0] = UUIDPGetDatum(key_id);
+	/* read only: the statement's snapshot, as the view's own scan of credential */
+	rc = SPI_execute_plan(plan, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	return SPI_processed > 0;
+}
+
+/* Read every key id the caller sees into vk->ids (SPI connected). */
+static void
+read_visible(VisibleKeys *vk, MemoryContext cxt)
+{
+	HASHCTL		info;
+	SPIPlanPtr	plan;
+	Portal		portal;
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(pg_uuid_t);
+	info.entrysize = sizeof(pg_uuid_t);
+	info.hcxt = cxt;
+	vk->ids = hash_create("apikeys visible keys", 1024, &info,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	plan = SPI_prepare("SELECT c.key_id FROM apikeys.credential c", 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, VISIBLE_FETCH);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				hash_search(vk->ids, DatumGetUUIDP(d), HASH_ENTER, NULL);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+}
+
+/*
+ * May the caller learn about key_id?  Asked before shared memory is read,
+ * whatever it holds, so a key of another tenant and a key that does not
+ * exist cost the same and answer the same.
+ */
+static bool
+key_visible(FunctionCallInfo fcinfo, const pg_uuid_t *key_id)
+{
+	VisibleKeys *vk = fcinfo->flinfo->fn_extra;
+	Oid			userid = GetUserId();
+	bool		visible;
+
+	if (pg_class_aclcheck(apikeys_catalog()->credential_rel, userid, ACL_SELECT) != ACLCHECK_OK)
+		return false;
+	if (vk == NULL || vk->userid != userid)
+	{
+		vk = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(VisibleKeys));
+		vk->userid = userid;
+		fcinfo->flinfo->fn_extra = vk;
+	}
+	if (vk->ids != NULL)
+		return hash_search(vk->ids, key_id, HASH_FIND, NULL) != NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (vk->probes < VISIBLE_PROBES)
+	{
+		vk->probes++;
+		visible = probe_visible(key_id);
+	}
+	else
+	{
+		read_visible(vk, fcinfo->flinfo->fn_mcxt);
+		visible = hash_search(vk->ids, key_id, HASH_FIND, NULL) != NULL;
+	}
+	SPI_finish();
+	return visible;
+}
+
+/*
  * apikeys._pending_usage(key_id): what shared memory holds for one key of
  * this database that apikeys.usage does not yet: (key_id, last_used_at,
  * used, pending counts by outcome as bigint[] in VerdictCode order), or
- * NULL.  One key at a time, so a caller learns only about keys whose id it
- * already knows (apikeys.key_usage passes the ids RLS lets it see).
+ * NULL.  NULL too for a key the caller cannot see in apikeys.credential
+ * (key_visible): tenant roles may call it (apikeys.key_usage does, with the
+ * ids RLS lets them see), and must learn nothing about other tenants' keys.
  */
 PG_FUNCTION_INFO_V1(apikeys_pending_usage);
 Datum
@@ -85,6 +210,8 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (!key_visible(fcinfo, PG_GETARG_UUID_P(0)))
+		PG_RETURN_NULL();
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;

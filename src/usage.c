@@ -12,6 +12,11 @@
  * use are added to apikeys.usage by the flush worker within
  * apikeys.usage_write_delay (sooner when a set fills up), so a key in steady
  * use costs one row write per delay, not one per turn.
+ *
+ * Tenants share the table fairly: each entry records its key's tenant (a
+ * hash), and a tenant's entries beyond apikeys.tenant_share of a set give
+ * way to other tenants' keys (claim_entry), so one tenant's many keys cannot
+ * make another tenant's limits unavailable or reset its rate windows.
  */
 #include "shmem.h"
 
@@ -23,29 +28,148 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
-static TimestampTz evict_now;	/* the claiming call's clock, for usage_evictable */
-
 /*
- * An entry may go when nothing in it is unwritten and no rate window it
- * counts is still open: evicting one mid-window would forget the successes
- * counted and let the key start the window over.  (A usage cap's count is
- * written, so it is read back.)  Only a set full of open windows gives up
- * one of them (the least recently used), rather than refuse a key.
+ * Which entry a new key takes when both of its sets are full (slot_choose
+ * ranks; higher goes first, the least recently used among equals).  Each
+ * tenant (apikeys_tenant_hash) may hold `share` = tenant_share x SLOT_WAYS
+ * ways of a set (at least 1) against other tenants:
+ *
+ *   - an entry with nothing unwritten and no open rate window may go for
+ *     anyone (nothing is lost: its figures are in apikeys.usage); first
+ *     those of the claimant at or over its share and of tenants over theirs;
+ *   - an entry with an open rate window but nothing unwritten goes only for
+ *     its own tenant's keys or when its tenant is over its share: evicting
+ *     it lets the key start its window over;
+ *   - an entry with unwritten counts, or whose written counts are still in
+ *     flight, goes only when its tenant is over its share of that set and
+ *     the claimant is under its own: its unwritten counts (and, for a key
+ *     with a cap, uses charged since the last flush, at most flush_interval
+ *     of them) are lost and reported in runtime.tracking_dropped; an entry
+ *     whose flush has not committed yet never goes.
+ *
+ * So a tenant filling the table with keys takes its own entries or fails
+ * itself (limits_unavailable), and never blocks or resets the keys of a
+ * tenant within its share: another tenant is refused only when the key's
+ * sets are full of entries of tenants each within their share.
  */
-static bool
-usage_written(const SlotHeader *h)
-{
-	const UsageEntry *e = (const UsageEntry *) h;
+#define RANK_KEEP		0		/* may not go */
+#define RANK_LOSSY		1		/* unwritten counts of a tenant over its share */
+#define RANK_IN_FLIGHT	2		/* written (committed) but not yet retired, same */
+#define RANK_OPEN		3		/* written, rate window open: own or over share */
+#define RANK_IDLE		4		/* written, no open window */
+#define RANK_IDLE_YIELD 5		/* the same, of the claimant at its share or a tenant over it */
 
-	return !e->dirty && !e->flushing;
+/* how many ways of a set a tenant may hold against others (1..SLOT_WAYS) */
+static int
+share_ways(void)
+{
+	int			ways = (int) (apikeys_tenant_share * SLOT_WAYS + 1e-9);
+
+	return Max(Min(ways, SLOT_WAYS), 1);
 }
 
+/*
+ * Has the flush that took this entry's counts committed (they are in
+ * apikeys.usage)?  Reads the commit log: partition lock held, entry's
+ * spinlock not (no one else holds it under the exclusive lock).
+ */
 static bool
-usage_evictable(const SlotHeader *h)
+flush_committed(const UsageEntry *e)
 {
-	const UsageEntry *e = (const UsageEntry *) h;
+	return TransactionIdIsValid(e->inflight_xid) && TransactionIdDidCommit(e->inflight_xid);
+}
 
-	return usage_written(h) && (e->rate_count == 0 || e->rate_reset <= evict_now);
+/*
+ * Rank every way of the key's sets for a claim by tenant `tenant` (see
+ * above); lossy: whether entries with unwritten counts may be ranked.
+ */
+static void
+rank_ways(uint32 hash, uint32 tenant, TimestampTz now, bool lossy,
+		  uint8 ranks[2 * SLOT_WAYS])
+{
+	uint32		sets[2];
+	int			nsets = slot_sets_of(&apikeys_usage_table, hash, sets);
+	int			share = share_ways();
+
+	memset(ranks, RANK_KEEP, 2 * SLOT_WAYS);
+	for (int i = 0; i < nsets; i++)
+	{
+		const UsageEntry *e[SLOT_WAYS];
+		int			held[SLOT_WAYS];	/* ways of the set held by way w's tenant */
+		int			mine = 0;
+
+		for (int w = 0; w < SLOT_WAYS; w++)
+			e[w] = (const UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			held[w] = 0;
+			if (!e[w]->hdr.used)
+				continue;
+			for (int v = 0; v < SLOT_WAYS; v++)
+				held[w] += e[v]->hdr.used && e[v]->tenant_hash == e[w]->tenant_hash;
+			if (e[w]->tenant_hash == tenant)
+				mine++;
+		}
+		for (int w = 0; w < SLOT_WAYS; w++)
+		{
+			bool		own = e[w]->tenant_hash == tenant;
+			bool		reclaim = !own && held[w] > share && mine < share;
+			bool		open = e[w]->rate_count > 0 && e[w]->rate_reset > now;
+			uint8		rank;
+
+			if (!e[w]->hdr.used)
+				continue;		/* free ways go first anyway (slot_choose) */
+			if (e[w]->flushing)
+				rank = reclaim && (lossy || !e[w]->dirty) && flush_committed(e[w]) ?
+					(e[w]->dirty ? RANK_LOSSY : RANK_IN_FLIGHT) : RANK_KEEP;
+			else if (e[w]->dirty)
+				rank = reclaim && lossy ? RANK_LOSSY : RANK_KEEP;
+			else if (open)
+				rank = own || reclaim ? RANK_OPEN : RANK_KEEP;
+			else
+				rank = reclaim || (own && mine >= share) ? RANK_IDLE_YIELD : RANK_IDLE;
+			ranks[i * SLOT_WAYS + w] = rank;
+		}
+	}
+}
+
+/*
+ * Take the entry rank_ways picks for key (partition lock exclusive), or
+ * NULL.  Counts an eviction; an evicted entry's unwritten counts (only when
+ * lossy) are lost: they are added to tracking_dropped and its marks cleared.
+ */
+static UsageEntry *
+claim_entry(uint32 hash, const UsageKey *key, uint32 tenant, TimestampTz now, bool lossy)
+{
+	uint8		ranks[2 * SLOT_WAYS];
+	UsageEntry *e;
+
+	rank_ways(hash, tenant, now, lossy, ranks);
+	e = (UsageEntry *) slot_choose(&apikeys_usage_table, hash, ranks);
+	if (e == NULL)
+		return NULL;
+	if (e->hdr.used)
+	{
+		Size		idx = slot_index(&apikeys_usage_table, &e->hdr);
+		uint32		bit = 1U << (idx % SLOT_WAYS);
+		int64		lost = 0;
+
+		pg_atomic_fetch_add_u64(&apikeys_shared->usage_evictions, 1);
+		if (e->dirty)
+		{
+			for (int i = 0; i < VERDICT_COUNT; i++)
+				lost += e->counts_pending[i];
+			pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, lost);
+			pg_atomic_fetch_and_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], ~bit);
+			pg_atomic_fetch_and_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], ~bit);
+		}
+	}
+	slot_take(&apikeys_usage_table, hash, key, &e->hdr);
+	e->tenant_hash = tenant;
+	SpinLockInit(&e->mutex);
+	e->rate_window = -1;
+	e->usage_period = -1;
+	return e;
 }
 
 /*
@@ -161,7 +285,8 @@ hurry_sets(uint32 hash, const Oid *dbids, int ndbs)
 /*
  * Find or create the entry of a key and return it with its partition lock
  * held (*lock; the caller releases it), so it cannot be evicted while in use.
- * NULL, with no lock held, when the key's set is full of unflushed entries.
+ * NULL, with no lock held, when no entry of the key's two sets may go for it
+ * (claim_entry).  Only a new key pays for the tenant hash and the ranking.
  */
 static UsageEntry *
 usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
@@ -170,8 +295,8 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	UsageEntry *entry;
 	uint32		set,
 					hash;
-	bool		evicted;
-	bool		retried = false;
+	bool		forgot = false;
+	bool		lossy = false;
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
@@ -189,33 +314,25 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 retry:
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
 	entry = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
-	evict_now = now;
 	if (entry == NULL)
-	{
-		entry = (UsageEntry *) slot_claim(&apikeys_usage_table, hash, &key,
-										  usage_evictable, &evicted);
-		/* a set of open rate windows: better reset one than refuse the key */
-		if (entry == NULL)
-			entry = (UsageEntry *) slot_claim(&apikeys_usage_table, hash, &key,
-											  usage_written, &evicted);
-		if (entry)
-		{
-			if (evicted)
-				pg_atomic_fetch_add_u64(&apikeys_shared->usage_evictions, 1);
-			SpinLockInit(&entry->mutex);
-			entry->rate_window = -1;
-			entry->usage_period = -1;
-		}
-	}
+		entry = claim_entry(hash, &key, apikeys_tenant_hash(MyDatabaseId, p->tenant), now, lossy);
 	if (entry == NULL)
 	{
 		Oid			dbids[2 * SLOT_WAYS];
 		int			ndbs = full_sets_databases(hash, dbids);
 
 		LWLockRelease(*lock);
-		if (!retried && forget_dropped_databases(hash, dbids, &ndbs))
+		/* dropped databases' entries go first, losing nothing anyone reads */
+		if (!forgot)
 		{
-			retried = true;
+			forgot = true;
+			if (forget_dropped_databases(hash, dbids, &ndbs))
+				goto retry;
+		}
+		/* then the unwritten counts of a tenant over its share */
+		if (!lossy)
+		{
+			lossy = true;
 			goto retry;
 		}
 		pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, 1);
@@ -279,6 +396,23 @@ count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
 	e->dirty = true;
 }
 
+/*
+ * A key with limits found no entry: refuse it rather than answer without
+ * enforcing them.  53400 (configuration_limit_exceeded): the table sized by
+ * apikeys.tracked_keys (and apikeys.tenant_share) is full, as PostgreSQL
+ * reports a full replication slot array; the full sets are being written,
+ * so a retry may succeed.
+ */
+static void
+no_room_for_limits(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
+			 errdetail("Every entry this key may use holds unwritten counts or an open rate window that may not be evicted for it (apikeys.tenant_share)."),
+			 errhint("Raise apikeys.tracked_keys.")));
+}
+
 VerdictCode
 apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 {
@@ -308,10 +442,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	if (e == NULL)
 	{
 		if (p->rate_limit > 0 || p->usage_limit > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
-					 errhint("Raise apikeys.tracked_keys.")));
+			no_room_for_limits();
 		return V_VALID;
 	}
 
@@ -328,10 +459,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 			LWLockRelease(lock);
 			base = load_used(p, period);
 			if ((e = usage_entry(p, now, &lock)) == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("limits_unavailable: no room to track this key's limits in shared memory"),
-						 errhint("Raise apikeys.tracked_keys.")));
+				no_room_for_limits();
 		}
 	}
 

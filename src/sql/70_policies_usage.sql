@@ -98,7 +98,9 @@ SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP 
 CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
--- one key at a time: a caller learns only about keys whose id it can see
+-- one key at a time, and only a key the caller can see in apikeys.credential
+-- (its RLS; checked in C, src/stats.c): any other id, another tenant's or
+-- none, gives the same row of NULLs
 CREATE FUNCTION apikeys._pending_usage(INOUT key_id uuid, OUT last_used_at timestamptz,
                                        OUT used bigint, OUT counts bigint[])
     RETURNS record
