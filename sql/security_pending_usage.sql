@@ -1,7 +1,9 @@
 --
 -- security_pending_usage: ATTACK.  apikeys._pending_usage(key_id) reads
--- shared memory, and tenant roles may call it (grant_tenant grants it for
--- apikeys.key_usage).  A hostile tenant role that calls it with another
+-- shared memory.  grant_tenant does not grant it (apikeys.key_usage reads
+-- it inside its reader), so a tenant role cannot call it at all; and where a
+-- DBA grants it (with SELECT on apikeys.credential, as below), a hostile
+-- tenant role that calls it with another
 -- tenant's key id (known from a log, a support ticket, a guess) gets exactly
 -- what it gets for a key that does not exist: a row of NULLs.  No last use,
 -- no counts, on the one-by-one path (the first calls of a statement) and on
@@ -27,6 +29,12 @@ CREATE ROLE regress_pu_globex LOGIN;
 CREATE ROLE regress_pu_nosel LOGIN;
 SELECT apikeys.grant_tenant('regress_pu_acme', 'acme');
 SELECT apikeys.grant_tenant('regress_pu_globex', 'globex');
+SET ROLE regress_pu_acme;
+SELECT apikeys._pending_usage(:'globex_k');   -- not granted by grant_tenant
+RESET ROLE;
+-- what a DBA might grant by hand: the function and the table under RLS
+GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO regress_pu_acme, regress_pu_globex;
+GRANT SELECT ON apikeys.credential TO regress_pu_acme, regress_pu_globex;
 -- may call the function, but may not read apikeys.credential
 GRANT USAGE ON SCHEMA apikeys TO regress_pu_nosel;
 GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO regress_pu_nosel;
