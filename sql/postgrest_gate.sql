@@ -93,6 +93,7 @@ SELECT apikeys.apikey_set_policy(:'capday_id', usage_limit => 1, usage_period =>
 INSERT INTO apikeys.postgrest_route (method, path, required_scopes) VALUES
     ('GET', '/items', '{items:read}'),
     ('POST', '/items', '{items:write}'),
+    ('PATCH', '/items', '{items:write}'),
     ('DELETE', '/items', '{items:admin}'),
     ('GET', '/reports', '{reports:read}');
 INSERT INTO apikeys.postgrest_route (method, path, allow_anonymous) VALUES ('GET', '/', true);
@@ -404,7 +405,7 @@ SELECT c.method, c.path, c.who, r.status, r.message::json ->> 'code' AS code,
                (19, 'GET', '/', 'no key', NULL),                  -- anonymous routes
                (20, 'HEAD', '/', 'no key', NULL),
                (21, 'GET', '/rpc/health', 'no key', NULL),
-               (22, 'POST', '/rpc/health', 'no key', NULL),
+               (22, 'POST', '/rpc/health', 'no key', NULL),       -- a method no route lists on a listed path
                (23, 'GET', '/rpc/health', 'member', :'member_key'),
                (24, 'GET', '/rpc/health', 'bad key', 'garbage'),   -- a bad key is still refused
                (25, 'GET', '/items?select=*', 'no key', NULL)) c(n, method, path, who, key),
@@ -412,7 +413,7 @@ SELECT c.method, c.path, c.who, r.status, r.message::json ->> 'code' AS code,
                            CASE WHEN c.key IS NULL THEN '{}' ELSE jsonb_build_object('x-api-key', c.key) END) r
  ORDER BY c.n;
 ROLLBACK;
--- invalid UTF-8 after decoding: 22021 (PostgREST answers 400)
+-- invalid UTF-8 after decoding: 400 apikeys.bad_request
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT status FROM pg_temp.req('GET', '/%ff', jsonb_build_object('x-api-key', :'acme_key'));
 ROLLBACK;

@@ -11,6 +11,14 @@
  * role membership, to roles (a superuser is a member of every role) or to
  * databases (the owner is a member of pg_database_owner): syscache
  * invalidation, which also brings other sessions' committed changes.
+ *
+ * apikeys._role_confinement_cached(role) keeps, the same way, the answer of
+ * apikeys._role_confinement_scan(role) (SQL, run through SPI): why the role
+ * is not confined to one tenant's rows by row-level security (NULL: it is),
+ * which the gate needs for mappings that apply to keys of any tenant.  That
+ * answer reads privileges too, so it is also forgotten on any change to
+ * schemas, functions and column privileges (pg_namespace, pg_proc,
+ * pg_attribute).
  */
 #include "apikeys.h"
 
@@ -18,7 +26,9 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/syscache.h"
 
@@ -32,6 +42,19 @@ typedef struct RoleAnswer
 
 static RoleAnswer answers[RLS_OWNER_CACHE];
 static int	nanswers = 0;
+
+/* A reason is a sentence naming one object: names are at most 63 bytes. */
+#define CONFINEMENT_REASON_MAX 512
+
+typedef struct ConfinementAnswer
+{
+	Oid			role;
+	bool		confined;		/* the scan returned NULL */
+	char		reason[CONFINEMENT_REASON_MAX];	/* else its answer */
+} ConfinementAnswer;
+
+static ConfinementAnswer confinement[RLS_OWNER_CACHE];
+static int	nconfinement = 0;
 static bool callbacks_registered = false;
 
 /*
@@ -41,13 +64,32 @@ static bool callbacks_registered = false;
  */
 static uint64 answers_generation = 0;
 
+/* Syscache callback: forget every kept answer of both caches. */
 static void
 forget_answers(Datum arg, int cacheid, uint32 hashvalue)
 {
 	nanswers = 0;
+	nconfinement = 0;
 	answers_generation++;
 }
 
+/* Register forget_answers() for every catalog the answers depend on, once. */
+static void
+register_callbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	CacheRegisterSyscacheCallback(RELOID, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(DATABASEOID, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, forget_answers, (Datum) 0);
+	CacheRegisterSyscacheCallback(ATTNUM, forget_answers, (Datum) 0);
+	callbacks_registered = true;
+}
+
+/* Does role own, or may it become the owner of, an RLS table not forced? */
 static bool
 scan_pg_class(Oid role)
 {
@@ -68,6 +110,10 @@ scan_pg_class(Oid role)
 	return skips;
 }
 
+/*
+ * apikeys._role_skips_rls(role oid) -> boolean: the answer of scan_pg_class,
+ * kept per backend.
+ */
 PG_FUNCTION_INFO_V1(apikeys_role_skips_rls);
 Datum
 apikeys_role_skips_rls(PG_FUNCTION_ARGS)
@@ -76,14 +122,7 @@ apikeys_role_skips_rls(PG_FUNCTION_ARGS)
 	uint64		generation;
 	bool		skips;
 
-	if (!callbacks_registered)
-	{
-		CacheRegisterSyscacheCallback(RELOID, forget_answers, (Datum) 0);
-		CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, forget_answers, (Datum) 0);
-		CacheRegisterSyscacheCallback(AUTHOID, forget_answers, (Datum) 0);
-		CacheRegisterSyscacheCallback(DATABASEOID, forget_answers, (Datum) 0);
-		callbacks_registered = true;
-	}
+	register_callbacks();
 	for (int i = 0; i < nanswers; i++)
 		if (answers[i].role == role)
 			PG_RETURN_BOOL(answers[i].skips);
@@ -97,4 +136,65 @@ apikeys_role_skips_rls(PG_FUNCTION_ARGS)
 		nanswers++;
 	}
 	PG_RETURN_BOOL(skips);
+}
+
+/*
+ * Run apikeys._role_confinement_scan(role) through SPI; store its answer in
+ * *out.  The plan is kept: the statement is schema-qualified and the scan
+ * pins its search_path.
+ */
+static void
+scan_confinement(Oid role, ConfinementAnswer *out)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+
+	values[0] = ObjectIdGetDatum(role);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apikeys_spi_run(&plan, "SELECT apikeys._role_confinement_scan($1)",
+					1, argtypes, values, NULL, SPI_OK_SELECT);
+	Assert(SPI_processed == 1);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	out->role = role;
+	out->confined = isnull;
+	out->reason[0] = '\0';
+	if (!isnull)
+		strlcpy(out->reason, TextDatumGetCString(d), CONFINEMENT_REASON_MAX);
+	SPI_finish();
+}
+
+/*
+ * apikeys._role_confinement_cached(role oid) -> text: why role is not
+ * confined to one tenant's rows (NULL: it is), kept per backend like the
+ * answers of _role_skips_rls, and kept only if no invalidation came during
+ * the scan.
+ */
+PG_FUNCTION_INFO_V1(apikeys_role_confinement_cached);
+Datum
+apikeys_role_confinement_cached(PG_FUNCTION_ARGS)
+{
+	Oid			role = PG_GETARG_OID(0);
+	uint64		generation;
+	ConfinementAnswer a;
+
+	register_callbacks();
+	for (int i = 0; i < nconfinement; i++)
+		if (confinement[i].role == role)
+		{
+			if (confinement[i].confined)
+				PG_RETURN_NULL();
+			PG_RETURN_TEXT_P(cstring_to_text(confinement[i].reason));
+		}
+
+	generation = answers_generation;
+	scan_confinement(role, &a);
+	if (generation == answers_generation && nconfinement < RLS_OWNER_CACHE)
+		confinement[nconfinement++] = a;
+	if (a.confined)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(a.reason));
 }

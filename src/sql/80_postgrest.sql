@@ -35,6 +35,10 @@ CREATE TABLE apikeys.postgrest_setting (
     require_key        boolean NOT NULL DEFAULT true,
     -- X-RateLimit-Limit / -Remaining / -Reset on answers of rate-limited keys
     rate_limit_headers boolean NOT NULL DEFAULT true,
+    -- a method that no route lists, on a path that some route lists: false
+    -- refuses it (403 apikeys.method_not_allowed); true treats the request as
+    -- one that matches no route (require_key decides)
+    allow_unlisted_methods boolean NOT NULL DEFAULT false,
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE apikeys.postgrest_setting IS 'Settings of apikeys.pre_request() (one row at most; none: defaults). Superuser-only.';
@@ -65,6 +69,12 @@ COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_requ
 -- matching row with the highest priority wins, then the most specific
 -- (key, then scope, then tenant), then the role name.  No match: the role
 -- PostgREST chose stays.
+--
+-- A row with neither tenant nor key_id applies to keys of every tenant, and
+-- a scope does not narrow that: each tenant chooses its keys' scopes.  Such a
+-- row may name only a role that row-level security confines to the key's
+-- tenant (apikeys.postgrest_role_confinement() is NULL), checked when the row
+-- is written and again by the gate on every use.
 CREATE TABLE apikeys.postgrest_role_map (
     tenant     text COLLATE "C" REFERENCES apikeys.tenant (tenant) ON DELETE CASCADE,
     key_id     uuid REFERENCES apikeys.credential (key_id) ON DELETE CASCADE,
@@ -94,11 +104,24 @@ CREATE FUNCTION apikeys._postgrest_role_map_check() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    why text;
 BEGIN
-    IF NOT apikeys._bulk_loading()
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.role_name) THEN
+    IF apikeys._bulk_loading() THEN
+        RETURN NEW;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.role_name) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('role_not_found: role "%s" does not exist', NEW.role_name);
+    END IF;
+    IF NEW.tenant IS NULL AND NEW.key_id IS NULL THEN
+        why := apikeys.postgrest_role_confinement(NEW.role_name);
+        IF why IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('role_not_confined: a mapping for keys of any tenant may not name role "%s": it %s',
+                                 NEW.role_name, why),
+                HINT = 'Set the mapping''s tenant or key_id, or confine the role (docs/postgrest.md, "Roles from keys").';
+        END IF;
     END IF;
     RETURN NEW;
 END;
@@ -216,11 +239,198 @@ CREATE FUNCTION apikeys._role_skips_rls(role oid) RETURNS boolean
     LANGUAGE C STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'apikeys_role_skips_rls';
 
+-- Why role is not confined to one tenant's rows by row-level security (NULL:
+-- it is), from the catalogs: a privilege the role holds and PUBLIC does not
+-- (what PUBLIC holds, a request gets without any key) on
+--   * a table without RLS, a view without security_invoker, a materialized
+--     view or a foreign table (their rows are no tenant's);
+--   * a table or view: TRUNCATE, TRIGGER or REFERENCES (TRUNCATE empties
+--     every tenant's rows; a trigger sees every tenant's writes; a foreign
+--     key reads past RLS);
+--   * a sequence: UPDATE (setval);
+--   * a SECURITY DEFINER function, or any function of apikeys other than the
+--     four apikeys.grant_postgrest() grants (they run with another role's
+--     rights, or verify keys and bind tenants);
+--   * a schema: CREATE; the database: CREATE (what the role creates, every
+--     tenant's requests share).
+-- Schemas pg_catalog, information_schema and pg_toast are not looked at.
+-- Run through apikeys._role_confinement_cached() (src/rls_owner.c).
+CREATE FUNCTION apikeys._role_confinement_scan(role oid) RETURNS text
+    LANGUAGE sql STABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+AS $$
+WITH rel AS (
+    SELECT c.oid, c.relkind, c.relrowsecurity,
+           c.relkind = 'v' AND EXISTS (SELECT 1 FROM pg_options_to_table(c.reloptions) o
+                                        WHERE o.option_name = 'security_invoker' AND o.option_value::boolean)
+               AS invoker_view
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+), extra AS (
+    -- the privileges role holds on each relation beyond PUBLIC's
+    SELECT rel.*,
+           CASE WHEN rel.relkind = 'S' THEN
+               array(SELECT p FROM unnest('{UPDATE}'::text[]) p
+                      WHERE has_sequence_privilege(role, rel.oid, p)
+                        AND NOT has_sequence_privilege('public', rel.oid, p))
+           ELSE
+               array(SELECT p FROM unnest('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) p
+                      WHERE has_any_column_privilege(role, rel.oid, p)
+                        AND NOT has_any_column_privilege('public', rel.oid, p))
+               || array(SELECT p FROM unnest('{DELETE,TRUNCATE,TRIGGER}'::text[]) p
+                         WHERE has_table_privilege(role, rel.oid, p)
+                           AND NOT has_table_privilege('public', rel.oid, p))
+           END AS privs
+      FROM rel
+), reasons AS (
+    SELECT 1 AS o, format('holds %s on %s %s, whose rows row-level security does not confine',
+                          array_to_string(e.privs, ', '),
+                          CASE e.relkind WHEN 'v' THEN 'view (without security_invoker)'
+                                         WHEN 'm' THEN 'materialized view'
+                                         WHEN 'f' THEN 'foreign table'
+                                         ELSE 'table (without row-level security)' END,
+                          e.oid::regclass) AS why
+      FROM extra e
+     WHERE cardinality(e.privs) > 0 AND e.relkind <> 'S'
+       AND NOT (e.relkind IN ('r', 'p') AND e.relrowsecurity) AND NOT e.invoker_view
+    UNION ALL
+    SELECT 2, format('holds %s on %s, which row-level security does not restrict',
+                     array_to_string(array(SELECT p FROM unnest(e.privs) p
+                                            WHERE p IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')), ', '),
+                     e.oid::regclass)
+      FROM extra e
+     WHERE e.privs && '{TRUNCATE,TRIGGER,REFERENCES}' AND e.relkind <> 'S'
+    UNION ALL
+    SELECT 3, format('holds UPDATE (setval) on sequence %s', e.oid::regclass)
+      FROM extra e
+     WHERE e.relkind = 'S' AND cardinality(e.privs) > 0
+    UNION ALL
+    SELECT 4, format('may execute %s %s, which PUBLIC may not',
+                     CASE WHEN p.prosecdef THEN 'SECURITY DEFINER function' ELSE 'function' END,
+                     p.oid::regprocedure)
+      FROM pg_proc p
+     WHERE (p.prosecdef OR p.pronamespace = 'apikeys'::regnamespace)
+       AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys._postgrest_gate()'::regprocedure,
+                         'apikeys.current_tenant()'::regprocedure, 'apikeys.current_key_id()'::regprocedure)
+       AND has_function_privilege(role, p.oid, 'EXECUTE')
+       AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
+    UNION ALL
+    SELECT 5, format('may create objects in schema %s, which PUBLIC may not', n.oid::regnamespace)
+      FROM pg_namespace n
+     WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+       AND has_schema_privilege(role, n.oid, 'CREATE')
+       AND NOT has_schema_privilege('public', n.oid, 'CREATE')
+    UNION ALL
+    SELECT 6, 'may create schemas in this database, which PUBLIC may not'
+     WHERE has_database_privilege(role, current_database(), 'CREATE')
+       AND NOT has_database_privilege('public', current_database(), 'CREATE')
+)
+SELECT why FROM reasons ORDER BY o, why LIMIT 1
+$$;
+
+CREATE FUNCTION apikeys._role_confinement_cached(role oid) RETURNS text
+    LANGUAGE C STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_role_confinement_cached';
+
+-- Why the role named role_name may not be mapped for keys of any tenant
+-- (NULL: it may): it is a superuser or BYPASSRLS, it owns (or inherits the
+-- owner of) an RLS table without FORCE, it is granted tenants to manage or
+-- audit (apikeys.role_tenant), or _role_confinement_scan() above.  What it
+-- cannot know: whether the policies of the RLS tables filter on
+-- apikeys.current_tenant().  Superuser-only, like the mapping table.
+CREATE FUNCTION apikeys.postgrest_role_confinement(role_name name) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r pg_catalog.pg_roles;
+BEGIN
+    SELECT * INTO r FROM pg_catalog.pg_roles x WHERE x.rolname = role_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('role_not_found: role "%s" does not exist', role_name);
+    END IF;
+    IF r.rolsuper THEN
+        RETURN 'is a superuser';
+    ELSIF r.rolbypassrls THEN
+        RETURN 'bypasses row-level security (BYPASSRLS)';
+    ELSIF apikeys._role_skips_rls(r.oid) THEN
+        RETURN 'owns, or has the privileges of the owner of, a table with row-level security not forced';
+    ELSIF EXISTS (SELECT 1 FROM apikeys.role_tenant g JOIN pg_catalog.pg_roles o ON o.rolname = g.role_name
+                   WHERE pg_has_role(r.oid, o.oid, 'USAGE')) THEN
+        RETURN 'is granted tenants to manage or audit (apikeys.grant_tenant)';
+    END IF;
+    RETURN apikeys._role_confinement_cached(r.oid);
+END;
+$$;
+COMMENT ON FUNCTION apikeys.postgrest_role_confinement IS 'Why a role may not be mapped for keys of any tenant in apikeys.postgrest_role_map (NULL: row-level security confines it to the key''s tenant).';
+
+-- Bounds on what the gate reads from PostgREST's settings (docs/postgrest.md,
+-- "Bad requests").  Anything longer is a 400 apikeys.bad_request, read no
+-- further.
+CREATE FUNCTION apikeys._postgrest_limits(OUT max_headers integer, OUT max_header_value integer,
+                                          OUT max_path integer, OUT max_method integer)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- bytes of request.headers (its JSON text), of one header's value, of
+    -- request.path (raw), of request.method
+    SELECT 65536, 8192, 8192, 16
+$$;
+
+-- The server-log line of a request the gate refused, in the shape of
+-- apikeys._deny()'s ("apikeys_audit_denied {json}", action
+-- "postgrest_request"), plus http_status, method, path and reason.  Written
+-- at LOG, so it outlives the rollback.  Nothing the request sent can stop
+-- it: the actor and request id (from request.jwt.claims and request.headers,
+-- which may be anything) are read in their own subtransactions and cut to
+-- 256 characters, method and path to their bounds.  No header value (the
+-- key among them) is written.
+CREATE FUNCTION apikeys._postgrest_log_denied(p_status integer, p_code text, p_tenant text, p_key_id uuid,
+                                              p_method text, p_path text, p_reason text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    actor      text;
+    request_id text;
+    lim        record := apikeys._postgrest_limits();
+BEGIN
+    BEGIN
+        actor := left(apikeys._actor(), 256);
+    EXCEPTION WHEN OTHERS THEN
+        actor := NULL;
+    END;
+    BEGIN
+        request_id := left(apikeys._request_id(), 256);
+    EXCEPTION WHEN OTHERS THEN
+        request_id := NULL;
+    END;
+    RAISE LOG USING MESSAGE = 'apikeys_audit_denied ' || jsonb_build_object(
+        'at', clock_timestamp(), 'action', 'postgrest_request', 'outcome', 'denied',
+        'error', p_code, 'sqlstate', 'PGRST', 'http_status', p_status,
+        'tenant', p_tenant, 'key_id', p_key_id,
+        'method', left(p_method, lim.max_method), 'path', left(p_path, lim.max_path), 'reason', p_reason,
+        'db_role', apikeys._session_role(), 'session_role', session_user,
+        'actor', actor, 'request_id', request_id,
+        'client_addr', inet_client_addr(),
+        'application_name', current_setting('application_name'),
+        'txid', pg_current_xact_id_if_assigned())::text;
+END;
+$$;
+
 -- The decision, computed as the extension owner: it reads the configuration
 -- tables (which the request's roles cannot) and calls authenticate() (which
 -- binds the key's tenant in backend memory).  It reads the request only from
--- PostgREST's settings.  pre_request() below acts on it as the caller: a
--- SECURITY DEFINER function may not change the role.
+-- PostgREST's settings, and only within the bounds above: whatever they
+-- hold, the answer is a PGRST one (400 for a request it cannot read), and
+-- every refusal leaves its apikeys_audit_denied line.  pre_request() below
+-- acts on it as the caller: a SECURITY DEFINER function may not change the
+-- role.
 CREATE FUNCTION apikeys._postgrest_gate(
     OUT status           integer,   -- 200: let the request through
     OUT message          text,      -- PGRST error message (JSON)
@@ -233,13 +443,21 @@ CREATE FUNCTION apikeys._postgrest_gate(
 AS $$
 DECLARE
     cfg        apikeys.postgrest_setting;
-    req_method text := upper(coalesce(current_setting('request.method', true), ''));
-    req_path   text := apikeys.postgrest_normalize_path(coalesce(current_setting('request.path', true), ''));
-    headers    jsonb := nullif(current_setting('request.headers', true), '')::jsonb;
+    lim        record := apikeys._postgrest_limits();
+    raw_method text := coalesce(current_setting('request.method', true), '');
+    raw_path   text := coalesce(current_setting('request.path', true), '');
+    raw_hdrs   text := nullif(current_setting('request.headers', true), '');
+    stage      text;
+    bad        text;        -- why the request cannot be read (400)
+    req_method text;
+    req_path   text;
+    headers    jsonb;
     api_key    text;
     need       text[];
     n_routes   integer;
+    path_known boolean;
     anonymous  boolean;
+    any_tenant boolean;
     v          apikeys.verification;
     hdrs       jsonb := '{}';
     rl_hdrs    jsonb := '[]';
@@ -247,157 +465,221 @@ DECLARE
     msg        text;
     details    text;
     hint       text;
+    reason     text;        -- for the log line only
     wait_s     bigint;
     per        interval;
     r          pg_catalog.pg_roles;
 BEGIN
     SELECT * INTO cfg FROM apikeys.postgrest_setting;
     IF NOT FOUND THEN
-        cfg := ROW(true, '{x-api-key,apikey,authorization}', 'api', true, true, NULL);
+        cfg := ROW(true, '{x-api-key,apikey,authorization}', 'api', true, true, false, NULL);
     END IF;
 
-    -- routes that match this request
-    WITH m AS (
-        SELECT rt.required_scopes, rt.allow_anonymous
-          FROM apikeys.postgrest_route rt
-         WHERE (rt.method = '*' OR rt.method = req_method OR (rt.method = 'GET' AND req_method = 'HEAD'))
-           AND CASE rt.match WHEN 'exact' THEN req_path = rt.path
-                             WHEN 'like'  THEN req_path LIKE rt.path
-                             ELSE req_path ~ rt.path END)
-    SELECT (SELECT count(*) FROM m), (SELECT bool_and(m.allow_anonymous) FROM m),
-           array(SELECT DISTINCT s FROM m, unnest(m.required_scopes) s ORDER BY s)
-      INTO n_routes, anonymous, need;
-    IF n_routes = 0 THEN
-        anonymous := NOT cfg.require_key;
-    END IF;
-
-    api_key := apikeys._postgrest_key(headers, cfg.key_headers);
-    IF api_key IS NULL THEN
-        IF anonymous THEN
-            status := 200;
-            RETURN;
-        END IF;
-        status := 401;
-        code := 'apikeys.missing';
-        msg := 'API key required';
-        hint := 'Send the API key in one of these headers: '
-                || array_to_string(array(SELECT CASE x WHEN 'authorization' THEN 'Authorization: Bearer'
-                                                       WHEN 'x-api-key' THEN 'X-API-Key'
-                                                       ELSE x END
-                                           FROM unnest(cfg.key_headers) WITH ORDINALITY AS u(x, i)
-                                          ORDER BY i), ', ') || '.';
-        hdrs := jsonb_build_object('WWW-Authenticate', format('Bearer realm="%s"', cfg.realm));
-    ELSE
-        v := apikeys.authenticate(api_key, CASE WHEN cardinality(need) > 0 THEN need END, NULL);
-
-        IF v.rate_limit IS NOT NULL AND cfg.rate_limit_headers THEN
-            rl_hdrs := jsonb_build_array(
-                jsonb_build_object('X-RateLimit-Limit', v.rate_limit::text),
-                jsonb_build_object('X-RateLimit-Remaining', greatest(v.rate_remaining, 0)::text),
-                jsonb_build_object('X-RateLimit-Reset', ceil(extract(epoch FROM v.rate_reset))::bigint::text));
-        END IF;
-
-        IF v.valid THEN
-            status := 200;
-            response_headers := rl_hdrs;
-            -- the role mapped from the key, if any
-            SELECT m.role_name INTO set_role
-              FROM apikeys.postgrest_role_map m
-             WHERE (m.tenant IS NULL OR m.tenant = v.tenant)
-               AND (m.key_id IS NULL OR m.key_id = v.key_id)
-               AND (m.scope IS NULL OR m.scope = ANY (v.scopes))
-             ORDER BY m.priority DESC, (m.key_id IS NOT NULL) DESC, (m.scope IS NOT NULL) DESC,
-                      (m.tenant IS NOT NULL) DESC, m.role_name
-             LIMIT 1;
-            IF set_role IS NOT NULL THEN
-                SELECT * INTO r FROM pg_catalog.pg_roles x WHERE x.rolname = set_role;
-                IF NOT FOUND THEN
-                    code := 'apikeys.role_missing';
-                    msg := 'The role mapped to this API key does not exist';
-                    hint := 'Fix apikeys.postgrest_role_map.';
-                ELSIF r.rolsuper OR r.rolbypassrls THEN
-                    code := 'apikeys.role_unsafe';
-                    msg := 'The role mapped to this API key is a superuser or bypasses row-level security';
-                    hint := 'Map keys to ordinary roles in apikeys.postgrest_role_map.';
-                ELSIF apikeys._role_skips_rls(r.oid) THEN
-                    -- an owner's queries skip RLS unless it is forced: the key's
-                    -- tenant binding would not restrict them
-                    code := 'apikeys.role_unsafe';
-                    msg := 'The role mapped to this API key owns a table whose row-level security does not apply to its owner';
-                    hint := 'ALTER TABLE ... FORCE ROW LEVEL SECURITY on the tables that role owns (or inherits), or map keys to a role that owns none.';
-                ELSIF NOT pg_has_role(session_user, r.oid, 'MEMBER') THEN
-                    code := 'apikeys.role_not_allowed';
-                    msg := 'The database connection may not switch to the role mapped to this API key';
-                    hint := format('GRANT %I TO %I (as for PostgREST''s own roles).', set_role, session_user);
-                END IF;
-                IF code IS NOT NULL THEN
-                    -- a server misconfiguration, not the client's fault
-                    status := 500;
-                    response_headers := NULL;
-                    set_role := NULL;
-                    message := json_build_object('code', code, 'message', msg, 'details', NULL, 'hint', hint)::text;
-                    detail := json_build_object('status', status, 'headers', '{}'::json)::text;
-                END IF;
-            END IF;
-            RETURN;
-        END IF;
-
-        code := 'apikeys.' || v.code;
-        CASE v.code
-        WHEN 'malformed' THEN
-            status := 401; msg := 'API key is malformed';
-        WHEN 'not_found' THEN
-            status := 401; msg := 'API key is not valid';
-        WHEN 'disabled' THEN
-            status := 401; msg := 'API key is disabled';
-        WHEN 'revoked' THEN
-            status := 401; msg := 'API key has been revoked';
-        WHEN 'expired' THEN
-            status := 401; msg := 'API key has expired';
-        WHEN 'tenant_inactive' THEN
-            status := 403; msg := 'The tenant of this API key is inactive';
-        WHEN 'ip_not_allowed' THEN
-            status := 403; msg := 'Requests from this address are not allowed with this API key';
-        WHEN 'insufficient_scope' THEN
-            status := 403; msg := 'API key lacks a scope this request requires';
-            details := 'Required scopes: ' || array_to_string(need, ' ');
-            hdrs := jsonb_build_object('WWW-Authenticate',
-                format('Bearer realm="%s", error="insufficient_scope", scope="%s"',
-                       cfg.realm, array_to_string(need, ' ')));
-        WHEN 'rate_limited' THEN
-            status := 429; msg := 'Rate limit exceeded';
-            wait_s := greatest(ceil(extract(epoch FROM v.rate_reset - clock_timestamp())), 1);
-            hdrs := jsonb_build_object('Retry-After', wait_s::text);
-            details := format('At most %s requests per window.', v.rate_limit);
-            hint := 'Retry after the number of seconds in the Retry-After header.';
-        WHEN 'usage_exceeded' THEN
-            status := 429; msg := 'Usage limit exceeded';
-            -- periods are aligned to 2000-01-01 UTC, like the C code
-            SELECT c.usage_period INTO per FROM apikeys.credential c WHERE c.key_id = v.key_id;
-            IF per IS NOT NULL THEN
-                wait_s := greatest(ceil(extract(epoch FROM
-                    ('2000-01-01 00:00:00+00'::timestamptz
-                     + (floor(extract(epoch FROM clock_timestamp() - '2000-01-01 00:00:00+00'::timestamptz)
-                              / extract(epoch FROM per)) + 1) * per)
-                    - clock_timestamp())), 1);
-                hdrs := jsonb_build_object('Retry-After', wait_s::text);
-                details := 'The usage cap resets at the end of its period.';
-                hint := 'Retry after the number of seconds in the Retry-After header.';
-            ELSE
-                details := 'The usage cap does not reset.';
-            END IF;
+    -- Read the request: bounded, and any error in it (bad JSON, nesting too
+    -- deep, \u0000, invalid UTF-8 once percent-decoded, ...) is a 400.
+    BEGIN
+        stage := 'request.method';
+        IF octet_length(raw_method) > lim.max_method OR raw_method !~ '^[A-Za-z]*$' THEN
+            bad := format('request.method is not an HTTP method (letters only, at most %s)', lim.max_method);
+        ELSIF octet_length(raw_path) > lim.max_path THEN
+            bad := format('request.path is longer than %s bytes', lim.max_path);
+        ELSIF octet_length(raw_hdrs) > lim.max_headers THEN
+            bad := format('request.headers is longer than %s bytes', lim.max_headers);
         ELSE
-            status := 401; msg := 'API key is not valid';
-        END CASE;
-        IF status = 401 THEN
-            hdrs := jsonb_build_object('WWW-Authenticate',
-                format('Bearer realm="%s", error="invalid_token"', cfg.realm));
+            req_method := upper(raw_method);
+            stage := 'request.path';
+            req_path := apikeys.postgrest_normalize_path(raw_path);
+            stage := 'request.headers';
+            headers := raw_hdrs::jsonb;
+            IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+                bad := 'request.headers is not a JSON object';
+            ELSIF EXISTS (SELECT 1 FROM jsonb_each(headers) e WHERE jsonb_typeof(e.value) NOT IN ('string', 'null')) THEN
+                bad := 'request.headers has a value that is not a string';   -- (null: no such header)
+            ELSIF EXISTS (SELECT 1 FROM jsonb_each_text(headers) e WHERE octet_length(e.value) > lim.max_header_value) THEN
+                bad := format('a header value is longer than %s bytes', lim.max_header_value);
+            ELSE
+                -- routes that match this request, and whether any matches its path
+                stage := 'routes';
+                WITH p AS (
+                    SELECT rt.method, rt.required_scopes, rt.allow_anonymous
+                      FROM apikeys.postgrest_route rt
+                     WHERE CASE rt.match WHEN 'exact' THEN req_path = rt.path
+                                         WHEN 'like'  THEN req_path LIKE rt.path
+                                         ELSE req_path ~ rt.path END),
+                m AS (
+                    SELECT p.* FROM p
+                     WHERE p.method = '*' OR p.method = req_method OR (p.method = 'GET' AND req_method = 'HEAD'))
+                SELECT (SELECT count(*) FROM m), (SELECT bool_and(m.allow_anonymous) FROM m),
+                       array(SELECT DISTINCT s FROM m, unnest(m.required_scopes) s ORDER BY s),
+                       EXISTS (SELECT 1 FROM p)
+                  INTO n_routes, anonymous, need, path_known;
+                stage := 'key';
+                api_key := apikeys._postgrest_key(headers, cfg.key_headers);
+            END IF;
         END IF;
-        -- the rate-limit figures, when verify got that far
-        SELECT hdrs || coalesce(jsonb_object_agg(e.key, e.value), '{}')
-          INTO hdrs FROM jsonb_array_elements(rl_hdrs) a, jsonb_each(a.value) e;
+    EXCEPTION WHEN OTHERS THEN
+        bad := CASE stage
+               WHEN 'request.path' THEN 'request.path is not valid UTF-8 once percent-decoded'
+               WHEN 'request.headers' THEN 'request.headers is not valid JSON'
+               WHEN 'routes' THEN 'request.path cannot be matched against the routes'
+               ELSE 'the API key header cannot be read' END;
+        reason := SQLSTATE || ' ' || left(SQLERRM, 200);
+    END;
+
+    IF bad IS NOT NULL THEN
+        status := 400;
+        code := 'apikeys.bad_request';
+        msg := 'The request cannot be read';
+        details := bad;
+        reason := coalesce(reason, bad);
+    ELSIF n_routes = 0 AND path_known AND NOT cfg.allow_unlisted_methods THEN
+        -- routes list this path for other methods only: refused whoever asks
+        status := 403;
+        code := 'apikeys.method_not_allowed';
+        msg := 'This method is not allowed on this path';
+        hint := 'apikeys.postgrest_route lists this path for other methods only.';
+    ELSE
+        IF n_routes = 0 THEN
+            anonymous := NOT cfg.require_key;
+        END IF;
+
+        IF api_key IS NULL THEN
+            IF anonymous THEN
+                status := 200;
+                RETURN;
+            END IF;
+            status := 401;
+            code := 'apikeys.missing';
+            msg := 'API key required';
+            hint := 'Send the API key in one of these headers: '
+                    || array_to_string(array(SELECT CASE x WHEN 'authorization' THEN 'Authorization: Bearer'
+                                                           WHEN 'x-api-key' THEN 'X-API-Key'
+                                                           ELSE x END
+                                               FROM unnest(cfg.key_headers) WITH ORDINALITY AS u(x, i)
+                                              ORDER BY i), ', ') || '.';
+            hdrs := jsonb_build_object('WWW-Authenticate', format('Bearer realm="%s"', cfg.realm));
+        ELSE
+            v := apikeys.authenticate(api_key, CASE WHEN cardinality(need) > 0 THEN need END, NULL);
+
+            IF v.rate_limit IS NOT NULL AND cfg.rate_limit_headers THEN
+                rl_hdrs := jsonb_build_array(
+                    jsonb_build_object('X-RateLimit-Limit', v.rate_limit::text),
+                    jsonb_build_object('X-RateLimit-Remaining', greatest(v.rate_remaining, 0)::text),
+                    jsonb_build_object('X-RateLimit-Reset', ceil(extract(epoch FROM v.rate_reset))::bigint::text));
+            END IF;
+
+            IF v.valid THEN
+                -- the role mapped from the key, if any
+                SELECT m.role_name, (m.tenant IS NULL AND m.key_id IS NULL) INTO set_role, any_tenant
+                  FROM apikeys.postgrest_role_map m
+                 WHERE (m.tenant IS NULL OR m.tenant = v.tenant)
+                   AND (m.key_id IS NULL OR m.key_id = v.key_id)
+                   AND (m.scope IS NULL OR m.scope = ANY (v.scopes))
+                 ORDER BY m.priority DESC, (m.key_id IS NOT NULL) DESC, (m.scope IS NOT NULL) DESC,
+                          (m.tenant IS NOT NULL) DESC, m.role_name
+                 LIMIT 1;
+                IF set_role IS NOT NULL THEN
+                    SELECT * INTO r FROM pg_catalog.pg_roles x WHERE x.rolname = set_role;
+                    IF NOT FOUND THEN
+                        code := 'apikeys.role_missing';
+                        msg := 'The role mapped to this API key does not exist';
+                        hint := 'Fix apikeys.postgrest_role_map.';
+                    ELSIF r.rolsuper OR r.rolbypassrls THEN
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key is a superuser or bypasses row-level security';
+                        hint := 'Map keys to ordinary roles in apikeys.postgrest_role_map.';
+                    ELSIF apikeys._role_skips_rls(r.oid) THEN
+                        -- an owner's queries skip RLS unless it is forced: the key's
+                        -- tenant binding would not restrict them
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key owns a table whose row-level security does not apply to its owner';
+                        hint := 'ALTER TABLE ... FORCE ROW LEVEL SECURITY on the tables that role owns (or inherits), or map keys to a role that owns none.';
+                    ELSIF any_tenant AND apikeys.postgrest_role_confinement(set_role) IS NOT NULL THEN
+                        -- a row for keys of any tenant (whose scopes each tenant
+                        -- chooses) may name only a role RLS confines to the tenant
+                        reason := apikeys.postgrest_role_confinement(set_role);
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key by a mapping for every tenant is not confined to the key''s tenant';
+                        hint := 'Set the mapping''s tenant or key_id in apikeys.postgrest_role_map, or see apikeys.postgrest_role_confinement().';
+                    ELSIF NOT pg_has_role(session_user, r.oid, 'MEMBER') THEN
+                        code := 'apikeys.role_not_allowed';
+                        msg := 'The database connection may not switch to the role mapped to this API key';
+                        hint := format('GRANT %I TO %I (as for PostgREST''s own roles).', set_role, session_user);
+                    END IF;
+                END IF;
+                IF code IS NULL THEN
+                    status := 200;
+                    response_headers := rl_hdrs;
+                    RETURN;
+                END IF;
+                -- a server misconfiguration, not the client's fault
+                status := 500;
+                reason := format('role %s: %s', set_role, coalesce(reason, code));
+                set_role := NULL;
+            ELSE
+                code := 'apikeys.' || v.code;
+                CASE v.code
+                WHEN 'malformed' THEN
+                    status := 401; msg := 'API key is malformed';
+                WHEN 'not_found' THEN
+                    status := 401; msg := 'API key is not valid';
+                WHEN 'disabled' THEN
+                    status := 401; msg := 'API key is disabled';
+                WHEN 'revoked' THEN
+                    status := 401; msg := 'API key has been revoked';
+                WHEN 'expired' THEN
+                    status := 401; msg := 'API key has expired';
+                WHEN 'tenant_inactive' THEN
+                    status := 403; msg := 'The tenant of this API key is inactive';
+                WHEN 'ip_not_allowed' THEN
+                    status := 403; msg := 'Requests from this address are not allowed with this API key';
+                WHEN 'insufficient_scope' THEN
+                    status := 403; msg := 'API key lacks a scope this request requires';
+                    details := 'Required scopes: ' || array_to_string(need, ' ');
+                    hdrs := jsonb_build_object('WWW-Authenticate',
+                        format('Bearer realm="%s", error="insufficient_scope", scope="%s"',
+                               cfg.realm, array_to_string(need, ' ')));
+                WHEN 'rate_limited' THEN
+                    status := 429; msg := 'Rate limit exceeded';
+                    wait_s := greatest(ceil(extract(epoch FROM v.rate_reset - clock_timestamp())), 1);
+                    hdrs := jsonb_build_object('Retry-After', wait_s::text);
+                    details := format('At most %s requests per window.', v.rate_limit);
+                    hint := 'Retry after the number of seconds in the Retry-After header.';
+                WHEN 'usage_exceeded' THEN
+                    status := 429; msg := 'Usage limit exceeded';
+                    -- periods are aligned to 2000-01-01 UTC, like the C code
+                    SELECT c.usage_period INTO per FROM apikeys.credential c WHERE c.key_id = v.key_id;
+                    IF per IS NOT NULL THEN
+                        wait_s := greatest(ceil(extract(epoch FROM
+                            ('2000-01-01 00:00:00+00'::timestamptz
+                             + (floor(extract(epoch FROM clock_timestamp() - '2000-01-01 00:00:00+00'::timestamptz)
+                                      / extract(epoch FROM per)) + 1) * per)
+                            - clock_timestamp())), 1);
+                        hdrs := jsonb_build_object('Retry-After', wait_s::text);
+                        details := 'The usage cap resets at the end of its period.';
+                        hint := 'Retry after the number of seconds in the Retry-After header.';
+                    ELSE
+                        details := 'The usage cap does not reset.';
+                    END IF;
+                ELSE
+                    status := 401; msg := 'API key is not valid';
+                END CASE;
+                IF status = 401 THEN
+                    hdrs := jsonb_build_object('WWW-Authenticate',
+                        format('Bearer realm="%s", error="invalid_token"', cfg.realm));
+                END IF;
+                -- the rate-limit figures, when verify got that far
+                SELECT hdrs || coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                  INTO hdrs FROM jsonb_array_elements(rl_hdrs) a, jsonb_each(a.value) e;
+            END IF;
+        END IF;
     END IF;
 
+    PERFORM apikeys._postgrest_log_denied(status, substr(code, 9), v.tenant, v.key_id,
+                                          raw_method, raw_path, reason);
+    IF status = 500 THEN
+        hdrs := '{}';
+    END IF;
     message := json_build_object('code', code, 'message', msg, 'details', details, 'hint', hint)::text;
     detail := json_build_object('status', status, 'headers', hdrs)::text;
 END;
@@ -430,8 +712,8 @@ BEGIN
                 IF jsonb_typeof(cur::jsonb) = 'array' THEN
                     merged := cur::jsonb || g.response_headers;
                 END IF;
-            EXCEPTION WHEN invalid_text_representation THEN
-                NULL;   -- not JSON: PostgREST would reject it anyway; replace it
+            EXCEPTION WHEN OTHERS THEN
+                NULL;   -- not JSON (or nested too deep): PostgREST would reject it anyway; replace it
             END;
         END IF;
         PERFORM set_config('response.headers', merged::text, true);

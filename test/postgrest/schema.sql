@@ -55,14 +55,21 @@ $$;
 REVOKE EXECUTE ON FUNCTION api.whoami() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.whoami() TO api_user;
 
--- Every valid key runs its request as api_user.
+-- Every valid key runs its request as api_user.  A mapping for keys of any
+-- tenant like this one is accepted only because row-level security confines
+-- api_user to the key's tenant (apikeys.postgrest_role_confinement('api_user')
+-- is NULL); a role with more (a table without RLS, TRUNCATE, ...) must be
+-- mapped for one tenant or one key.
 INSERT INTO apikeys.postgrest_role_map (role_name) VALUES ('api_user');
 
--- Scopes per route.  Routes not listed need a valid key, with any scopes.
+-- Scopes per route, for every method the path serves: a method that no
+-- route lists on a listed path is refused (403 apikeys.method_not_allowed).
+-- Paths not listed at all need a valid key, with any scopes.
 INSERT INTO apikeys.postgrest_route (method, path, required_scopes, description) VALUES
-    ('GET',    '/items', '{items:read}',  'list items'),
+    ('GET',    '/items', '{items:read}',  'list items (and HEAD)'),
     ('POST',   '/items', '{items:write}', 'create items'),
     ('PATCH',  '/items', '{items:write}', 'update items'),
+    ('PUT',    '/items', '{items:write}', 'upsert an item'),
     ('DELETE', '/items', '{items:admin}', 'delete items');
 -- The OpenAPI description at / is public.
 INSERT INTO apikeys.postgrest_route (method, path, allow_anonymous, description) VALUES

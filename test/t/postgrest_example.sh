@@ -62,4 +62,21 @@ echo "ok: GET /items without a key is a 401"
 out=$(request GET / '{"accept":"*/*"}' "SELECT current_user;")
 [ "$out" = "web_anon" ] || die "GET / (anonymous route): got '$out'"
 echo "ok: the anonymous route lets a keyless request through as web_anon"
+# every method of /items is listed: a read-only key cannot DELETE or PUT, and
+# a method no route lists is refused
+for m in DELETE PUT PATCH; do
+	out=$(request $m /items "{\"x-api-key\":\"$ACME\"}" "DELETE FROM api.items;")
+	grep -q '"status" : 403' <<<"$out" && grep -q 'apikeys.insufficient_scope' <<<"$out" ||
+		die "$m /items with a read-only key: got '$out'"
+done
+out=$(request OPTIONS /items "{\"x-api-key\":\"$GLOBEX\"}" "SELECT 1;")
+grep -q 'apikeys.method_not_allowed' <<<"$out" || die "OPTIONS /items (no route lists it): got '$out'"
+[ "$(cluster_psql "$NAME" "$PORT" -d app -qAt -c "SELECT string_agg(name, ',' ORDER BY name) FROM api.items")" = \
+	"anvil,hammock,rocket skates" ] || die "the refused requests changed api.items"
+echo "ok: read-only keys cannot DELETE, PUT or PATCH /items; OPTIONS /items is refused"
+
+# the example's mapping for every key names a role RLS confines to the tenant
+[ "$(cluster_psql "$NAME" "$PORT" -d app -qAt -c "SELECT coalesce(apikeys.postgrest_role_confinement('api_user'), 'confined')")" \
+	= confined ] || die "api_user is not confined"
+echo "ok: api_user is confined to the key's tenant"
 echo "PASS"
