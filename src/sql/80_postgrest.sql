@@ -385,10 +385,10 @@ $$;
 -- apikeys._deny()'s ("apikeys_audit_denied {json}", action
 -- "postgrest_request"), plus http_status, method, path and reason.  Written
 -- at LOG, so it outlives the rollback.  Nothing the request sent can stop
--- it: the actor and request id (from request.jwt.claims and request.headers,
--- which may be anything) are read in their own subtransactions and cut to
--- 256 characters, method and path to their bounds.  No header value (the
--- key among them) is written.
+-- it: apikeys._actor() and _request_id() read claims and headers that may
+-- be anything without ever raising (an unreadable or over-long label reads
+-- as absent), method and path are cut to their bounds.  No header value
+-- (the key among them) is written.
 CREATE FUNCTION apikeys._postgrest_log_denied(p_status integer, p_code text, p_tenant text, p_key_id uuid,
                                               p_method text, p_path text, p_reason text)
     RETURNS void
@@ -400,22 +400,14 @@ DECLARE
     request_id text;
     lim        record := apikeys._postgrest_limits();
 BEGIN
-    BEGIN
-        actor := left(apikeys._actor(), 256);
-    EXCEPTION WHEN OTHERS THEN
-        actor := NULL;
-    END;
-    BEGIN
-        request_id := left(apikeys._request_id(), 256);
-    EXCEPTION WHEN OTHERS THEN
-        request_id := NULL;
-    END;
+    actor := apikeys._actor();
+    request_id := apikeys._request_id();
     RAISE LOG USING MESSAGE = 'apikeys_audit_denied ' || jsonb_build_object(
         'at', clock_timestamp(), 'action', 'postgrest_request', 'outcome', 'denied',
         'error', p_code, 'sqlstate', 'PGRST', 'http_status', p_status,
         'tenant', p_tenant, 'key_id', p_key_id,
         'method', left(p_method, lim.max_method), 'path', left(p_path, lim.max_path), 'reason', p_reason,
-        'db_role', apikeys._session_role(), 'session_role', session_user,
+        'db_role', apikeys._acting_role(), 'session_role', session_user,
         'actor', actor, 'request_id', request_id,
         'client_addr', inet_client_addr(),
         'application_name', current_setting('application_name'),
@@ -730,6 +722,7 @@ CREATE FUNCTION apikeys_internal.grant_postgrest(role_name name) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM apikeys._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.pre_request(), apikeys._postgrest_gate(),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
