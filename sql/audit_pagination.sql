@@ -91,6 +91,28 @@ SELECT max(n) AS pages,
 SELECT array_agg(action ORDER BY audit_id) AS key_history FROM apikeys.audit_log_page(key_id => :'k') s;
 SELECT count(*) AS globex_key_rows FROM apikeys.audit_log_page(key_id => :'globex_k');
 SELECT count(*) AS three FROM apikeys.audit_log_page(NULL, 3);
+-- Its audit_check() covers its own rows only (each against its hash), and
+-- audit_head() is its newest row: nothing about the other tenants' rows.
+SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
+SELECT audit_id AS acme_head_id, row_hash AS acme_head_hash FROM apikeys.audit_head() \gset
+RESET ROLE;
+SELECT :'acme_head_id' = (SELECT max(audit_id) FROM apikeys.audit WHERE tenant = 'acme')::text AS head_is_acmes_newest,
+       :'acme_head_hash' = (SELECT encode(row_hash, 'hex') FROM apikeys.audit WHERE audit_id = :acme_head_id) AS hash_matches,
+       (SELECT count(*) FROM apikeys.audit WHERE tenant = 'acme') AS acme_rows;
+-- A broken acme row is found by acme's auditor; a broken globex row is not
+-- its business (the superuser's full check finds both).
+SET session_replication_role = replica;   -- a superuser silencing the triggers
+UPDATE apikeys.audit SET actor = 'tampered' WHERE audit_id = (SELECT min(audit_id) FROM apikeys.audit WHERE tenant = 'globex');
+RESET session_replication_role;
+SET ROLE regress_pg_auditor;
+SELECT ok, rows_checked FROM apikeys.audit_check();
+RESET ROLE;
+SELECT ok, problem FROM apikeys.audit_check();
+SET session_replication_role = replica;
+UPDATE apikeys.audit SET actor = 'tampered' WHERE audit_id = :acme_head_id;
+RESET session_replication_role;
+SET ROLE regress_pg_auditor;
+SELECT ok, first_bad_id = :acme_head_id AS at_acme_head, problem FROM apikeys.audit_check();
 RESET ROLE;
 -- The page size is bounded.
 SELECT apikeys.audit_log_page(NULL, 0);

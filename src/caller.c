@@ -46,7 +46,18 @@
 /* Deeper nesting than this is a loop in our own code. */
 #define CALLER_STACK_MAX 32
 
-static Oid	caller_stack[CALLER_STACK_MAX];
+/*
+ * One entry per running entry point: the role it acts for, and whether that
+ * role's code was running with a local user change (inside a SECURITY
+ * DEFINER function, or maintenance) when it called.
+ */
+typedef struct Caller
+{
+	Oid			role;
+	bool		in_definer;
+} Caller;
+
+static Caller caller_stack[CALLER_STACK_MAX];
 static int	caller_depth = 0;
 
 /* What an entry point remembers about its implementation (in fn_extra). */
@@ -88,7 +99,22 @@ apikeys_acting_role(void)
 	 * Outside any entry point only a superuser (or the owner) can be changing
 	 * our tables, by hand: label it with the session's current role.
 	 */
-	return caller_depth > 0 ? caller_stack[caller_depth - 1] : GetOuterUserId();
+	return caller_depth > 0 ? caller_stack[caller_depth - 1].role : GetOuterUserId();
+}
+
+void
+apikeys_caller(Oid *role, bool *in_definer)
+{
+	if (caller_depth > 0)
+	{
+		*role = caller_stack[caller_depth - 1].role;
+		*in_definer = caller_stack[caller_depth - 1].in_definer;
+	}
+	else
+	{
+		*role = GetUserId();
+		*in_definer = InLocalUserIdChange();
+	}
 }
 
 bool
@@ -187,13 +213,13 @@ Datum
 apikeys_entry(PG_FUNCTION_ARGS)
 {
 	EntryTarget *t = entry_target(fcinfo->flinfo);
-	Oid			caller = GetUserId();
+	Caller		caller = {GetUserId(), InLocalUserIdChange()};
 	int			nargs = PG_NARGS();
 	volatile Datum result = (Datum) 0;
 	int			depth_before = caller_depth;
 
 	/* our own definer code calling another entry point keeps its caller */
-	if (caller_depth > 0 && caller == t->impl_owner && InLocalUserIdChange())
+	if (caller_depth > 0 && caller.role == t->impl_owner && caller.in_definer)
 		caller = caller_stack[caller_depth - 1];
 
 	if (caller_depth >= CALLER_STACK_MAX)
@@ -201,6 +227,7 @@ apikeys_entry(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("apikeys: management calls nested more than %d deep", CALLER_STACK_MAX)));
 	caller_stack[caller_depth++] = caller;
+	Assert(caller_depth <= CALLER_STACK_MAX);
 
 	PG_TRY();
 	{

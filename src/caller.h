@@ -7,6 +7,9 @@ extern void apikeys_caller_init(void);
 /* The role the current management call is authorized as. */
 extern Oid	apikeys_acting_role(void);
 
+/* The acting role, and whether its code ran inside a SECURITY DEFINER function. */
+extern void apikeys_caller(Oid *role, bool *in_definer);
+
 /* True while a management entry point is running. */
 extern bool apikeys_in_entry_point(void);
 

@@ -50,6 +50,7 @@ typedef struct Binding
 	/* labels: NULL or a string in TopTransactionContext, never changed */
 	const char *actor;
 	const char *request_id;
+	Oid			binder;			/* the role that called set_tenant/authenticate */
 	SubTransactionId subid;		/* the subtransaction that made it */
 } Binding;
 
@@ -226,6 +227,7 @@ set_label(const char **slot, const char *value)
 		*slot = MemoryContextStrdup(TopTransactionContext, value);
 }
 
+/* set_tenant and authenticate run with their caller's rights: GetUserId() is the binder. */
 static void
 bind(const char *tenant, size_t len, TenantSource source)
 {
@@ -234,6 +236,43 @@ bind(const char *tenant, size_t len, TenantSource source)
 	memcpy(cur.tenant, tenant, len);
 	cur.tenant[len] = '\0';
 	cur.source = source;
+	cur.binder = GetUserId();
+}
+
+/*
+ * The tenant the binding lets the acting role act for, or NULL.  The binding
+ * belongs to the role that made it and to whatever runs with the rights that
+ * role holds in this session (SET ROLE, PostgREST's role switch), not to
+ * another role's SECURITY DEFINER code that happens to run in the same
+ * transaction: a tenant admin's function called by a trusted switcher, or
+ * by a PostgREST request bound to another tenant, must not borrow it.
+ * trusted_only: only a set_tenant() binding counts (management).
+ */
+const char *
+apikeys_binding_for_caller(bool trusted_only)
+{
+	Oid			role;
+	bool		in_definer;
+
+	if (cur.source == TENANT_SOURCE_NONE ||
+		(trusted_only && cur.source != TENANT_SOURCE_TRUSTED))
+		return NULL;
+	apikeys_caller(&role, &in_definer);
+	if (in_definer && role != cur.binder)
+		return NULL;
+	return cur.tenant;
+}
+
+/* apikeys._binding_for_caller(trusted_only boolean): the SQL form of the above. */
+PG_FUNCTION_INFO_V1(apikeys_binding_for_caller_sql);
+Datum
+apikeys_binding_for_caller_sql(PG_FUNCTION_ARGS)
+{
+	const char *t = apikeys_binding_for_caller(PG_GETARG_BOOL(0));
+
+	if (t == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(t));
 }
 
 /*
@@ -247,7 +286,6 @@ apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id)
 	const char *t = VARDATA_ANY(tenant);
 	size_t		len = VARSIZE_ANY_EXHDR(tenant);
 
-	apikeys_refuse_restricted("apikeys.authenticate");
 	if (cur.source != TENANT_SOURCE_NONE &&
 		(strlen(cur.tenant) != len || memcmp(cur.tenant, t, len) != 0))
 		ereport(ERROR,
@@ -280,9 +318,14 @@ PG_FUNCTION_INFO_V1(apikeys_authenticate_labelled);
 Datum
 apikeys_authenticate_labelled(PG_FUNCTION_ARGS)
 {
-	const char *actor = check_label(fcinfo, 3, "actor");
-	const char *request_id = check_label(fcinfo, 4, "request_id");
+	const char *actor;
+	const char *request_id;
 	Datum		result;
+
+	/* before verifying: a maintenance run charges no limit and binds nothing */
+	apikeys_refuse_restricted("apikeys.authenticate");
+	actor = check_label(fcinfo, 3, "actor");
+	request_id = check_label(fcinfo, 4, "request_id");
 
 	pending_actor = actor;
 	pending_request_id = request_id;

@@ -13,6 +13,7 @@ typedef enum TenantSource
 
 extern void apikeys_tenant_context_init(void);
 extern const char *apikeys_bound_tenant(TenantSource *source);
+extern const char *apikeys_binding_for_caller(bool trusted_only);
 extern void apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id);
 
 #endif

@@ -26,6 +26,11 @@ CREATE FUNCTION apikeys.set_tenant(tenant text, actor text DEFAULT NULL, request
     RETURNS text
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_set_tenant';
 COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant (and label its audit with actor/request_id). Grant EXECUTE only to roles trusted to switch tenants.';
+-- The tenant the transaction's binding lets the acting role act for (only a
+-- set_tenant() binding when trusted_only), or NULL: a binding serves the role
+-- that made it, not another role's SECURITY DEFINER code (tenant_context.c).
+CREATE FUNCTION apikeys._binding_for_caller(trusted_only boolean) RETURNS text
+    LANGUAGE C STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_binding_for_caller_sql';
 CREATE FUNCTION apikeys._context_source() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
 -- The labels set_tenant()/authenticate() bound to this transaction, or NULL.
@@ -99,8 +104,8 @@ BEGIN
           JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
          WHERE g.tenant IS NOT NULL AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')
         UNION
-        SELECT apikeys.current_tenant()
-         WHERE need OPERATOR(pg_catalog.=) 'read' AND apikeys.current_tenant() IS NOT NULL
+        SELECT apikeys._binding_for_caller(false)
+         WHERE need OPERATOR(pg_catalog.=) 'read' AND apikeys._binding_for_caller(false) IS NOT NULL
         ORDER BY 1);
 END;
 $$;
@@ -136,7 +141,7 @@ $$;
 -- tenant admin's SECURITY DEFINER function that is the tenant admin, whoever
 -- runs the session) may if it is a superuser, is mapped to the tenant with
 -- 'manage' (or to every tenant), or its transaction is bound to the tenant
--- by set_tenant().  A question, never an error: callers that must not tell
+-- by set_tenant() (apikeys._binding_for_caller).  A question, never an error: callers that must not tell
 -- "not yours" from "no such thing" raise one error for both.
 CREATE FUNCTION apikeys._may_manage(p_tenant text) RETURNS boolean
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -151,8 +156,7 @@ BEGIN
     IF p_tenant IS NULL THEN
         RETURN apikeys._role_may(r, NULL, 'manage');
     END IF;
-    RETURN (apikeys._context_source() OPERATOR(pg_catalog.=) 'trusted'
-            AND apikeys.current_tenant() OPERATOR(pg_catalog.=) p_tenant)
+    RETURN coalesce(apikeys._binding_for_caller(true) OPERATOR(pg_catalog.=) p_tenant, false)
         OR apikeys._role_may(r, p_tenant, 'manage');
 END;
 $$;

@@ -271,8 +271,20 @@ CREATE TRIGGER secret_no_truncate BEFORE TRUNCATE ON apikeys.secret
 CREATE TRIGGER role_tenant_no_truncate BEFORE TRUNCATE ON apikeys.role_tenant
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
 
+-- The audit history a tenant-scoped reader sees of tenant t: from its latest
+-- tenant_created row on.  A tenant id can be deleted and created again;
+-- the new tenant's roles must not read the old one's history.
+CREATE FUNCTION apikeys._audit_since(t text) RETURNS bigint
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(max(a.audit_id), 0) FROM apikeys.audit a
+     WHERE a.tenant OPERATOR(pg_catalog.=) t AND a.action OPERATOR(pg_catalog.=) 'tenant_created'
+$$;
+
 -- Rows of apikeys.audit_log: the audit rows of the tenants the caller may
--- audit (apikeys.tenants explains why a reader function).
+-- audit, each tenant's since its creation (apikeys.tenants explains why a
+-- reader function).
 CREATE FUNCTION apikeys_internal._read_audit() RETURNS SETOF apikeys.audit
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 1000
     SET search_path = pg_catalog, pg_temp
@@ -281,19 +293,37 @@ AS $$
 DECLARE
     v text[] := apikeys._visible_tenants('audit');
 BEGIN
-    RETURN QUERY SELECT * FROM apikeys.audit a
-                  WHERE v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v);
+    IF v IS NULL THEN
+        RETURN QUERY SELECT * FROM apikeys.audit a;
+    ELSE
+        RETURN QUERY SELECT a.* FROM unnest(v) t(tenant)
+                       CROSS JOIN LATERAL apikeys._audit_of(t.tenant, NULL, NULL, NULL) a;
+    END IF;
 END;
+$$;
+
+-- One tenant's audit since its creation, newest first, before before_id, of
+-- one key if key_id is given, at most max_rows (NULL: all): a backward scan
+-- of the tenant's index, however big the other tenants' history.
+CREATE FUNCTION apikeys._audit_of(t text, before_id bigint, max_rows integer, key_id uuid)
+    RETURNS SETOF apikeys.audit
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM apikeys.audit a
+     WHERE a.tenant OPERATOR(pg_catalog.=) t
+       AND a.audit_id OPERATOR(pg_catalog.>=) apikeys._audit_since(t)
+       AND a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
+       AND (_audit_of.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) _audit_of.key_id)
+     ORDER BY a.audit_id DESC LIMIT max_rows
 $$;
 SELECT apikeys_internal.publish('_read_audit', 'Rows of apikeys.audit_log: the audit rows of the tenants the caller may audit.');
 CREATE VIEW apikeys.audit_log WITH (security_invoker = true) AS
 SELECT * FROM apikeys._read_audit();
-COMMENT ON VIEW apikeys.audit_log IS 'The audit rows the caller may read: its tenants'' (every row for superusers and global auditors).';
+COMMENT ON VIEW apikeys.audit_log IS 'The audit rows the caller may read: its tenants'' since their creation (every row for superusers and global auditors).';
 
 -- One page of apikeys.audit_log, newest first: the rows before before_id
 -- (all rows when NULL), at most max_rows, of one key if key_id is given.
--- For a caller who audits one tenant it is a backward scan of that tenant's
--- index, however big the other tenants' history.
 CREATE FUNCTION apikeys_internal.audit_log_page(before_id bigint DEFAULT NULL, max_rows integer DEFAULT 100,
                                                 key_id uuid DEFAULT NULL)
     RETURNS SETOF apikeys.audit
@@ -303,23 +333,19 @@ CREATE FUNCTION apikeys_internal.audit_log_page(before_id bigint DEFAULT NULL, m
 AS $$
 DECLARE
     v text[] := apikeys._visible_tenants('audit');
-    before bigint := coalesce(before_id, 9223372036854775807);
 BEGIN
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_max_rows: max_rows must be between 1 and 10000';
     END IF;
-    IF cardinality(v) OPERATOR(pg_catalog.=) 1 THEN
+    IF v IS NULL THEN
         RETURN QUERY SELECT * FROM apikeys.audit a
-                      WHERE a.tenant OPERATOR(pg_catalog.=) v[1]
-                        AND a.audit_id OPERATOR(pg_catalog.<) before
+                      WHERE a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
                         AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
                       ORDER BY a.audit_id DESC LIMIT max_rows;
     ELSE
-        RETURN QUERY SELECT * FROM apikeys.audit a
-                      WHERE (v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v))
-                        AND a.audit_id OPERATOR(pg_catalog.<) before
-                        AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
+        RETURN QUERY SELECT a.* FROM unnest(v) t(tenant)
+                       CROSS JOIN LATERAL apikeys._audit_of(t.tenant, before_id, max_rows, audit_log_page.key_id) a
                       ORDER BY a.audit_id DESC LIMIT max_rows;
     END IF;
 END;
@@ -348,8 +374,7 @@ BEGIN
     ok := true;
     rows_checked := 0;
     IF v IS NOT NULL THEN
-        FOR a IN SELECT * FROM apikeys.audit x WHERE x.tenant OPERATOR(pg_catalog.=) ANY (v)
-                  ORDER BY x.audit_id LOOP
+        FOR a IN SELECT * FROM apikeys._read_audit() x ORDER BY x.audit_id LOOP
             rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
             IF a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
                 ok := false;
@@ -399,13 +424,10 @@ CREATE FUNCTION apikeys_internal.audit_head(OUT audit_id bigint, OUT row_hash te
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_custom_plan
 AS $$
-DECLARE
-    v text[] := apikeys._visible_tenants('audit');   -- NULL: the whole chain's head
 BEGIN
+    -- the whole chain's head, or the newest row of the caller's tenants
     SELECT a.audit_id, encode(a.row_hash, 'hex') INTO audit_id, row_hash
-      FROM apikeys.audit a
-     WHERE v IS NULL OR a.tenant OPERATOR(pg_catalog.=) ANY (v)
-     ORDER BY a.audit_id DESC LIMIT 1;
+      FROM apikeys.audit_log_page(NULL, 1) a;
 END;
 $$;
 SELECT apikeys_internal.publish('audit_head', 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.');

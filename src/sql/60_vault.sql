@@ -275,18 +275,25 @@ DECLARE
     svc apikeys.vault_service;
     sealed record;
     new_id uuid := gen_random_uuid();
+    visible boolean;
 BEGIN
     su := apikeys._is_superuser(r);
-    -- An unknown tenant is never echoed (it could be a misplaced secret).
+    -- An unknown tenant and one the role may not manage read the same (and
+    -- neither is echoed: it could be a misplaced secret); only a superuser
+    -- is told that a tenant does not exist.
     IF tenant IS NULL OR NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) vault_add.tenant) THEN
         IF su THEN
             RAISE EXCEPTION USING ERRCODE = 'undefined_object',
                 MESSAGE = 'tenant_not_found: no such tenant';
         END IF;
+        visible := false;
+    ELSE
+        visible := apikeys._may_manage(tenant);
+    END IF;
+    IF NOT visible THEN
         PERFORM apikeys._deny('vault_add', NULL, NULL, '42501',
             format('permission_denied: role "%s" may not manage this tenant', r));
     END IF;
-    PERFORM apikeys._authorize(tenant, 'vault_add');
     PERFORM apikeys._require_active_tenant(tenant, 'vault_add', NULL);
     PERFORM apikeys._vault_check_name(name);
     IF owner_user IS NOT NULL THEN
