@@ -249,8 +249,9 @@ CREATE FUNCTION apikeys._role_skips_rls(role oid) RETURNS boolean
 --     key reads past RLS);
 --   * a sequence: UPDATE (setval);
 --   * a SECURITY DEFINER function, or any function of apikeys other than the
---     four apikeys.grant_postgrest() grants (they run with another role's
---     rights, or verify keys and bind tenants);
+--     four apikeys.grant_postgrest() grants and the readers behind the views
+--     (they run with another role's rights, or verify keys and bind
+--     tenants);
 --   * a schema: CREATE; the database: CREATE (what the role creates, every
 --     tenant's requests share).
 -- Schemas pg_catalog, information_schema and pg_toast are not looked at.
@@ -315,6 +316,10 @@ WITH rel AS (
      WHERE (p.prosecdef OR p.pronamespace = 'apikeys'::regnamespace)
        AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys._postgrest_gate()'::regprocedure,
                          'apikeys.current_tenant()'::regprocedure, 'apikeys.current_key_id()'::regprocedure)
+       -- the readers behind the views answer only about the caller's own tenants
+       AND NOT (p.pronamespace = 'apikeys'::regnamespace
+                AND p.proname IN ('_read_keys', '_read_tenants', '_read_key_usage', '_read_vault_secrets',
+                                  '_read_audit', '_read_grants', 'audit_log_page'))
        AND has_function_privilege(role, p.oid, 'EXECUTE')
        AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
     UNION ALL
