@@ -157,6 +157,7 @@ BEGIN
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION'
             ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'
+            ' apikeys.apikey_create_many(text, text[], text[], timestamptz, text),'
             ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
             ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
             ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
