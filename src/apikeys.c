@@ -20,6 +20,7 @@ _PG_init(void)
 	apikeys_caller_init();
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
+	apikeys_trigger_guard_init();
 	apikeys_shmem_init();
 	apikeys_guc_reserve();
 }
