@@ -43,7 +43,8 @@ BEGIN
     RETURN (SELECT cache_hits FROM apikeys.runtime) - h0;
 END $$;
 -- the cache triggers back to ALWAYS (ENABLE TRIGGER USER/ALL makes them origin-only)
-CREATE FUNCTION public.restore_always() RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.restore_always() RETURNS void LANGUAGE plpgsql
+    SET client_min_messages = error AS $$
 DECLARE
     t text;
 BEGIN

@@ -22,7 +22,8 @@
  *                   simple safe rule: whatever the triggers missed while
  *                   they were changed, e.g. logical replication's apply
  *                   worker, which runs no executor hooks, is retired when
- *                   they are changed back); COPY FROM into one while the
+ *                   they are changed back, and a WARNING says so when they
+ *                   are left not ALWAYS); COPY FROM into one while the
  *                   trigger would not fire.
  *
  * The OIDs of the tables and of apikeys._changed are looked up (never
@@ -38,6 +39,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
@@ -132,19 +134,25 @@ is_key_rel(const GuardCatalog *cat, Oid relid)
 	return false;
 }
 
-/* Is a name one of our tables (resolved as the command will)? */
-static bool
-is_key_rangevar(RangeVar *rv)
+/* The OID of a name if it is one of our tables (resolved as the command will), else InvalidOid. */
+static Oid
+key_rangevar(RangeVar *rv)
 {
 	const GuardCatalog *cat = guard_catalog();
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
 
-	return is_key_rel(cat, RangeVarGetRelid(rv, NoLock, true));
+	return is_key_rel(cat, relid) ? relid : InvalidOid;
 }
 
-/* Would trigger t fire now?  trigger.c's TriggerEnabled rule. */
+/*
+ * Would trigger t fire now (trigger.c's TriggerEnabled rule), or, with
+ * always_only, in every session and in logical replication's apply worker?
+ */
 static inline bool
-trigger_fires_now(const Trigger *t)
+trigger_fires_now(const Trigger *t, bool always_only)
 {
+	if (always_only)
+		return t->tgenabled == TRIGGER_FIRES_ALWAYS;
 	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 		return t->tgenabled == TRIGGER_FIRES_ALWAYS ||
 			t->tgenabled == TRIGGER_FIRES_ON_REPLICA;
@@ -156,10 +164,11 @@ trigger_fires_now(const Trigger *t)
  * Would apikeys._changed() see every row written to rel now: an enabled
  * row trigger (no WHEN, no column list) for each of INSERT, UPDATE and
  * DELETE?  An INSERT ... ON CONFLICT and a MERGE need more than one event,
- * so all three are asked of every write.
+ * so all three are asked of every write.  always_only: see trigger_fires_now;
+ * then the statement trigger for TRUNCATE is asked too.
  */
 static bool
-changes_tracked(Relation rel, Oid changed_fn)
+changes_tracked(Relation rel, Oid changed_fn, bool always_only)
 {
 	TriggerDesc *td = rel->trigdesc;
 	int16		seen = 0;
@@ -171,11 +180,16 @@ changes_tracked(Relation rel, Oid changed_fn)
 	{
 		const Trigger *t = &td->triggers[i];
 
-		if (t->tgfoid == changed_fn && TRIGGER_FOR_ROW(t->tgtype) &&
-			t->tgqual == NULL && t->tgnattr == 0 && trigger_fires_now(t))
+		if (t->tgfoid != changed_fn || t->tgqual != NULL || t->tgnattr != 0 ||
+			!trigger_fires_now(t, always_only))
+			continue;
+		if (TRIGGER_FOR_ROW(t->tgtype))
 			seen |= t->tgtype & all;
+		else
+			seen |= t->tgtype & TRIGGER_TYPE_TRUNCATE;
 	}
-	return seen == all;
+	/* the apply worker also replicates TRUNCATE, which fires statement triggers */
+	return always_only ? seen == (all | TRIGGER_TYPE_TRUNCATE) : (seen & all) == all;
 }
 
 /* Check a write plan's result relations (the executor holds their locks). */
@@ -194,7 +208,7 @@ check_write_plan(PlannedStmt *stmt)
 		if (!is_key_rel(cat, rte->relid))
 			continue;
 		rel = relation_open(rte->relid, NoLock);
-		tracked = changes_tracked(rel, cat->changed_fn);
+		tracked = changes_tracked(rel, cat->changed_fn, false);
 		relation_close(rel, NoLock);
 		if (!tracked)
 		{
@@ -248,48 +262,88 @@ alters_triggers(AlterTableStmt *stmt)
 	return false;
 }
 
-/* Utility statements that change our tables or their triggers, before they run. */
-static bool
-utility_changes_keys(Node *parsetree)
+/*
+ * Utility statements that change our tables or their triggers, before they
+ * run: the table concerned (the first one for TRUNCATE), else InvalidOid.
+ * *trigger_ddl: it changes triggers (to check them afterwards).
+ */
+static Oid
+utility_key_rel(Node *parsetree, bool *trigger_ddl)
 {
 	ListCell   *lc;
+	Oid			relid;
 
+	*trigger_ddl = true;
 	switch (nodeTag(parsetree))
 	{
 		case T_TruncateStmt:
+			*trigger_ddl = false;
 			foreach(lc, ((TruncateStmt *) parsetree)->relations)
-				if (is_key_rangevar(lfirst_node(RangeVar, lc)))
-					return true;
-			return false;
+				if (OidIsValid(relid = key_rangevar(lfirst_node(RangeVar, lc))))
+					return relid;
+			return InvalidOid;
 		case T_AlterTableStmt:
 			{
 				AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
 
-				return alters_triggers(stmt) && is_key_rangevar(stmt->relation);
+				return alters_triggers(stmt) ? key_rangevar(stmt->relation) : InvalidOid;
 			}
 		case T_CreateTrigStmt:
-			return is_key_rangevar(((CreateTrigStmt *) parsetree)->relation);
+			return key_rangevar(((CreateTrigStmt *) parsetree)->relation);
 		case T_DropStmt:
 			{
 				DropStmt   *stmt = (DropStmt *) parsetree;
 
 				if (stmt->removeType != OBJECT_TRIGGER)
-					return false;
+					return InvalidOid;
 				/* each object: the table's qualified name, then the trigger's */
 				foreach(lc, stmt->objects)
 				{
 					List	   *names = lfirst_node(List, lc);
 
 					if (list_length(names) >= 2 &&
-						is_key_rangevar(makeRangeVarFromNameList(list_copy_head(names,
-																			   list_length(names) - 1))))
-						return true;
+						OidIsValid(relid = key_rangevar(makeRangeVarFromNameList(list_copy_head(names,
+																								 list_length(names) - 1)))))
+						return relid;
 				}
-				return false;
+				return InvalidOid;
 			}
 		default:
-			return false;
+			return InvalidOid;
 	}
+}
+
+/*
+ * After trigger DDL on one of our tables: warn when its changes are no
+ * longer seen everywhere.  This library notices SQL writes past the
+ * triggers, but not logical replication's apply worker (no executor hooks),
+ * which only ALWAYS triggers see.  Not during CREATE EXTENSION, whose script
+ * enables them one by one.
+ */
+static void
+warn_if_not_always(Oid relid)
+{
+	Relation	rel;
+	bool		tracked;
+	char	   *relname;
+
+	if (creating_extension)
+		return;
+	CommandCounterIncrement();	/* see the DDL's own catalog change */
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return;
+	tracked = changes_tracked(rel, guard_catalog()->changed_fn, true);
+	relname = pstrdup(RelationGetRelationName(rel));
+	relation_close(rel, AccessShareLock);
+	if (!tracked)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("cache_triggers_not_always: the policy cache trigger of apikeys.%s is not ENABLE ALWAYS",
+						relname),
+				 errdetail("Writes by SQL still retire the policy cache; changes applied by logical replication do not until the trigger is restored."),
+				 errhint("ALTER TABLE apikeys.%s ENABLE ALWAYS TRIGGER policy_cache_%s_row; ALTER TABLE apikeys.%s ENABLE ALWAYS TRIGGER policy_cache_%s;",
+						 relname, relname, relname, relname)));
 }
 
 /* After a COPY FROM: did it write one of our tables past the trigger? */
@@ -309,12 +363,12 @@ copy_missed_trigger(CopyStmt *stmt)
 		return false;
 	/* COPY FROM holds RowExclusiveLock: no ALTER TABLE in between */
 	rel = relation_open(relid, AccessShareLock);
-	tracked = changes_tracked(rel, cat->changed_fn);
+	tracked = changes_tracked(rel, cat->changed_fn, false);
 	relation_close(rel, AccessShareLock);
 	return !tracked;
 }
 
-/* ProcessUtility: mark before the statements above, check COPY after. */
+/* ProcessUtility: mark before the statements above, check them after. */
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					  ProcessUtilityContext context, ParamListInfo params,
@@ -322,8 +376,10 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 	bool		watch = apikeys_shmem_ready() && IsTransactionState();
+	bool		trigger_ddl = false;
+	Oid			relid = InvalidOid;
 
-	if (watch && utility_changes_keys(parsetree))
+	if (watch && OidIsValid(relid = utility_key_rel(parsetree, &trigger_ddl)))
 		apikeys_changes_note_all();
 
 	if (prev_process_utility)
@@ -333,6 +389,8 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 								queryEnv, dest, qc);
 
+	if (OidIsValid(relid) && trigger_ddl)
+		warn_if_not_always(relid);
 	if (watch && IsA(parsetree, CopyStmt) && copy_missed_trigger((CopyStmt *) parsetree))
 		apikeys_changes_note_all();
 }
