@@ -21,6 +21,7 @@ _PG_init(void)
 	apikeys_audit_chain_init();
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
+	apikeys_trigger_guard_init();
 	apikeys_shmem_init();
 	apikeys_guc_reserve();
 }
