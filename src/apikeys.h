@@ -81,6 +81,11 @@ extern void apikeys_catalog_init(void);
 /* audit_chain.c */
 extern void apikeys_audit_chain_init(void);
 
+/* private_lock.c: an ExclusiveLock to the end of the transaction, on a tag no SQL can form */
+#define APIKEYS_LOCK_VAULT_SLOT		0x5641	/* "VA" */
+#define APIKEYS_LOCK_AUDIT_CHAIN	0x4155	/* "AU" */
+extern void apikeys_private_lock(uint16 kind, const char *data, size_t len);
+
 /* digest.c */
 extern void apikeys_sha256(const char *data, size_t len,
 						   uint8 out[APIKEYS_DIGEST_LEN]);

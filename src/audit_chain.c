@@ -8,8 +8,8 @@
  *
  * Writers of one chain follow each other: the first row a transaction
  * writes to a chain takes the chain's lock (an advisory lock tag with
- * field4 AUDIT_CHAIN_LOCK_FIELD4, which no SQL function can produce, so no
- * role can take or wait on it) and holds it to the end of the transaction.
+ * field4 of ours, which no SQL function can produce, so no role can take
+ * or wait on it: private_lock.c) and holds it to the end of the transaction.
  * Writers of different chains never wait for each other.  Once the lock is
  * granted every earlier writer of the chain has committed or aborted, and
  * the head read with the latest snapshot sees them whatever the isolation
@@ -37,8 +37,6 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
-#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -51,7 +49,6 @@
 
 #include "tenant_context.h"
 
-#define AUDIT_CHAIN_LOCK_FIELD4 0x4155	/* "AU"; SQL advisory locks use 1 and 2 */
 #define AUDIT_HASH_TAG "apikeys-audit-2"
 #define CHAIN_MAX (NAMEDATALEN + 16)	/* tenant ids are at most 63 bytes */
 
@@ -223,23 +220,13 @@ audit_row_hash(HeapTuple tup, TupleDesc desc, uint8 out[APIKEYS_DIGEST_LEN])
 static void
 lock_chain(const char *chain)
 {
-	LOCKTAG		tag;
-	uint8		digest[APIKEYS_DIGEST_LEN];
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	appendBinaryStringInfo(&buf, "apikeys.audit.chain", sizeof("apikeys.audit.chain"));
 	appendStringInfoString(&buf, chain);
-	apikeys_sha256(buf.data, buf.len, digest);
+	apikeys_private_lock(APIKEYS_LOCK_AUDIT_CHAIN, buf.data, buf.len);
 	pfree(buf.data);
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
-						 ((uint32) digest[2] << 8) | digest[3],
-						 ((uint32) digest[4] << 24) | ((uint32) digest[5] << 16) |
-						 ((uint32) digest[6] << 8) | digest[7],
-						 AUDIT_CHAIN_LOCK_FIELD4);
-	Assert(tag.locktag_field4 != 1 && tag.locktag_field4 != 2);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /*

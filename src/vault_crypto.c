@@ -33,7 +33,6 @@
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "storage/fd.h"
-#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -49,13 +48,6 @@
 /* Hex characters of a key fingerprint (64 bits), as vault_secret.key_fp. */
 #define VAULT_FP_HEX 16
 
-/*
- * locktag_field4 of the slot locks.  The SQL advisory-lock functions only
- * ever use 1 (one bigint key) and 2 (two integer keys), so no SQL function
- * can take, wait for or release a lock with this tag: a tenant cannot block
- * another tenant's vault_add by computing its slot's key.
- */
-#define VAULT_SLOT_LOCK_FIELD4 0x5641	/* "VA" */
 
 /* pgcrypto options: AES-256, no compression (compression leaks length). */
 static const char vault_pgp_options[] = "cipher-algo=aes256, compress-algo=0";
@@ -517,19 +509,17 @@ apikeys_vault_rewrap(PG_FUNCTION_ARGS)
 /*
  * apikeys._vault_lock_slot(tenant text, owner text, service text): take,
  * until the end of the transaction, the exclusive lock of one owner's slot
- * for one service (owner NULL: the tenant itself).  The lock tag is an
- * advisory tag with field4 VAULT_SLOT_LOCK_FIELD4, which no SQL function can
- * produce; fields 2 and 3 hold 64 bits of SHA-256 of the slot, so two slots
- * share a lock only by a hash collision (a needless wait, never a wrong
- * answer: the unique index vault_secret_one_active still decides).
+ * for one service (owner NULL: the tenant itself), a lock no SQL function
+ * can take or wait for (private_lock.c): a tenant cannot block another
+ * tenant's vault_add by computing its slot's key.  A hash collision of two
+ * slots is a needless wait, never a wrong answer: the unique index
+ * vault_secret_one_active still decides.
  */
 PG_FUNCTION_INFO_V1(apikeys_vault_lock_slot);
 Datum
 apikeys_vault_lock_slot(PG_FUNCTION_ARGS)
 {
 	StringInfoData buf;
-	uint8		digest[APIKEYS_DIGEST_LEN];
-	LOCKTAG		tag;
 	text	   *t;
 
 	vault_require_superuser();
@@ -550,16 +540,7 @@ apikeys_vault_lock_slot(PG_FUNCTION_ARGS)
 	appendStringInfoChar(&buf, '\0');
 	t = PG_GETARG_TEXT_PP(2);
 	appendBinaryStringInfo(&buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	apikeys_sha256(buf.data, buf.len, digest);
+	apikeys_private_lock(APIKEYS_LOCK_VAULT_SLOT, buf.data, buf.len);
 	pfree(buf.data);
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
-						 ((uint32) digest[2] << 8) | digest[3],
-						 ((uint32) digest[4] << 24) | ((uint32) digest[5] << 16) |
-						 ((uint32) digest[6] << 8) | digest[7],
-						 VAULT_SLOT_LOCK_FIELD4);
-	Assert(tag.locktag_field4 != 1 && tag.locktag_field4 != 2);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	PG_RETURN_VOID();
 }

@@ -1,0 +1,33 @@
+/*
+ * private_lock.c - transaction locks that only the extension can take.
+ *
+ * A lock whose tag a role can compute is a lock a role can hold, so no
+ * SQL-visible lock (pg_advisory_lock and friends) may serialize another
+ * tenant's work.  These are advisory lock tags whose field4 is a value of
+ * ours: PostgreSQL's SQL advisory functions only ever use 1 and 2 there, so
+ * no SQL function can take, wait for or release them.  Fields 2 and 3 hold
+ * 64 bits of SHA-256 of what is locked (a vault slot, an audit chain), so
+ * two things share a lock only by a hash collision: a needless wait, never
+ * a wrong answer.
+ */
+#include "apikeys.h"
+
+#include "miscadmin.h"
+#include "storage/lock.h"
+
+void
+apikeys_private_lock(uint16 kind, const char *data, size_t len)
+{
+	LOCKTAG		tag;
+	uint8		digest[APIKEYS_DIGEST_LEN];
+
+	Assert(kind != 1 && kind != 2);
+	apikeys_sha256(data, len, digest);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
+						 ((uint32) digest[2] << 8) | digest[3],
+						 ((uint32) digest[4] << 24) | ((uint32) digest[5] << 16) |
+						 ((uint32) digest[6] << 8) | digest[7],
+						 kind);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
