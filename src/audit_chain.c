@@ -49,7 +49,7 @@ apikeys_audit_last(PG_FUNCTION_ARGS)
 	index = index_open(indexid, AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, index, snapshot, 0, 0);
+	scan = INDEX_BEGINSCAN_COMPAT(rel, index, snapshot, 0, 0);
 	index_rescan(scan, NULL, 0, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{

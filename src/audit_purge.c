@@ -13,8 +13,6 @@
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
-extern char *apikeys_audit_retention;	/* guc.c */
-
 static bool purging = false;
 
 PG_FUNCTION_INFO_V1(apikeys_audit_purging);
