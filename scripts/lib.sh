@@ -36,7 +36,16 @@ ensure_deps() {
 }
 
 build_install() {
+	local stamp="$TMPDIR_APIKEYS/built-for" version
 	say "building and installing apikeys"
+	# Objects built for another PostgreSQL version (scripts/test.sh --matrix
+	# builds the same tree for several) must not be reused.
+	version=$("$PGBIN/pg_config" --version)
+	if [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
+		make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" clean >/dev/null
+		mkdir -p "$TMPDIR_APIKEYS"
+		echo "$version" >"$stamp"
+	fi
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
 }

@@ -88,12 +88,20 @@ run_regress_driver() {
 
 	local -A seen=()
 	while IFS= read -r line; do
-		# "test name ... ok  12 ms", "     name ... FAILED", "name ... failed (ignored)"
+		# PostgreSQL 15: "test name ... ok  12 ms", "     name ... FAILED",
+		# "name ... failed (ignored)"
 		if [[ $line =~ ^(test[[:space:]]+|[[:space:]]+)?([A-Za-z0-9_.-]+)[[:space:]]+\.\.\.[[:space:]]+(ok|FAILED|failed) ]]; then
 			name=${BASH_REMATCH[2]} verdict=${BASH_REMATCH[3]}
-			seen[$name]=1
-			if [ "$verdict" = ok ]; then pass "$label/$name"; else fail "$label/$name"; fi
+		# PostgreSQL 16+ (TAP): "ok 17   - name   12 ms", "not ok 19   + name   9 ms"
+		# ("+" marks a test of a parallel group)
+		elif [[ $line =~ ^(not[[:space:]]+)?ok[[:space:]]+[0-9]+[[:space:]]+[-+][[:space:]]+([A-Za-z0-9_.-]+)([[:space:]]|$) ]]; then
+			name=${BASH_REMATCH[2]}
+			if [ -n "${BASH_REMATCH[1]}" ]; then verdict=FAILED; else verdict=ok; fi
+		else
+			continue
 		fi
+		seen[$name]=1
+		if [ "$verdict" = ok ]; then pass "$label/$name"; else fail "$label/$name"; fi
 	done <"$outdir/driver.log"
 	for name in "${names[@]}"; do
 		[ -n "${seen[$name]:-}" ] || fail "$label/$name" "no result: $label driver exited with status $rc"
