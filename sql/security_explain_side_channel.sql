@@ -66,9 +66,9 @@ BEGIN
         FOR p IN SELECT * FROM probes ORDER BY probes.n LOOP
             out_ := '';
             BEGIN
-                -- BUFFERS OFF: PostgreSQL 18 turns BUFFERS on with ANALYZE;
-                -- buffer counts are not what this test covers (see the README's
-                -- known limits), on any version
+                -- BUFFERS OFF as before PostgreSQL 18 (which turns it on with
+                -- ANALYZE): buffer counts, the pages a reader touched, are
+                -- outside what this test covers, on every version
                 FOR line IN EXECUTE 'EXPLAIN (ANALYZE, COSTS, BUFFERS OFF, TIMING OFF, SUMMARY OFF) ' || p.q LOOP
                     out_ := out_ || line || E'\n';
                 END LOOP;
