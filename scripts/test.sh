@@ -193,7 +193,9 @@ check_valgrind_logs() {
 # run_labeled LABEL CMD...: run CMD (a scripts/test.sh of one version), count
 # its tests here as LABEL/name, pass its other output through, and fail
 # LABEL/run when it ends without its summary line or with a failure it did
-# not count.
+# not count.  CMD runs in a process group of its own, whose leader's pid is in
+# $CHILD_PIDFILE while it runs (stop_child signals that group).
+CHILD_PIDFILE=$TMPDIR_APIKEYS/child.pid
 run_labeled() {
 	local label=$1; shift
 	local line rest name detail rc=none summary=0 failed_here=$FAILED
@@ -210,7 +212,8 @@ run_labeled() {
 			*[0-9]" passed, "*[0-9]" failed") summary=1 ;;
 			*) printf '%s\n' "$line" ;;
 		esac
-	done < <("$@" 2>&1; echo "$mark$?")
+	done < <(set -m; "$@" 2>&1 & echo $! >"$CHILD_PIDFILE"; wait $!; echo "$mark$?")
+	rm -f "$CHILD_PIDFILE"
 	if [ $summary = 0 ]; then
 		fail "$label/run" "ended without its summary line (exit status $rc)"
 	elif [ "$rc" != 0 ] && [ $FAILED -eq $failed_here ]; then
@@ -224,8 +227,19 @@ if [ $MATRIX = 1 ] || [ -n "$ONLY_PG" ]; then
 		echo "--matrix and --pg build roots, mount and chroot: run as root" >&2; exit 1
 	fi
 	source "$ROOT/scripts/roots.sh"
+	mkdir -p "$TMPDIR_APIKEYS"
+	# Interrupted: stop the version's run (its servers stop with it), then
+	# unmount; the EXIT trap unmounts in every case.
+	stop_child() {
+		local pid
+		pid=$(cat "$CHILD_PIDFILE" 2>/dev/null) || return 0
+		kill -TERM -- "-$pid" 2>/dev/null || return 0
+		for _ in $(seq 60); do kill -0 -- "-$pid" 2>/dev/null || return 0; sleep 1; done
+		kill -KILL -- "-$pid" 2>/dev/null
+		rm -f "$CHILD_PIDFILE"
+	}
 	trap root_unmount_all EXIT
-	trap 'exit 130' INT TERM
+	trap 'stop_child; exit 130' INT TERM
 	if [ $MATRIX = 1 ]; then
 		say "pg15: on this machine"
 		run_labeled pg15 env PGVER=15 "$ROOT/scripts/test.sh" "${PASS_ARGS[@]}"
