@@ -198,7 +198,7 @@ check_valgrind_logs() {
 CHILD_PIDFILE=$TMPDIR_APIKEYS/child.pid
 run_labeled() {
 	local label=$1; shift
-	local line rest name detail rc=none summary=0 failed_here=$FAILED
+	local line rest name detail rc=none summary=0 failed_here=$FAILED passed_here=$PASSED
 	local red=$'\033[31mFAILED\033[0m  ' mark="__apikeys_exit_status="
 	while IFS= read -r line; do
 		case $line in
@@ -219,6 +219,7 @@ run_labeled() {
 	elif [ "$rc" != 0 ] && [ $FAILED -eq $failed_here ]; then
 		fail "$label/run" "exit status $rc"
 	fi
+	say "$label: $((PASSED - passed_here)) passed, $((FAILED - failed_here)) failed"
 }
 
 # --matrix / --pg N: this process only dispatches and adds up.
