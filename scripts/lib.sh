@@ -7,7 +7,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGVER=${PGVER:-15}
 PGBIN=/usr/lib/postgresql/$PGVER/bin
-TMPDIR_APIKEYS="$ROOT/tmp"
+# APIKEYS_TMP: another state directory (scripts/test.sh --matrix gives each
+# PostgreSQL version its own, as each root has its own server user).
+TMPDIR_APIKEYS=${APIKEYS_TMP:-$ROOT/tmp}
 # The user the servers run as: the invoking user unless that is root.
 if [ "$(id -u)" = 0 ]; then PGUSER_OS=postgres; else PGUSER_OS=$(id -un); fi
 
@@ -36,7 +38,16 @@ ensure_deps() {
 }
 
 build_install() {
+	local stamp="$ROOT/tmp/built-for" version
 	say "building and installing apikeys"
+	# Objects built for another PostgreSQL version (scripts/test.sh --matrix
+	# builds the same tree for several) must not be reused.
+	version=$("$PGBIN/pg_config" --version)
+	if [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
+		make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" clean >/dev/null
+		mkdir -p "$ROOT/tmp"
+		echo "$version" >"$stamp"
+	fi
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
 }

@@ -6,15 +6,22 @@
 #   shell       test/t/*.sh (each starts and stops its own cluster; exit 0 = pass)
 #   fuzz        libFuzzer target test/fuzz/fuzz_key_format.c for ~20 seconds
 #
-# Usage: scripts/test.sh [--valgrind] [regress|isolation|shell|fuzz ...]
+# Usage: scripts/test.sh [--matrix | --pg N] [--valgrind] [regress|isolation|shell|fuzz ...]
 #   --valgrind  run the pg_regress server under valgrind (slow) and count a
 #               "valgrind" test that fails on any memcheck error.
+#   --matrix    PostgreSQL 15 on this machine, then 17 and 18 each inside a
+#               Debian root under ./tmp/roots/pgNN (built with mmdebstrap the
+#               first time, then reused) with the repository bind-mounted;
+#               test names get the version in front (pg17/regress/core_create)
+#               and one "N passed, N failed" line covers all of it.  As root.
+#   --pg N      PostgreSQL N (15, 17 or 18) alone, inside its root, likewise.
 #   With component names, run only those.  Default: all of them.
 #   APIKEYS_SKIP_BUILD=1 tests the installed extension without building.
+#   PGVER=N tests the PostgreSQL N installed here (default 15).
 #
 # Prints one "ok"/"FAILED" line per test and ends with "N passed, N failed";
-# exits non-zero if anything failed.  All state goes under ./tmp; every server
-# is a temporary one that is stopped on exit.
+# exits non-zero if anything failed.  All state goes under ./tmp (a root's
+# under ./tmp/pgNN); every server is a temporary one that is stopped on exit.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 set +e   # a failing test must not end the run; each step checks its own status
 set -u -o pipefail
@@ -29,14 +36,24 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
 VALGRIND=0
 COMPONENTS=()
-for arg in "$@"; do
+MATRIX=0
+ONLY_PG=
+PASS_ARGS=()   # what a run for one version gets (--matrix, --pg)
+while [ $# -gt 0 ]; do
+	arg=$1; shift
 	case $arg in
-		--valgrind) VALGRIND=1 ;;
-		regress|isolation|shell|fuzz) COMPONENTS+=("$arg") ;;
+		--valgrind) VALGRIND=1; PASS_ARGS+=("$arg") ;;
+		--matrix) MATRIX=1 ;;
+		--pg) [ $# -gt 0 ] || { echo "--pg needs a version" >&2; exit 2; }; ONLY_PG=$1; shift ;;
+		--pg=*) ONLY_PG=${arg#--pg=} ;;
+		regress|isolation|shell|fuzz) COMPONENTS+=("$arg"); PASS_ARGS+=("$arg") ;;
 		-h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
 		*) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
 	esac
 done
+if [ $MATRIX = 1 ] && [ -n "$ONLY_PG" ]; then
+	echo "--matrix and --pg exclude each other" >&2; exit 2
+fi
 [ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(regress isolation shell fuzz)
 want() { local c; for c in "${COMPONENTS[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -88,12 +105,20 @@ run_regress_driver() {
 
 	local -A seen=()
 	while IFS= read -r line; do
-		# "test name ... ok  12 ms", "     name ... FAILED", "name ... failed (ignored)"
+		# PostgreSQL 15: "test name ... ok  12 ms", "     name ... FAILED",
+		# "name ... failed (ignored)"
 		if [[ $line =~ ^(test[[:space:]]+|[[:space:]]+)?([A-Za-z0-9_.-]+)[[:space:]]+\.\.\.[[:space:]]+(ok|FAILED|failed) ]]; then
 			name=${BASH_REMATCH[2]} verdict=${BASH_REMATCH[3]}
-			seen[$name]=1
-			if [ "$verdict" = ok ]; then pass "$label/$name"; else fail "$label/$name"; fi
+		# PostgreSQL 16+ (TAP): "ok 17   - name   12 ms", "not ok 19   + name   9 ms"
+		# ("+" marks a test of a parallel group)
+		elif [[ $line =~ ^(not[[:space:]]+)?ok[[:space:]]+[0-9]+[[:space:]]+[-+][[:space:]]+([A-Za-z0-9_.-]+)([[:space:]]|$) ]]; then
+			name=${BASH_REMATCH[2]}
+			if [ -n "${BASH_REMATCH[1]}" ]; then verdict=FAILED; else verdict=ok; fi
+		else
+			continue
 		fi
+		seen[$name]=1
+		if [ "$verdict" = ok ]; then pass "$label/$name"; else fail "$label/$name"; fi
 	done <"$outdir/driver.log"
 	for name in "${names[@]}"; do
 		[ -n "${seen[$name]:-}" ] || fail "$label/$name" "no result: $label driver exited with status $rc"
@@ -165,6 +190,79 @@ check_valgrind_logs() {
 	fi
 }
 
+# run_labeled LABEL CMD...: run CMD (a scripts/test.sh of one version), count
+# its tests here as LABEL/name, pass its other output through, and fail
+# LABEL/run when it ends without its summary line or with a failure it did
+# not count.  CMD runs in a process group of its own, whose leader's pid is in
+# $CHILD_PIDFILE while it runs (stop_child signals that group).
+CHILD_PIDFILE=$TMPDIR_APIKEYS/child.pid
+run_labeled() {
+	local label=$1; shift
+	local line rest name detail rc=none summary=0 failed_here=$FAILED passed_here=$PASSED
+	local red=$'\033[31mFAILED\033[0m  ' mark="__apikeys_exit_status="
+	while IFS= read -r line; do
+		case $line in
+			"$mark"*) rc=${line#"$mark"} ;;
+			"ok      "*) pass "$label/${line#"ok      "}" ;;
+			"$red"*)
+				rest=${line#"$red"} name=${rest%%  (*} detail=
+				[ "$name" = "$rest" ] || { detail=${rest#*  (}; detail=${detail%)}; }
+				fail "$label/$name" "$detail" ;;
+			"failed: "*) ;;
+			*[0-9]" passed, "*[0-9]" failed") summary=1 ;;
+			*) printf '%s\n' "$line" ;;
+		esac
+	done < <(set -m; "$@" 2>&1 & echo $! >"$CHILD_PIDFILE"; wait $!; echo "$mark$?")
+	rm -f "$CHILD_PIDFILE"
+	if [ $summary = 0 ]; then
+		fail "$label/run" "ended without its summary line (exit status $rc)"
+	elif [ "$rc" != 0 ] && [ $FAILED -eq $failed_here ]; then
+		fail "$label/run" "exit status $rc"
+	fi
+	say "$label: $((PASSED - passed_here)) passed, $((FAILED - failed_here)) failed"
+}
+
+# --matrix / --pg N: this process only dispatches and adds up.
+if [ $MATRIX = 1 ] || [ -n "$ONLY_PG" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "--matrix and --pg build roots, mount and chroot: run as root" >&2; exit 1
+	fi
+	source "$ROOT/scripts/roots.sh"
+	mkdir -p "$TMPDIR_APIKEYS"
+	# Interrupted: stop the version's run (its servers stop with it), then
+	# unmount; the EXIT trap unmounts in every case.
+	stop_child() {
+		local pid
+		pid=$(cat "$CHILD_PIDFILE" 2>/dev/null) || return 0
+		kill -TERM -- "-$pid" 2>/dev/null || return 0
+		for _ in $(seq 60); do kill -0 -- "-$pid" 2>/dev/null || return 0; sleep 1; done
+		kill -KILL -- "-$pid" 2>/dev/null
+		rm -f "$CHILD_PIDFILE"
+	}
+	trap root_unmount_all EXIT
+	trap 'stop_child; exit 130' INT TERM
+	if [ $MATRIX = 1 ]; then
+		say "pg15: on this machine"
+		run_labeled pg15 env PGVER=15 "$ROOT/scripts/test.sh" "${PASS_ARGS[@]}"
+		VERSIONS=(17 18)
+	else
+		VERSIONS=("$ONLY_PG")
+	fi
+	for v in "${VERSIONS[@]}"; do
+		if ! root_ensure "$v"; then
+			fail "pg$v/root" "no Debian root for PostgreSQL $v"; continue
+		fi
+		if ! root_mount "$v"; then
+			fail "pg$v/root" "could not mount /proc, /dev or the repository in it"
+			root_unmount_all; continue
+		fi
+		say "pg$v: inside $ROOTS_DIR/pg$v"
+		run_labeled "pg$v" root_run "$v" "${PASS_ARGS[@]}"
+		root_unmount_all
+	done
+	finish
+fi
+
 # ---------------------------------------------------------------------------
 ensure_deps
 prepare_tmp
@@ -219,7 +317,7 @@ if want shell; then
 		if bash "$t" >"$log" 2>&1; then
 			pass "shell/$name ($((SECONDS - start)) s)"
 		else
-			fail "shell/$name" "exit status $?; log: tmp/t/$name.log"
+			fail "shell/$name" "exit status $?; log: ${log#"$ROOT"/}"
 			tail -n 25 "$log"; echo "----"
 		fi
 	done
@@ -251,7 +349,7 @@ if want fuzz; then
 			runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$fdir/fuzz.log")
 			pass "fuzz/fuzz_key_format (${runs:-?} runs)"
 		else
-			fail fuzz/fuzz_key_format "crash or invariant failure; artifacts in tmp/fuzz/"
+			fail fuzz/fuzz_key_format "crash or invariant failure; artifacts in ${fdir#"$ROOT"/}/"
 			grep -E 'invariant failed|ERROR: |SUMMARY|runtime error' "$fdir/fuzz.log" | head -n 10
 			ls "$fdir"/crash-* "$fdir"/leak-* "$fdir"/timeout-* 2>/dev/null
 		fi

@@ -175,10 +175,10 @@ INSERT INTO apikeys.postgrest_role_map (role_name) VALUES ('regress_pa_api');
 INSERT INTO apikeys.postgrest_role_map (scope, role_name) VALUES ('items:write', 'regress_pa_writer');
 -- The attack's mapping: "keys with ledger:read read the ledger", for every
 -- tenant.  Refused: any tenant may give its keys that scope.
-\set VERBOSITY verbose
 INSERT INTO apikeys.postgrest_role_map (scope, role_name) VALUES ('ledger:read', 'regress_pa_ledger');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 UPDATE apikeys.postgrest_role_map SET role_name = 'regress_pa_ledger' WHERE scope = 'items:write';
-\set VERBOSITY default
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- The mapping as it must be: tied to acme.
 INSERT INTO apikeys.postgrest_role_map (tenant, scope, role_name) VALUES ('acme', 'ledger:read', 'regress_pa_ledger');
 SELECT coalesce(tenant, '*') AS tenant, coalesce(scope, '*') AS scope, role_name

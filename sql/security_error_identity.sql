@@ -18,7 +18,9 @@ SELECT key_id AS globex_k FROM apikeys.apikey_create('globex', 'globex productio
 CREATE ROLE regress_ident_acme;
 SELECT apikeys.grant_tenant('regress_ident_acme', 'acme');
 
--- Everything an error carries, with the key id replaced by <id>.
+-- Everything an error carries, with the key id replaced by <id> (and this
+-- session's temporary schema pg_temp_N, whose number the server picks, by
+-- pg_temp).
 CREATE FUNCTION pg_temp.err(sql text, id uuid) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     st text; m text; d text; h text; c text;
@@ -28,7 +30,8 @@ BEGIN
 EXCEPTION WHEN others THEN
     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL,
                             h = PG_EXCEPTION_HINT, c = PG_EXCEPTION_CONTEXT;
-    RETURN replace(concat_ws(E'\n', st, m, d, h, c), id::text, '<id>');
+    RETURN regexp_replace(replace(concat_ws(E'\n', st, m, d, h, c), id::text, '<id>'),
+                          'pg_temp_[0-9]+\.', 'pg_temp.', 'g');
 END
 $$;
 GRANT EXECUTE ON FUNCTION pg_temp.err(text, uuid) TO regress_ident_acme;

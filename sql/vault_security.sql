@@ -26,7 +26,9 @@ INSERT INTO sensitive VALUES
 GRANT SELECT ON sensitive TO PUBLIC;
 
 -- Run sql (with $1 = arg); 'ok' or SQLSTATE + message, uuids masked, and
--- LEAK! if any part of the error holds a sensitive string.
+-- LEAK! if any part of the error holds a sensitive string.  PostgreSQL 15's
+-- "must be superuser or have privileges of pg_read_all_settings to examine"
+-- reads as 16's "permission denied to examine" (same 42501, same setting).
 CREATE FUNCTION pg_temp.try(sql text, arg text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     m text; d text; h text; c text;
@@ -37,7 +39,9 @@ EXCEPTION WHEN others THEN
     GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT, c = PG_EXCEPTION_CONTEXT;
     -- the outermost context line quotes this function's own statement: not the extension's doing
     c := regexp_replace(c, '^(.*)SQL statement ".*$', '\1');
-    RETURN SQLSTATE || ' ' || regexp_replace(m, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g')
+    RETURN SQLSTATE || ' ' || regexp_replace(regexp_replace(m,
+                '^must be superuser or have privileges of pg_read_all_settings to examine ', 'permission denied to examine '),
+                '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g')
         || CASE WHEN EXISTS (SELECT 1 FROM pg_temp.sensitive x
                               WHERE position(x.s IN concat_ws(' ', m, d, h, c)) > 0) THEN ' LEAK!' ELSE '' END;
 END

@@ -25,6 +25,28 @@
 #endif
 
 /*
+ * Functions that never return: PostgreSQL 18 replaced the trailing
+ * pg_attribute_noreturn() with the leading specifier pg_noreturn.  Before
+ * 18, pg_attribute_noreturn() is __attribute__((noreturn)) (or nothing),
+ * which compilers also accept in front of a declaration.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
+/*
+ * index_beginscan gained an instrumentation argument in PostgreSQL 18
+ * (NULL: no EXPLAIN counters).
+ */
+#if PG_VERSION_NUM >= 180000
+#define INDEX_BEGINSCAN_COMPAT(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snapshot), NULL, (nkeys), (norderbys))
+#else
+#define INDEX_BEGINSCAN_COMPAT(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snapshot), (nkeys), (norderbys))
+#endif
+
+/*
  * Column numbers of the tables apikey_verify reads without SPI.  They must
  * match apikeys--*.sql; catalog_cache.c checks the names when it loads, so a
  * mismatch is an error, not a misread.
@@ -59,6 +81,7 @@
 /* guc.c */
 extern char *apikeys_actor;
 extern char *apikeys_request_id;
+extern char *apikeys_audit_retention;	/* read by audit_purge.c */
 extern void apikeys_guc_init(void);
 extern void apikeys_guc_reserve(void);
 
@@ -125,9 +148,9 @@ extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
 extern void apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);
-extern void apikeys_spi_deny(const char *action, const char *tenant, Datum key_id,
-							 const char *sqlstate, const char *hint, const char *fmt,...)
-			pg_attribute_printf(6, 7) pg_attribute_noreturn();
+pg_noreturn extern void apikeys_spi_deny(const char *action, const char *tenant, Datum key_id,
+										 const char *sqlstate, const char *hint, const char *fmt,...)
+			pg_attribute_printf(6, 7);
 extern void apikeys_spi_authorize(const char *tenant, const char *action, Datum key_id);
 
 #endif							/* APIKEYS_H */

@@ -258,11 +258,7 @@ read_head(Relation rel, const char *chain, ChainHead *head)
 	slot = table_slot_create(rel, NULL);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(chain));
 	key.sk_collation = C_COLLATION_OID;
-#if PG_VERSION_NUM >= 180000
-	scan = index_beginscan(rel, index, snapshot, NULL, 1, 0);
-#else
-	scan = index_beginscan(rel, index, snapshot, 1, 0);
-#endif
+	scan = INDEX_BEGINSCAN_COMPAT(rel, index, snapshot, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{

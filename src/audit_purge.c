@@ -16,8 +16,6 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 
-extern char *apikeys_audit_retention;	/* guc.c */
-
 static bool purging = false;
 
 PG_FUNCTION_INFO_V1(apikeys_audit_purging);

@@ -18,8 +18,10 @@
 # Documented ways (docs/vault.md, "Storing a secret without logging it"):
 #   A  bind the secret as a parameter of the extended protocol (any driver;
 #      pgbench -M extended here), with log_parameter_max_length = 0 and
-#      plan_cache_mode = force_generic_plan for the role (a superuser sets
-#      them with ALTER ROLE app SET ...);
+#      plan_cache_mode = force_generic_plan for the role, and from
+#      PostgreSQL 16 on auto_explain.log_parameter_max_length = 0 (a
+#      superuser sets them with ALTER ROLE app SET ...): the client's own
+#      top-level statement is what would show the bound value;
 #   B  COPY it into a temporary table (psql \copy from a file, or COPY FROM
 #      STDIN), then vault_add(..., (SELECT secret FROM vault_in)).
 #
@@ -73,6 +75,12 @@ SELECT apikeys.grant_vault('vault_app');
 ALTER ROLE vault_app SET log_parameter_max_length = 0;
 ALTER ROLE vault_app SET plan_cache_mode = force_generic_plan;
 SQL
+# PostgreSQL 16+: auto_explain prints the bound parameters of the client's
+# own statement ("Query Parameters: $1 = '...'") unless told not to.
+AUTO_EXPLAIN_PARAMS=$(q -c "SELECT current_setting('server_version_num')::int >= 160000")
+if [ "$AUTO_EXPLAIN_PARAMS" = t ]; then
+	q -c "ALTER ROLE vault_app SET auto_explain.log_parameter_max_length = 0" >/dev/null
+fi
 
 echo "== A: extended-protocol parameter, log_parameter_max_length = 0"
 echo "SELECT apikeys.vault_add('acme', 'openai', 'via parameter', :secret);" | as_pg tee "$WORK/add_openai.sql" >/dev/null
@@ -193,6 +201,10 @@ echo "== scanning $LOG"
 grep -q 'apikeys.vault_add' "$LOG" || die "log_statement = 'all' logged nothing"
 grep -qF -- "$C_LITERAL" "$LOG" || die "control: the SQL literal should be in the log"
 grep -qF -- "$C_PARAM" "$LOG" || die "control: the parameter should be in the log at the default log_parameter_max_length"
+if [ "$AUTO_EXPLAIN_PARAMS" = t ]; then
+	grep -qF -- "Query Parameters: \$1 = '$C_PARAM'" "$LOG" ||
+		die "control: auto_explain should show the parameter at the default auto_explain.log_parameter_max_length"
+fi
 grep -qF -- "$C_PLAN" "$LOG" || die "control: auto_explain should show a plpgsql variable as a plan constant"
 S_TAB_PART=${S_TAB%%	*}
 # each secret and master key as it is, in hex (bytea constants) and in base64
