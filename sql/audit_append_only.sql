@@ -16,6 +16,20 @@ DROP ROLE IF EXISTS regress_audit_admin, regress_audit_owner;
 RESET client_min_messages;
 \set VERBOSITY default
 \set SHOW_CONTEXT never
+
+-- A superuser silencing the audit's own triggers (they fire ALWAYS, so
+-- session_replication_role = replica no longer does it), and restoring them.
+CREATE PROCEDURE pg_temp.tamper(on_ boolean) LANGUAGE plpgsql AS $$
+BEGIN
+    IF on_ THEN
+        ALTER TABLE apikeys.audit DISABLE TRIGGER USER;
+    ELSE
+        ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_chain;
+        ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+        ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_no_truncate;
+    END IF;
+END
+$$;
 SELECT session_user AS su \gset
 
 CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
@@ -131,12 +145,12 @@ SELECT pg_temp.try('TRUNCATE ONLY apikeys.audit CASCADE') AS su_truncate_cascade
        pg_temp.try('WITH d AS (DELETE FROM apikeys.audit RETURNING 1) SELECT count(*) FROM d') AS su_cte_delete;
 -- An upsert aimed at row 1 cannot overwrite it: the chain trigger numbers
 -- every inserted row itself, so the superuser's row is appended (and chained).
-INSERT INTO apikeys.audit (audit_id, action, db_role, session_role, prev_hash, row_hash)
-VALUES (1, 'superuser_note', 'x', 'x', '', '') ON CONFLICT (audit_id) DO UPDATE SET actor = 'evil'
+INSERT INTO apikeys.audit (chain, audit_id, tenant, action, db_role, session_role, prev_hash, row_hash)
+VALUES ('acme', 1, 'acme', 'superuser_note', 'x', 'x', '', '') ON CONFLICT (chain, audit_id) DO UPDATE SET actor = 'evil'
 RETURNING audit_id, action, actor;
-SELECT audit_id, action, actor FROM apikeys.audit WHERE audit_id = 1;
+SELECT audit_id, action, actor FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 1;
 -- The purge helper refuses to run outside audit_purge().
-SELECT pg_temp.try('SELECT apikeys._audit_purge_rows(''1 day'')') AS purge_rows_direct;
+SELECT pg_temp.try('SELECT apikeys._audit_purge_rows(now() - interval ''1 day'', ''1 day'')') AS purge_rows_direct;
 
 ------------------------------------------------------------------------------
 -- Append-only: a non-superuser owner of the table
@@ -184,7 +198,7 @@ SELECT count(*) > 0 AS keys_still_there FROM apikeys.credential;
 -- (a COPY ... TO with " FROM stdin" in a literal, a comment, or both).
 ------------------------------------------------------------------------------
 SELECT key_id AS k3 FROM apikeys.apikey_create('acme', 'copy-disguise') \gset
-SELECT max(audit_id) AS before_copy FROM apikeys.audit \gset
+SELECT max(audit_id) AS before_copy FROM apikeys.audit WHERE chain = 'acme' \gset
 SET ROLE regress_audit_admin;
 COPY (SELECT apikeys.apikey_update(:'k3', description => ' FROM stdin')) TO STDOUT;
 COPY (SELECT apikeys.apikey_disable(:'k3')) TO STDOUT; -- FROM stdin
@@ -193,13 +207,13 @@ COPY (SELECT apikeys.apikey_revoke(:'k3', ' FROM stdin')) TO STDOUT;
 RESET ROLE;
 -- every change is audited all the same
 SELECT action, db_role = 'regress_audit_admin' AS by_admin
-  FROM apikeys.audit WHERE audit_id > :before_copy ORDER BY audit_id;
+  FROM apikeys.audit WHERE chain = 'acme' AND audit_id > :before_copy ORDER BY audit_id;
 SELECT ok FROM apikeys.audit_check();
 
 ------------------------------------------------------------------------------
 -- audit_purge: at least 1 day, default from apikeys.audit_retention
 ------------------------------------------------------------------------------
-SELECT count(*) AS rows_before, max(audit_id) AS last_before FROM apikeys.audit \gset
+SELECT count(*) AS rows_before, max(audit_id) FILTER (WHERE chain = 'acme') AS last_before FROM apikeys.audit \gset
 SELECT apikeys.audit_purge('1 hour');
 SELECT apikeys.audit_purge('23 hours 59 minutes');
 SELECT apikeys.audit_purge('-1 year');
@@ -214,66 +228,66 @@ SELECT apikeys.audit_purge();
 SELECT apikeys.audit_purge('1 day') AS purged;
 SET apikeys.audit_retention = '1 day';
 SELECT apikeys.audit_purge() AS purged;
-SELECT count(*) = :rows_before AS same_count, max(audit_id) = :last_before AS same_last FROM apikeys.audit;
+SELECT count(*) = :rows_before AS same_count, max(audit_id) FILTER (WHERE chain = 'acme') = :last_before AS same_last FROM apikeys.audit;
 
 ------------------------------------------------------------------------------
 -- Tampering by a superuser is detected
 ------------------------------------------------------------------------------
 CREATE TEMP TABLE saved AS SELECT * FROM apikeys.audit;
-SELECT * FROM apikeys.audit_head() \gset head_
+SELECT * FROM apikeys.audit_head() WHERE chain = 'acme' \gset head_
 -- an edited row
-SET session_replication_role = replica;
-UPDATE apikeys.audit SET actor = 'evil' WHERE audit_id = 3;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit SET actor = 'evil' WHERE chain = 'acme' AND audit_id = 3;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 -- the retention routine never deletes evidence of tampering
 SELECT pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS purge_broken_chain;
 SELECT count(*) = :rows_before AS nothing_purged FROM apikeys.audit;
-SET session_replication_role = replica;
-UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.audit_id = 3 AND s.audit_id = 3;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.chain = 'acme' AND a.audit_id = 3 AND s.chain = 'acme' AND s.audit_id = 3;
+CALL pg_temp.tamper(false);
 SELECT ok, first_bad_id FROM apikeys.audit_check();
 -- an edited detail of a later row
-SET session_replication_role = replica;
-UPDATE apikeys.audit SET detail = '{}' WHERE audit_id = 10;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit SET detail = '{}' WHERE chain = 'acme' AND audit_id = 10;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
-SET session_replication_role = replica;
-UPDATE apikeys.audit a SET detail = s.detail FROM saved s WHERE a.audit_id = 10 AND s.audit_id = 10;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit a SET detail = s.detail FROM saved s WHERE a.chain = 'acme' AND a.audit_id = 10 AND s.chain = 'acme' AND s.audit_id = 10;
+CALL pg_temp.tamper(false);
 -- a deleted middle row
-SET session_replication_role = replica;
-DELETE FROM apikeys.audit WHERE audit_id = 5;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 5;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 -- a row re-hashed after its edit breaks the link of the next one
-SET session_replication_role = replica;
-INSERT INTO apikeys.audit SELECT * FROM saved WHERE audit_id = 5;
-UPDATE apikeys.audit SET actor = 'evil' WHERE audit_id = 7;
-UPDATE apikeys.audit a SET row_hash = apikeys._audit_hash(a) WHERE audit_id = 7;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+INSERT INTO apikeys.audit SELECT * FROM saved WHERE chain = 'acme' AND audit_id = 5;
+UPDATE apikeys.audit SET actor = 'evil' WHERE chain = 'acme' AND audit_id = 7;
+UPDATE apikeys.audit a SET row_hash = apikeys._audit_hash(a) WHERE chain = 'acme' AND audit_id = 7;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 -- the first row unlinked from the chain start
-SET session_replication_role = replica;
-UPDATE apikeys.audit a SET actor = s.actor, row_hash = s.row_hash FROM saved s WHERE a.audit_id = 7 AND s.audit_id = 7;
-DELETE FROM apikeys.audit WHERE audit_id = 1;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit a SET actor = s.actor, row_hash = s.row_hash FROM saved s WHERE a.chain = 'acme' AND a.audit_id = 7 AND s.chain = 'acme' AND s.audit_id = 7;
+DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 1;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
-SET session_replication_role = replica;
-INSERT INTO apikeys.audit SELECT * FROM saved WHERE audit_id = 1;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+INSERT INTO apikeys.audit SELECT * FROM saved WHERE chain = 'acme' AND audit_id = 1;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked = :rows_before AS all_rows, first_bad_id FROM apikeys.audit_check();
 -- Dropping the newest row keeps the chain consistent: that is what
 -- audit_head(), kept outside the database, is for.
-SET session_replication_role = replica;
-DELETE FROM apikeys.audit WHERE audit_id = :last_before;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id = :last_before;
+CALL pg_temp.tamper(false);
 SELECT ok, first_bad_id FROM apikeys.audit_check();
-SELECT audit_id = :head_audit_id AS same_head_id, row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head();
-SET session_replication_role = replica;
-INSERT INTO apikeys.audit SELECT * FROM saved WHERE audit_id = :last_before;
-RESET session_replication_role;
-SELECT audit_id = :head_audit_id AS same_head_id, row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head();
+SELECT audit_id = :head_audit_id AS same_head_id, row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head() WHERE chain = 'acme';
+CALL pg_temp.tamper(true);
+INSERT INTO apikeys.audit SELECT * FROM saved WHERE chain = 'acme' AND audit_id = :last_before;
+CALL pg_temp.tamper(false);
+SELECT audit_id = :head_audit_id AS same_head_id, row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head() WHERE chain = 'acme';
 SELECT ok FROM apikeys.audit_check();
 
 ------------------------------------------------------------------------------
@@ -281,52 +295,58 @@ SELECT ok FROM apikeys.audit_check();
 ------------------------------------------------------------------------------
 -- Age the first 6 rows by 10 days and re-hash the whole chain (a superuser
 -- rewriting history consistently; only audit_head() shows it).
-SET session_replication_role = replica;
-UPDATE apikeys.audit SET at = at - interval '10 days' WHERE audit_id <= 6;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit SET at = at - interval '10 days' WHERE chain = 'acme' AND audit_id <= 6;
 DO $$
 DECLARE
     a apikeys.audit;
-    prev bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
+    prev bytea;
+    last_chain text;
 BEGIN
-    FOR a IN SELECT * FROM apikeys.audit ORDER BY audit_id LOOP
+    FOR a IN SELECT * FROM apikeys.audit ORDER BY chain, audit_id LOOP
+        IF a.chain IS DISTINCT FROM last_chain THEN
+            prev := '\x0000000000000000000000000000000000000000000000000000000000000000';
+            last_chain := a.chain;
+        END IF;
         a.prev_hash := prev;
         a.row_hash := apikeys._audit_hash(a);
-        UPDATE apikeys.audit x SET prev_hash = a.prev_hash, row_hash = a.row_hash WHERE x.audit_id = a.audit_id;
+        UPDATE apikeys.audit x SET prev_hash = a.prev_hash, row_hash = a.row_hash
+         WHERE x.chain = a.chain AND x.audit_id = a.audit_id;
         prev := a.row_hash;
     END LOOP;
 END
 $$;
-RESET session_replication_role;
+CALL pg_temp.tamper(false);
 SELECT ok, rows_checked = :rows_before AS all_rows FROM apikeys.audit_check();
-SELECT row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head();
+SELECT row_hash = :'head_row_hash' AS same_head_hash FROM apikeys.audit_head() WHERE chain = 'acme';
 SELECT apikeys.audit_purge('11 days') AS purged_none;
 SELECT apikeys.audit_purge() AS purged;
-SELECT min(audit_id) AS first_left, count(*) = :rows_before - 6 + 1 AS count_ok FROM apikeys.audit;
+SELECT min(audit_id) FILTER (WHERE chain = 'acme') AS first_left, count(*) AS rows_left FROM apikeys.audit;
 SELECT action, CASE WHEN db_role = session_user THEN '(superuser)' ELSE db_role END AS db_role, tenant,
-       detail - 'last_purged_hash' AS detail,
+       detail - 'last_purged_hash' - 'cutoff' AS detail,
        detail->>'last_purged_hash' ~ '^[0-9a-f]{64}$' AS has_anchor
   FROM apikeys.audit WHERE action = 'audit_purged';
-SELECT ok, rows_checked = :rows_before - 6 + 1 AS rows_ok, first_bad_id, problem FROM apikeys.audit_check();
+SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 SELECT apikeys.audit_purge('1 day') AS purged_again;
 -- Tampering after a purge is still found; so is a forged anchor.
-SET session_replication_role = replica;
-UPDATE apikeys.audit SET actor = 'evil' WHERE audit_id = 8;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit SET actor = 'evil' WHERE chain = 'acme' AND audit_id = 8;
+CALL pg_temp.tamper(false);
 SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
 SELECT pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS purge_broken_chain;
-SET session_replication_role = replica;
-UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.audit_id = 8 AND s.audit_id = 8;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+UPDATE apikeys.audit a SET actor = s.actor FROM saved s WHERE a.chain = 'acme' AND a.audit_id = 8 AND s.chain = 'acme' AND s.audit_id = 8;
+CALL pg_temp.tamper(false);
 -- the oldest rows left after a purge deleted by hand: a gap after the anchor
-SET session_replication_role = replica;
-DELETE FROM apikeys.audit WHERE audit_id = 7;
-RESET session_replication_role;
+CALL pg_temp.tamper(true);
+DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 7;
+CALL pg_temp.tamper(false);
 SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
-SET session_replication_role = replica;
-INSERT INTO apikeys.audit SELECT * FROM saved WHERE audit_id = 7;
+CALL pg_temp.tamper(true);
+INSERT INTO apikeys.audit SELECT * FROM saved WHERE chain = 'acme' AND audit_id = 7;
 UPDATE apikeys.audit SET detail = jsonb_set(detail, '{last_purged_hash}', to_jsonb(repeat('0', 64)))
  WHERE action = 'audit_purged';
-RESET session_replication_role;
+CALL pg_temp.tamper(false);
 SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
 
 RESET apikeys.audit_retention;

@@ -36,7 +36,7 @@ END
 $$;
 -- The labels of the newest audit row.
 CREATE VIEW pg_temp.last_audit AS
-    SELECT action, actor, request_id FROM apikeys.audit ORDER BY audit_id DESC LIMIT 1;
+    SELECT action, actor, request_id FROM apikeys.audit ORDER BY at DESC, audit_id DESC LIMIT 1;
 
 SELECT tenant FROM apikeys.tenant_create('acme');
 SELECT key_id AS k, api_key AS acme_key FROM apikeys.apikey_create('acme', 'pooled') \gset
@@ -209,7 +209,7 @@ ALTER ROLE regress_lbl_admin SET apikeys.actor = 'role-default';
 SELECT current_setting('apikeys.actor') AS role_default;
 SELECT apikeys.apikey_update(:'k', description => 'role default');
 \c - :su
-SELECT action, actor, request_id FROM apikeys.audit ORDER BY audit_id DESC LIMIT 1;
+SELECT action, actor, request_id FROM apikeys.audit ORDER BY at DESC, audit_id DESC LIMIT 1;
 ALTER ROLE regress_lbl_admin RESET apikeys.actor;
 
 SET client_min_messages = warning;

@@ -36,7 +36,7 @@ INSERT INTO probes (n, q) SELECT row_number() OVER (), q FROM (VALUES
     ('SELECT * FROM apikeys.tenants WHERE tenant > ''acme'''),
     ('SELECT * FROM apikeys.audit_log WHERE audit_id BETWEEN 1 AND 100000 ORDER BY audit_id'),
     ('SELECT * FROM apikeys.audit_log WHERE tenant = ''globex'''),
-    ('SELECT * FROM apikeys.audit_log_page(NULL, 50)'),
+    ('SELECT * FROM apikeys.audit_log_page(''acme'', NULL, 50)'),
     ('SELECT * FROM apikeys.key_usage WHERE key_id > ''00000000-0000-0000-0000-000000000000'''),
     ('SELECT * FROM apikeys.tenant_grants WHERE tenant >= ''a'''),
     ('SELECT * FROM apikeys.vault_secrets WHERE tenant <> ''acme'''),

@@ -226,7 +226,7 @@ RESET search_path;
 -- The audit, read with a clean search_path: right actions, roles and tenants.
 SELECT tenant, action, CASE WHEN db_role = current_user THEN '(superuser)' ELSE db_role END AS db_role,
        actor, request_id, client_addr
-  FROM apikeys.audit ORDER BY audit_id;
+  FROM apikeys.audit ORDER BY at, chain, audit_id;
 SELECT count(*) AS hijacked_calls FROM regress_evil.hijack_log;
 SELECT proname FROM pg_proc WHERE pronamespace = 'apikeys'::regnamespace AND proowner = 'regress_sp_admin'::regrole;
 

@@ -112,7 +112,7 @@ CREATE ROLE regress_ta_newco;
 SELECT apikeys.grant_tenant('regress_ta_newco', 'globex');
 SET ROLE regress_ta_newco;
 SELECT action, detail->'new'->>'role_name' AS role_name FROM apikeys.audit_log ORDER BY audit_id;
-SELECT count(*) AS old_rows_in_page FROM apikeys.audit_log_page() WHERE detail::text LIKE '%old-globex%' OR action = 'tenant_deleted';
+SELECT count(*) AS old_rows_in_page FROM apikeys.audit_log_page('globex') WHERE detail::text LIKE '%old-globex%' OR action = 'tenant_deleted';
 RESET ROLE;
 
 SET client_min_messages = warning;

@@ -153,7 +153,7 @@ SELECT pg_temp.try('SELECT apikeys.grant_tenant(current_user, ''globex'')') AS g
 -- Internal SECURITY DEFINER helpers are not callable.
 SELECT pg_temp.try('SELECT apikeys._authorize(''globex'', ''x'')') AS _authorize,
        pg_temp.try('SELECT apikeys._audit_write(''key_created'', ''globex'', NULL, ''{}'')') AS _audit_write,
-       pg_temp.try('SELECT apikeys._audit_purge_rows(''1 day'')') AS _audit_purge_rows,
+       pg_temp.try('SELECT apikeys._audit_purge_rows(now(), ''1 day'')') AS _audit_purge_rows,
        pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS audit_purge;
 
 -- Forging the tenant context.
@@ -373,7 +373,7 @@ SELECT apikeys.current_tenant() AS after_rollback;
 SELECT tenant, name, status, CASE WHEN created_by = current_user THEN '(superuser)' ELSE created_by END AS created_by,
        description FROM apikeys.keys ORDER BY tenant, name;
 SELECT tenant, action, db_role FROM apikeys.audit
- WHERE db_role <> current_user ORDER BY audit_id;
+ WHERE db_role <> current_user ORDER BY at, chain, audit_id;
 SELECT ok, problem FROM apikeys.audit_check();
 
 SET client_min_messages = warning;

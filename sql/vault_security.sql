@@ -285,12 +285,12 @@ RESET apikeys.vault_master_key_previous;
 SELECT pg_temp.try(format('SELECT apikeys.vault_reveal(%L)', :'alice1')) AS still_alice_only;
 SELECT action, detail ?| ARRAY['ciphertext'] AS has_ciphertext, detail::text ~ 'key_fp' AS shows_key_fp
   FROM apikeys.audit WHERE action IN ('vault_secret_reencrypted', 'vault_master_key_rotated')
- ORDER BY audit_id DESC LIMIT 2;
+ ORDER BY at DESC, audit_id DESC LIMIT 2;
 SELECT count(*) FILTER (WHERE action = 'vault_secret_reencrypted') AS reencrypted,
        count(*) FILTER (WHERE action = 'vault_master_key_rotated') AS rotations
   FROM apikeys.audit;
 SELECT detail ? 'secrets' AS has_count, detail::text ~ '_fp' AS has_fp, tenant IS NULL AS global
-  FROM apikeys.audit WHERE action = 'vault_master_key_rotated' ORDER BY audit_id DESC LIMIT 1;
+  FROM apikeys.audit WHERE action = 'vault_master_key_rotated' ORDER BY at DESC LIMIT 1;
 
 ------------------------------------------------------------------------------
 -- The key file: first line the key, second line (during a rotation) the

@@ -18,8 +18,10 @@ _PG_init(void)
 	apikeys_guc_init();
 	apikeys_catalog_init();
 	apikeys_caller_init();
+	apikeys_audit_chain_init();
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
+	apikeys_trigger_guard_init();
 	apikeys_shmem_init();
 	apikeys_guc_reserve();
 }

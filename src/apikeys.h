@@ -78,6 +78,9 @@ typedef struct ApikeysCatalog
 extern const ApikeysCatalog *apikeys_catalog(void);
 extern void apikeys_catalog_init(void);
 
+/* audit_chain.c */
+extern void apikeys_audit_chain_init(void);
+
 /* digest.c */
 extern void apikeys_sha256(const char *data, size_t len,
 						   uint8 out[APIKEYS_DIGEST_LEN]);

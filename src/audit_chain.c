@@ -1,77 +1,430 @@
 /*
- * audit_chain.c - the head of the audit hash chain, read for a new row.
+ * audit_chain.c - one hash chain per tenant in apikeys.audit.
  *
- * Audit writers hold SHARE ROW EXCLUSIVE on apikeys.audit until commit, so
- * once a writer has the lock every earlier writer has committed.  Reading the
- * head with the transaction's snapshot would miss them under REPEATABLE READ
- * or SERIALIZABLE (a duplicate audit_id, a fork in the chain); the latest
- * snapshot sees them, whatever the isolation level.
+ * Rows of tenant t form the chain t; rows of no tenant form the chain ''.
+ * A BEFORE INSERT trigger numbers each new row within its chain (audit_id
+ * 1, 2, 3, ...), links it to the previous row's hash and hashes it.  The
+ * design and its reasons are in docs/audit.md.
+ *
+ * Writers of one chain follow each other: the first row a transaction
+ * writes to a chain takes the chain's lock (an advisory lock tag with
+ * field4 AUDIT_CHAIN_LOCK_FIELD4, which no SQL function can produce, so no
+ * role can take or wait on it) and holds it to the end of the transaction.
+ * Writers of different chains never wait for each other.  Once the lock is
+ * granted every earlier writer of the chain has committed or aborted, and
+ * the head read with the latest snapshot sees them whatever the isolation
+ * level.  The head is then kept in this transaction's memory: later rows of
+ * the chain, in this statement or the next, cost neither a lock nor a scan.
+ * A subtransaction that aborts takes its rows (and perhaps the lock) with
+ * it, so every remembered head is forgotten then and read again.
+ *
+ * The hash covers every column but row_hash, each length-prefixed in a
+ * fixed order, timestamps as microseconds: no two rows share an encoding.
  */
 #include "apikeys.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
+#include "utils/xid8.h"
 
-/* apikeys._audit_last(OUT audit_id bigint, OUT row_hash bytea): NULLs when empty */
-PG_FUNCTION_INFO_V1(apikeys_audit_last);
-Datum
-apikeys_audit_last(PG_FUNCTION_ARGS)
+#include "tenant_context.h"
+
+#define AUDIT_CHAIN_LOCK_FIELD4 0x4155	/* "AU"; SQL advisory locks use 1 and 2 */
+#define AUDIT_HASH_TAG "apikeys-audit-2"
+#define CHAIN_MAX (NAMEDATALEN + 16)	/* tenant ids are at most 63 bytes */
+
+/* The columns the hash covers, in the order it covers them. */
+static const char *const hashed_columns[] = {
+	"chain", "audit_id", "at", "tenant", "key_id", "action", "outcome",
+	"db_role", "session_role", "actor", "request_id", "client_addr",
+	"application_name", "txid", "detail", "prev_hash"
+};
+#define N_HASHED lengthof(hashed_columns)
+
+/* A chain this transaction holds the lock of, and its head. */
+typedef struct ChainHead
 {
-	Oid			nsp = get_namespace_oid(APIKEYS_SCHEMA, false);
-	Oid			relid = get_relname_relid("audit", nsp);
-	Oid			indexid = get_relname_relid("audit_pkey", nsp);
-	Relation	rel,
-				index;
+	char		chain[CHAIN_MAX];	/* hash key */
+	int64		last_id;		/* 0: empty chain */
+	uint8		last_hash[APIKEYS_DIGEST_LEN];
+} ChainHead;
+
+static HTAB *heads = NULL;		/* in TopTransactionContext, or NULL */
+
+/* Forget every remembered head (transaction end, subtransaction abort). */
+static void
+forget_heads(void)
+{
+	heads = NULL;				/* its memory goes with TopTransactionContext */
+}
+
+static void
+audit_chain_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		forget_heads();
+}
+
+static void
+audit_chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && heads != NULL)
+	{
+		hash_destroy(heads);
+		heads = NULL;
+	}
+}
+
+void
+apikeys_audit_chain_init(void)
+{
+	RegisterXactCallback(audit_chain_xact_callback, NULL);
+	RegisterSubXactCallback(audit_chain_subxact_callback, NULL);
+}
+
+/* Attribute number of column name in desc; ERROR if it is missing. */
+static AttrNumber
+audit_attnum(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return i + 1;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("extension_damaged: apikeys.audit has no column %s", name),
+			 errhint("Reinstall the extension or finish its upgrade: ALTER EXTENSION apikeys UPDATE.")));
+	return InvalidAttrNumber;	/* not reached */
+}
+
+static void
+append_u32(StringInfo buf, uint32 v)
+{
+	unsigned char b[4] = {v >> 24, v >> 16, v >> 8, v};
+
+	appendBinaryStringInfo(buf, (char *) b, 4);
+}
+
+static void
+append_field(StringInfo buf, const void *data, uint32 len)
+{
+	append_u32(buf, len);
+	appendBinaryStringInfo(buf, data, len);
+}
+
+static void
+append_int64(StringInfo buf, uint64 v)
+{
+	unsigned char b[8];
+
+	for (int i = 0; i < 8; i++)
+		b[i] = (unsigned char) (v >> (56 - 8 * i));
+	append_field(buf, b, 8);
+}
+
+/* One column's bytes: fixed-width types as big-endian integers, the rest as text. */
+static void
+append_value(StringInfo buf, Oid typid, Datum value, bool isnull)
+{
+	if (isnull)
+	{
+		append_u32(buf, 0xFFFFFFFF);
+		return;
+	}
+	switch (typid)
+	{
+		case INT8OID:
+			append_int64(buf, (uint64) DatumGetInt64(value));
+			break;
+		case TIMESTAMPTZOID:
+			append_int64(buf, (uint64) DatumGetTimestampTz(value));
+			break;
+		case XID8OID:
+			append_int64(buf, U64FromFullTransactionId(DatumGetFullTransactionId(value)));
+			break;
+		case UUIDOID:
+			append_field(buf, DatumGetUUIDP(value)->data, UUID_LEN);
+			break;
+		case NAMEOID:
+			append_field(buf, NameStr(*DatumGetName(value)), strlen(NameStr(*DatumGetName(value))));
+			break;
+		case TEXTOID:
+		case BYTEAOID:
+			{
+				struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
+
+				append_field(buf, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
+				break;
+			}
+		default:
+			{
+				/* inet, jsonb: their text forms (jsonb's is canonical) */
+				Oid			out;
+				bool		varlena;
+				char	   *s;
+
+				getTypeOutputInfo(typid, &out, &varlena);
+				s = OidOutputFunctionCall(out, value);
+				append_field(buf, s, strlen(s));
+				pfree(s);
+			}
+	}
+}
+
+/* row_hash of an audit row: SHA-256 of the tag and the hashed columns. */
+static void
+audit_row_hash(HeapTuple tup, TupleDesc desc, uint8 out[APIKEYS_DIGEST_LEN])
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, AUDIT_HASH_TAG);
+	for (int i = 0; i < (int) N_HASHED; i++)
+	{
+		AttrNumber	att = audit_attnum(desc, hashed_columns[i]);
+		bool		isnull;
+		Datum		v = heap_getattr(tup, att, desc, &isnull);
+
+		append_value(&buf, TupleDescAttr(desc, att - 1)->atttypid, v, isnull);
+	}
+	apikeys_sha256(buf.data, buf.len, out);
+	pfree(buf.data);
+}
+
+/* Take the chain's lock: held to the end of the transaction. */
+static void
+lock_chain(const char *chain)
+{
+	LOCKTAG		tag;
+	uint8		digest[APIKEYS_DIGEST_LEN];
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, "apikeys.audit.chain", sizeof("apikeys.audit.chain"));
+	appendStringInfoString(&buf, chain);
+	apikeys_sha256(buf.data, buf.len, digest);
+	pfree(buf.data);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
+						 ((uint32) digest[2] << 8) | digest[3],
+						 ((uint32) digest[4] << 24) | ((uint32) digest[5] << 16) |
+						 ((uint32) digest[6] << 8) | digest[7],
+						 AUDIT_CHAIN_LOCK_FIELD4);
+	Assert(tag.locktag_field4 != 1 && tag.locktag_field4 != 2);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * The newest row of chain in rel, read with the latest snapshot through the
+ * primary key (chain, audit_id); last_id 0 when the chain is empty.  The
+ * caller holds the chain's lock.
+ */
+static void
+read_head(Relation rel, const char *chain, ChainHead *head)
+{
+	Oid			indexid = get_relname_relid("audit_pkey", RelationGetNamespace(rel));
+	Relation	index;
 	Snapshot	snapshot;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
-	TupleDesc	desc;
-	Datum		values[2] = {0, 0};
-	bool		nulls[2] = {true, true};
+	ScanKeyData key;
+	TupleDesc	desc = RelationGetDescr(rel);
 
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
+	if (!OidIsValid(indexid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension_damaged: apikeys.audit or its primary key is missing"),
+				 errmsg("extension_damaged: the primary key of apikeys.audit is missing"),
 				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	head->last_id = 0;
+	memset(head->last_hash, 0, APIKEYS_DIGEST_LEN);
 
-	rel = table_open(relid, AccessShareLock);
 	index = index_open(indexid, AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, index, snapshot, 0, 0);
-	index_rescan(scan, NULL, 0, NULL, 0);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(chain));
+	key.sk_collation = C_COLLATION_OID;
+#if PG_VERSION_NUM >= 180000
+	scan = index_beginscan(rel, index, snapshot, NULL, 1, 0);
+#else
+	scan = index_beginscan(rel, index, snapshot, 1, 0);
+#endif
+	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
-		int			hash_att = -1;
-		TupleDesc	rdesc = RelationGetDescr(rel);
+		bool		isnull;
+		Datum		id = slot_getattr(slot, audit_attnum(desc, "audit_id"), &isnull);
+		Datum		hash = slot_getattr(slot, audit_attnum(desc, "row_hash"), &isnull);
+		bytea	   *h = DatumGetByteaPP(hash);
 
-		for (int i = 0; i < rdesc->natts; i++)
-			if (!TupleDescAttr(rdesc, i)->attisdropped &&
-				strcmp(NameStr(TupleDescAttr(rdesc, i)->attname), "row_hash") == 0)
-				hash_att = i + 1;
-		if (hash_att < 0)
-			elog(ERROR, "apikeys.audit has no row_hash column");
-		values[0] = slot_getattr(slot, 1, &nulls[0]);
-		values[1] = slot_getattr(slot, hash_att, &nulls[1]);
-		if (!nulls[1])
-			values[1] = PointerGetDatum(PG_DETOAST_DATUM_COPY(values[1]));
+		head->last_id = DatumGetInt64(id);
+		if (VARSIZE_ANY_EXHDR(h) == APIKEYS_DIGEST_LEN)
+			memcpy(head->last_hash, VARDATA_ANY(h), APIKEYS_DIGEST_LEN);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	UnregisterSnapshot(snapshot);
 	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
+}
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+/* The head of chain, locked and remembered for the rest of the transaction. */
+static ChainHead *
+chain_head(Relation rel, const char *chain)
+{
+	ChainHead  *head;
+	bool		found;
+
+	if (strlen(chain) >= CHAIN_MAX)
+		elog(ERROR, "apikeys: audit chain name too long");
+	if (heads == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = CHAIN_MAX;
+		ctl.entrysize = sizeof(ChainHead);
+		ctl.hcxt = TopTransactionContext;
+		heads = hash_create("apikeys audit chain heads", 16, &ctl,
+							HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	head = hash_search(heads, chain, HASH_FIND, NULL);
+	if (head != NULL)
+		return head;
+
+	lock_chain(chain);
+	head = hash_search(heads, chain, HASH_ENTER, &found);
+	Assert(!found);
+	read_head(rel, chain, head);
+	return head;
+}
+
+/*
+ * BEFORE INSERT ON apikeys.audit: chain, number, link and hash the row.
+ * Restored rows (pg_restore) keep the fields they carry.
+ */
+PG_FUNCTION_INFO_V1(apikeys_audit_chain_trigger);
+Datum
+apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	tup;
+	AttrNumber	a_chain,
+				a_id,
+				a_at,
+				a_prev,
+				a_hash,
+				a_tenant;
+	bool		isnull;
+	Datum		tenant;
+	char	   *chain;
+	ChainHead  *head;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	int			cols[5];
+	bytea	   *prev;
+	bytea	   *hash;
+	uint8		digest[APIKEYS_DIGEST_LEN];
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		elog(ERROR, "apikeys_audit_chain_trigger: must be a BEFORE INSERT row trigger");
+	rel = td->tg_relation;
+	desc = RelationGetDescr(rel);
+	tup = td->tg_trigtuple;
+	a_hash = audit_attnum(desc, "row_hash");
+
+	(void) heap_getattr(tup, a_hash, desc, &isnull);
+	if (!isnull && apikeys_is_bulk_loading())
+		return PointerGetDatum(tup);	/* pg_restore: history as it was */
+
+	a_chain = audit_attnum(desc, "chain");
+	a_id = audit_attnum(desc, "audit_id");
+	a_at = audit_attnum(desc, "at");
+	a_prev = audit_attnum(desc, "prev_hash");
+	a_tenant = audit_attnum(desc, "tenant");
+
+	tenant = heap_getattr(tup, a_tenant, desc, &isnull);
+	chain = isnull ? pstrdup("") : TextDatumGetCString(tenant);
+	head = chain_head(rel, chain);
+
+	prev = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+	SET_VARSIZE(prev, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(prev), head->last_hash, APIKEYS_DIGEST_LEN);
+
+	cols[0] = a_chain;
+	values[0] = CStringGetTextDatum(chain);
+	cols[1] = a_id;
+	values[1] = Int64GetDatum(head->last_id + 1);
+	cols[2] = a_at;
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	cols[3] = a_prev;
+	values[3] = PointerGetDatum(prev);
+	cols[4] = a_hash;
+	values[4] = PointerGetDatum(prev);	/* replaced below, once hashed */
+	tup = heap_modify_tuple_by_cols(tup, desc, 4, cols, values, nulls);
+
+	audit_row_hash(tup, desc, digest);
+	hash = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+	SET_VARSIZE(hash, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(hash), digest, APIKEYS_DIGEST_LEN);
+	values[0] = PointerGetDatum(hash);
+	tup = heap_modify_tuple_by_cols(tup, desc, 1, &cols[4], values, nulls);
+
+	head->last_id++;
+	memcpy(head->last_hash, digest, APIKEYS_DIGEST_LEN);
+	Assert(head->last_id > 0);
+	return PointerGetDatum(tup);
+}
+
+/* apikeys._audit_hash(a apikeys.audit) RETURNS bytea: what row_hash must be. */
+PG_FUNCTION_INFO_V1(apikeys_audit_hash);
+Datum
+apikeys_audit_hash(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader rec = PG_GETARG_HEAPTUPLEHEADER(0);
+	TupleDesc	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(rec),
+											  HeapTupleHeaderGetTypMod(rec));
+	HeapTupleData tup;
+	uint8		digest[APIKEYS_DIGEST_LEN];
+	bytea	   *result;
+
+	tup.t_len = HeapTupleHeaderGetDatumLength(rec);
+	ItemPointerSetInvalid(&tup.t_self);
+	tup.t_tableOid = InvalidOid;
+	tup.t_data = rec;
+	audit_row_hash(&tup, desc, digest);
+	ReleaseTupleDesc(desc);
+
+	result = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+	SET_VARSIZE(result, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(result), digest, APIKEYS_DIGEST_LEN);
+	PG_RETURN_BYTEA_P(result);
 }

@@ -4,14 +4,17 @@
  * The audit's BEFORE UPDATE/DELETE/TRUNCATE triggers refuse every change
  * unless apikeys._audit_purging() is true, which it is only inside
  * apikeys.audit_purge(): a flag in backend memory that no SET can turn on.
- * The purge deletes a prefix of the chain (oldest rows) and appends an
- * 'audit_purged' row naming the last purged row and its hash, so
- * apikeys.audit_check() can still verify the chain from its new start.
+ * The purge deletes a prefix of each chain (its rows older than the cutoff)
+ * after appending to it an 'audit_purged' row naming the last purged row
+ * and its hash, so apikeys.audit_check() can still verify every chain from
+ * its new start (docs/audit.md).
  */
 #include "apikeys.h"
 
 #include "catalog/pg_type.h"
+#include "access/xact.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 
 extern char *apikeys_audit_retention;	/* guc.c */
 
@@ -30,7 +33,10 @@ apikeys_audit_purge(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		older_than;
-	Oid			argtypes[1] = {INTERVALOID};
+	Datum		args[2];
+	Oid			argtypes[2] = {TIMESTAMPTZOID, INTERVALOID};
+	TimestampTz now,
+				cutoff;
 	int64		purged = 0;
 	bool		isnull;
 
@@ -47,14 +53,20 @@ apikeys_audit_purge(PG_FUNCTION_ARGS)
 				 errmsg("invalid_retention: no retention age given and apikeys.audit_retention is not set"),
 				 errhint("Call apikeys.audit_purge(interval '90 days') or set apikeys.audit_retention.")));
 
-	if (DatumGetBool(DirectFunctionCall2(interval_lt, older_than,
-										 DirectFunctionCall3(interval_in,
-															 CStringGetDatum("1 day"),
-															 ObjectIdGetDatum(InvalidOid),
-															 Int32GetDatum(-1)))))
+	/*
+	 * The instant the interval means, not its fields: '-12 mons +361 days'
+	 * is about a week ago.  At least a day ago, and finite.
+	 */
+	now = GetCurrentTransactionStartTimestamp();
+	cutoff = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													 TimestampTzGetDatum(now), older_than));
+	if (TIMESTAMP_NOT_FINITE(cutoff) || cutoff > now - USECS_PER_DAY)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid_retention: audit rows must be kept at least 1 day")));
+				 errmsg("invalid_retention: audit rows must be kept at least 1 day"),
+				 errdetail("The cutoff now() - older_than must be a finite time at least 1 day ago.")));
+	args[0] = TimestampTzGetDatum(cutoff);
+	args[1] = older_than;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -62,8 +74,8 @@ apikeys_audit_purge(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		apikeys_spi_run(&plan,
-						"SELECT apikeys._audit_purge_rows($1)",
-						1, argtypes, &older_than, NULL, SPI_OK_SELECT);
+						"SELECT apikeys._audit_purge_rows($1, $2)",
+						2, argtypes, args, NULL, SPI_OK_SELECT);
 		purged = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 	}

@@ -9,6 +9,10 @@
  * depend on: the key_id of a credential or secret row, or "everything" for
  * a tenant row, a TRUNCATE or more than MAX_NOTED keys.  INSERT notes
  * nothing: no cached policy can refer to a row that did not exist.
+ * Changes made while these triggers do not fire (disabled, origin-only
+ * under session_replication_role = replica, dropped; COPY and TRUNCATE
+ * then too) are noticed by trigger_guard.c, which notes "everything"
+ * (apikeys_changes_note_all).
  *
  * When a transaction with notes commits, the shared generation is bumped
  * and the noted keys' stamps (or the floor) raised to it, which retires
@@ -49,6 +53,18 @@ note_key(const pg_uuid_t *key_id)
 		noted_all = true;
 	else
 		noted[n_noted++] = *key_id;
+}
+
+/*
+ * Mark the transaction as having changed key data in ways no trigger
+ * reported: it bypasses the cache itself, and its end (commit or abort)
+ * retires every cached policy, by the same protocol as the trigger path.
+ */
+void
+apikeys_changes_note_all(void)
+{
+	xact_changed = true;
+	noted_all = true;
 }
 
 static void

@@ -87,6 +87,11 @@ apikeys_shmem_ready(void)
 
 /* changes.c: did this transaction change key data (bypass the cache)? */
 extern bool apikeys_xact_changed_keys(void);
+/* changes.c: it did, past the triggers: retire every policy at its end */
+extern void apikeys_changes_note_all(void);
+
+/* trigger_guard.c: hooks that notice key changes the triggers miss */
+extern void apikeys_trigger_guard_init(void);
 
 /* Is a transaction that changed key data committing right now? */
 static inline bool

@@ -35,6 +35,7 @@
 #include "tcop/tcopprot.h"
 
 #include "caller.h"
+#include "replication/logicalworker.h"
 #include "tenant_context.h"
 
 /* Labels (actor, request id): characters, and the bytes they may take. */
@@ -503,21 +504,36 @@ apikeys_transaction_setting(PG_FUNCTION_ARGS)
  * a literal.  So the session's role must be a superuser (who can silence
  * triggers anyway), and the text must start with a plain COPY into our
  * schema.
+ *
+ * A logical replication apply worker counts too: the rows it writes are
+ * the publisher's changes (audited there), and audit rows it applies keep
+ * their chain fields.
  */
-PG_FUNCTION_INFO_V1(apikeys_bulk_loading);
-Datum
-apikeys_bulk_loading(PG_FUNCTION_ARGS)
+bool
+apikeys_is_bulk_loading(void)
 {
 	static const char copy_into[] = "copy apikeys.";
 	const char *q = debug_query_string;
 
+	/* logical replication applies what the publisher did, and audited */
+	if (IsLogicalWorker())
+		return true;
+
 	/* never inside a management call or a maintenance run of someone's code */
 	if (q == NULL || !superuser_arg(GetOuterUserId()) ||
 		apikeys_in_entry_point() || InSecurityRestrictedOperation())
-		PG_RETURN_BOOL(false);
+		return false;
 	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
 		q++;
-	PG_RETURN_BOOL(pg_strncasecmp(q, copy_into, sizeof(copy_into) - 1) == 0 &&
-				   strchr(q, ';') == strrchr(q, ';') &&
-				   strstr(q, " FROM stdin") != NULL);
+	return pg_strncasecmp(q, copy_into, sizeof(copy_into) - 1) == 0 &&
+		strchr(q, ';') == strrchr(q, ';') &&
+		strstr(q, " FROM stdin") != NULL;
+}
+
+/* apikeys._bulk_loading(): the SQL form of apikeys_is_bulk_loading(). */
+PG_FUNCTION_INFO_V1(apikeys_bulk_loading);
+Datum
+apikeys_bulk_loading(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(apikeys_is_bulk_loading());
 }

@@ -14,6 +14,9 @@ typedef enum TenantSource
 extern void apikeys_tenant_context_init(void);
 extern const char *apikeys_bound_tenant(TenantSource *source);
 extern const char *apikeys_binding_for_caller(bool trusted_only);
+
+/* pg_restore loading one of our tables (rows keep their audit fields) */
+extern bool apikeys_is_bulk_loading(void);
 extern void apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id);
 
 #endif

@@ -2,8 +2,11 @@
 -- Audit: append-only, hash-chained
 ------------------------------------------------------------------------------
 
+-- One hash chain per tenant (chain = tenant, '' for rows of no tenant);
+-- audit_id numbers the rows of one chain.  docs/audit.md explains the design.
 CREATE TABLE apikeys.audit (
-    audit_id         bigint PRIMARY KEY,
+    chain            text COLLATE "C" NOT NULL,
+    audit_id         bigint NOT NULL,
     at               timestamptz NOT NULL DEFAULT clock_timestamp(),
     tenant           text COLLATE "C",
     key_id           uuid,
@@ -18,13 +21,13 @@ CREATE TABLE apikeys.audit (
     txid             xid8,
     detail           jsonb NOT NULL DEFAULT '{}',
     prev_hash        bytea NOT NULL,
-    row_hash         bytea NOT NULL
+    row_hash         bytea NOT NULL,
+    PRIMARY KEY (chain, audit_id)
 );
-CREATE INDEX audit_tenant_idx ON apikeys.audit (tenant, audit_id);
 CREATE INDEX audit_key_idx ON apikeys.audit (key_id, audit_id) WHERE key_id IS NOT NULL;
 CREATE INDEX audit_at_idx ON apikeys.audit (at, audit_id);
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit', '');
-COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets and role mappings. Append-only; each row hashes the previous one (audit_check()).';
+COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets, role mappings and the vault. Append-only; one hash chain per tenant, each row hashing the previous one of its chain (audit_check()).';
 
 -- Application actor and request id, in this order: the labels set_tenant()
 -- or authenticate() bound to the transaction; apikeys.actor /
@@ -82,46 +85,19 @@ BEGIN
 END;
 $$;
 
+-- What row_hash must be: SHA-256 of every other column, length-prefixed
+-- (src/audit_chain.c; the encoding is in docs/audit.md).
 CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT sha256(a.prev_hash OPERATOR(pg_catalog.||) convert_to(jsonb_build_array(
-        a.audit_id, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
-        a.tenant, a.key_id, a.action, a.outcome, a.db_role, a.session_role, a.actor,
-        a.request_id, a.client_addr, a.application_name, a.txid, a.detail)::text, 'UTF8'))
-$$;
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_audit_hash';
 
--- The head of the chain, read with the latest snapshot (src/audit_chain.c).
-CREATE FUNCTION apikeys._audit_last(OUT audit_id bigint, OUT row_hash bytea)
-    RETURNS record
-    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_last';
-
--- BEFORE INSERT: number the row and chain it to the previous one.  The table
--- lock serializes audit writers until commit, so ids follow commit order.
+-- BEFORE INSERT: number the row in its chain, link it to the chain's head and
+-- hash it, under the chain's lock (src/audit_chain.c).  ALWAYS: also under
+-- session_replication_role = replica.
 CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    last_id bigint;
-    last_hash bytea;
-BEGIN
-    IF apikeys._bulk_loading() AND NEW.row_hash IS NOT NULL THEN
-        RETURN NEW;   -- pg_restore: keep history as it was
-    END IF;
-    -- normally taken already by _audit_write, before this INSERT's own lock
-    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
-    SELECT l.audit_id, l.row_hash INTO last_id, last_hash FROM apikeys._audit_last() l;
-    NEW.audit_id := coalesce(last_id, 0) OPERATOR(pg_catalog.+) 1;
-    NEW.at := clock_timestamp();
-    NEW.prev_hash := coalesce(last_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
-    NEW.row_hash := apikeys._audit_hash(NEW);
-    RETURN NEW;
-END;
-$$;
+    LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_audit_chain_trigger';
 CREATE TRIGGER audit_chain BEFORE INSERT ON apikeys.audit
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_chain();
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_chain;
 
 CREATE FUNCTION apikeys._audit_purging() RETURNS boolean
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
@@ -144,6 +120,8 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON apikeys.audit
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_append_only();
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_no_truncate;
 
 CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
     RETURNS void
@@ -151,15 +129,12 @@ CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- The writers' lock first: taken inside the INSERT (after its ROW
-    -- EXCLUSIVE lock) it would be a lock upgrade, and two writers deadlock.
-    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
+    -- chain, audit_id, at, prev_hash and row_hash come from the chain trigger
     INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
-                               request_id, client_addr, application_name, txid, detail,
-                               prev_hash, row_hash)
+                               request_id, client_addr, application_name, txid, detail)
     VALUES (p_tenant, p_key_id, p_action, apikeys._acting_role(), session_user, apikeys._actor(),
             apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
-            pg_current_xact_id(), p_detail, '', '');
+            pg_current_xact_id(), p_detail);
 END;
 $$;
 
@@ -250,6 +225,12 @@ CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
 CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+-- ALWAYS: a superuser's change under session_replication_role = replica is
+-- audited too (restored and replicated rows pass: apikeys._bulk_loading()).
+ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER audit_tenant;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;
+ALTER TABLE apikeys.role_tenant ENABLE ALWAYS TRIGGER audit_role_tenant;
 
 -- TRUNCATE fires no row triggers: it would change keys without an audit row.
 CREATE FUNCTION apikeys._refuse_truncate() RETURNS trigger
@@ -279,7 +260,47 @@ CREATE FUNCTION apikeys._audit_since(t text) RETURNS bigint
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(max(a.audit_id), 0) FROM apikeys.audit a
-     WHERE a.tenant OPERATOR(pg_catalog.=) t AND a.action OPERATOR(pg_catalog.=) 'tenant_created'
+     WHERE a.chain OPERATOR(pg_catalog.=) t AND a.action OPERATOR(pg_catalog.=) 'tenant_created'
+$$;
+
+-- One tenant's chain since the tenant's creation, newest first, before
+-- before_id, of one key if key_id is given, at most max_rows (NULL: all): a
+-- backward scan of the chain's primary key.
+CREATE FUNCTION apikeys._audit_of(t text, before_id bigint, max_rows integer, key_id uuid)
+    RETURNS SETOF apikeys.audit
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM apikeys.audit a
+     WHERE a.chain OPERATOR(pg_catalog.=) t
+       AND a.audit_id OPERATOR(pg_catalog.>=) apikeys._audit_since(t)
+       AND a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
+       AND (_audit_of.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) _audit_of.key_id)
+     ORDER BY a.audit_id DESC LIMIT max_rows
+$$;
+
+-- The chains the caller may audit: every chain for superusers and global
+-- auditors, else its tenants'.
+CREATE FUNCTION apikeys._audit_chains() RETURNS SETOF text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v text[] := apikeys._visible_tenants('audit');
+BEGIN
+    IF v IS NULL THEN
+        -- one index probe per chain, however long the chains
+        RETURN QUERY WITH RECURSIVE c(chain) AS (
+            (SELECT a.chain FROM apikeys.audit a ORDER BY a.chain LIMIT 1)
+            UNION ALL
+            SELECT (SELECT a.chain FROM apikeys.audit a WHERE a.chain OPERATOR(pg_catalog.>) c.chain
+                     ORDER BY a.chain LIMIT 1)
+              FROM c WHERE c.chain IS NOT NULL)
+        SELECT c.chain FROM c WHERE c.chain IS NOT NULL;
+    ELSE
+        RETURN QUERY SELECT t FROM unnest(v) t ORDER BY 1;
+    END IF;
+END;
 $$;
 
 -- Rows of apikeys.audit_log: the audit rows of the tenants the caller may
@@ -301,31 +322,17 @@ BEGIN
     END IF;
 END;
 $$;
-
--- One tenant's audit since its creation, newest first, before before_id, of
--- one key if key_id is given, at most max_rows (NULL: all): a backward scan
--- of the tenant's index, however big the other tenants' history.
-CREATE FUNCTION apikeys._audit_of(t text, before_id bigint, max_rows integer, key_id uuid)
-    RETURNS SETOF apikeys.audit
-    LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT * FROM apikeys.audit a
-     WHERE a.tenant OPERATOR(pg_catalog.=) t
-       AND a.audit_id OPERATOR(pg_catalog.>=) apikeys._audit_since(t)
-       AND a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
-       AND (_audit_of.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) _audit_of.key_id)
-     ORDER BY a.audit_id DESC LIMIT max_rows
-$$;
 SELECT apikeys_internal.publish('_read_audit', 'Rows of apikeys.audit_log: the audit rows of the tenants the caller may audit.');
 CREATE VIEW apikeys.audit_log WITH (security_invoker = true) AS
 SELECT * FROM apikeys._read_audit();
 COMMENT ON VIEW apikeys.audit_log IS 'The audit rows the caller may read: its tenants'' since their creation (every row for superusers and global auditors).';
 
--- One page of apikeys.audit_log, newest first: the rows before before_id
--- (all rows when NULL), at most max_rows, of one key if key_id is given.
-CREATE FUNCTION apikeys_internal.audit_log_page(before_id bigint DEFAULT NULL, max_rows integer DEFAULT 100,
-                                                key_id uuid DEFAULT NULL)
+-- One page of a chain, newest first: the rows before before_id (NULL: from
+-- the newest), at most max_rows, of one key if key_id is given.  tenant ''
+-- is the chain of rows of no tenant; a chain the caller may not audit has
+-- no rows for it.
+CREATE FUNCTION apikeys_internal.audit_log_page(tenant text, before_id bigint DEFAULT NULL,
+                                                max_rows integer DEFAULT 100, key_id uuid DEFAULT NULL)
     RETURNS SETOF apikeys.audit
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
     SET search_path = pg_catalog, pg_temp
@@ -340,133 +347,154 @@ BEGIN
     END IF;
     IF v IS NULL THEN
         RETURN QUERY SELECT * FROM apikeys.audit a
-                      WHERE a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
+                      WHERE a.chain OPERATOR(pg_catalog.=) coalesce(audit_log_page.tenant, '')
+                        AND a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
                         AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
                       ORDER BY a.audit_id DESC LIMIT max_rows;
-    ELSE
-        RETURN QUERY SELECT a.* FROM unnest(v) t(tenant)
-                       CROSS JOIN LATERAL apikeys._audit_of(t.tenant, before_id, max_rows, audit_log_page.key_id) a
-                      ORDER BY a.audit_id DESC LIMIT max_rows;
+    ELSIF tenant OPERATOR(pg_catalog.=) ANY (v) THEN
+        RETURN QUERY SELECT * FROM apikeys._audit_of(tenant, before_id, max_rows, audit_log_page.key_id);
     END IF;
 END;
 $$;
-SELECT apikeys_internal.publish('audit_log_page', 'A page of the audit rows the caller may read, newest first, before before_id (keyset pagination).');
+SELECT apikeys_internal.publish('audit_log_page', 'A page of one tenant''s audit chain, newest first, before before_id (keyset pagination).');
 
--- Walk the chain: ids consecutive, each prev_hash the previous row_hash, each
--- row_hash recomputed from the row.  The first row links to zeros, or, after
--- a purge, to the hash the audit_purged row recorded.  A caller who may audit
--- only some tenants cannot see the rows between theirs: for it, each of its
--- tenants' rows is checked against its own hash, and nothing is said about
--- any other row.
+-- Walk every chain the caller may audit: ids consecutive, each prev_hash the
+-- previous row's row_hash, each row_hash recomputed from the row.  A chain's
+-- first row links to 32 zero bytes, or, after a purge, to the hash that the
+-- chain's latest audit_purged row recorded.  The first broken link found
+-- (chains in name order) is reported.
 CREATE FUNCTION apikeys_internal.audit_check(
-    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint, OUT problem text)
+    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_chain text, OUT first_bad_id bigint, OUT problem text)
     RETURNS record
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    c text;
     a apikeys.audit;
-    prev apikeys.audit;
-    anchor bytea;
-    anchor_id bigint;
-    v text[] := apikeys._visible_tenants('audit');
+    next_id bigint;
+    next_prev bytea;
 BEGIN
     ok := true;
     rows_checked := 0;
-    IF v IS NOT NULL THEN
-        FOR a IN SELECT * FROM apikeys._read_audit() x ORDER BY x.audit_id LOOP
+    FOR c IN SELECT x FROM apikeys._audit_chains() x LOOP
+        SELECT coalesce((p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint, 0) OPERATOR(pg_catalog.+) 1,
+               decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex')
+          INTO next_id, next_prev
+          FROM apikeys.audit p
+         WHERE p.chain OPERATOR(pg_catalog.=) c AND p.action OPERATOR(pg_catalog.=) 'audit_purged'
+         ORDER BY p.audit_id DESC LIMIT 1;
+        next_id := coalesce(next_id, 1);
+        next_prev := coalesce(next_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+        FOR a IN SELECT * FROM apikeys.audit x WHERE x.chain OPERATOR(pg_catalog.=) c ORDER BY x.audit_id LOOP
             rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
-            IF a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
-                ok := false;
-                first_bad_id := a.audit_id;
+            IF a.audit_id OPERATOR(pg_catalog.>) next_id THEN
+                problem := format('rows %s to %s are missing', next_id, a.audit_id OPERATOR(pg_catalog.-) 1);
+            ELSIF a.audit_id OPERATOR(pg_catalog.<) next_id THEN
+                problem := 'the row is older than the chain''s start';
+            ELSIF a.prev_hash OPERATOR(pg_catalog.<>) next_prev THEN
+                problem := CASE WHEN rows_checked OPERATOR(pg_catalog.=) 1 OR a.audit_id OPERATOR(pg_catalog.=) 1
+                                THEN 'first row does not link to the chain start'
+                                ELSE 'prev_hash does not match the previous row' END;
+            ELSIF a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
                 problem := 'row content does not match its hash';
+            END IF;
+            IF problem IS NOT NULL THEN
+                ok := false;
+                first_bad_chain := c;
+                first_bad_id := a.audit_id;
                 RETURN;
             END IF;
+            next_id := a.audit_id OPERATOR(pg_catalog.+) 1;
+            next_prev := a.row_hash;
         END LOOP;
-        RETURN;
-    END IF;
-    SELECT decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex'),
-           (p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint
-      INTO anchor, anchor_id
-      FROM apikeys.audit p WHERE p.action OPERATOR(pg_catalog.=) 'audit_purged'
-     ORDER BY p.audit_id DESC LIMIT 1;
-    FOR a IN SELECT * FROM apikeys.audit x ORDER BY x.audit_id LOOP
-        rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
-        IF prev.audit_id IS NULL THEN
-            IF a.prev_hash OPERATOR(pg_catalog.<>) coalesce(anchor, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) THEN
-                problem := 'first row does not link to the chain start';
-            ELSIF a.audit_id OPERATOR(pg_catalog.<>) (coalesce(anchor_id, 0) OPERATOR(pg_catalog.+) 1) THEN
-                problem := format('rows %s to %s are missing', coalesce(anchor_id, 0) OPERATOR(pg_catalog.+) 1,
-                                  a.audit_id OPERATOR(pg_catalog.-) 1);
-            END IF;
-        ELSIF a.audit_id OPERATOR(pg_catalog.<>) (prev.audit_id OPERATOR(pg_catalog.+) 1) THEN
-            problem := format('rows %s to %s are missing', prev.audit_id OPERATOR(pg_catalog.+) 1, a.audit_id OPERATOR(pg_catalog.-) 1);
-        ELSIF a.prev_hash OPERATOR(pg_catalog.<>) prev.row_hash THEN
-            problem := 'prev_hash does not match the previous row';
-        END IF;
-        IF problem IS NULL AND a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
-            problem := 'row content does not match its hash';
-        END IF;
-        IF problem IS NOT NULL THEN
-            ok := false;
-            first_bad_id := a.audit_id;
-            RETURN;
-        END IF;
-        prev := a;
     END LOOP;
 END;
 $$;
-SELECT apikeys_internal.publish('audit_check', 'Verify the audit hash chain; reports the first broken row.');
+SELECT apikeys_internal.publish('audit_check', 'Verify the audit hash chains the caller may audit; reports the first broken row.');
 
-CREATE FUNCTION apikeys_internal.audit_head(OUT audit_id bigint, OUT row_hash text)
-    RETURNS record
+-- audit_check() that raises: for pg_cron jobs and monitoring, which treat an
+-- error as a failure.
+CREATE FUNCTION apikeys_internal.audit_verify() RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET plan_cache_mode = force_custom_plan
 AS $$
+DECLARE
+    r record;
 BEGIN
-    -- the whole chain's head, or the newest row of the caller's tenants
-    SELECT a.audit_id, encode(a.row_hash, 'hex') INTO audit_id, row_hash
-      FROM apikeys.audit_log_page(NULL, 1) a;
+    SELECT * INTO r FROM apikeys.audit_check();
+    IF NOT r.ok THEN
+        RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
+            MESSAGE = format('audit_chain_broken: chain "%s" row %s: %s', r.first_bad_chain, r.first_bad_id, r.problem),
+            DETAIL = format('%s rows checked before the break.', r.rows_checked OPERATOR(pg_catalog.-) 1),
+            HINT = 'Compare with the heads stored outside the database (apikeys.audit_head()) and the server log.';
+    END IF;
 END;
 $$;
-SELECT apikeys_internal.publish('audit_head', 'Newest audit row and its hash: store it outside the database to detect a rewritten chain.');
+SELECT apikeys_internal.publish('audit_verify', 'audit_check() that raises audit_chain_broken (XX001) on the first broken row: for scheduled checks.');
 
--- Called by apikeys.audit_purge() (C) with the purge flag set.
-CREATE FUNCTION apikeys._audit_purge_rows(older_than interval) RETURNS bigint
+-- The newest row of every chain the caller may audit: store these outside
+-- the database to detect a rewritten or truncated chain.
+CREATE FUNCTION apikeys_internal.audit_head()
+    RETURNS TABLE (chain text, audit_id bigint, row_hash text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.x, h.audit_id, encode(h.row_hash, 'hex')
+      FROM apikeys._audit_chains() c(x)
+      CROSS JOIN LATERAL (SELECT a.audit_id, a.row_hash FROM apikeys.audit a
+                           WHERE a.chain OPERATOR(pg_catalog.=) c.x
+                           ORDER BY a.audit_id DESC LIMIT 1) h
+     ORDER BY 1;
+END;
+$$;
+SELECT apikeys_internal.publish('audit_head', 'Newest row and hash of each audit chain the caller may audit: store them outside the database to detect a rewritten chain.');
+
+-- Called by apikeys.audit_purge() (C) with the purge flag set, with the
+-- cutoff already checked: for each chain with rows older than the cutoff,
+-- append an audit_purged row naming the newest of them, then delete them.
+-- The audit_purged row is written first, so it links to the chain's head
+-- and the chain stays checkable from its new first row even when every
+-- older row goes.
+CREATE FUNCTION apikeys._audit_purge_rows(cutoff timestamptz, older_than interval) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    chk record;
+    c text;
     cut apikeys.audit;
-    chain record;
     n bigint;
+    total bigint := 0;
 BEGIN
     IF NOT apikeys._audit_purging() THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
     END IF;
-    LOCK TABLE apikeys.audit IN SHARE ROW EXCLUSIVE MODE;
     -- never purge evidence: a broken chain stays until someone looks at it
-    SELECT c.ok, c.first_bad_id, c.problem INTO chain FROM apikeys.audit_check() c;
-    IF NOT chain.ok THEN
+    SELECT * INTO chk FROM apikeys.audit_check();
+    IF NOT chk.ok THEN
         RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
-            MESSAGE = format('audit_chain_broken: audit row %s: %s', chain.first_bad_id, chain.problem),
+            MESSAGE = format('audit_chain_broken: chain "%s" row %s: %s', chk.first_bad_chain, chk.first_bad_id, chk.problem),
             HINT = 'apikeys.audit_check() shows the first broken row; the purge refuses to delete evidence of tampering.';
     END IF;
-    -- purge a prefix of the chain: everything up to the newest row old enough
-    SELECT * INTO cut FROM apikeys.audit a
-     WHERE a.at OPERATOR(pg_catalog.<) (now() OPERATOR(pg_catalog.-) older_than)
-     ORDER BY a.audit_id DESC LIMIT 1;
-    IF cut.audit_id IS NULL THEN
-        RETURN 0;
-    END IF;
-    DELETE FROM apikeys.audit a WHERE a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM apikeys._audit_write('audit_purged', NULL, NULL, jsonb_build_object(
-        'rows', n, 'older_than', older_than, 'last_purged_id', cut.audit_id,
-        'last_purged_hash', encode(cut.row_hash, 'hex')));
-    RETURN n;
+    FOR c IN SELECT x FROM apikeys._audit_chains() x LOOP
+        SELECT * INTO cut FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
+         ORDER BY a.audit_id DESC LIMIT 1;
+        CONTINUE WHEN cut.audit_id IS NULL;
+        SELECT count(*) INTO n FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+        PERFORM apikeys._audit_write('audit_purged', nullif(c, ''), NULL, jsonb_build_object(
+            'rows', n, 'older_than', older_than, 'cutoff', cutoff, 'last_purged_id', cut.audit_id,
+            'last_purged_hash', encode(cut.row_hash, 'hex')));
+        DELETE FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+        total := total OPERATOR(pg_catalog.+) n;
+    END LOOP;
+    RETURN total;
 END;
 $$;
 

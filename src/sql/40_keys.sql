@@ -22,6 +22,18 @@ CREATE FUNCTION apikeys_internal.apikey_create(
     AS 'MODULE_PATHNAME', 'apikey_create';
 SELECT apikeys_internal.publish('apikey_create', 'Create an API key; the returned api_key is shown once and never stored.');
 
+CREATE FUNCTION apikeys_internal.apikey_create_many(
+    tenant     text,
+    names      text[],
+    scopes     text[] DEFAULT '{}',
+    expires_at timestamptz DEFAULT NULL,
+    prefix     text DEFAULT 'ak')
+    RETURNS TABLE (key_id uuid, api_key text, hint text, name text)
+    LANGUAGE C VOLATILE SECURITY DEFINER ROWS 1000
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikey_create_many';
+SELECT apikeys_internal.publish('apikey_create_many', 'Create one key per name in one call (up to 1,000,000), audited; each api_key is shown once.');
+
 CREATE FUNCTION apikeys_internal.apikey_rotate(
     key_id uuid,
     grace  interval DEFAULT '0',

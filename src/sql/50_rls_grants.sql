@@ -146,7 +146,7 @@ BEGIN
                    ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._read_tenants(), apikeys._read_keys(),'
                    ' apikeys._read_audit(), apikeys._read_grants(), apikeys._read_key_usage(),'
-                   ' apikeys.audit_log_page(bigint, integer, uuid),'
+                   ' apikeys.audit_log_page(text, bigint, integer, uuid),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     -- ... but for global roles, who see every row anyway
     IF tenant IS NULL THEN
@@ -157,6 +157,7 @@ BEGIN
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION'
             ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'
+            ' apikeys.apikey_create_many(text, text[], text[], timestamptz, text),'
             ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
             ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
             ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
@@ -168,7 +169,7 @@ BEGIN
             ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean) TO %I', role_name);
     END IF;
     IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_head() TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
     END IF;
 END;
 $$;

@@ -58,6 +58,8 @@ CREATE TRIGGER audit_vault_service AFTER INSERT OR UPDATE OR DELETE ON apikeys.v
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
 CREATE TRIGGER audit_vault_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.vault_secret
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+ALTER TABLE apikeys.vault_service ENABLE ALWAYS TRIGGER audit_vault_service;
+ALTER TABLE apikeys.vault_secret ENABLE ALWAYS TRIGGER audit_vault_secret;
 CREATE TRIGGER vault_service_no_truncate BEFORE TRUNCATE ON apikeys.vault_service
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
 CREATE TRIGGER vault_secret_no_truncate BEFORE TRUNCATE ON apikeys.vault_secret

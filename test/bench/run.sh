@@ -81,15 +81,14 @@ CREATE TABLE bench_rotate (id serial PRIMARY KEY, key_id uuid NOT NULL);
 \i $BENCH_DIR/handwritten.sql.setup
 SQL
 
-# grow_to N: real keys through apikey_create (audit triggers off for the bulk
-# load only: session_replication_role = replica), mirrored in the
-# hand-written table.  Two sessions share each step (the machine has two cores).
+# grow_to N: real keys through apikey_create_many (audited, in batches),
+# mirrored in the hand-written table.  Two sessions share each step (the
+# machine has two cores).
 have=0
 create_keys() {
 	psql_b <<SQL
-SET session_replication_role = replica;
 INSERT INTO bench_keys (k)
-SELECT c.api_key FROM generate_series(1, $1) g, LATERAL apikeys.apikey_create('bench', 'bench ' || g) c;
+SELECT c.api_key FROM apikeys.apikey_create_many('bench', ARRAY(SELECT 'bench ' || g FROM generate_series(1, $1) g)) c;
 SQL
 }
 grow_to() {

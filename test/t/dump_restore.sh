@@ -123,7 +123,7 @@ snapshot() {
 		echo "-- vault";       qa "$db" -c "SELECT id, tenant, service, name, encode(ciphertext, 'hex'), key_fp FROM apikeys.vault_secret ORDER BY id"
 		echo "-- verdicts";    qa "$db" -c "$VERDICTS"
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.audit') IS NOT NULL")" = t ]; then
-			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY audit_id"
+			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY chain, audit_id"
 		fi
 	}
 }

@@ -1,0 +1,410 @@
+/*
+ * trigger_guard.c - notice changes to key data that apikeys._changed()
+ * does not see, so they still retire the shared policy cache.
+ *
+ * The cache trusts the ALWAYS triggers on apikeys.tenant, credential and
+ * secret (changes.c).  A superuser can write past them: ALTER TABLE ...
+ * DISABLE TRIGGER (USER, ALL or by name), ENABLE TRIGGER USER/ALL (which
+ * leaves them origin-only: silent under session_replication_role =
+ * replica), DROP TRIGGER; then UPDATE, DELETE, MERGE, INSERT, COPY FROM or
+ * TRUNCATE.  Two hooks mark such a transaction as changing "everything"
+ * (apikeys_changes_note_all), so its end retires every cached policy by the
+ * trigger path's own protocol:
+ *
+ *   ExecutorStart   a plan with result relations that writes one of the
+ *                   three tables while its _changed row trigger would not
+ *                   fire for INSERT, UPDATE and DELETE (relcache trigdesc;
+ *                   the same rule as trigger.c's TriggerEnabled).  Plans
+ *                   without result relations (apikey_verify, every read)
+ *                   return after one pointer test; writes compare OIDs.
+ *   ProcessUtility  TRUNCATE of one of them; ALTER TABLE ... ENABLE/DISABLE
+ *                   TRIGGER, CREATE TRIGGER and DROP TRIGGER on one (the
+ *                   simple safe rule: whatever the triggers missed while
+ *                   they were changed, e.g. logical replication's apply
+ *                   worker, which runs no executor hooks, is retired when
+ *                   they are changed back, and a WARNING says so when they
+ *                   are left not ALWAYS); COPY FROM into one while the
+ *                   trigger would not fire.
+ *
+ * The OIDs of the tables and of apikeys._changed are looked up (never
+ * raising: the library may be preloaded in databases without the
+ * extension) once and forgotten on a relcache invalidation of a table or
+ * any change to pg_namespace or pg_proc.
+ *
+ * Without shared memory (not preloaded) there is no cache: both hooks only
+ * chain.
+ */
+#include "shmem.h"
+
+#include "access/relation.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "parser/parsetree.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#define N_KEY_RELS 3
+
+static const char *const key_rel_names[N_KEY_RELS] = {"tenant", "credential", "secret"};
+
+/* What the hooks compare against, per backend. */
+typedef struct GuardCatalog
+{
+	bool		valid;			/* else look up again before use */
+	Oid			rels[N_KEY_RELS];	/* InvalidOid: no such table */
+	Oid			changed_fn;		/* apikeys._changed(), or InvalidOid */
+} GuardCatalog;
+
+static GuardCatalog guard;
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/* Relcache invalidation: forget the OIDs when one of our tables changes. */
+static void
+guard_relcache_invalidate(Datum arg, Oid relid)
+{
+	if (!guard.valid)
+		return;
+	if (relid == InvalidOid)
+		guard.valid = false;
+	for (int i = 0; i < N_KEY_RELS; i++)
+		if (relid == guard.rels[i])
+			guard.valid = false;
+}
+
+/* pg_namespace or pg_proc changed: the schema or the function may be new. */
+static void
+guard_syscache_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	guard.valid = false;
+}
+
+/*
+ * The OIDs, looked up when not known.  Kept only when complete (or when the
+ * schema is absent, which a pg_namespace invalidation ends), so a database
+ * in the middle of CREATE EXTENSION is asked again at the next write.
+ */
+static const GuardCatalog *
+guard_catalog(void)
+{
+	Oid			nsp;
+	bool		complete = true;
+
+	if (guard.valid)
+		return &guard;
+
+	memset(&guard, 0, sizeof(guard));
+	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
+	if (OidIsValid(nsp))
+	{
+		for (int i = 0; i < N_KEY_RELS; i++)
+		{
+			guard.rels[i] = get_relname_relid(key_rel_names[i], nsp);
+			complete &= OidIsValid(guard.rels[i]);
+		}
+		guard.changed_fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+										   CStringGetDatum("_changed"),
+										   PointerGetDatum(buildoidvector(NULL, 0)),
+										   ObjectIdGetDatum(nsp));
+		complete &= OidIsValid(guard.changed_fn);
+	}
+	guard.valid = complete;
+	return &guard;
+}
+
+/* Is relid apikeys.tenant, credential or secret? */
+static inline bool
+is_key_rel(const GuardCatalog *cat, Oid relid)
+{
+	if (!OidIsValid(relid))
+		return false;
+	for (int i = 0; i < N_KEY_RELS; i++)
+		if (relid == cat->rels[i])
+			return true;
+	return false;
+}
+
+/* The OID of a name if it is one of our tables (resolved as the command will), else InvalidOid. */
+static Oid
+key_rangevar(RangeVar *rv)
+{
+	const GuardCatalog *cat = guard_catalog();
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+
+	return is_key_rel(cat, relid) ? relid : InvalidOid;
+}
+
+/*
+ * Would trigger t fire now (trigger.c's TriggerEnabled rule), or, with
+ * always_only, in every session and in logical replication's apply worker?
+ */
+static inline bool
+trigger_fires_now(const Trigger *t, bool always_only)
+{
+	if (always_only)
+		return t->tgenabled == TRIGGER_FIRES_ALWAYS;
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return t->tgenabled == TRIGGER_FIRES_ALWAYS ||
+			t->tgenabled == TRIGGER_FIRES_ON_REPLICA;
+	return t->tgenabled == TRIGGER_FIRES_ALWAYS ||
+		t->tgenabled == TRIGGER_FIRES_ON_ORIGIN;
+}
+
+/*
+ * Would apikeys._changed() see every row written to rel now: an enabled
+ * row trigger (no WHEN, no column list) for each of INSERT, UPDATE and
+ * DELETE?  An INSERT ... ON CONFLICT and a MERGE need more than one event,
+ * so all three are asked of every write.  always_only: see trigger_fires_now;
+ * then the statement trigger for TRUNCATE is asked too.
+ */
+static bool
+changes_tracked(Relation rel, Oid changed_fn, bool always_only)
+{
+	TriggerDesc *td = rel->trigdesc;
+	int16		seen = 0;
+	const int16 all = TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE;
+
+	if (td == NULL || !OidIsValid(changed_fn))
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		const Trigger *t = &td->triggers[i];
+
+		if (t->tgfoid != changed_fn || t->tgqual != NULL || t->tgnattr != 0 ||
+			!trigger_fires_now(t, always_only))
+			continue;
+		if (TRIGGER_FOR_ROW(t->tgtype))
+			seen |= t->tgtype & all;
+		else
+			seen |= t->tgtype & TRIGGER_TYPE_TRUNCATE;
+	}
+	/* the apply worker also replicates TRUNCATE, which fires statement triggers */
+	return always_only ? seen == (all | TRIGGER_TYPE_TRUNCATE) : (seen & all) == all;
+}
+
+/* Check a write plan's result relations (the executor holds their locks). */
+static void
+check_write_plan(PlannedStmt *stmt)
+{
+	const GuardCatalog *cat = guard_catalog();
+	ListCell   *lc;
+
+	foreach(lc, stmt->resultRelations)
+	{
+		RangeTblEntry *rte = rt_fetch(lfirst_int(lc), stmt->rtable);
+		Relation	rel;
+		bool		tracked;
+
+		if (!is_key_rel(cat, rte->relid))
+			continue;
+		rel = relation_open(rte->relid, NoLock);
+		tracked = changes_tracked(rel, cat->changed_fn, false);
+		relation_close(rel, NoLock);
+		if (!tracked)
+		{
+			apikeys_changes_note_all();
+			return;
+		}
+	}
+}
+
+/* ExecutorStart: chain, then look at plans that write. */
+static void
+guard_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+
+	/* reads, apikey_verify among them, stop at the first test */
+	if (queryDesc->plannedstmt->resultRelations == NIL ||
+		(eflags & EXEC_FLAG_EXPLAIN_ONLY) || !apikeys_shmem_ready())
+		return;
+	check_write_plan(queryDesc->plannedstmt);
+}
+
+/* Does an ALTER TABLE change whether triggers fire? */
+static bool
+alters_triggers(AlterTableStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		switch (cmd->subtype)
+		{
+			case AT_EnableTrig:
+			case AT_EnableAlwaysTrig:
+			case AT_EnableReplicaTrig:
+			case AT_DisableTrig:
+			case AT_EnableTrigAll:
+			case AT_DisableTrigAll:
+			case AT_EnableTrigUser:
+			case AT_DisableTrigUser:
+				return true;
+			default:
+				break;
+		}
+	}
+	return false;
+}
+
+/*
+ * Utility statements that change our tables or their triggers, before they
+ * run: the table concerned (the first one for TRUNCATE), else InvalidOid.
+ * *trigger_ddl: it changes triggers (to check them afterwards).
+ */
+static Oid
+utility_key_rel(Node *parsetree, bool *trigger_ddl)
+{
+	ListCell   *lc;
+	Oid			relid;
+
+	*trigger_ddl = true;
+	switch (nodeTag(parsetree))
+	{
+		case T_TruncateStmt:
+			*trigger_ddl = false;
+			foreach(lc, ((TruncateStmt *) parsetree)->relations)
+				if (OidIsValid(relid = key_rangevar(lfirst_node(RangeVar, lc))))
+					return relid;
+			return InvalidOid;
+		case T_AlterTableStmt:
+			{
+				AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+
+				return alters_triggers(stmt) ? key_rangevar(stmt->relation) : InvalidOid;
+			}
+		case T_CreateTrigStmt:
+			return key_rangevar(((CreateTrigStmt *) parsetree)->relation);
+		case T_DropStmt:
+			{
+				DropStmt   *stmt = (DropStmt *) parsetree;
+
+				if (stmt->removeType != OBJECT_TRIGGER)
+					return InvalidOid;
+				/* each object: the table's qualified name, then the trigger's */
+				foreach(lc, stmt->objects)
+				{
+					List	   *names = lfirst_node(List, lc);
+
+					if (list_length(names) >= 2 &&
+						OidIsValid(relid = key_rangevar(makeRangeVarFromNameList(list_copy_head(names,
+																								 list_length(names) - 1)))))
+						return relid;
+				}
+				return InvalidOid;
+			}
+		default:
+			return InvalidOid;
+	}
+}
+
+/*
+ * After trigger DDL on one of our tables: warn when its changes are no
+ * longer seen everywhere.  This library notices SQL writes past the
+ * triggers, but not logical replication's apply worker (no executor hooks),
+ * which only ALWAYS triggers see.  Not during CREATE EXTENSION, whose script
+ * enables them one by one.
+ */
+static void
+warn_if_not_always(Oid relid)
+{
+	Relation	rel;
+	bool		tracked;
+	char	   *relname;
+
+	if (creating_extension)
+		return;
+	CommandCounterIncrement();	/* see the DDL's own catalog change */
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return;
+	tracked = changes_tracked(rel, guard_catalog()->changed_fn, true);
+	relname = pstrdup(RelationGetRelationName(rel));
+	relation_close(rel, AccessShareLock);
+	if (!tracked)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("cache_triggers_not_always: the policy cache trigger of apikeys.%s is not ENABLE ALWAYS",
+						relname),
+				 errdetail("Writes by SQL still retire the policy cache; changes applied by logical replication do not until the trigger is restored."),
+				 errhint("ALTER TABLE apikeys.%s ENABLE ALWAYS TRIGGER policy_cache_%s_row; ALTER TABLE apikeys.%s ENABLE ALWAYS TRIGGER policy_cache_%s;",
+						 relname, relname, relname, relname)));
+}
+
+/* After a COPY FROM: did it write one of our tables past the trigger? */
+static bool
+copy_missed_trigger(CopyStmt *stmt)
+{
+	const GuardCatalog *cat;
+	Oid			relid;
+	Relation	rel;
+	bool		tracked;
+
+	if (!stmt->is_from || stmt->relation == NULL)
+		return false;
+	cat = guard_catalog();
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!is_key_rel(cat, relid))
+		return false;
+	/* COPY FROM holds RowExclusiveLock: no ALTER TABLE in between */
+	rel = relation_open(relid, AccessShareLock);
+	tracked = changes_tracked(rel, cat->changed_fn, false);
+	relation_close(rel, AccessShareLock);
+	return !tracked;
+}
+
+/* ProcessUtility: mark before the statements above, check them after. */
+static void
+guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					  ProcessUtilityContext context, ParamListInfo params,
+					  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	bool		watch = apikeys_shmem_ready() && IsTransactionState();
+	bool		trigger_ddl = false;
+	Oid			relid = InvalidOid;
+
+	if (watch && OidIsValid(relid = utility_key_rel(parsetree, &trigger_ddl)))
+		apikeys_changes_note_all();
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+							 queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+
+	if (OidIsValid(relid) && trigger_ddl)
+		warn_if_not_always(relid);
+	if (watch && IsA(parsetree, CopyStmt) && copy_missed_trigger((CopyStmt *) parsetree))
+		apikeys_changes_note_all();
+}
+
+/* _PG_init: install both hooks (chained) and the invalidation callbacks. */
+void
+apikeys_trigger_guard_init(void)
+{
+	CacheRegisterRelcacheCallback(guard_relcache_invalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, guard_syscache_invalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, guard_syscache_invalidate, (Datum) 0);
+
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = guard_executor_start;
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = guard_process_utility;
+}
