@@ -101,11 +101,11 @@ age() {
 	COMMIT;
 	SQL
 }
-triggers_before=$(qa src -c "SELECT string_agg(tgname || '=' || tgenabled, ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'apikeys.audit'::regclass AND NOT tgisinternal")
+triggers_before=$(qa src -c "SELECT string_agg(tgname || '=' || tgenabled::text, ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'apikeys.audit'::regclass AND NOT tgisinternal")
 age acme 8 10 || die "aging acme's rows failed"
 age globex 5 10 || die "aging globex's rows failed"
 age initech 4 3 || die "aging initech's rows failed"
-[ "$(qa src -c "SELECT string_agg(tgname || '=' || tgenabled, ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'apikeys.audit'::regclass AND NOT tgisinternal")" = "$triggers_before" ] ||
+[ "$(qa src -c "SELECT string_agg(tgname || '=' || tgenabled::text, ' ' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'apikeys.audit'::regclass AND NOT tgisinternal")" = "$triggers_before" ] ||
 	die "the audit triggers' states changed while aging rows (before: $triggers_before)"
 [ "$(qa src -c "SELECT ok FROM apikeys.audit_check()")" = t ] ||
 	{ q src -c "SELECT * FROM apikeys.audit_check()"; die "src: audit_check not ok after aging (the test's re-hash disagrees with the extension's)"; }
