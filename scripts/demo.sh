@@ -43,9 +43,6 @@ cluster_psql "$NAME" "$PORT" -d "$DB" <<'SQL'
 \echo '--    Everything lives in schema apikeys.'
 CREATE EXTENSION apikeys CASCADE;
 
-\echo
-\echo '-- The application says who is acting; the audit records it next to the database role.'
-SET apikeys.actor = 'alice@acme.example';
 
 \echo
 \echo '-- 2. A tenant.  Every key belongs to one; row-level security keeps tenants apart.'
@@ -54,8 +51,13 @@ SELECT tenant, display_name, active FROM apikeys.tenant_create('acme', 'Acme Cor
 \echo
 \echo '-- 3. An API key with two scopes.  The secret (api_key) is returned this once;'
 \echo '--    only its SHA-256 digest and a short hint are stored.'
+\echo '--    The application says who is acting, for this transaction; the audit'
+\echo '--    records it next to the database role.'
+BEGIN;
+SET LOCAL apikeys.actor = 'alice@acme.example';
 SELECT key_id, api_key, hint
   FROM apikeys.apikey_create('acme', 'billing-service', ARRAY['invoices_read', 'invoices_write']) \gset
+COMMIT;
 \echo '   key_id  =' :key_id
 \echo '   api_key =' :api_key
 \echo '   hint    =' :hint
@@ -123,7 +125,7 @@ SELECT to_regclass('apikeys.audit') IS NOT NULL AS has_audit \gset
 \echo
 \echo '-- 12. The audit trail: every change, who made it and when (no secret ever enters it).'
 SELECT at::time(0) AS at, action, key_id, actor, db_role
-  FROM apikeys.audit ORDER BY audit_id;
+  FROM apikeys.audit ORDER BY at, chain, audit_id;
 \endif
 SQL
 
