@@ -80,7 +80,7 @@ ok "crashed (pg_ctl -m immediate) with pgbench running, $committed calls seen co
 for i in $(seq 1 150); do kill -0 $BENCH 2>/dev/null || break; sleep 0.1; done
 kill -0 $BENCH 2>/dev/null && die "pgbench still running 15 s after the crash"
 wait $BENCH || true
-[ "$(grep -c 'actually processed' "$DIR/pgbench.log")" = 1 ] || { cat "$DIR/pgbench.log"; die "pgbench did not report"; }
+[ "$(grep -c '^number of transactions actually processed' "$DIR/pgbench.log")" = 1 ] || { cat "$DIR/pgbench.log"; die "pgbench did not report"; }
 
 pg_ctl_do start
 grep -q 'database system was interrupted\|was not properly shut down' "$DIR/server.log" ||
