@@ -323,7 +323,7 @@ SELECT apikeys.audit_purge('11 days') AS purged_none;
 SELECT apikeys.audit_purge() AS purged;
 SELECT min(audit_id) FILTER (WHERE chain = 'acme') AS first_left, count(*) AS rows_left FROM apikeys.audit;
 SELECT action, CASE WHEN db_role = session_user THEN '(superuser)' ELSE db_role END AS db_role, tenant,
-       detail - 'last_purged_hash' - 'cutoff' AS detail,
+       detail - 'last_purged_hash' - 'cutoff' - 'last_purged_row' AS detail,
        detail->>'last_purged_hash' ~ '^[0-9a-f]{64}$' AS has_anchor
   FROM apikeys.audit WHERE action = 'audit_purged';
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();

@@ -39,15 +39,18 @@ BEGIN
     END IF;
 END
 $$;
--- A superuser rewriting history consistently: move a chain's rows back
--- `days` days and re-hash the chain (only audit_head() kept outside shows it).
-CREATE PROCEDURE pg_temp.age_chain(c text, days integer) LANGUAGE plpgsql AS $$
+-- A superuser rewriting history consistently: move a chain's rows from
+-- from_id on back `days` days and re-hash the chain (only audit_head() kept
+-- outside shows it).  Purge anchors are left where they are: their cutoff
+-- must stay a day older than themselves.
+CREATE PROCEDURE pg_temp.age_chain(c text, days integer, from_id bigint DEFAULT 1) LANGUAGE plpgsql AS $$
 DECLARE
     a apikeys.audit;
     prev bytea;
 BEGIN
     CALL pg_temp.triggers(false);
-    UPDATE apikeys.audit SET at = at - make_interval(days => days) WHERE chain = c;
+    UPDATE apikeys.audit SET at = at - make_interval(days => days)
+     WHERE chain = c AND audit_id >= from_id AND action <> 'audit_purged';
     SELECT decode(p.detail->>'last_purged_hash', 'hex') INTO prev FROM apikeys.audit p
      WHERE p.chain = c AND p.action = 'audit_purged' ORDER BY p.audit_id DESC LIMIT 1;
     prev := coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000');
@@ -87,7 +90,7 @@ SELECT ok, rows_checked, first_bad_chain, problem FROM apikeys.audit_check();
 -- the chain goes on, and a second purge of all of it works as well
 SELECT key_id AS gk FROM apikeys.apikey_create('globex', 'after the purge') \gset
 SELECT ok FROM apikeys.audit_check();
-CALL pg_temp.age_chain('globex', 10);
+CALL pg_temp.age_chain('globex', 10, 3);
 SELECT apikeys.audit_purge('1 day') AS purged_again;
 SELECT chain, audit_id, action, (detail->>'last_purged_id')::bigint AS last_purged_id
   FROM apikeys.audit WHERE chain = 'globex' ORDER BY audit_id;

@@ -15,6 +15,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/tuplestore.h"
 
 /* One call creates at most this many keys (all plaintexts are held at once). */
@@ -43,7 +44,7 @@ checked_names(ArrayType *names, int *n)
 	Datum	   *elems;
 	bool	   *nulls;
 
-	if (names == NULL || ARR_NDIM(names) != 1)
+	if (names == NULL || ARR_NDIM(names) != 1 || ARR_DIMS(names)[0] > CREATE_MANY_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid_name: names must be a one-dimensional array of 1 to %d names",
@@ -163,9 +164,12 @@ apikey_create_many(PG_FUNCTION_ARGS)
 						3, secret_types, secret_values, NULL, SPI_OK_INSERT);
 		SPI_finish();
 
-		/* held in memory, sized for every row: a plaintext never goes to a temporary file */
+		/*
+		 * Held in memory whatever its size (CREATE_MANY_MAX bounds it): a
+		 * plaintext never goes to a temporary file from here.
+		 */
 		old = MemoryContextSwitchTo(per_query);
-		store = tuplestore_begin_heap(true, false, Max(work_mem, n / 2 + 1024));
+		store = tuplestore_begin_heap(true, false, MAX_KILOBYTES);
 		desc = CreateTupleDescCopy(call_desc);
 		MemoryContextSwitchTo(old);
 		for (int i = 0; i < n; i++)

@@ -36,10 +36,12 @@
  */
 #include "shmem.h"
 
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/extension.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
@@ -89,6 +91,26 @@ guard_syscache_invalidate(Datum arg, int cacheid, uint32 hashvalue)
 	guard.valid = false;
 }
 
+/* Is fn still the C function apikeys_changed of this library? */
+static bool
+changed_fn_is_ours(Oid fn)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	bool		ours = false;
+
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		src = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosrc, &isnull);
+
+		ours = proc->prolang == ClanguageId && !isnull &&
+			strcmp(TextDatumGetCString(src), "apikeys_changed") == 0;
+		ReleaseSysCache(tup);
+	}
+	return ours;
+}
+
 /*
  * The OIDs, looked up when not known.  Kept only when complete (or when the
  * schema is absent, which a pg_namespace invalidation ends), so a database
@@ -117,6 +139,12 @@ guard_catalog(void)
 										   PointerGetDatum(buildoidvector(NULL, 0)),
 										   ObjectIdGetDatum(nsp));
 		complete &= OidIsValid(guard.changed_fn);
+		/*
+		 * Only our C function counts: a superuser's CREATE OR REPLACE keeps
+		 * the OID with another body, and the triggers would fire for nothing.
+		 */
+		if (OidIsValid(guard.changed_fn) && !changed_fn_is_ours(guard.changed_fn))
+			guard.changed_fn = InvalidOid;
 	}
 	guard.valid = complete;
 	return &guard;

@@ -372,21 +372,59 @@ AS $$
 DECLARE
     c text;
     a apikeys.audit;
+    anchor apikeys.audit;
+    purged apikeys.audit;
     next_id bigint;
     next_prev bytea;
+    scoped boolean := apikeys._visible_tenants('audit') IS NOT NULL;
+    since bigint;
 BEGIN
     ok := true;
     rows_checked := 0;
     FOR c IN SELECT x FROM apikeys._audit_chains() x LOOP
-        SELECT coalesce((p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint, 0) OPERATOR(pg_catalog.+) 1,
-               decode(p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex')
-          INTO next_id, next_prev
-          FROM apikeys.audit p
+        next_id := 1;
+        next_prev := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+        -- after a purge: start from the anchor, which must hold the whole
+        -- newest purged row, hashing to what it says, at least a day older
+        -- than the anchor itself (a forged anchor cannot name seconds-old rows)
+        SELECT * INTO anchor FROM apikeys.audit p
          WHERE p.chain OPERATOR(pg_catalog.=) c AND p.action OPERATOR(pg_catalog.=) 'audit_purged'
          ORDER BY p.audit_id DESC LIMIT 1;
-        next_id := coalesce(next_id, 1);
-        next_prev := coalesce(next_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
-        FOR a IN SELECT * FROM apikeys.audit x WHERE x.chain OPERATOR(pg_catalog.=) c ORDER BY x.audit_id LOOP
+        IF anchor.audit_id IS NOT NULL THEN
+            BEGIN
+                purged := jsonb_populate_record(NULL::apikeys.audit, anchor.detail OPERATOR(pg_catalog.->) 'last_purged_row');
+            EXCEPTION WHEN others THEN
+                purged := NULL;
+            END;
+            next_id := (anchor.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint OPERATOR(pg_catalog.+) 1;
+            next_prev := decode(anchor.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex');
+            IF purged.audit_id IS NULL OR purged.chain IS DISTINCT FROM c
+               OR purged.audit_id OPERATOR(pg_catalog.<>) (next_id OPERATOR(pg_catalog.-) 1)
+               OR purged.row_hash IS DISTINCT FROM next_prev
+               OR apikeys._audit_hash(purged) IS DISTINCT FROM next_prev
+               OR NOT (purged.at OPERATOR(pg_catalog.<) (anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz)
+               OR NOT ((anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz
+                       OPERATOR(pg_catalog.<=) (anchor.at OPERATOR(pg_catalog.-) interval '1 day')) THEN
+                ok := false;
+                first_bad_chain := c;
+                first_bad_id := anchor.audit_id;
+                problem := 'the purge anchor does not prove what it purged';
+                RETURN;
+            END IF;
+        END IF;
+        -- a one-tenant auditor sees its tenant's chain from the tenant's
+        -- latest creation on: a tenant id reused shows nothing of before
+        IF scoped THEN
+            since := apikeys._audit_since(c);
+            IF since OPERATOR(pg_catalog.>) next_id THEN
+                next_id := since;
+                SELECT x.prev_hash INTO next_prev FROM apikeys.audit x
+                 WHERE x.chain OPERATOR(pg_catalog.=) c AND x.audit_id OPERATOR(pg_catalog.=) since;
+            END IF;
+        END IF;
+        FOR a IN SELECT * FROM apikeys.audit x WHERE x.chain OPERATOR(pg_catalog.=) c
+                                                 AND x.audit_id OPERATOR(pg_catalog.>=) CASE WHEN scoped THEN next_id ELSE 0 END
+                  ORDER BY x.audit_id LOOP
             rows_checked := rows_checked OPERATOR(pg_catalog.+) 1;
             IF a.audit_id OPERATOR(pg_catalog.>) next_id THEN
                 problem := format('rows %s to %s are missing', next_id, a.audit_id OPERATOR(pg_catalog.-) 1);
@@ -487,9 +525,11 @@ BEGIN
         CONTINUE WHEN cut.audit_id IS NULL;
         SELECT count(*) INTO n FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+        -- the anchor carries the whole newest purged row, so a check can prove
+        -- that what it names really was hashed, and at least a day old
         PERFORM apikeys._audit_write('audit_purged', nullif(c, ''), NULL, jsonb_build_object(
             'rows', n, 'older_than', older_than, 'cutoff', cutoff, 'last_purged_id', cut.audit_id,
-            'last_purged_hash', encode(cut.row_hash, 'hex')));
+            'last_purged_hash', encode(cut.row_hash, 'hex'), 'last_purged_row', to_jsonb(cut)));
         DELETE FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         total := total OPERATOR(pg_catalog.+) n;

@@ -1,0 +1,84 @@
+--
+-- security_audit_review: ATTACKS from the review of per-tenant chains, each
+-- of which got through before its fix:
+--   1. a superuser deletes minutes-old rows of a chain and appends a
+--      forged audit_purged anchor naming the last deleted row: audit_check()
+--      says ok, and the head kept outside the database (audit_head()) still
+--      matches, yet audit_purge() never deletes rows under a day old;
+--   2. a new tenant's auditor, on a reused tenant id, has audit_check()
+--      walk (and count, and fail on) the previous owner's rows, which
+--      audit_log and audit_log_page rightly hide;
+--   3. a superuser replaces apikeys._changed() in place (same OID): the
+--      trigger guard still counts the triggers as firing, so a revoke by
+--      UPDATE never retires the cached policy and the key stays valid.
+--
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS apikeys CASCADE;
+CREATE EXTENSION apikeys CASCADE;
+RESET client_min_messages;
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+
+SELECT tenant FROM apikeys.tenant_create('acme');
+CREATE ROLE regress_review_auditor;
+SELECT apikeys.grant_tenant('regress_review_auditor', 'acme', 'audit');
+SELECT count(*) FROM apikeys.apikey_create_many('acme', ARRAY['a', 'b', 'c']);
+
+-- 1. forged anchor: rows 1..4 are seconds old
+CREATE TEMP TABLE kept_head AS SELECT * FROM apikeys.audit_head() WHERE chain = 'acme';
+DO $$
+DECLARE
+    x apikeys.audit;
+BEGIN
+    SELECT * INTO x FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 4;
+    ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+    DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id <= 4;
+    ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+    PERFORM apikeys._audit_write('audit_purged', 'acme', NULL, jsonb_build_object(
+        'rows', 4, 'older_than', interval '90 days', 'cutoff', now() - interval '90 days',
+        'last_purged_id', 4, 'last_purged_hash', encode(x.row_hash, 'hex')));
+END $$;
+SELECT h.row_hash = encode(a.row_hash, 'hex') AS kept_head_still_matches
+  FROM kept_head h JOIN apikeys.audit a ON a.chain = h.chain AND a.audit_id = h.audit_id;
+SELECT min(at) > now() - interval '1 hour' AS every_remaining_row_is_recent
+  FROM apikeys.audit WHERE chain = 'acme';
+-- wanted: the check refuses an anchor that removed rows under a day old
+SELECT ok AS forged_anchor_accepted FROM apikeys.audit_check();
+
+-- 2. a reused tenant id
+SELECT tenant FROM apikeys.tenant_create('reuse');
+SELECT count(*) FROM apikeys.apikey_create_many('reuse', ARRAY['old-owner-project']);
+SELECT apikeys.tenant_delete('reuse', true);
+SELECT tenant FROM apikeys.tenant_create('reuse');
+CREATE ROLE regress_review_new_auditor;
+SELECT apikeys.grant_tenant('regress_review_new_auditor', 'reuse', 'audit');
+-- the previous owner's first row altered (by a superuser, long ago)
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+UPDATE apikeys.audit SET detail = '{}' WHERE chain = 'reuse' AND audit_id = 2;
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SET ROLE regress_review_new_auditor;
+SELECT count(*) AS rows_visible FROM apikeys.audit_log;
+-- wanted: the check covers the rows the auditor may read, and nothing else
+SELECT ok, rows_checked, first_bad_id FROM apikeys.audit_check();
+RESET ROLE;
+
+-- 3. apikeys._changed() replaced in place
+CREATE TABLE public.ck AS SELECT c.key_id, c.api_key FROM apikeys.apikey_create('acme', 'cached') c;
+SELECT (apikeys.apikey_verify(api_key)).code FROM public.ck;
+SELECT (apikeys.apikey_verify(api_key)).code FROM public.ck;
+CREATE OR REPLACE FUNCTION apikeys._changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+UPDATE apikeys.credential SET status = 'revoked', revoked_at = now()
+ WHERE key_id = (SELECT key_id FROM public.ck);
+CREATE OR REPLACE FUNCTION apikeys._changed() RETURNS trigger LANGUAGE C AS '$libdir/apikeys', 'apikeys_changed';
+\c
+-- wanted: not 'valid' (the row says revoked)
+SELECT (apikeys.apikey_verify(k.api_key)).code,
+       (SELECT c.status FROM apikeys.credential c WHERE c.key_id = k.key_id)
+  FROM public.ck k;
+
+DROP TABLE public.ck;
+SET client_min_messages = warning;
+DROP EXTENSION apikeys CASCADE;
+DROP OWNED BY regress_review_auditor, regress_review_new_auditor;
+DROP ROLE regress_review_auditor;
+DROP ROLE regress_review_new_auditor;
