@@ -6,22 +6,25 @@
 #   shell       test/t/*.sh (each starts and stops its own cluster; exit 0 = pass)
 #   fuzz        libFuzzer target test/fuzz/fuzz_key_format.c for ~20 seconds
 #
-# Usage: scripts/test.sh [--matrix | --pg N] [--valgrind] [regress|isolation|shell|fuzz ...]
-#   --valgrind  run the pg_regress server under valgrind (slow) and count a
-#               "valgrind" test that fails on any memcheck error.
+# Usage: scripts/test.sh [--matrix | --pg N | --here] [--valgrind] [regress|isolation|shell|fuzz ...]
 #   --matrix    PostgreSQL 15 on this machine, then 17 and 18 each inside a
 #               Debian root under ./tmp/roots/pgNN (built with mmdebstrap the
 #               first time, then reused) with the repository bind-mounted;
 #               test names get the version in front (pg17/regress/core_create)
 #               and one "N passed, N failed" line covers all of it.  As root.
+#               The default when run as root.
 #   --pg N      PostgreSQL N (15, 17 or 18) alone, inside its root, likewise.
+#   --here      only the PostgreSQL installed on this machine (PGVER, default
+#               15): the default when not root, or with --valgrind or PGVER set.
+#   --valgrind  run the pg_regress server under valgrind (slow) and count a
+#               "valgrind" test that fails on any memcheck error.
 #   With component names, run only those.  Default: all of them.
 #   APIKEYS_SKIP_BUILD=1 tests the installed extension without building.
-#   PGVER=N tests the PostgreSQL N installed here (default 15).
 #
 # Prints one "ok"/"FAILED" line per test and ends with "N passed, N failed";
 # exits non-zero if anything failed.  All state goes under ./tmp (a root's
 # under ./tmp/pgNN); every server is a temporary one that is stopped on exit.
+GIVEN_PGVER=${PGVER:-}   # before lib.sh sets the default
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 set +e   # a failing test must not end the run; each step checks its own status
 set -u -o pipefail
@@ -37,13 +40,15 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 VALGRIND=0
 COMPONENTS=()
 MATRIX=0
+HERE=0
 ONLY_PG=
-PASS_ARGS=()   # what a run for one version gets (--matrix, --pg)
+PASS_ARGS=(--here)   # what a run for one version gets (--matrix, --pg)
 while [ $# -gt 0 ]; do
 	arg=$1; shift
 	case $arg in
 		--valgrind) VALGRIND=1; PASS_ARGS+=("$arg") ;;
 		--matrix) MATRIX=1 ;;
+		--here) HERE=1 ;;
 		--pg) [ $# -gt 0 ] || { echo "--pg needs a version" >&2; exit 2; }; ONLY_PG=$1; shift ;;
 		--pg=*) ONLY_PG=${arg#--pg=} ;;
 		regress|isolation|shell|fuzz) COMPONENTS+=("$arg"); PASS_ARGS+=("$arg") ;;
@@ -51,8 +56,13 @@ while [ $# -gt 0 ]; do
 		*) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
 	esac
 done
-if [ $MATRIX = 1 ] && [ -n "$ONLY_PG" ]; then
-	echo "--matrix and --pg exclude each other" >&2; exit 2
+if [ $((MATRIX + HERE + (${#ONLY_PG} > 0))) -gt 1 ]; then
+	echo "--matrix, --pg and --here exclude each other" >&2; exit 2
+fi
+# the whole matrix unless asked for one version, or unable to build roots
+if [ $HERE = 0 ] && [ -z "$ONLY_PG" ] && [ $MATRIX = 0 ] && [ "$(id -u)" = 0 ] &&
+	[ $VALGRIND = 0 ] && [ -z "$GIVEN_PGVER" ] && [ "${APIKEYS_SKIP_BUILD:-}" != 1 ]; then
+	MATRIX=1
 fi
 [ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(regress isolation shell fuzz)
 want() { local c; for c in "${COMPONENTS[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
