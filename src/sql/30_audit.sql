@@ -46,10 +46,17 @@ CREATE FUNCTION apikeys._json_setting(name text, field text) RETURNS text
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v text := apikeys._transaction_setting(name, 16384);
 BEGIN
-    RETURN nullif(apikeys._transaction_setting(name, 16384)::jsonb OPERATOR(pg_catalog.->>) field, '');
-EXCEPTION WHEN OTHERS THEN
-    RETURN NULL;
+    IF v IS NULL THEN
+        RETURN NULL;   -- the usual case: no subtransaction for nothing to parse
+    END IF;
+    BEGIN
+        RETURN nullif(v::jsonb OPERATOR(pg_catalog.->>) field, '');
+    EXCEPTION WHEN OTHERS THEN
+        RETURN NULL;
+    END;
 END;
 $$;
 CREATE FUNCTION apikeys._actor() RETURNS text
