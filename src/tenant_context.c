@@ -176,14 +176,6 @@ apikeys_tenant_context_init(void)
 	RegisterSubXactCallback(tenant_context_subxact_callback, NULL);
 }
 
-const char *
-apikeys_bound_tenant(TenantSource *source)
-{
-	if (source)
-		*source = cur.source;
-	return cur.source == TENANT_SOURCE_NONE ? NULL : cur.tenant;
-}
-
 /*
  * Argument argno of the call, an actor or request id label, checked: NULL,
  * or 1 to 200 characters without control characters.  The error never

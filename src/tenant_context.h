@@ -12,7 +12,6 @@ typedef enum TenantSource
 } TenantSource;
 
 extern void apikeys_tenant_context_init(void);
-extern const char *apikeys_bound_tenant(TenantSource *source);
 extern const char *apikeys_binding_for_caller(bool trusted_only);
 
 /* pg_restore loading one of our tables (rows keep their audit fields) */
