@@ -9,9 +9,9 @@
 #   between 40 and 45 (documented: uses charged since the last flush may be
 #   lost on a crash).  The cap still holds: verifying until usage_exceeded
 #   gives exactly 100 - used valid verdicts.
-#   An uncapped key verified just before the crash has no apikeys.usage row
-#   afterwards: its count waited for apikeys.usage_write_delay (60 s) and
-#   was lost, as documented.
+#   An uncapped key verified just before the crash has at most its one count
+#   in apikeys.usage afterwards: a count waits at most usage_write_delay
+#   (60 s), so it is usually lost, as documented, or was swept just before.
 #   apikeys.runtime: preloaded = t, flush_errors = 0.
 #
 # Own cluster: tmp/t_restart, port 54383; stopped on exit.  Exit 0 = pass.
@@ -94,8 +94,14 @@ U=$(used)
 	die "after a crash key_usage.used = '$U', expected 40..45"
 ok "after the crash: used = $U (lost $((45 - U)) uses charged since the last flush)"
 got=$(qa -c "SELECT count(*) || ' ' || coalesce(sum(valid), 0) FROM apikeys.key_usage k JOIN apikeys.usage u USING (key_id) WHERE key_id = '$ID2'")
-[ "$got" = "0 0" ] || die "uncapped key after the crash: apikeys.usage rows|valid = '$got', expected '0 0' (its count waits usage_write_delay)"
-ok "after the crash: the uncapped key's pending count was lost (usage_write_delay)"
+# Its one count is written within usage_write_delay at the latest (the worker
+# sweeps a slice of the table each turn), so it may have been written before
+# the crash (1 run in about 40) or lost with it; never more than once.
+case "$got" in
+	"0 0") ok "after the crash: the uncapped key's pending count was lost (usage_write_delay)" ;;
+	"1 1") ok "after the crash: the uncapped key's count had been written by a sweep before the crash" ;;
+	*) die "uncapped key after the crash: apikeys.usage rows|valid = '$got', expected '0 0' or '1 1'" ;;
+esac
 
 echo "== the cap still holds: exactly $((100 - U)) more valid"
 got=$(verify_n 120)
