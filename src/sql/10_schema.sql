@@ -1,4 +1,4 @@
-/* apikeys--1.0.sql - API key management inside PostgreSQL */
+/* apikeys install script (the current version; built from src/sql/) */
 
 \echo Use "CREATE EXTENSION apikeys" to load this file. \quit
 
