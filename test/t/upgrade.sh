@@ -44,7 +44,8 @@ CONFIG="SELECT c::regclass, cond FROM pg_extension e,
                unnest(e.extconfig, e.extcondition) AS u(c, cond)
          WHERE e.extname = 'apikeys' ORDER BY 1::text"
 
-# What every key verifies as; labels are in public.plain_keys.
+# What every key verifies as (test/t/populate_keys.verdicts: labels are in
+# public.plain_keys, which test/t/populate_keys.sql fills).
 VERDICTS="SELECT label, v.code FROM public.plain_keys p,
                  LATERAL apikeys.apikey_verify(p.api_key, client_addr => p.addr) v ORDER BY label"
 
@@ -58,100 +59,12 @@ for released in "$ROOT"/released/apikeys--*.sql; do
 	for db in up bare fresh; do q postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"; done
 
 	# -- a database of the released version, in use ------------------------
-	q up -v from="$FROM" >/dev/null <<-'SQL'
-	CREATE EXTENSION apikeys VERSION :'from' CASCADE;
-	SELECT apikeys.tenant_create('acme', 'Acme Corp');
-	SELECT apikeys.tenant_create('globex', 'Globex');
-	SELECT apikeys.tenant_create('initech');
-	DO $$ BEGIN
-	    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'upgrade_acme_admin') THEN
-	        CREATE ROLE upgrade_acme_admin;
-	    END IF;
-	END $$;
-	SELECT apikeys.grant_tenant('upgrade_acme_admin', 'acme');
-
-	CREATE TABLE public.plain_keys (label text PRIMARY KEY, api_key text NOT NULL, key_id uuid, addr inet);
-	CREATE FUNCTION public.mk(label text, tenant text, scopes text[] DEFAULT '{}', expires timestamptz DEFAULT NULL)
-	RETURNS uuid LANGUAGE sql AS $$
-	    INSERT INTO public.plain_keys
-	    SELECT label, k.api_key, k.key_id FROM apikeys.apikey_create(tenant, label, scopes, expires) k
-	    RETURNING key_id
-	$$;
-	CREATE FUNCTION public.rot(label text, newlabel text, grace interval)
-	RETURNS void LANGUAGE sql AS $$
-	    INSERT INTO public.plain_keys
-	    SELECT newlabel, r.api_key, r.key_id
-	      FROM apikeys.apikey_rotate((SELECT key_id FROM public.plain_keys p WHERE p.label = rot.label), grace) r
-	$$;
-	CREATE FUNCTION public.id(label text) RETURNS uuid LANGUAGE sql AS
-	    $$ SELECT key_id FROM public.plain_keys p WHERE p.label = id.label $$;
-
-	SELECT public.mk('acme_plain', 'acme');
-	SELECT public.mk('acme_scoped', 'acme', ARRAY['read', 'write'], now() + interval '30 days');
-	SELECT public.mk('acme_revoked', 'acme');
-	SELECT public.mk('acme_disabled', 'acme');
-	SELECT public.mk('acme_deleted', 'acme');
-	SELECT public.mk('acme_ip', 'acme');
-	SELECT public.mk('acme_rate', 'acme');
-	SELECT public.mk('acme_cap', 'acme');
-	SELECT public.mk('globex_grace', 'globex', ARRAY['billing']);
-	SELECT public.rot('globex_grace', 'globex_grace_v2', '1 hour');
-	SELECT public.mk('globex_nograce', 'globex');
-	SELECT public.rot('globex_nograce', 'globex_nograce_v2', '0');
-	SELECT public.mk('initech_inactive', 'initech');
-	SELECT apikeys.apikey_revoke(public.id('acme_revoked'), 'leaked');
-	SELECT apikeys.apikey_disable(public.id('acme_disabled'));
-	SELECT apikeys.apikey_delete(public.id('acme_deleted'));
-	SELECT apikeys.tenant_update('initech', active => false);
-	SELECT apikeys.apikey_set_policy(public.id('acme_ip'), allowed_ips => '{10.0.0.0/8}');
-	SELECT apikeys.apikey_set_policy(public.id('acme_rate'), rate_limit => 2, rate_window => '1 hour');
-	SELECT apikeys.apikey_set_policy(public.id('acme_cap'), usage_limit => 2, usage_period => '30 days');
-	INSERT INTO public.plain_keys VALUES ('garbage', 'ak_not_a_key', NULL);
-	-- the IP-restricted key is also checked from outside its network
-	INSERT INTO public.plain_keys SELECT 'acme_ip_outside', api_key, key_id, '192.0.2.1' FROM public.plain_keys WHERE label = 'acme_ip';
-	UPDATE public.plain_keys SET addr = '10.1.2.3' WHERE label = 'acme_ip';
-
-	CREATE TABLE public.plain_vault (id uuid PRIMARY KEY, secret text NOT NULL);
-	INSERT INTO public.plain_vault
-	SELECT apikeys.vault_add(t, s, l, p), p
-	  FROM (VALUES ('acme', 'openai', 'prod', 'sk-proj-AAAAaaaa1111bbbb2222cccc3333'),
-	               ('globex', 'generic', 'webhook', 'whsec-0123456789')) v(t, s, l, p);
-
-	-- use the limited keys up: two successes each, then refusals
-	DO $$
-	DECLARE k record;
-	BEGIN
-	    FOR k IN SELECT api_key FROM public.plain_keys p, generate_series(1, 2)
-	              WHERE p.label IN ('acme_rate', 'acme_cap') LOOP
-	        IF NOT (apikeys.apikey_verify(k.api_key)).valid THEN
-	            RAISE 'a limited key was refused before its limit';
-	        END IF;
-	    END LOOP;
-	END $$;
-	SQL
-	[ $? -eq 0 ] || die "populating the $FROM database failed"
-
-	cat >"$DIR/expected_verdicts" <<-'EOF'
-	acme_cap|usage_exceeded
-	acme_deleted|not_found
-	acme_disabled|disabled
-	acme_ip|valid
-	acme_ip_outside|ip_not_allowed
-	acme_plain|valid
-	acme_rate|rate_limited
-	acme_revoked|revoked
-	acme_scoped|valid
-	garbage|malformed
-	globex_grace|valid
-	globex_grace_v2|valid
-	globex_nograce|not_found
-	globex_nograce_v2|valid
-	initech_inactive|tenant_inactive
-	EOF
+	q up -c "CREATE EXTENSION apikeys VERSION '$FROM' CASCADE" -f "$ROOT/test/t/populate_keys.sql" >/dev/null ||
+		die "populating the $FROM database failed"
 
 	# (d) the old SQL on the new library: every verdict, and each kind of change
 	qa up -c "$VERDICTS" >"$DIR/verdicts_old" || die "verify failed on $FROM's SQL"
-	diff -u "$DIR/expected_verdicts" "$DIR/verdicts_old" || die "verdicts differ on $FROM's SQL with the new library"
+	diff -u "$ROOT/test/t/populate_keys.verdicts" "$DIR/verdicts_old" || die "verdicts differ on $FROM's SQL with the new library"
 	q up >/dev/null <<-'SQL' || die "$FROM's management functions failed with the new library"
 	SELECT public.mk('acme_before_upgrade', 'acme', ARRAY['read']);
 	SELECT public.rot('acme_before_upgrade', 'acme_before_upgrade_v2', '1 hour');
@@ -174,7 +87,7 @@ for released in "$ROOT"/released/apikeys--*.sql; do
 
 	# (b) the same verdicts, limits included; vault; new changes work
 	qa up -c "$VERDICTS" | grep -v '^acme_before_upgrade' >"$DIR/verdicts_new" || die "verify failed after the upgrade"
-	diff -u "$DIR/expected_verdicts" "$DIR/verdicts_new" || die "verdicts changed across the upgrade from $FROM"
+	diff -u "$ROOT/test/t/populate_keys.verdicts" "$DIR/verdicts_new" || die "verdicts changed across the upgrade from $FROM"
 	[ "$(qa up -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
 		die "vault secrets do not reveal after the upgrade"
 
