@@ -19,7 +19,8 @@ REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
 COMMENT ON SCHEMA apikeys_internal IS 'Bodies of the apikeys management functions; reached only through their apikeys.* entry points.';
 
 -- Publish apikeys_internal.<name> as apikeys.<name>: same arguments, defaults,
--- result, volatility and parallel safety; the comment goes on the entry point.
+-- result, volatility and parallel safety; the comment goes on the entry point,
+-- and on the body with a word saying whose body it is.
 CREATE FUNCTION apikeys_internal.publish(name text, comment text) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -39,6 +40,8 @@ BEGIN
         'MODULE_PATHNAME', 'apikeys_entry');
     EXECUTE format('COMMENT ON FUNCTION apikeys.%I(%s) IS %L',
         name, pg_catalog.pg_get_function_identity_arguments(p.oid), comment);
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', p.oid::regprocedure,
+        format('Body of apikeys.%I (reached only through it): %s', name, comment));
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', p.oid::regprocedure);
 END;
 $$;
