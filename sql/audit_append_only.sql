@@ -150,7 +150,7 @@ VALUES ('acme', 1, 'acme', 'superuser_note', 'x', 'x', '', '') ON CONFLICT (chai
 RETURNING audit_id, action, actor;
 SELECT audit_id, action, actor FROM apikeys.audit WHERE chain = 'acme' AND audit_id = 1;
 -- The purge helper refuses to run outside audit_purge().
-SELECT pg_temp.try('SELECT apikeys._audit_purge_rows(now() - interval ''1 day'', ''1 day'')') AS purge_rows_direct;
+SELECT pg_temp.try('SELECT apikeys_internal._audit_purge_rows(now() - interval ''1 day'', ''1 day'')') AS purge_rows_direct;
 
 ------------------------------------------------------------------------------
 -- Append-only: a non-superuser owner of the table
@@ -175,7 +175,7 @@ SELECT pg_temp.try('UPDATE apikeys.audit SET actor = ''evil''') AS tenant_update
        pg_temp.try('INSERT INTO apikeys.audit (audit_id, action, db_role, session_role, prev_hash, row_hash)'
                    ' VALUES (1000, ''x'', ''x'', ''x'', '''', '''')') AS tenant_insert;
 SELECT pg_temp.try('SELECT apikeys.audit_purge(''1 year'')') AS tenant_purge,
-       pg_temp.try('SELECT apikeys._audit_write(''key_created'', ''acme'', NULL, ''{}'')') AS tenant_audit_write;
+       pg_temp.try('SELECT apikeys_internal._audit_write(''key_created'', ''acme'', NULL, ''{}'')') AS tenant_audit_write;
 SET apikeys.audit_retention = '1 day';
 SELECT pg_temp.try('SET apikeys.audit_retention = ''1 day''') AS tenant_set_retention,
        pg_temp.try('SELECT set_config(''apikeys.audit_retention'', ''1 day'', false)') AS tenant_set_config;
@@ -264,7 +264,7 @@ SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 CALL pg_temp.tamper(true);
 INSERT INTO apikeys.audit SELECT * FROM saved WHERE chain = 'acme' AND audit_id = 5;
 UPDATE apikeys.audit SET actor = 'evil' WHERE chain = 'acme' AND audit_id = 7;
-UPDATE apikeys.audit a SET row_hash = apikeys._audit_hash(a) WHERE chain = 'acme' AND audit_id = 7;
+UPDATE apikeys.audit a SET row_hash = apikeys_internal._audit_hash(a) WHERE chain = 'acme' AND audit_id = 7;
 CALL pg_temp.tamper(false);
 SELECT ok, rows_checked, first_bad_id, problem FROM apikeys.audit_check();
 -- the first row unlinked from the chain start
@@ -309,7 +309,7 @@ BEGIN
             last_chain := a.chain;
         END IF;
         a.prev_hash := prev;
-        a.row_hash := apikeys._audit_hash(a);
+        a.row_hash := apikeys_internal._audit_hash(a);
         UPDATE apikeys.audit x SET prev_hash = a.prev_hash, row_hash = a.row_hash
          WHERE x.chain = a.chain AND x.audit_id = a.audit_id;
         prev := a.row_hash;

@@ -56,7 +56,7 @@ BEGIN
     prev := coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000');
     FOR a IN SELECT * FROM apikeys.audit WHERE chain = c ORDER BY audit_id LOOP
         a.prev_hash := prev;
-        a.row_hash := apikeys._audit_hash(a);
+        a.row_hash := apikeys_internal._audit_hash(a);
         UPDATE apikeys.audit x SET prev_hash = a.prev_hash, row_hash = a.row_hash
          WHERE x.chain = a.chain AND x.audit_id = a.audit_id;
         prev := a.row_hash;
@@ -116,14 +116,14 @@ UPDATE apikeys.audit a SET at = s.at FROM (SELECT at FROM apikeys.audit WHERE ch
  WHERE a.chain = 'acme' AND a.audit_id = 2;
 CALL pg_temp.triggers(true);
 SELECT ok, first_bad_id, problem FROM apikeys.audit_check();
-SELECT a.row_hash = apikeys._audit_hash(a) AS still_own_hash,
-       apikeys._audit_hash(a) = apikeys._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action || 'x',
+SELECT a.row_hash = apikeys_internal._audit_hash(a) AS still_own_hash,
+       apikeys_internal._audit_hash(a) = apikeys_internal._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action || 'x',
            a.outcome, a.db_role, a.session_role, a.actor, a.request_id, a.client_addr, a.application_name, a.txid,
            a.detail, a.prev_hash, a.row_hash)::apikeys.audit) AS action_covered,
-       apikeys._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action, a.outcome, a.db_role,
+       apikeys_internal._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action, a.outcome, a.db_role,
            a.session_role, 'ab', 'c', a.client_addr, a.application_name, a.txid, a.detail, a.prev_hash,
            a.row_hash)::apikeys.audit)
-         = apikeys._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action, a.outcome, a.db_role,
+         = apikeys_internal._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action, a.outcome, a.db_role,
            a.session_role, 'a', 'bc', a.client_addr, a.application_name, a.txid, a.detail, a.prev_hash,
            a.row_hash)::apikeys.audit) AS shifted_boundary_same
   FROM apikeys.audit a WHERE chain = 'acme' AND audit_id = 3;

@@ -494,31 +494,31 @@ SELECT current_user, tenant, note FROM api.owned;
 ROLLBACK;
 -- the check's answers are cached per backend and follow every change
 \c - :su
-SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS forced_owner,
-       apikeys._role_skips_rls('regress_owner_heir'::regrole) AS forced_heir;
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole) AS forced_owner,
+       apikeys_internal._role_skips_rls('regress_owner_heir'::regrole) AS forced_heir;
 ALTER TABLE api.owned NO FORCE ROW LEVEL SECURITY;
-SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS unforced_owner,
-       apikeys._role_skips_rls('regress_owner_heir'::regrole) AS unforced_heir;
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole) AS unforced_owner,
+       apikeys_internal._role_skips_rls('regress_owner_heir'::regrole) AS unforced_heir;
 REVOKE regress_owner FROM regress_owner_heir;
-SELECT apikeys._role_skips_rls('regress_owner_heir'::regrole) AS heir_no_longer_member;
+SELECT apikeys_internal._role_skips_rls('regress_owner_heir'::regrole) AS heir_no_longer_member;
 GRANT regress_owner TO regress_owner_heir;
 ALTER TABLE api.owned FORCE ROW LEVEL SECURITY;
-SELECT apikeys._role_skips_rls('regress_owner_heir'::regrole) AS heir_again_forced;
+SELECT apikeys_internal._role_skips_rls('regress_owner_heir'::regrole) AS heir_again_forced;
 -- a table owned by pg_database_owner is the database owner's: changing the
 -- database's owner changes the answer
 ALTER TABLE api.owned NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE api.owned OWNER TO pg_database_owner;
 SELECT pg_get_userbyid(datdba) AS db_owner FROM pg_database WHERE datname = current_database() \gset
-SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS not_database_owner;
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole) AS not_database_owner;
 ALTER DATABASE :"DBNAME" OWNER TO regress_owner;
-SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS database_owner;
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole) AS database_owner;
 ALTER DATABASE :"DBNAME" OWNER TO :"db_owner";
-SELECT apikeys._role_skips_rls('regress_owner'::regrole) AS no_longer_database_owner;
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole) AS no_longer_database_owner;
 ALTER TABLE api.owned OWNER TO regress_owner;
 ALTER TABLE api.owned FORCE ROW LEVEL SECURITY;
 -- not callable by the request's roles (it is the gate's, run as owner)
 SET ROLE regress_api;
-SELECT apikeys._role_skips_rls('regress_owner'::regrole);
+SELECT apikeys_internal._role_skips_rls('regress_owner'::regrole);
 RESET ROLE;
 \c - regress_authenticator
 \set VERBOSITY default

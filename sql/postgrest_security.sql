@@ -150,7 +150,7 @@ COMMIT;
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT set_config('role', 'regress_anon', true);
 SELECT set_config('request.headers', jsonb_build_object('x-api-key', :'globex_key')::text, true) IS NOT NULL AS headers;
-SELECT status FROM apikeys._postgrest_gate();
+SELECT status FROM apikeys.postgrest_gate();
 SELECT set_config('request.headers', jsonb_build_object('x-api-key', :'acme_key')::text, true) IS NOT NULL AS headers;
 SELECT pg_temp.try('SELECT apikeys.pre_request()') AS gate_with_acme_key;
 SELECT apikeys.current_tenant();

@@ -8,7 +8,7 @@
 --   2. a new tenant's auditor, on a reused tenant id, has audit_check()
 --      walk (and count, and fail on) the previous owner's rows, which
 --      audit_log and audit_log_page rightly hide;
---   3. a superuser replaces apikeys._changed() in place (same OID): the
+--   3. a superuser replaces apikeys_internal._changed() in place (same OID): the
 --      trigger guard still counts the triggers as firing, so a revoke by
 --      UPDATE never retires the cached policy and the key stays valid.
 --
@@ -34,7 +34,7 @@ BEGIN
     ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
     DELETE FROM apikeys.audit WHERE chain = 'acme' AND audit_id <= 4;
     ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
-    PERFORM apikeys._audit_write('audit_purged', 'acme', NULL, jsonb_build_object(
+    PERFORM apikeys_internal._audit_write('audit_purged', 'acme', NULL, jsonb_build_object(
         'rows', 4, 'older_than', interval '90 days', 'cutoff', now() - interval '90 days',
         'last_purged_id', 4, 'last_purged_hash', encode(x.row_hash, 'hex')));
 END $$;
@@ -62,14 +62,14 @@ SELECT count(*) AS rows_visible FROM apikeys.audit_log;
 SELECT ok, rows_checked, first_bad_id FROM apikeys.audit_check();
 RESET ROLE;
 
--- 3. apikeys._changed() replaced in place
+-- 3. apikeys_internal._changed() replaced in place
 CREATE TABLE public.ck AS SELECT c.key_id, c.api_key FROM apikeys.apikey_create('acme', 'cached') c;
 SELECT (apikeys.apikey_verify(api_key)).code FROM public.ck;
 SELECT (apikeys.apikey_verify(api_key)).code FROM public.ck;
-CREATE OR REPLACE FUNCTION apikeys._changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE OR REPLACE FUNCTION apikeys_internal._changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 UPDATE apikeys.credential SET status = 'revoked', revoked_at = now()
  WHERE key_id = (SELECT key_id FROM public.ck);
-CREATE OR REPLACE FUNCTION apikeys._changed() RETURNS trigger LANGUAGE C AS '$libdir/apikeys', 'apikeys_changed';
+CREATE OR REPLACE FUNCTION apikeys_internal._changed() RETURNS trigger LANGUAGE C AS '$libdir/apikeys', 'apikeys_changed';
 \c
 -- wanted: not 'valid' (the row says revoked)
 SELECT (apikeys.apikey_verify(k.api_key)).code,

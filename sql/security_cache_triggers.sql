@@ -156,7 +156,7 @@ UPDATE apikeys.credential SET status = 'disabled'
 \c
 SELECT * FROM public.codes() WHERE n = 'dropped';
 CREATE TRIGGER policy_cache_credential_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
-    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._changed();
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential_row;
 
 -- 7. MERGE from a function (SPI) with the triggers disabled.

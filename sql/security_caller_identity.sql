@@ -119,9 +119,9 @@ SELECT action, count(*) FROM apikeys.audit
 SET ROLE regress_caller_acme;
 SELECT apikeys_internal.apikey_create('globex', 'direct');
 SELECT apikeys_internal.apikey_revoke('00000000-0000-4000-8000-000000000000');
-SELECT apikeys._acting_role();
+SELECT apikeys_internal._acting_role();
 RESET ROLE;
-SELECT apikeys._acting_role() = current_user AS acting_role_is_me;
+SELECT apikeys_internal._acting_role() = current_user AS acting_role_is_me;
 
 ------------------------------------------------------------------------------
 -- set_tenant and authenticate bind nothing inside a restricted operation

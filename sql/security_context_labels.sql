@@ -73,34 +73,34 @@ RESET apikeys.request_id;
 BEGIN;
 SET LOCAL apikeys.actor = 'local-actor';
 SELECT set_config('apikeys.request_id', 'local-req', true) IS NOT NULL AS request_id_set;
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 -- SET after SET LOCAL: the value would outlive the transaction
 SET apikeys.actor = 'session-after-local';
-SELECT apikeys._actor() AS ignored;
+SELECT apikeys_internal._actor() AS ignored;
 -- SET LOCAL after SET: local again
 SET LOCAL apikeys.actor = 'local-again';
-SELECT apikeys._actor() AS local_again;
+SELECT apikeys_internal._actor() AS local_again;
 -- a savepoint's SET LOCAL, released: still this transaction's
 SAVEPOINT s1;
 SET LOCAL apikeys.actor = 'in-savepoint';
 RELEASE SAVEPOINT s1;
-SELECT apikeys._actor() AS released;
+SELECT apikeys_internal._actor() AS released;
 -- rolled back: the value before the savepoint comes back
 SAVEPOINT s2;
 SET LOCAL apikeys.actor = 'rolled-back';
 ROLLBACK TO SAVEPOINT s2;
-SELECT apikeys._actor() AS after_rollback;
+SELECT apikeys_internal._actor() AS after_rollback;
 -- a plain SET inside a savepoint that is released outlives the transaction
 SAVEPOINT s3;
 SET apikeys.actor = 'session-in-savepoint';
 RELEASE SAVEPOINT s3;
-SELECT apikeys._actor() AS ignored;
+SELECT apikeys_internal._actor() AS ignored;
 ROLLBACK;
 -- (the SETs above were rolled back with the transaction)
 SELECT current_setting('apikeys.actor') = '' AS actor_empty;
 -- A function's SET clause lasts for the call: it counts.
 CREATE FUNCTION pg_temp.as_batch() RETURNS text LANGUAGE sql
-    SET apikeys.actor = 'batch-job' AS $$ SELECT apikeys._actor() $$;
+    SET apikeys.actor = 'batch-job' AS $$ SELECT apikeys_internal._actor() $$;
 SELECT pg_temp.as_batch() AS function_set_clause;
 ------------------------------------------------------------------------------
 -- PostgREST's claims and headers: transaction-local, as PostgREST sets them
@@ -108,10 +108,10 @@ SELECT pg_temp.as_batch() AS function_set_clause;
 BEGIN;
 SELECT set_config('request.jwt.claims', '{"sub":"jwt-user","role":"authenticated"}', true) IS NOT NULL AS claims,
        set_config('request.headers', '{"x-request-id":"hdr-1"}', true) IS NOT NULL AS headers;
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 -- apikeys.actor set for the transaction wins over the claim
 SET LOCAL apikeys.actor = 'app-user';
-SELECT apikeys._actor() AS actor;
+SELECT apikeys_internal._actor() AS actor;
 ROLLBACK;
 -- set for the session: ignored
 SELECT set_config('request.jwt.claims', '{"sub":"someone-else"}', false) IS NOT NULL AS claims,
@@ -135,34 +135,34 @@ SELECT apikeys.apikey_update(:'k', description => 'by the gateway');
 SELECT * FROM pg_temp.last_audit;
 COMMIT;
 RESET apikeys.actor;
-SELECT apikeys._actor() AS after_commit, apikeys._request_id() AS after_commit;
+SELECT apikeys_internal._actor() AS after_commit, apikeys_internal._request_id() AS after_commit;
 -- NULL keeps what the transaction stated; a later call may change one label
 BEGIN;
 SELECT apikeys.set_tenant('acme', 'first', 'req-1');
 SELECT apikeys.set_tenant('acme', actor => 'second');
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 -- an unstated label falls back to the settings
 ROLLBACK;
 BEGIN;
 SET LOCAL apikeys.request_id = 'local-req';
 SELECT apikeys.set_tenant('acme', actor => 'only-actor');
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 ROLLBACK;
 -- authenticate(): the labels bind with a valid key only
 BEGIN;
 SELECT code FROM apikeys.authenticate('ak_garbage', actor => 'nobody', request_id => 'r0');
-SELECT apikeys._actor() AS no_actor, apikeys._request_id() AS no_request_id;
+SELECT apikeys_internal._actor() AS no_actor, apikeys_internal._request_id() AS no_request_id;
 SELECT code FROM apikeys.authenticate(:'acme_key', actor => 'key-user', request_id => 'r1');
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 -- positional, as the old call form plus two
 SELECT code FROM apikeys.authenticate(:'acme_key', NULL, NULL, 'key-user-2');
-SELECT apikeys._actor() AS actor, apikeys._request_id() AS request_id;
+SELECT apikeys_internal._actor() AS actor, apikeys_internal._request_id() AS request_id;
 ROLLBACK;
 -- the old call forms still work
 BEGIN;
 SELECT apikeys.set_tenant('acme');
 SELECT code FROM apikeys.authenticate(:'acme_key', '{}', '127.0.0.1');
-SELECT apikeys._actor() AS actor;
+SELECT apikeys_internal._actor() AS actor;
 ROLLBACK;
 
 ------------------------------------------------------------------------------
@@ -181,20 +181,20 @@ ROLLBACK;
 BEGIN;
 -- a refused label binds nothing
 SELECT pg_temp.try($$SELECT apikeys.set_tenant('acme', 'ok', repeat('r', 300))$$) AS refused;
-SELECT apikeys.current_tenant() AS unbound, apikeys._actor() AS no_actor;
+SELECT apikeys.current_tenant() AS unbound, apikeys_internal._actor() AS no_actor;
 -- 200 characters, multibyte included, are fine
 SELECT length(apikeys.set_tenant('acme', repeat('é', 200), repeat('r', 200))) AS tenant_len;
-SELECT length(apikeys._actor()) AS actor_len, length(apikeys._request_id()) AS request_id_len;
+SELECT length(apikeys_internal._actor()) AS actor_len, length(apikeys_internal._request_id()) AS request_id_len;
 ROLLBACK;
 -- settings over 200 characters (or over 16 kB) are ignored with a WARNING
 BEGIN;
 SET LOCAL apikeys.actor = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx';
-SELECT length(current_setting('apikeys.actor')) AS set_len, apikeys._actor() AS ignored;
+SELECT length(current_setting('apikeys.actor')) AS set_len, apikeys_internal._actor() AS ignored;
 SELECT set_config('apikeys.request_id', repeat('r', 20000), true) IS NOT NULL AS big;
-SELECT apikeys._request_id() AS ignored;
+SELECT apikeys_internal._request_id() AS ignored;
 SELECT set_config('request.jwt.claims', json_build_object('sub', repeat('s', 300))::text, true) IS NOT NULL AS long_sub;
 RESET apikeys.actor;
-SELECT apikeys._actor() AS ignored;
+SELECT apikeys_internal._actor() AS ignored;
 SELECT apikeys.apikey_update(:'k', description => 'long labels');
 SELECT * FROM pg_temp.last_audit;
 ROLLBACK;

@@ -31,15 +31,15 @@ SELECT apikeys.grant_verifier('regress_ctx_app');
 SELECT apikeys.grant_verifier('regress_ctx_gateway');
 GRANT EXECUTE ON FUNCTION apikeys.set_tenant(text, text, text) TO regress_ctx_gateway;
 GRANT SELECT ON apikeys.keys, apikeys.credential TO regress_ctx_app, regress_ctx_gateway;
-GRANT EXECUTE ON FUNCTION apikeys._read_keys() TO regress_ctx_app, regress_ctx_gateway;
+GRANT EXECUTE ON FUNCTION apikeys.read_keys() TO regress_ctx_app, regress_ctx_gateway;
 
 -- The whole binding: tenant, source, key, actor, request id.
 CREATE FUNCTION pg_temp.ctx() RETURNS text LANGUAGE sql AS $$
-    SELECT concat_ws(' ', coalesce(apikeys.current_tenant(), '(none)'), apikeys._context_source(),
+    SELECT concat_ws(' ', coalesce(apikeys.current_tenant(), '(none)'), apikeys_internal._context_source(),
                      CASE WHEN apikeys.current_key_id() IS NULL THEN 'no-key'
                           ELSE (SELECT 'key:' || name FROM apikeys.credential WHERE key_id = apikeys.current_key_id()) END,
-                     'actor:' || coalesce(apikeys._context_actor(), '-'),
-                     'request:' || coalesce(apikeys._context_request_id(), '-'))
+                     'actor:' || coalesce(apikeys_internal._context_actor(), '-'),
+                     'request:' || coalesce(apikeys_internal._context_request_id(), '-'))
 $$;
 
 ------------------------------------------------------------------------------

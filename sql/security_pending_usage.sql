@@ -1,5 +1,5 @@
 --
--- security_pending_usage: ATTACK.  apikeys._pending_usage(key_id) reads
+-- security_pending_usage: ATTACK.  apikeys_internal._pending_usage(key_id) reads
 -- shared memory.  grant_tenant does not grant it (apikeys.key_usage reads
 -- it inside its reader), so a tenant role cannot call it at all; and where a
 -- DBA grants it (with SELECT on apikeys.credential, as below), a hostile
@@ -30,14 +30,18 @@ CREATE ROLE regress_pu_nosel LOGIN;
 SELECT apikeys.grant_tenant('regress_pu_acme', 'acme');
 SELECT apikeys.grant_tenant('regress_pu_globex', 'globex');
 SET ROLE regress_pu_acme;
-SELECT apikeys._pending_usage(:'globex_k');   -- not granted by grant_tenant
+\set VERBOSITY terse
+SELECT apikeys_internal._pending_usage(:'globex_k');   -- not granted by grant_tenant
+\set VERBOSITY default
 RESET ROLE;
--- what a DBA might grant by hand: the function and the table under RLS
-GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO regress_pu_acme, regress_pu_globex;
+-- what a DBA might grant by hand: the function (and the schema it lives in,
+-- which no role may use otherwise) and the table under RLS
+GRANT USAGE ON SCHEMA apikeys_internal TO regress_pu_acme, regress_pu_globex, regress_pu_nosel;
+GRANT EXECUTE ON FUNCTION apikeys_internal._pending_usage(uuid) TO regress_pu_acme, regress_pu_globex;
 GRANT SELECT ON apikeys.credential TO regress_pu_acme, regress_pu_globex;
 -- may call the function, but may not read apikeys.credential
 GRANT USAGE ON SCHEMA apikeys TO regress_pu_nosel;
-GRANT EXECUTE ON FUNCTION apikeys._pending_usage(uuid) TO regress_pu_nosel;
+GRANT EXECUTE ON FUNCTION apikeys_internal._pending_usage(uuid) TO regress_pu_nosel;
 
 -- the keys are used: shared memory holds their last use and counts
 SELECT v.code, count(*) FROM (VALUES (:'acme_key'), (:'globex_key'), (:'globex_key'),
@@ -45,10 +49,10 @@ SELECT v.code, count(*) FROM (VALUES (:'acme_key'), (:'globex_key'), (:'globex_k
        LATERAL apikeys.apikey_verify(k.key) v GROUP BY v.code;
 -- what there is to leak, as the superuser sees it
 SELECT key_id = :'globex_k' AS is_globex_key, last_used_at IS NOT NULL AS has_last_use
-  FROM apikeys._pending_usage(:'globex_k');
+  FROM apikeys_internal._pending_usage(:'globex_k');
 SELECT key_id = :'globex_capped_k' AS is_capped_key, last_used_at IS NOT NULL AS has_last_use,
        used AS used_against_cap
-  FROM apikeys._pending_usage(:'globex_capped_k');
+  FROM apikeys_internal._pending_usage(:'globex_capped_k');
 
 ------------------------------------------------------------------------------
 -- The attacker: acme's admin
@@ -56,16 +60,16 @@ SELECT key_id = :'globex_capped_k' AS is_capped_key, last_used_at IS NOT NULL AS
 \c - regress_pu_acme
 -- its own key: answered
 SELECT key_id = :'acme_k' AS own_key, last_used_at IS NOT NULL AS has_last_use
-  FROM apikeys._pending_usage(:'acme_k');
+  FROM apikeys_internal._pending_usage(:'acme_k');
 -- another tenant's used keys and a random uuid: the same row of NULLs
-SELECT 'globex key' AS asked, p.* FROM apikeys._pending_usage(:'globex_k') p
+SELECT 'globex key' AS asked, p.* FROM apikeys_internal._pending_usage(:'globex_k') p
 UNION ALL
-SELECT 'globex capped key', p.* FROM apikeys._pending_usage(:'globex_capped_k') p
+SELECT 'globex capped key', p.* FROM apikeys_internal._pending_usage(:'globex_capped_k') p
 UNION ALL
-SELECT 'random uuid', p.* FROM apikeys._pending_usage(gen_random_uuid()) p;
-SELECT (SELECT p::text FROM apikeys._pending_usage(:'globex_k') p) AS globex_key,
-       (SELECT p::text FROM apikeys._pending_usage(:'globex_capped_k') p) AS globex_capped_key,
-       (SELECT p::text FROM apikeys._pending_usage('00000000-0000-4000-8000-000000000000') p) AS unknown_key;
+SELECT 'random uuid', p.* FROM apikeys_internal._pending_usage(gen_random_uuid()) p;
+SELECT (SELECT p::text FROM apikeys_internal._pending_usage(:'globex_k') p) AS globex_key,
+       (SELECT p::text FROM apikeys_internal._pending_usage(:'globex_capped_k') p) AS globex_capped_key,
+       (SELECT p::text FROM apikeys_internal._pending_usage('00000000-0000-4000-8000-000000000000') p) AS unknown_key;
 -- many ids in one statement: after the first 16 the visible keys are read at
 -- once; other tenants' keys stay hidden on either path, its own key answers
 SELECT x.n, x.asked, p.key_id IS NOT NULL AS answered, p.last_used_at IS NOT NULL AS has_last_use,
@@ -75,7 +79,7 @@ SELECT x.n, x.asked, p.key_id IS NOT NULL AS answered, p.last_used_at IS NOT NUL
                             WHEN g IN (7, 37) THEN 'own key'
                             ELSE 'random uuid' END AS asked
           FROM generate_series(1, 40) g) x,
-       LATERAL apikeys._pending_usage(CASE x.asked WHEN 'globex key' THEN :'globex_k'::uuid
+       LATERAL apikeys_internal._pending_usage(CASE x.asked WHEN 'globex key' THEN :'globex_k'::uuid
                                                    WHEN 'globex capped key' THEN :'globex_capped_k'::uuid
                                                    WHEN 'own key' THEN :'acme_k'::uuid
                                                    ELSE gen_random_uuid() END) p
@@ -86,21 +90,21 @@ SELECT name, valid FROM apikeys.key_usage ORDER BY name;
 -- SET and set_config do not widen what it sees
 SET row_security = on;
 SELECT set_config('request.jwt.claims', '{"tenant": "globex"}', false) IS NOT NULL AS set;
-SELECT count(*) AS answered FROM apikeys._pending_usage(:'globex_k') p WHERE p.key_id IS NOT NULL;
+SELECT count(*) AS answered FROM apikeys_internal._pending_usage(:'globex_k') p WHERE p.key_id IS NOT NULL;
 
 ------------------------------------------------------------------------------
 -- globex's admin sees its own keys
 ------------------------------------------------------------------------------
 \c - regress_pu_globex
 SELECT key_id = :'globex_k' AS own_key, last_used_at IS NOT NULL AS has_last_use
-  FROM apikeys._pending_usage(:'globex_k');
+  FROM apikeys_internal._pending_usage(:'globex_k');
 SELECT name, valid FROM apikeys.key_usage ORDER BY name;
 
 ------------------------------------------------------------------------------
 -- A role that may call the function but not read apikeys.credential
 ------------------------------------------------------------------------------
 \c - regress_pu_nosel
-SELECT p.* FROM apikeys._pending_usage(:'globex_k') p;
+SELECT p.* FROM apikeys_internal._pending_usage(:'globex_k') p;
 
 \c - :su
 SET client_min_messages = warning;

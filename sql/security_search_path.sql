@@ -150,7 +150,7 @@ INSERT INTO pg_temp.role_tenant VALUES ('regress_sp_admin', NULL, 'manage');
 -- Nothing can be planted in the extension's schema.
 CREATE FUNCTION apikeys.current_tenant(x int) RETURNS text LANGUAGE sql AS 'SELECT ''globex''';
 CREATE TABLE apikeys.evil (x int);
-CREATE OR REPLACE FUNCTION apikeys._role_may(r name, t text, need text) RETURNS boolean
+CREATE OR REPLACE FUNCTION apikeys_internal._role_may(r name, t text, need text) RETURNS boolean
     LANGUAGE sql AS 'SELECT true';
 
 -- Its own schema first, ahead of pg_catalog.

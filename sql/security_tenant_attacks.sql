@@ -7,7 +7,7 @@
 --   1. A trusted switcher (app_backend) binds its transaction to acme with
 --      set_tenant() and calls a SECURITY DEFINER function owned by globex's
 --      admin.  The binding belongs to the transaction, not to the role that
---      made it, so globex's code passed apikeys._may_manage('acme'): it
+--      made it, so globex's code passed apikeys_internal._may_manage('acme'): it
 --      created an acme key (and kept its plaintext) and revealed acme's
 --      vault secret.  It must be refused as globex's admin.
 --   2. vault_add() answers an existing tenant that is not the caller's

@@ -50,7 +50,7 @@ SELECT apikeys.grant_verifier('regress_app');
 -- The app may read the keys view, but only what RLS lets through.
 GRANT SELECT ON apikeys.keys, apikeys.credential, apikeys.tenant, apikeys.audit TO regress_app;
 GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO regress_app;
-GRANT EXECUTE ON FUNCTION apikeys._read_keys() TO regress_app, regress_gateway;
+GRANT EXECUTE ON FUNCTION apikeys.read_keys() TO regress_app, regress_gateway;
 -- The gateway: a verifier plus set_tenant (the trust gate) and key management.
 SELECT apikeys.grant_verifier('regress_gateway');
 GRANT EXECUTE ON FUNCTION apikeys.set_tenant(text, text, text),
@@ -151,9 +151,9 @@ SELECT pg_temp.try('SELECT apikeys.grant_tenant(current_user, ''globex'')') AS g
        pg_temp.try('SELECT apikeys.grant_verifier(current_user)') AS grant_verifier,
        pg_temp.try('SELECT apikeys.authenticate(NULL)') AS authenticate;
 -- Internal SECURITY DEFINER helpers are not callable.
-SELECT pg_temp.try('SELECT apikeys._authorize(''globex'', ''x'')') AS _authorize,
-       pg_temp.try('SELECT apikeys._audit_write(''key_created'', ''globex'', NULL, ''{}'')') AS _audit_write,
-       pg_temp.try('SELECT apikeys._audit_purge_rows(now(), ''1 day'')') AS _audit_purge_rows,
+SELECT pg_temp.try('SELECT apikeys_internal._authorize(''globex'', ''x'')') AS _authorize,
+       pg_temp.try('SELECT apikeys_internal._audit_write(''key_created'', ''globex'', NULL, ''{}'')') AS _audit_write,
+       pg_temp.try('SELECT apikeys_internal._audit_purge_rows(now(), ''1 day'')') AS _audit_purge_rows,
        pg_temp.try('SELECT apikeys.audit_purge(''1 day'')') AS audit_purge;
 
 -- Forging the tenant context.

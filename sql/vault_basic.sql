@@ -50,7 +50,7 @@ SELECT apikeys.vault_reveal(:'long1') = repeat('x', 4096) AS round_trip_long;
 -- Stored: ciphertext (never the plaintext) and the master key's fingerprint.
 SELECT position(convert_to('sk-proj-AAAAaaaa1111bbbb2222cccc3333', 'UTF8') IN ciphertext) = 0 AS no_plaintext,
        octet_length(ciphertext) > 36 AS has_ciphertext,
-       key_fp = apikeys._vault_fingerprint(current_setting('apikeys.vault_master_key')) AS fp_current,
+       key_fp = apikeys_internal._vault_fingerprint(current_setting('apikeys.vault_master_key')) AS fp_current,
        key_fp ~ '^[0-9a-f]{16}$' AS fp_shape
   FROM apikeys.vault_secret WHERE id = :'openai1';
 -- Two secrets with the same plaintext get different ciphertexts (salted).

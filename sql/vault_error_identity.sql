@@ -25,7 +25,7 @@ SELECT apikeys.grant_vault('regress_vid_nobody');
 -- (the id is part of the passphrase: sealed for that id)
 INSERT INTO apikeys.vault_secret (id, tenant, service, name, ciphertext, key_fp)
 SELECT '00000000-0000-4000-8000-00000000acfe', 'acme', 'openai', 'acme prod', s.ciphertext, s.key_fp
-  FROM apikeys._vault_seal('00000000-0000-4000-8000-00000000acfe', 'sk-proj-Acme1111Acme1111Acme1111Acme') s;
+  FROM apikeys_internal._vault_seal('00000000-0000-4000-8000-00000000acfe', 'sk-proj-Acme1111Acme1111Acme1111Acme') s;
 
 -- The error of `call` for id, with the id replaced by <id>: SQLSTATE,
 -- message, detail, hint and context ('ok' if there is none).

@@ -109,7 +109,10 @@ SELECT pg_temp.try($$SELECT current_setting('apikeys.vault_master_key')$$) AS cu
 SELECT pg_temp.try($$SELECT current_setting('apikeys.vault_master_key_previous')$$) AS previous;
 SELECT pg_temp.try($$SELECT set_config('apikeys.vault_master_key', 'mine-mine-mine-mine-mine', false)$$) AS set_key;
 SELECT count(*) AS in_pg_settings FROM pg_settings WHERE name LIKE 'apikeys.vault%';
-SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[
+-- (the internals live in schema apikeys_internal, which no role may use)
+SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f,
+       pg_temp.try(format('SELECT %s.%s', CASE WHEN f LIKE '\_%' THEN 'apikeys_internal' ELSE 'apikeys' END, f)) AS result
+  FROM unnest(ARRAY[
     '_vault_key_state()', format('_vault_seal(%L, %L)', :'acme1', 'x'),
     format('_vault_open(%L, %L, %L)', :'acme1', '\x00', '0123456789abcdef'),
     format('_vault_rewrap(%L, %L, %L)', :'acme1', '\x00', '0123456789abcdef'),
@@ -117,23 +120,25 @@ SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SE
     format('_vault_find(%L, %L, %L, false)', :'acme1', 'x', 'read'),
     'vault_rotate_master_key()']) f;
 RESET ROLE;
--- Even a role granted EXECUTE on the internals cannot use them: they refuse
--- any caller that is not running as a superuser.
-GRANT EXECUTE ON FUNCTION apikeys._vault_key_state(), apikeys._vault_seal(uuid, text),
-    apikeys._vault_open(uuid, bytea, text), apikeys._vault_rewrap(uuid, bytea, text),
-    apikeys._vault_lock_slot(text, text, text) TO regress_vault_globex;
+-- Even a role granted EXECUTE on the internals (and USAGE on their schema)
+-- cannot use them: they refuse any caller that is not running as a superuser.
+GRANT USAGE ON SCHEMA apikeys_internal TO regress_vault_globex;
+GRANT EXECUTE ON FUNCTION apikeys_internal._vault_key_state(), apikeys_internal._vault_seal(uuid, text),
+    apikeys_internal._vault_open(uuid, bytea, text), apikeys_internal._vault_rewrap(uuid, bytea, text),
+    apikeys_internal._vault_lock_slot(text, text, text) TO regress_vault_globex;
 GRANT SELECT ON apikeys.vault_secret TO regress_vault_globex;
 SET ROLE regress_vault_globex;
-SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys.%s', f)) AS result FROM unnest(ARRAY[
+SELECT regexp_replace(f, '[0-9a-f-]{36}', '<uuid>') AS f, pg_temp.try(format('SELECT apikeys_internal.%s', f)) AS result FROM unnest(ARRAY[
     '_vault_key_state()', format('_vault_seal(%L, %L)', :'globex1', 'x'),
     format('_vault_open(v.id, v.ciphertext, v.key_fp) FROM apikeys.vault_secret v WHERE v.id = %L', :'globex1'),
     format('_vault_rewrap(v.id, v.ciphertext, v.key_fp) FROM apikeys.vault_secret v WHERE v.id = %L', :'globex1'),
     $$_vault_lock_slot('acme', NULL, 'openai')$$]) f;
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION apikeys._vault_key_state(), apikeys._vault_seal(uuid, text),
-    apikeys._vault_open(uuid, bytea, text), apikeys._vault_rewrap(uuid, bytea, text),
-    apikeys._vault_lock_slot(text, text, text) FROM regress_vault_globex;
+REVOKE EXECUTE ON FUNCTION apikeys_internal._vault_key_state(), apikeys_internal._vault_seal(uuid, text),
+    apikeys_internal._vault_open(uuid, bytea, text), apikeys_internal._vault_rewrap(uuid, bytea, text),
+    apikeys_internal._vault_lock_slot(text, text, text) FROM regress_vault_globex;
 REVOKE SELECT ON apikeys.vault_secret FROM regress_vault_globex;
+REVOKE USAGE ON SCHEMA apikeys_internal FROM regress_vault_globex;
 SELECT apikeys.grant_vault('regress_vault_globex');   -- its column grants back
 
 -- An auditor of acme sees metadata, never plaintext, changes nothing.
@@ -207,10 +212,10 @@ SET apikeys.vault_master_key = 'another-master-key-0123456789abcdef';
 SELECT pg_temp.try(format('SELECT apikeys.vault_reveal(%L)', :'acme1')) AS wrong_key;
 SELECT tenant, name, ok, problem FROM apikeys.vault_check();
 -- wrong key behind a matching fingerprint: pgcrypto refuses, and says nothing more
-UPDATE apikeys.vault_secret SET key_fp = apikeys._vault_fingerprint('another-master-key-0123456789abcdef') WHERE id = :'acme1';
+UPDATE apikeys.vault_secret SET key_fp = apikeys_internal._vault_fingerprint('another-master-key-0123456789abcdef') WHERE id = :'acme1';
 SELECT pg_temp.try(format('SELECT apikeys.vault_reveal(%L)', :'acme1')) AS wrong_key_same_fp;
 SELECT problem FROM apikeys.vault_check(:'acme1');
-UPDATE apikeys.vault_secret SET key_fp = apikeys._vault_fingerprint('regress-master-key-0123456789abcdef') WHERE id = :'acme1';
+UPDATE apikeys.vault_secret SET key_fp = apikeys_internal._vault_fingerprint('regress-master-key-0123456789abcdef') WHERE id = :'acme1';
 SET apikeys.vault_master_key = 'regress-master-key-0123456789abcdef';
 SELECT apikeys.vault_reveal(:'acme1') = 'sk-proj-Acme1111Acme1111Acme1111Acme' AS right_key_again;
 
@@ -265,7 +270,7 @@ SELECT pg_temp.try($$SELECT apikeys.vault_rotate_master_key()$$) AS wrong_old_ke
 SET apikeys.vault_master_key_previous = 'regress-master-key-0123456789abcdef';
 SELECT apikeys.vault_rotate_master_key() AS reencrypted;
 SELECT count(DISTINCT key_fp) AS key_fps,
-       bool_and(key_fp = apikeys._vault_fingerprint('rotated-master-key-0123456789abcdef')) AS all_new
+       bool_and(key_fp = apikeys_internal._vault_fingerprint('rotated-master-key-0123456789abcdef')) AS all_new
   FROM apikeys.vault_secret;
 RESET apikeys.vault_master_key_previous;
 SET apikeys.vault_master_key = 'regress-master-key-0123456789abcdef';

@@ -153,4 +153,18 @@ pg_noreturn extern void apikeys_spi_deny(const char *action, const char *tenant,
 			pg_attribute_printf(6, 7);
 extern void apikeys_spi_authorize(const char *tenant, const char *action, Datum key_id);
 
+/*
+ * Where the internal helper name(argtypes) lives: schema apikeys_internal
+ * since 1.1, schema apikeys in a database still at 1.0 (the library serves
+ * both).  apikeys_helper_version gives APIKEYS_HELPER_1_1 or
+ * APIKEYS_HELPER_1_0, an index into a call site's pair of statement texts
+ * and kept plans; apikeys_helper_oid the helper's OID (InvalidOid: none).
+ * Neither checks permissions (nobody holds USAGE on apikeys_internal) nor
+ * raises.
+ */
+#define APIKEYS_HELPER_1_1 0
+#define APIKEYS_HELPER_1_0 1
+extern int	apikeys_helper_version(const char *name, int nargs, const Oid *argtypes);
+extern Oid	apikeys_helper_oid(const char *name, int nargs, const Oid *argtypes);
+
 #endif							/* APIKEYS_H */

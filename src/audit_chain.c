@@ -387,7 +387,7 @@ apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
 	return PointerGetDatum(tup);
 }
 
-/* apikeys._audit_hash(a apikeys.audit) RETURNS bytea: what row_hash must be. */
+/* apikeys_internal._audit_hash(a apikeys.audit) RETURNS bytea: what row_hash must be. */
 PG_FUNCTION_INFO_V1(apikeys_audit_hash);
 Datum
 apikeys_audit_hash(PG_FUNCTION_ARGS)

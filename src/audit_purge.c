@@ -2,7 +2,7 @@
  * audit_purge.c - the one way rows leave apikeys.audit.
  *
  * The audit's BEFORE UPDATE/DELETE/TRUNCATE triggers refuse every change
- * unless apikeys._audit_purging() is true, which it is only inside
+ * unless apikeys_internal._audit_purging() is true, which it is only inside
  * apikeys.audit_purge(): a flag in backend memory that no SET can turn on.
  * The purge deletes a prefix of each chain (its rows older than the cutoff)
  * after appending to it an 'audit_purged' row naming the last purged row
@@ -29,7 +29,12 @@ PG_FUNCTION_INFO_V1(apikeys_audit_purge);
 Datum
 apikeys_audit_purge(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2];
+	static const char *const sql[2] = {
+		[APIKEYS_HELPER_1_1] = "SELECT apikeys_internal._audit_purge_rows($1, $2)",
+		[APIKEYS_HELPER_1_0] = "SELECT apikeys._audit_purge_rows($1, $2)",
+	};
+	int			v;
 	Datum		older_than;
 	Datum		args[2];
 	Oid			argtypes[2] = {TIMESTAMPTZOID, INTERVALOID};
@@ -71,9 +76,8 @@ apikeys_audit_purge(PG_FUNCTION_ARGS)
 	purging = true;
 	PG_TRY();
 	{
-		apikeys_spi_run(&plan,
-						"SELECT apikeys._audit_purge_rows($1, $2)",
-						2, argtypes, args, NULL, SPI_OK_SELECT);
+		v = apikeys_helper_version("_audit_purge_rows", 2, argtypes);
+		apikeys_spi_run(&plans[v], sql[v], 2, argtypes, args, NULL, SPI_OK_SELECT);
 		purged = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 	}

@@ -20,7 +20,7 @@
  *     owner's own rights, since nobody asked for a key change there);
  *   - pushes that role on a small stack, calls the implementation with the
  *     same arguments, and pops it however the call ends;
- * and apikeys._acting_role() answers the top of the stack.  No SQL can push:
+ * and apikeys_internal._acting_role() answers the top of the stack.  No SQL can push:
  * the only way in is to call an entry point, which records the truth.
  *
  * An entry point reached from inside another one's implementation (our own
@@ -33,9 +33,8 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
-#include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -125,11 +124,12 @@ apikeys_in_entry_point(void)
 
 /*
  * Refuse what must not run inside a security-restricted operation, leaving
- * the refusal in the server log like every other one (apikeys._deny).
+ * the refusal in the server log like every other one (apikeys_internal._deny).
  */
 void
 apikeys_refuse_restricted(const char *what)
 {
+	static const Oid deny_argtypes[6] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID, TEXTOID};
 	Oid			deny_oid;
 	char	   *msg;
 
@@ -138,8 +138,7 @@ apikeys_refuse_restricted(const char *what)
 
 	msg = psprintf("permission_denied: %s cannot run inside a security-restricted operation",
 				   what);
-	deny_oid = LookupFuncName(list_make2(makeString(APIKEYS_SCHEMA), makeString("_deny")),
-							  -1, NULL, true);
+	deny_oid = apikeys_helper_oid("_deny", 6, deny_argtypes);
 	if (OidIsValid(deny_oid))
 	{
 		/* _deny(action, tenant NULL, key_id NULL, sqlstate, message, hint) */
@@ -262,7 +261,7 @@ apikeys_entry(PG_FUNCTION_ARGS)
 	return result;
 }
 
-/* apikeys._acting_role(): the role the current management call acts for. */
+/* apikeys_internal._acting_role(): the role the current management call acts for. */
 PG_FUNCTION_INFO_V1(apikeys_acting_role_sql);
 Datum
 apikeys_acting_role_sql(PG_FUNCTION_ARGS)

@@ -1,7 +1,7 @@
 /*
  * changes.c - notice committed changes to key data, for the policy cache.
  *
- * apikeys._changed() is an ALWAYS trigger (it fires under
+ * apikeys_internal._changed() is an ALWAYS trigger (it fires under
  * session_replication_role = replica and in logical replication's apply
  * worker too) on apikeys.tenant, credential and secret, per row and for
  * TRUNCATE.  Any change marks the transaction, which then bypasses the
@@ -152,7 +152,7 @@ apikeys_changed(PG_FUNCTION_ARGS)
 	AttrNumber	key_att = InvalidAttrNumber;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "apikeys._changed() must be called as a trigger");
+		elog(ERROR, "apikeys_internal._changed() must be called as a trigger");
 	xact_changed = true;
 	ev = td->tg_event;
 	if (TRIGGER_FIRED_BY_TRUNCATE(ev))

@@ -13,7 +13,19 @@
 #include "utils/jsonb.h"
 
 static SPIPlanPtr tenant_plan = NULL;
-static SPIPlanPtr credential_plan = NULL;
+static SPIPlanPtr credential_plans[2];	/* per apikeys_helper_version() */
+static const char *const credential_sql[2] = {
+	[APIKEYS_HELPER_1_1] = "INSERT INTO apikeys.credential"
+	" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
+	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
+	" apikeys_internal._acting_role())"
+	" RETURNING key_id, created_at",
+	[APIKEYS_HELPER_1_0] = "INSERT INTO apikeys.credential"
+	" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
+	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
+	" apikeys._acting_role())"
+	" RETURNING key_id, created_at",
+};
 static SPIPlanPtr secret_plan = NULL;
 
 /*
@@ -70,6 +82,7 @@ apikey_create(PG_FUNCTION_ARGS)
 	bool		expires_null = PG_ARGISNULL(3);
 	Datum		expires_at = expires_null ? (Datum) 0 : PG_GETARG_DATUM(3);
 	text	   *description = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
+	int			version;
 	Datum		metadata = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
 	char	   *prefix = apikeys_check_prefix(PG_ARGISNULL(6) ? NULL : PG_GETARG_TEXT_PP(6));
 	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID,
@@ -104,12 +117,9 @@ apikey_create(PG_FUNCTION_ARGS)
 	values[5] = metadata;
 	nulls[5] = metadata ? ' ' : 'n';
 	values[6] = CStringGetTextDatum(prefix);
-	apikeys_spi_run(&credential_plan,
-					"INSERT INTO apikeys.credential"
-					" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
-					" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
-					" apikeys._acting_role())"	/* the caller, not the definer */
-					" RETURNING key_id, created_at",
+	/* created_by: the caller, not the definer */
+	version = apikeys_helper_version("_acting_role", 0, NULL);
+	apikeys_spi_run(&credential_plans[version], credential_sql[version],
 					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
 	/* a value, not a Datum: by reference on 32-bit, gone at SPI_finish */
 	created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));

@@ -22,7 +22,17 @@
 /* One call creates at most this many keys (all plaintexts are held at once). */
 #define CREATE_MANY_MAX 1000000
 
-static SPIPlanPtr credential_plan = NULL;
+static SPIPlanPtr credential_plans[2];	/* per apikeys_helper_version() */
+static const char *const credential_sql[2] = {
+	[APIKEYS_HELPER_1_1] = "INSERT INTO apikeys.credential"
+	" (key_id, tenant, name, scopes, expires_at, prefix, created_by)"
+	" SELECT u.id, $1, u.name, $4, $5, $6, apikeys_internal._acting_role()"
+	" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(id, name)",
+	[APIKEYS_HELPER_1_0] = "INSERT INTO apikeys.credential"
+	" (key_id, tenant, name, scopes, expires_at, prefix, created_by)"
+	" SELECT u.id, $1, u.name, $4, $5, $6, apikeys._acting_role()"
+	" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(id, name)",
+};
 static SPIPlanPtr secret_plan = NULL;
 
 /* A random version 4 UUID. */
@@ -125,6 +135,7 @@ apikey_create_many(PG_FUNCTION_ARGS)
 		char		cred_nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 		Oid			secret_types[3] = {BYTEAARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
 		Datum		secret_values[3];
+		int			v;
 
 		for (int i = 0; i < n; i++)
 		{
@@ -148,11 +159,8 @@ apikey_create_many(PG_FUNCTION_ARGS)
 		cred_values[4] = expires_at;
 		cred_nulls[4] = expires_null ? 'n' : ' ';
 		cred_values[5] = CStringGetTextDatum(prefix);
-		apikeys_spi_run(&credential_plan,
-						"INSERT INTO apikeys.credential"
-						" (key_id, tenant, name, scopes, expires_at, prefix, created_by)"
-						" SELECT u.id, $1, u.name, $4, $5, $6, apikeys._acting_role()"
-						" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(id, name)",
+		v = apikeys_helper_version("_acting_role", 0, NULL);
+		apikeys_spi_run(&credential_plans[v], credential_sql[v],
 						6, cred_types, cred_values, cred_nulls, SPI_OK_INSERT);
 		Assert(SPI_processed == (uint64) n);
 

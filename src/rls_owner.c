@@ -1,5 +1,5 @@
 /*
- * rls_owner.c - apikeys._role_skips_rls(role): may this role run queries
+ * rls_owner.c - apikeys_internal._role_skips_rls(role): may this role run queries
  * that row-level security does not filter, because it owns (or can become
  * the owner of) a table with RLS enabled but not forced?  The PostgREST gate
  * refuses to switch to such a role: the key's tenant binding would not
@@ -12,8 +12,8 @@
  * databases (the owner is a member of pg_database_owner): syscache
  * invalidation, which also brings other sessions' committed changes.
  *
- * apikeys._role_confinement_cached(role) keeps, the same way, the answer of
- * apikeys._role_confinement_scan(role) (SQL, run through SPI): why the role
+ * apikeys_internal._role_confinement_cached(role) keeps, the same way, the answer of
+ * apikeys_internal._role_confinement_scan(role) (SQL, run through SPI): why the role
  * is not confined to one tenant's rows by row-level security (NULL: it is),
  * which the gate needs for mappings that apply to keys of any tenant.  That
  * answer reads privileges too, so it is also forgotten on any change to
@@ -111,7 +111,7 @@ scan_pg_class(Oid role)
 }
 
 /*
- * apikeys._role_skips_rls(role oid) -> boolean: the answer of scan_pg_class,
+ * apikeys_internal._role_skips_rls(role oid) -> boolean: the answer of scan_pg_class,
  * kept per backend.
  */
 PG_FUNCTION_INFO_V1(apikeys_role_skips_rls);
@@ -139,15 +139,20 @@ apikeys_role_skips_rls(PG_FUNCTION_ARGS)
 }
 
 /*
- * Run apikeys._role_confinement_scan(role) through SPI; store its answer in
+ * Run apikeys_internal._role_confinement_scan(role) through SPI; store its answer in
  * *out.  The plan is kept: the statement is schema-qualified and the scan
  * pins its search_path.
  */
 static void
 scan_confinement(Oid role, ConfinementAnswer *out)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2];
+	static const char *const sql[2] = {
+		[APIKEYS_HELPER_1_1] = "SELECT apikeys_internal._role_confinement_scan($1)",
+		[APIKEYS_HELPER_1_0] = "SELECT apikeys._role_confinement_scan($1)",
+	};
 	Oid			argtypes[1] = {OIDOID};
+	int			v = apikeys_helper_version("_role_confinement_scan", 1, argtypes);
 	Datum		values[1];
 	bool		isnull;
 	Datum		d;
@@ -155,8 +160,7 @@ scan_confinement(Oid role, ConfinementAnswer *out)
 	values[0] = ObjectIdGetDatum(role);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	apikeys_spi_run(&plan, "SELECT apikeys._role_confinement_scan($1)",
-					1, argtypes, values, NULL, SPI_OK_SELECT);
+	apikeys_spi_run(&plans[v], sql[v], 1, argtypes, values, NULL, SPI_OK_SELECT);
 	Assert(SPI_processed == 1);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	out->role = role;
@@ -168,7 +172,7 @@ scan_confinement(Oid role, ConfinementAnswer *out)
 }
 
 /*
- * apikeys._role_confinement_cached(role oid) -> text: why role is not
+ * apikeys_internal._role_confinement_cached(role oid) -> text: why role is not
  * confined to one tenant's rows (NULL: it is), kept per backend like the
  * answers of _role_skips_rls, and kept only if no invalidation came during
  * the scan.

@@ -14,7 +14,14 @@
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
-static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr lock_plans[2];	/* per apikeys_helper_version() */
+static const char *const lock_sql[2] = {
+	[APIKEYS_HELPER_1_1] = "SELECT tenant, status, prefix, expires_at"
+	" FROM apikeys_internal._lock_key($1, 'key_rotate')",
+	[APIKEYS_HELPER_1_0] = "SELECT tenant, status, prefix, expires_at"
+	" FROM apikeys._lock_key($1, 'key_rotate')",
+};
+static const Oid lock_argtypes[2] = {UUIDOID, TEXTOID};
 static SPIPlanPtr purge_plan = NULL;
 static SPIPlanPtr kill_plan = NULL;
 static SPIPlanPtr grace_plan = NULL;
@@ -43,6 +50,7 @@ apikey_rotate(PG_FUNCTION_ARGS)
 	NewSecret	secret;
 	char	   *key_text;
 	volatile Datum result;
+	int			v;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -70,10 +78,8 @@ apikey_rotate(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 
 	/* locked if ours to manage; unknown and foreign keys raise alike */
-	apikeys_spi_run(&lock_plan,
-					"SELECT tenant, status, prefix, expires_at"
-					" FROM apikeys._lock_key($1, 'key_rotate')",
-					1, uuid_type, values, NULL, SPI_OK_SELECT);
+	v = apikeys_helper_version("_lock_key", 2, lock_argtypes);
+	apikeys_spi_run(&lock_plans[v], lock_sql[v], 1, uuid_type, values, NULL, SPI_OK_SELECT);
 	Assert(SPI_processed == 1);
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;

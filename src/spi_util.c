@@ -5,9 +5,52 @@
  */
 #include "apikeys.h"
 
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/syscache.h"
+
+/*
+ * The OID of helper name(argtypes) in schema nspname, or InvalidOid.  Read
+ * from the syscache, never through name lookup: no USAGE is needed (nobody
+ * holds it on apikeys_internal) and nothing raises.
+ */
+static Oid
+helper_oid_in(const char *nspname, const char *name, int nargs, const Oid *argtypes)
+{
+	Oid			nsp = get_namespace_oid(nspname, true);
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	return GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum(name),
+						   PointerGetDatum(buildoidvector(argtypes, nargs)),
+						   ObjectIdGetDatum(nsp));
+}
+
+/*
+ * Which version's schema holds helper name(argtypes): APIKEYS_HELPER_1_1
+ * (apikeys_internal) when it is there, else APIKEYS_HELPER_1_0 (apikeys).
+ * Asked at every call (two syscache probes), so that a backend whose kept
+ * plans date from before ALTER EXTENSION apikeys UPDATE takes the other
+ * statement text (and plan) from then on.
+ */
+int
+apikeys_helper_version(const char *name, int nargs, const Oid *argtypes)
+{
+	return OidIsValid(helper_oid_in(APIKEYS_INTERNAL_SCHEMA, name, nargs, argtypes))
+		? APIKEYS_HELPER_1_1 : APIKEYS_HELPER_1_0;
+}
+
+/* The OID of helper name(argtypes) wherever it lives (see above), or InvalidOid. */
+Oid
+apikeys_helper_oid(const char *name, int nargs, const Oid *argtypes)
+{
+	Oid			oid = helper_oid_in(APIKEYS_INTERNAL_SCHEMA, name, nargs, argtypes);
+
+	return OidIsValid(oid) ? oid : helper_oid_in(APIKEYS_SCHEMA, name, nargs, argtypes);
+}
 
 void
 apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
@@ -34,15 +77,20 @@ apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
 
 /*
  * Refuse a management call the way the PL/pgSQL functions do: through
- * apikeys._deny(), which writes a structured "apikeys_audit_denied" line to
+ * apikeys_internal._deny(), which writes a structured "apikeys_audit_denied" line to
  * the server log (it outlives the rollback) and raises.  Needs SPI_connect.
  */
 void
 apikeys_spi_deny(const char *action, const char *tenant, Datum key_id,
 				 const char *sqlstate, const char *hint, const char *fmt,...)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2];
+	static const char *const sql[2] = {
+		[APIKEYS_HELPER_1_1] = "SELECT apikeys_internal._deny($1, $2, $3, $4, $5, $6)",
+		[APIKEYS_HELPER_1_0] = "SELECT apikeys._deny($1, $2, $3, $4, $5, $6)",
+	};
 	Oid			argtypes[6] = {TEXTOID, TEXTOID, UUIDOID, TEXTOID, TEXTOID, TEXTOID};
+	int			v = apikeys_helper_version("_deny", 6, argtypes);
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	StringInfoData msg;
@@ -70,20 +118,23 @@ apikeys_spi_deny(const char *action, const char *tenant, Datum key_id,
 	values[4] = CStringGetTextDatum(msg.data);
 	values[5] = hint ? CStringGetTextDatum(hint) : (Datum) 0;
 	nulls[5] = hint ? ' ' : 'n';
-	apikeys_spi_run(&plan, "SELECT apikeys._deny($1, $2, $3, $4, $5, $6)",
-					6, argtypes, values, nulls, SPI_OK_SELECT);
-	elog(ERROR, "apikeys._deny() returned");
+	apikeys_spi_run(&plans[v], sql[v], 6, argtypes, values, nulls, SPI_OK_SELECT);
+	elog(ERROR, "apikeys_internal._deny() returned");
 }
 
-/* Authorize the session's role for tenant (see apikeys._authorize()). */
+/* Authorize the session's role for tenant (see apikeys_internal._authorize()). */
 void
 apikeys_spi_authorize(const char *tenant, const char *action, Datum key_id)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2];
+	static const char *const sql[2] = {
+		[APIKEYS_HELPER_1_1] = "SELECT apikeys_internal._authorize($1, $2, $3)",
+		[APIKEYS_HELPER_1_0] = "SELECT apikeys._authorize($1, $2, $3)",
+	};
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, UUIDOID};
+	int			v = apikeys_helper_version("_authorize", 3, argtypes);
 	Datum		values[3] = {CStringGetTextDatum(tenant), CStringGetTextDatum(action), key_id};
 	char		nulls[3] = {' ', ' ', key_id ? ' ' : 'n'};
 
-	apikeys_spi_run(&plan, "SELECT apikeys._authorize($1, $2, $3)",
-					3, argtypes, values, nulls, SPI_OK_SELECT);
+	apikeys_spi_run(&plans[v], sql[v], 3, argtypes, values, nulls, SPI_OK_SELECT);
 }

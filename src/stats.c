@@ -39,7 +39,7 @@ materialize_srf(FunctionCallInfo fcinfo)
 #endif
 }
 
-/* apikeys._verification_totals(): (outcome text, total bigint), all databases */
+/* apikeys_internal._verification_totals(): (outcome text, total bigint), all databases */
 PG_FUNCTION_INFO_V1(apikeys_verification_totals);
 Datum
 apikeys_verification_totals(PG_FUNCTION_ARGS)
@@ -181,7 +181,7 @@ key_visible(FunctionCallInfo fcinfo, const pg_uuid_t *key_id)
 }
 
 /*
- * apikeys._pending_usage(key_id): what shared memory holds for one key of
+ * apikeys_internal._pending_usage(key_id): what shared memory holds for one key of
  * this database that apikeys.usage does not yet: (key_id, last_used_at,
  * used, pending counts by outcome as bigint[] in VerdictCode order), or
  * NULL.  NULL too for a key the caller cannot see in apikeys.credential
@@ -249,7 +249,7 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 
-/* apikeys._runtime(): one row of shared-memory figures */
+/* apikeys_internal._runtime(): one row of shared-memory figures */
 PG_FUNCTION_INFO_V1(apikeys_runtime);
 Datum
 apikeys_runtime(PG_FUNCTION_ARGS)

@@ -18,8 +18,8 @@
  * The binding also carries the caller's labels for the audit: the actor and
  * request id that set_tenant()/authenticate() were given.  They are stated
  * per transaction, so a pooled connection never hands one client's labels
- * to the next; apikeys._actor()/_request_id() (src/sql/30_audit.sql) read
- * them first, then settings that apikeys._transaction_setting() accepts
+ * to the next; apikeys_internal._actor()/_request_id() (src/sql/30_audit.sql) read
+ * them first, then settings that apikeys_internal._transaction_setting() accepts
  * only when they were set for the current transaction (SET LOCAL).
  */
 #include "apikeys.h"
@@ -256,7 +256,7 @@ apikeys_binding_for_caller(bool trusted_only)
 	return cur.tenant;
 }
 
-/* apikeys._binding_for_caller(trusted_only boolean): the SQL form of the above. */
+/* apikeys_internal._binding_for_caller(trusted_only boolean): the SQL form of the above. */
 PG_FUNCTION_INFO_V1(apikeys_binding_for_caller_sql);
 Datum
 apikeys_binding_for_caller_sql(PG_FUNCTION_ARGS)
@@ -358,7 +358,7 @@ apikeys_context_source(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(names[cur.source]));
 }
 
-/* apikeys._context_actor(): the actor this transaction stated, or NULL. */
+/* apikeys_internal._context_actor(): the actor this transaction stated, or NULL. */
 PG_FUNCTION_INFO_V1(apikeys_context_actor);
 Datum
 apikeys_context_actor(PG_FUNCTION_ARGS)
@@ -368,7 +368,7 @@ apikeys_context_actor(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(cur.actor));
 }
 
-/* apikeys._context_request_id(): the request id this transaction stated, or NULL. */
+/* apikeys_internal._context_request_id(): the request id this transaction stated, or NULL. */
 PG_FUNCTION_INFO_V1(apikeys_context_request_id);
 Datum
 apikeys_context_request_id(PG_FUNCTION_ARGS)
@@ -441,7 +441,7 @@ set_for_this_transaction(struct config_generic *g)
 }
 
 /*
- * apikeys._transaction_setting(name text, max_bytes integer): the value of a
+ * apikeys_internal._transaction_setting(name text, max_bytes integer): the value of a
  * setting when it was set for this transaction and is at most max_bytes
  * long, else NULL.  A non-empty value ignored gives a WARNING that names the
  * setting, never its value: a session's value in a pooled connection may be
@@ -522,7 +522,7 @@ apikeys_is_bulk_loading(void)
 		strstr(q, " FROM stdin") != NULL;
 }
 
-/* apikeys._bulk_loading(): the SQL form of apikeys_is_bulk_loading(). */
+/* apikeys_internal._bulk_loading(): the SQL form of apikeys_is_bulk_loading(). */
 PG_FUNCTION_INFO_V1(apikeys_bulk_loading);
 Datum
 apikeys_bulk_loading(PG_FUNCTION_ARGS)

@@ -1,5 +1,5 @@
 /*
- * trigger_guard.c - notice changes to key data that apikeys._changed()
+ * trigger_guard.c - notice changes to key data that apikeys_internal._changed()
  * does not see, so they still retire the shared policy cache.
  *
  * The cache trusts the ALWAYS triggers on apikeys.tenant, credential and
@@ -26,7 +26,7 @@
  *                   are left not ALWAYS); COPY FROM into one while the
  *                   trigger would not fire.
  *
- * The OIDs of the tables and of apikeys._changed are looked up (never
+ * The OIDs of the tables and of apikeys_internal._changed are looked up (never
  * raising: the library may be preloaded in databases without the
  * extension) once and forgotten on a relcache invalidation of a table or
  * any change to pg_namespace or pg_proc.
@@ -63,7 +63,7 @@ typedef struct GuardCatalog
 {
 	bool		valid;			/* else look up again before use */
 	Oid			rels[N_KEY_RELS];	/* InvalidOid: no such table */
-	Oid			changed_fn;		/* apikeys._changed(), or InvalidOid */
+	Oid			changed_fn;		/* apikeys_internal._changed(), or InvalidOid */
 } GuardCatalog;
 
 static GuardCatalog guard;
@@ -134,10 +134,7 @@ guard_catalog(void)
 			guard.rels[i] = get_relname_relid(key_rel_names[i], nsp);
 			complete &= OidIsValid(guard.rels[i]);
 		}
-		guard.changed_fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
-										   CStringGetDatum("_changed"),
-										   PointerGetDatum(buildoidvector(NULL, 0)),
-										   ObjectIdGetDatum(nsp));
+		guard.changed_fn = apikeys_helper_oid("_changed", 0, NULL);
 		complete &= OidIsValid(guard.changed_fn);
 		/*
 		 * Only our C function counts: a superuser's CREATE OR REPLACE keeps
@@ -189,7 +186,7 @@ trigger_fires_now(const Trigger *t, bool always_only)
 }
 
 /*
- * Would apikeys._changed() see every row written to rel now: an enabled
+ * Would apikeys_internal._changed() see every row written to rel now: an enabled
  * row trigger (no WHEN, no column list) for each of INSERT, UPDATE and
  * DELETE?  An INSERT ... ON CONFLICT and a MERGE need more than one event,
  * so all three are asked of every write.  always_only: see trigger_fires_now;

@@ -104,7 +104,7 @@ vault_forget_keys(VaultKeys *k)
 
 /*
  * Fingerprint of a master key: the first 8 bytes of
- * SHA-256('apikeys.vault:' || key), in hex.  apikeys._vault_fingerprint(text)
+ * SHA-256('apikeys.vault:' || key), in hex.  apikeys_internal._vault_fingerprint(text)
  * computes the same in SQL, for superusers and the tests.
  */
 static void
@@ -375,7 +375,7 @@ vault_result(FunctionCallInfo fcinfo, Datum *values, bool *nulls)
 }
 
 /*
- * apikeys._vault_key_state(OUT cur_fp text, OUT prev_fp text): the
+ * apikeys_internal._vault_key_state(OUT cur_fp text, OUT prev_fp text): the
  * fingerprints of the configured keys (prev_fp NULL outside a rotation);
  * raises vault_master_key_missing / _invalid when no usable key is set.
  */
@@ -396,7 +396,7 @@ apikeys_vault_key_state(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys._vault_seal(id uuid, plaintext text, OUT ciphertext bytea,
+ * apikeys_internal._vault_seal(id uuid, plaintext text, OUT ciphertext bytea,
  * OUT key_fp text): encrypt a secret under the current master key.
  */
 PG_FUNCTION_INFO_V1(apikeys_vault_seal);
@@ -417,7 +417,7 @@ apikeys_vault_seal(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys._vault_open(id uuid, ciphertext bytea, key_fp text,
+ * apikeys_internal._vault_open(id uuid, ciphertext bytea, key_fp text,
  * OUT plaintext text, OUT problem text, OUT stale boolean): decrypt a row
  * with whichever configured key encrypted it.  problem: NULL,
  * 'master_key_mismatch' (neither configured key did) or 'decrypt_failed';
@@ -462,7 +462,7 @@ apikeys_vault_open(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
+ * apikeys_internal._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
  * OUT ciphertext bytea, OUT key_fp text): a row's secret re-encrypted under
  * the current master key, for vault_rotate_master_key().  The row as it is
  * when it is already under the current key; NULLs when it was not under the
@@ -507,7 +507,7 @@ apikeys_vault_rewrap(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys._vault_lock_slot(tenant text, owner text, service text): take,
+ * apikeys_internal._vault_lock_slot(tenant text, owner text, service text): take,
  * until the end of the transaction, the exclusive lock of one owner's slot
  * for one service (owner NULL: the tenant itself), a lock no SQL function
  * can take or wait for (private_lock.c): a tenant cannot block another

@@ -11,7 +11,7 @@ REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
 -- call is a C entry point published from it, which records the role whose
 -- code makes the call, refuses security-restricted operations (ANALYZE,
 -- VACUUM, CREATE INDEX, REFRESH ...) and calls the body (src/caller.c).
--- Authorization then asks apikeys._acting_role(), never the session.
+-- Authorization then asks apikeys_internal._acting_role(), never the session.
 ------------------------------------------------------------------------------
 
 CREATE SCHEMA apikeys_internal;
@@ -19,7 +19,8 @@ REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
 COMMENT ON SCHEMA apikeys_internal IS 'Bodies of the apikeys management functions; reached only through their apikeys.* entry points.';
 
 -- Publish apikeys_internal.<name> as apikeys.<name>: same arguments, defaults,
--- result, volatility and parallel safety; the comment goes on the entry point.
+-- result, volatility and parallel safety; the comment goes on the entry point,
+-- and on the body with a word saying whose body it is.
 CREATE FUNCTION apikeys_internal.publish(name text, comment text) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -39,13 +40,15 @@ BEGIN
         'MODULE_PATHNAME', 'apikeys_entry');
     EXECUTE format('COMMENT ON FUNCTION apikeys.%I(%s) IS %L',
         name, pg_catalog.pg_get_function_identity_arguments(p.oid), comment);
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', p.oid::regprocedure,
+        format('Body of apikeys.%I (reached only through it): %s', name, comment));
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', p.oid::regprocedure);
 END;
 $$;
 
 -- The role the current management call acts for: the caller of the entry
 -- point being run (outside one: the session's current role).
-CREATE FUNCTION apikeys._acting_role() RETURNS name
+CREATE FUNCTION apikeys_internal._acting_role() RETURNS name
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_acting_role_sql';
 
 ------------------------------------------------------------------------------
@@ -154,18 +157,18 @@ COMMENT ON TYPE apikeys.verification IS 'Result of apikey_verify: valid, a verdi
 -- Validators (C), shared by the C and PL/pgSQL management functions
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys._check_tenant_id(text) RETURNS text
+CREATE FUNCTION apikeys_internal._check_tenant_id(text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_tenant_id';
 -- the same, for an argument that must name one tenant (NULL is an error)
-CREATE FUNCTION apikeys._tenant_arg(text) RETURNS text
+CREATE FUNCTION apikeys_internal._tenant_arg(text) RETURNS text
     LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_tenant_id';
-CREATE FUNCTION apikeys._check_name(text) RETURNS text
+CREATE FUNCTION apikeys_internal._check_name(text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_name';
-CREATE FUNCTION apikeys._check_description(text) RETURNS text
+CREATE FUNCTION apikeys_internal._check_description(text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_description';
-CREATE FUNCTION apikeys._normalize_scopes(text[]) RETURNS text[]
+CREATE FUNCTION apikeys_internal._normalize_scopes(text[]) RETURNS text[]
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_normalize_scopes';
-CREATE FUNCTION apikeys._check_expiry(timestamptz) RETURNS timestamptz
+CREATE FUNCTION apikeys_internal._check_expiry(timestamptz) RETURNS timestamptz
     LANGUAGE C STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_expiry';
-CREATE FUNCTION apikeys._check_metadata(jsonb) RETURNS jsonb
+CREATE FUNCTION apikeys_internal._check_metadata(jsonb) RETURNS jsonb
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sql_check_metadata';

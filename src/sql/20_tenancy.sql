@@ -29,21 +29,21 @@ COMMENT ON FUNCTION apikeys.set_tenant IS 'Bind this transaction to a tenant (an
 -- The tenant the transaction's binding lets the acting role act for (only a
 -- set_tenant() binding when trusted_only), or NULL: a binding serves the role
 -- that made it, not another role's SECURITY DEFINER code (tenant_context.c).
-CREATE FUNCTION apikeys._binding_for_caller(trusted_only boolean) RETURNS text
+CREATE FUNCTION apikeys_internal._binding_for_caller(trusted_only boolean) RETURNS text
     LANGUAGE C STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_binding_for_caller_sql';
-CREATE FUNCTION apikeys._context_source() RETURNS text
+CREATE FUNCTION apikeys_internal._context_source() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_source';
 -- The labels set_tenant()/authenticate() bound to this transaction, or NULL.
-CREATE FUNCTION apikeys._context_actor() RETURNS text
+CREATE FUNCTION apikeys_internal._context_actor() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_actor';
-CREATE FUNCTION apikeys._context_request_id() RETURNS text
+CREATE FUNCTION apikeys_internal._context_request_id() RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_context_request_id';
 -- A setting's value if it was set for this transaction (SET LOCAL,
 -- set_config(..., true), a function's SET clause) and is at most max_bytes
 -- long; else NULL, with a WARNING when a value was ignored.
-CREATE FUNCTION apikeys._transaction_setting(name text, max_bytes integer) RETURNS text
+CREATE FUNCTION apikeys_internal._transaction_setting(name text, max_bytes integer) RETURNS text
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_transaction_setting';
-CREATE FUNCTION apikeys._bulk_loading() RETURNS boolean
+CREATE FUNCTION apikeys_internal._bulk_loading() RETURNS boolean
     LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_bulk_loading';
 
 CREATE FUNCTION apikeys.authenticate(
@@ -58,7 +58,7 @@ CREATE FUNCTION apikeys.authenticate(
 COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant (and actor/request_id labels) to this transaction (RLS then shows that tenant only).';
 
 -- pg_roles.rolsuper of role r; NULL if there is no such role.
-CREATE FUNCTION apikeys._is_superuser(r name) RETURNS boolean
+CREATE FUNCTION apikeys_internal._is_superuser(r name) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -67,7 +67,7 @@ $$;
 
 -- Does role r hold `need` ('read', 'audit' or 'manage') on tenant t through role_tenant?
 -- (t NULL: a grant on every tenant.)
-CREATE FUNCTION apikeys._role_may(r name, t text, need text) RETURNS boolean
+CREATE FUNCTION apikeys_internal._role_may(r name, t text, need text) RETURNS boolean
     LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -88,14 +88,14 @@ $$;
 -- code; row-level policies ask it once per query, and the tenant-facing
 -- readers (apikeys.keys, apikeys.tenants, apikeys.audit_log ...) read only
 -- these tenants' rows, so no other tenant's row is scanned on its behalf.
-CREATE FUNCTION apikeys_internal._visible_tenants(need text) RETURNS text[]
+CREATE FUNCTION apikeys_internal.visible_tenants(need text) RETURNS text[]
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
+    r name := apikeys_internal._acting_role();
 BEGIN
-    IF apikeys._is_superuser(r) OR apikeys._role_may(r, NULL, 'read') THEN
+    IF apikeys_internal._is_superuser(r) OR apikeys_internal._role_may(r, NULL, 'read') THEN
         RETURN NULL;
     END IF;
     RETURN ARRAY(
@@ -104,16 +104,16 @@ BEGIN
           JOIN pg_catalog.pg_roles ro ON ro.rolname OPERATOR(pg_catalog.=) g.role_name
          WHERE g.tenant IS NOT NULL AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE')
         UNION
-        SELECT apikeys._binding_for_caller(false)
-         WHERE need OPERATOR(pg_catalog.=) 'read' AND apikeys._binding_for_caller(false) IS NOT NULL
+        SELECT apikeys_internal._binding_for_caller(false)
+         WHERE need OPERATOR(pg_catalog.=) 'read' AND apikeys_internal._binding_for_caller(false) IS NOT NULL
         ORDER BY 1);
 END;
 $$;
-SELECT apikeys_internal.publish('_visible_tenants', 'Tenants the calling role may read (NULL: every tenant); answers only about the caller.');
+SELECT apikeys_internal.publish('visible_tenants', 'Tenants the calling role may read (NULL: every tenant); answers only about the caller.');
 
 -- Record a refused management attempt in the server log (it survives the
 -- rollback that the error causes), then raise.
-CREATE FUNCTION apikeys._deny(p_action text, p_tenant text, p_key_id uuid,
+CREATE FUNCTION apikeys_internal._deny(p_action text, p_tenant text, p_key_id uuid,
                               p_sqlstate text, p_message text, p_hint text DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -124,8 +124,8 @@ BEGIN
         'at', clock_timestamp(), 'action', p_action, 'outcome', 'denied',
         'error', split_part(p_message, ':', 1), 'sqlstate', p_sqlstate,
         'tenant', p_tenant, 'key_id', p_key_id,
-        'db_role', apikeys._acting_role(), 'session_role', session_user,
-        'actor', apikeys._actor(), 'request_id', apikeys._request_id(),
+        'db_role', apikeys_internal._acting_role(), 'session_role', session_user,
+        'actor', apikeys_internal._actor(), 'request_id', apikeys_internal._request_id(),
         'client_addr', inet_client_addr(),
         'application_name', current_setting('application_name'),
         'txid', pg_current_xact_id_if_assigned())::text;
@@ -137,52 +137,52 @@ END;
 $$;
 
 -- May the acting role manage tenant p_tenant (NULL: manage tenants)?  The
--- role whose code called the entry point (apikeys._acting_role(): inside a
+-- role whose code called the entry point (apikeys_internal._acting_role(): inside a
 -- tenant admin's SECURITY DEFINER function that is the tenant admin, whoever
 -- runs the session) may if it is a superuser, is mapped to the tenant with
 -- 'manage' (or to every tenant), or its transaction is bound to the tenant
--- by set_tenant() (apikeys._binding_for_caller).  A question, never an error: callers that must not tell
+-- by set_tenant() (apikeys_internal._binding_for_caller).  A question, never an error: callers that must not tell
 -- "not yours" from "no such thing" raise one error for both.
-CREATE FUNCTION apikeys._may_manage(p_tenant text) RETURNS boolean
+CREATE FUNCTION apikeys_internal._may_manage(p_tenant text) RETURNS boolean
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
+    r name := apikeys_internal._acting_role();
 BEGIN
-    IF apikeys._is_superuser(r) THEN
+    IF apikeys_internal._is_superuser(r) THEN
         RETURN true;
     END IF;
     IF p_tenant IS NULL THEN
-        RETURN apikeys._role_may(r, NULL, 'manage');
+        RETURN apikeys_internal._role_may(r, NULL, 'manage');
     END IF;
-    RETURN coalesce(apikeys._binding_for_caller(true) OPERATOR(pg_catalog.=) p_tenant, false)
-        OR apikeys._role_may(r, p_tenant, 'manage');
+    RETURN coalesce(apikeys_internal._binding_for_caller(true) OPERATOR(pg_catalog.=) p_tenant, false)
+        OR apikeys_internal._role_may(r, p_tenant, 'manage');
 END;
 $$;
 
 -- Raise (and log) unless the acting role may manage p_tenant.  With a key or
 -- secret id the refusal reads as key_not_found, so other tenants' ids stay
--- unseen (apikeys._lock_key() looks keys up that way).
-CREATE FUNCTION apikeys._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
+-- unseen (apikeys_internal._lock_key() looks keys up that way).
+CREATE FUNCTION apikeys_internal._authorize(p_tenant text, p_action text, p_key_id uuid DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF apikeys._may_manage(p_tenant) THEN
+    IF apikeys_internal._may_manage(p_tenant) THEN
         RETURN;
     END IF;
     IF p_key_id IS NOT NULL THEN
-        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '42704',
+        PERFORM apikeys_internal._deny(p_action, p_tenant, p_key_id, '42704',
             format('key_not_found: no API key with id %s', p_key_id));
     ELSIF p_tenant IS NULL THEN
-        PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
-            format('permission_denied: role "%s" may not manage tenants', apikeys._acting_role()),
+        PERFORM apikeys_internal._deny(p_action, NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenants', apikeys_internal._acting_role()),
             'Tenants are managed by superusers and roles granted apikeys.grant_tenant(role, NULL).');
     ELSE
-        PERFORM apikeys._deny(p_action, p_tenant, NULL, '42501',
-            format('permission_denied: role "%s" may not manage tenant "%s"', apikeys._acting_role(), p_tenant),
+        PERFORM apikeys_internal._deny(p_action, p_tenant, NULL, '42501',
+            format('permission_denied: role "%s" may not manage tenant "%s"', apikeys_internal._acting_role(), p_tenant),
             'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
     END IF;
 END;

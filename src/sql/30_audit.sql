@@ -42,12 +42,12 @@ COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets, role 
 -- not valid JSON, or not an object, or holding anything jsonb refuses (a
 -- \u0000, nesting past the stack limit), read as absent: WHEN OTHERS catches
 -- every error but query_canceled (and assert_failure).
-CREATE FUNCTION apikeys._json_setting(name text, field text) RETURNS text
+CREATE FUNCTION apikeys_internal._json_setting(name text, field text) RETURNS text
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v text := apikeys._transaction_setting(name, 16384);
+    v text := apikeys_internal._transaction_setting(name, 16384);
 BEGIN
     IF v IS NULL THEN
         RETURN NULL;   -- the usual case: no subtransaction for nothing to parse
@@ -59,14 +59,14 @@ BEGIN
     END;
 END;
 $$;
-CREATE FUNCTION apikeys._actor() RETURNS text
+CREATE FUNCTION apikeys_internal._actor() RETURNS text
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v text := coalesce(apikeys._context_actor(),
-                       apikeys._transaction_setting('apikeys.actor', 16384),
-                       apikeys._json_setting('request.jwt.claims', 'sub'));
+    v text := coalesce(apikeys_internal._context_actor(),
+                       apikeys_internal._transaction_setting('apikeys.actor', 16384),
+                       apikeys_internal._json_setting('request.jwt.claims', 'sub'));
 BEGIN
     IF length(v) OPERATOR(pg_catalog.>) 200 THEN
         RAISE WARNING 'apikeys_setting_ignored: the actor is longer than 200 characters';
@@ -75,14 +75,14 @@ BEGIN
     RETURN v;
 END;
 $$;
-CREATE FUNCTION apikeys._request_id() RETURNS text
+CREATE FUNCTION apikeys_internal._request_id() RETURNS text
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v text := coalesce(apikeys._context_request_id(),
-                       apikeys._transaction_setting('apikeys.request_id', 16384),
-                       apikeys._json_setting('request.headers', 'x-request-id'));
+    v text := coalesce(apikeys_internal._context_request_id(),
+                       apikeys_internal._transaction_setting('apikeys.request_id', 16384),
+                       apikeys_internal._json_setting('request.headers', 'x-request-id'));
 BEGIN
     IF length(v) OPERATOR(pg_catalog.>) 200 THEN
         RAISE WARNING 'apikeys_setting_ignored: the request id is longer than 200 characters';
@@ -94,28 +94,28 @@ $$;
 
 -- What row_hash must be: SHA-256 of every other column, length-prefixed
 -- (src/audit_chain.c; the encoding is in docs/audit.md).
-CREATE FUNCTION apikeys._audit_hash(a apikeys.audit) RETURNS bytea
+CREATE FUNCTION apikeys_internal._audit_hash(a apikeys.audit) RETURNS bytea
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_audit_hash';
 
 -- BEFORE INSERT: number the row in its chain, link it to the chain's head and
 -- hash it, under the chain's lock (src/audit_chain.c).  ALWAYS: also under
 -- session_replication_role = replica.
-CREATE FUNCTION apikeys._audit_chain() RETURNS trigger
+CREATE FUNCTION apikeys_internal._audit_chain() RETURNS trigger
     LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_audit_chain_trigger';
 CREATE TRIGGER audit_chain BEFORE INSERT ON apikeys.audit
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_chain();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_chain();
 ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_chain;
 
-CREATE FUNCTION apikeys._audit_purging() RETURNS boolean
+CREATE FUNCTION apikeys_internal._audit_purging() RETURNS boolean
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
 
 -- SECURITY DEFINER: it must reach _audit_purging() whoever owns the table.
-CREATE FUNCTION apikeys._audit_append_only() RETURNS trigger
+CREATE FUNCTION apikeys_internal._audit_append_only() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' AND apikeys._audit_purging() THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' AND apikeys_internal._audit_purging() THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -124,13 +124,13 @@ BEGIN
 END;
 $$;
 CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON apikeys.audit
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_append_only();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_append_only();
 ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
 ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_no_truncate;
 
-CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
+CREATE FUNCTION apikeys_internal._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
     RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -139,14 +139,14 @@ BEGIN
     -- chain, audit_id, at, prev_hash and row_hash come from the chain trigger
     INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
                                request_id, client_addr, application_name, txid, detail)
-    VALUES (p_tenant, p_key_id, p_action, apikeys._acting_role(), session_user, apikeys._actor(),
-            apikeys._request_id(), inet_client_addr(), current_setting('application_name'),
+    VALUES (p_tenant, p_key_id, p_action, apikeys_internal._acting_role(), session_user, apikeys_internal._actor(),
+            apikeys_internal._request_id(), inet_client_addr(), current_setting('application_name'),
             pg_current_xact_id(), p_detail);
 END;
 $$;
 
 -- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret and vault_service.
-CREATE FUNCTION apikeys._audit_row_change() RETURNS trigger
+CREATE FUNCTION apikeys_internal._audit_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -159,7 +159,7 @@ DECLARE
     act text;
     detail jsonb;
 BEGIN
-    IF apikeys._bulk_loading() THEN
+    IF apikeys_internal._bulk_loading() THEN
         RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
     END IF;
     -- never a digest, a vault ciphertext or a master-key fingerprint (a
@@ -220,27 +220,27 @@ BEGIN
     ELSE
         detail := jsonb_build_object('old', o);
     END IF;
-    PERFORM apikeys._audit_write(act, t, k, detail);
+    PERFORM apikeys_internal._audit_write(act, t, k, detail);
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER audit_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 CREATE TRIGGER audit_credential AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 -- ALWAYS: a superuser's change under session_replication_role = replica is
--- audited too (restored and replicated rows pass: apikeys._bulk_loading()).
+-- audited too (restored and replicated rows pass: apikeys_internal._bulk_loading()).
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER audit_tenant;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;
 ALTER TABLE apikeys.role_tenant ENABLE ALWAYS TRIGGER audit_role_tenant;
 
 -- TRUNCATE fires no row triggers: it would change keys without an audit row.
-CREATE FUNCTION apikeys._refuse_truncate() RETURNS trigger
+CREATE FUNCTION apikeys_internal._refuse_truncate() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -251,18 +251,18 @@ BEGIN
 END;
 $$;
 CREATE TRIGGER tenant_no_truncate BEFORE TRUNCATE ON apikeys.tenant
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 CREATE TRIGGER credential_no_truncate BEFORE TRUNCATE ON apikeys.credential
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 CREATE TRIGGER secret_no_truncate BEFORE TRUNCATE ON apikeys.secret
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 CREATE TRIGGER role_tenant_no_truncate BEFORE TRUNCATE ON apikeys.role_tenant
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 
 -- The audit history a tenant-scoped reader sees of tenant t: from its latest
 -- tenant_created row on.  A tenant id can be deleted and created again;
 -- the new tenant's roles must not read the old one's history.
-CREATE FUNCTION apikeys._audit_since(t text) RETURNS bigint
+CREATE FUNCTION apikeys_internal._audit_since(t text) RETURNS bigint
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -273,14 +273,14 @@ $$;
 -- One tenant's chain since the tenant's creation, newest first, before
 -- before_id, of one key if key_id is given, at most max_rows (NULL: all): a
 -- backward scan of the chain's primary key.
-CREATE FUNCTION apikeys._audit_of(t text, before_id bigint, max_rows integer, key_id uuid)
+CREATE FUNCTION apikeys_internal._audit_of(t text, before_id bigint, max_rows integer, key_id uuid)
     RETURNS SETOF apikeys.audit
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM apikeys.audit a
      WHERE a.chain OPERATOR(pg_catalog.=) t
-       AND a.audit_id OPERATOR(pg_catalog.>=) apikeys._audit_since(t)
+       AND a.audit_id OPERATOR(pg_catalog.>=) apikeys_internal._audit_since(t)
        AND a.audit_id OPERATOR(pg_catalog.<) coalesce(before_id, 9223372036854775807)
        AND (_audit_of.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) _audit_of.key_id)
      ORDER BY a.audit_id DESC LIMIT max_rows
@@ -288,12 +288,12 @@ $$;
 
 -- The chains the caller may audit: every chain for superusers and global
 -- auditors, else its tenants'.
-CREATE FUNCTION apikeys._audit_chains() RETURNS SETOF text
+CREATE FUNCTION apikeys_internal._audit_chains() RETURNS SETOF text
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('audit');
+    v text[] := apikeys.visible_tenants('audit');
 BEGIN
     IF v IS NULL THEN
         -- one index probe per chain, however long the chains
@@ -313,25 +313,25 @@ $$;
 -- Rows of apikeys.audit_log: the audit rows of the tenants the caller may
 -- audit, each tenant's since its creation (apikeys.tenants explains why a
 -- reader function).
-CREATE FUNCTION apikeys_internal._read_audit() RETURNS SETOF apikeys.audit
+CREATE FUNCTION apikeys_internal.read_audit() RETURNS SETOF apikeys.audit
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 1000
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('audit');
+    v text[] := apikeys.visible_tenants('audit');
 BEGIN
     IF v IS NULL THEN
         RETURN QUERY SELECT * FROM apikeys.audit a;
     ELSE
         RETURN QUERY SELECT a.* FROM unnest(v) t(tenant)
-                       CROSS JOIN LATERAL apikeys._audit_of(t.tenant, NULL, NULL, NULL) a;
+                       CROSS JOIN LATERAL apikeys_internal._audit_of(t.tenant, NULL, NULL, NULL) a;
     END IF;
 END;
 $$;
-SELECT apikeys_internal.publish('_read_audit', 'Rows of apikeys.audit_log: the audit rows of the tenants the caller may audit.');
+SELECT apikeys_internal.publish('read_audit', 'Rows of apikeys.audit_log: the audit rows of the tenants the caller may audit.');
 CREATE VIEW apikeys.audit_log WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_audit();
+SELECT * FROM apikeys.read_audit();
 COMMENT ON VIEW apikeys.audit_log IS 'The audit rows the caller may read: its tenants'' since their creation (every row for superusers and global auditors).';
 
 -- One page of a chain, newest first: the rows before before_id (NULL: from
@@ -346,7 +346,7 @@ CREATE FUNCTION apikeys_internal.audit_log_page(tenant text, before_id bigint DE
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('audit');
+    v text[] := apikeys.visible_tenants('audit');
 BEGIN
     IF max_rows IS NULL OR max_rows NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -359,7 +359,7 @@ BEGIN
                         AND (audit_log_page.key_id IS NULL OR a.key_id OPERATOR(pg_catalog.=) audit_log_page.key_id)
                       ORDER BY a.audit_id DESC LIMIT max_rows;
     ELSIF tenant OPERATOR(pg_catalog.=) ANY (v) THEN
-        RETURN QUERY SELECT * FROM apikeys._audit_of(tenant, before_id, max_rows, audit_log_page.key_id);
+        RETURN QUERY SELECT * FROM apikeys_internal._audit_of(tenant, before_id, max_rows, audit_log_page.key_id);
     END IF;
 END;
 $$;
@@ -383,12 +383,12 @@ DECLARE
     purged apikeys.audit;
     next_id bigint;
     next_prev bytea;
-    scoped boolean := apikeys._visible_tenants('audit') IS NOT NULL;
+    scoped boolean := apikeys.visible_tenants('audit') IS NOT NULL;
     since bigint;
 BEGIN
     ok := true;
     rows_checked := 0;
-    FOR c IN SELECT x FROM apikeys._audit_chains() x LOOP
+    FOR c IN SELECT x FROM apikeys_internal._audit_chains() x LOOP
         next_id := 1;
         next_prev := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
         -- after a purge: start from the anchor, which must hold the whole
@@ -408,7 +408,7 @@ BEGIN
             IF purged.audit_id IS NULL OR purged.chain IS DISTINCT FROM c
                OR purged.audit_id OPERATOR(pg_catalog.<>) (next_id OPERATOR(pg_catalog.-) 1)
                OR purged.row_hash IS DISTINCT FROM next_prev
-               OR apikeys._audit_hash(purged) IS DISTINCT FROM next_prev
+               OR apikeys_internal._audit_hash(purged) IS DISTINCT FROM next_prev
                OR NOT (purged.at OPERATOR(pg_catalog.<) (anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz)
                OR NOT ((anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz
                        OPERATOR(pg_catalog.<=) (anchor.at OPERATOR(pg_catalog.-) interval '1 day')) THEN
@@ -422,7 +422,7 @@ BEGIN
         -- a one-tenant auditor sees its tenant's chain from the tenant's
         -- latest creation on: a tenant id reused shows nothing of before
         IF scoped THEN
-            since := apikeys._audit_since(c);
+            since := apikeys_internal._audit_since(c);
             IF since OPERATOR(pg_catalog.>) next_id THEN
                 next_id := since;
                 SELECT x.prev_hash INTO next_prev FROM apikeys.audit x
@@ -441,7 +441,7 @@ BEGIN
                 problem := CASE WHEN rows_checked OPERATOR(pg_catalog.=) 1 OR a.audit_id OPERATOR(pg_catalog.=) 1
                                 THEN 'first row does not link to the chain start'
                                 ELSE 'prev_hash does not match the previous row' END;
-            ELSIF a.row_hash OPERATOR(pg_catalog.<>) apikeys._audit_hash(a) THEN
+            ELSIF a.row_hash OPERATOR(pg_catalog.<>) apikeys_internal._audit_hash(a) THEN
                 problem := 'row content does not match its hash';
             END IF;
             IF problem IS NOT NULL THEN
@@ -488,7 +488,7 @@ AS $$
 BEGIN
     RETURN QUERY
     SELECT c.x, h.audit_id, encode(h.row_hash, 'hex')
-      FROM apikeys._audit_chains() c(x)
+      FROM apikeys_internal._audit_chains() c(x)
       CROSS JOIN LATERAL (SELECT a.audit_id, a.row_hash FROM apikeys.audit a
                            WHERE a.chain OPERATOR(pg_catalog.=) c.x
                            ORDER BY a.audit_id DESC LIMIT 1) h
@@ -503,7 +503,7 @@ SELECT apikeys_internal.publish('audit_head', 'Newest row and hash of each audit
 -- The audit_purged row is written first, so it links to the chain's head
 -- and the chain stays checkable from its new first row even when every
 -- older row goes.
-CREATE FUNCTION apikeys._audit_purge_rows(cutoff timestamptz, older_than interval) RETURNS bigint
+CREATE FUNCTION apikeys_internal._audit_purge_rows(cutoff timestamptz, older_than interval) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -514,7 +514,7 @@ DECLARE
     n bigint;
     total bigint := 0;
 BEGIN
-    IF NOT apikeys._audit_purging() THEN
+    IF NOT apikeys_internal._audit_purging() THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
     END IF;
@@ -525,7 +525,7 @@ BEGIN
             MESSAGE = format('audit_chain_broken: chain "%s" row %s: %s', chk.first_bad_chain, chk.first_bad_id, chk.problem),
             HINT = 'apikeys.audit_check() shows the first broken row; the purge refuses to delete evidence of tampering.';
     END IF;
-    FOR c IN SELECT x FROM apikeys._audit_chains() x LOOP
+    FOR c IN SELECT x FROM apikeys_internal._audit_chains() x LOOP
         SELECT * INTO cut FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
          ORDER BY a.audit_id DESC LIMIT 1;
@@ -534,7 +534,7 @@ BEGIN
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         -- the anchor carries the whole newest purged row, so a check can prove
         -- that what it names really was hashed, and at least a day old
-        PERFORM apikeys._audit_write('audit_purged', nullif(c, ''), NULL, jsonb_build_object(
+        PERFORM apikeys_internal._audit_write('audit_purged', nullif(c, ''), NULL, jsonb_build_object(
             'rows', n, 'older_than', older_than, 'cutoff', cutoff, 'last_purged_id', cut.audit_id,
             'last_purged_hash', encode(cut.row_hash, 'hex'), 'last_purged_row', to_jsonb(cut)));
         DELETE FROM apikeys.audit a

@@ -65,7 +65,7 @@ COMMENT ON FUNCTION apikeys.apikey_verify IS 'Check a presented key; returns a v
 -- Lock the key and return its row, if the acting role may manage its tenant.
 -- An unknown key and another tenant's key take the same path to the same
 -- error (message, context and all), so neither tells the other apart.
-CREATE FUNCTION apikeys._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.credential
+CREATE FUNCTION apikeys_internal._lock_key(p_key_id uuid, p_action text) RETURNS apikeys.credential
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -79,7 +79,7 @@ BEGIN
     END IF;
     SELECT * INTO k FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id;
     owner_tenant := k.tenant;
-    IF FOUND AND apikeys._may_manage(k.tenant) THEN
+    IF FOUND AND apikeys_internal._may_manage(k.tenant) THEN
         -- FOR UPDATE only now: a foreign key is never locked (nor waited for)
         SELECT * INTO k FROM apikeys.credential c
          WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id FOR UPDATE;
@@ -87,27 +87,27 @@ BEGIN
         k := NULL;
     END IF;
     IF k.key_id IS NULL THEN   -- unknown, foreign, or deleted while we waited
-        PERFORM apikeys._deny(p_action, owner_tenant, p_key_id, '42704',
+        PERFORM apikeys_internal._deny(p_action, owner_tenant, p_key_id, '42704',
             format('key_not_found: no API key with id %s', p_key_id));
     END IF;
     RETURN k;
 END;
 $$;
 
-CREATE FUNCTION apikeys._require_not_revoked(k apikeys.credential, p_action text) RETURNS void
+CREATE FUNCTION apikeys_internal._require_not_revoked(k apikeys.credential, p_action text) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF k.status OPERATOR(pg_catalog.=) 'revoked' THEN
-        PERFORM apikeys._deny(p_action, k.tenant, k.key_id, '55000',
+        PERFORM apikeys_internal._deny(p_action, k.tenant, k.key_id, '55000',
             format('key_revoked: API key %s is revoked', k.key_id),
             'Revocation is permanent; create a new key.');
     END IF;
 END;
 $$;
 
-CREATE FUNCTION apikeys._require_active_tenant(p_tenant text, p_action text, p_key_id uuid) RETURNS void
+CREATE FUNCTION apikeys_internal._require_active_tenant(p_tenant text, p_action text, p_key_id uuid) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -115,7 +115,7 @@ BEGIN
     PERFORM 1 FROM apikeys.tenant t
      WHERE t.tenant OPERATOR(pg_catalog.=) p_tenant AND t.active;
     IF NOT FOUND THEN
-        PERFORM apikeys._deny(p_action, p_tenant, p_key_id, '55000',
+        PERFORM apikeys_internal._deny(p_action, p_tenant, p_key_id, '55000',
             format('tenant_inactive: tenant "%s" is inactive', p_tenant),
             'Reactivate it with apikeys.tenant_update(tenant, active => true).');
     END IF;
@@ -127,7 +127,7 @@ CREATE FUNCTION apikeys_internal.apikey_revoke(key_id uuid, reason text DEFAULT 
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_revoke');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_revoke');
 BEGIN
     IF char_length(reason) > 2000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -151,9 +151,9 @@ CREATE FUNCTION apikeys_internal.apikey_disable(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_disable');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_disable');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k, 'key_disable');
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_disable');
     IF k.status OPERATOR(pg_catalog.=) 'active' THEN
         UPDATE apikeys.credential c SET status = 'disabled', updated_at = now()
          WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
@@ -167,10 +167,10 @@ CREATE FUNCTION apikeys_internal.apikey_enable(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_enable');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_enable');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k, 'key_enable');
-    PERFORM apikeys._require_active_tenant(k.tenant, 'key_enable', k.key_id);
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_enable');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_enable', k.key_id);
     IF k.status OPERATOR(pg_catalog.=) 'disabled' THEN
         UPDATE apikeys.credential c SET status = 'active', updated_at = now()
          WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
@@ -191,19 +191,19 @@ CREATE FUNCTION apikeys_internal.apikey_update(
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_update');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_update');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k, 'key_update');
-    PERFORM apikeys._require_active_tenant(k.tenant, 'key_update', k.key_id);
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_update');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_update', k.key_id);
     -- NULL leaves a field unchanged; expires_at => 'infinity' removes the expiry.
     UPDATE apikeys.credential c SET
-        name        = coalesce(apikeys._check_name(apikey_update.name), c.name),
-        description = coalesce(apikeys._check_description(apikey_update.description), c.description),
-        scopes      = coalesce(apikeys._normalize_scopes(apikey_update.scopes), c.scopes),
+        name        = coalesce(apikeys_internal._check_name(apikey_update.name), c.name),
+        description = coalesce(apikeys_internal._check_description(apikey_update.description), c.description),
+        scopes      = coalesce(apikeys_internal._normalize_scopes(apikey_update.scopes), c.scopes),
         expires_at  = CASE WHEN apikey_update.expires_at IS NULL THEN c.expires_at
                            WHEN apikey_update.expires_at OPERATOR(pg_catalog.=) 'infinity' THEN NULL
-                           ELSE apikeys._check_expiry(apikey_update.expires_at) END,
-        metadata    = coalesce(apikeys._check_metadata(apikey_update.metadata), c.metadata),
+                           ELSE apikeys_internal._check_expiry(apikey_update.expires_at) END,
+        metadata    = coalesce(apikeys_internal._check_metadata(apikey_update.metadata), c.metadata),
         updated_at  = now()
      WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
     -- Rotation grace never outlives the key.
@@ -221,7 +221,7 @@ CREATE FUNCTION apikeys_internal.apikey_delete(key_id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_delete');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_delete');
 BEGIN
     DELETE FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
     DELETE FROM apikeys.usage u WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id;
@@ -241,13 +241,13 @@ AS $$
 DECLARE
     t apikeys.tenant;
 BEGIN
-    PERFORM apikeys._authorize(NULL, 'tenant_create');
+    PERFORM apikeys_internal._authorize(NULL, 'tenant_create');
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
     END IF;
     INSERT INTO apikeys.tenant (tenant, display_name)
-    VALUES (apikeys._tenant_arg(tenant), coalesce(display_name, tenant))
+    VALUES (apikeys_internal._tenant_arg(tenant), coalesce(display_name, tenant))
     ON CONFLICT DO NOTHING
     RETURNING * INTO t;
     IF NOT FOUND THEN
@@ -267,8 +267,8 @@ AS $$
 DECLARE
     t apikeys.tenant;
 BEGIN
-    PERFORM apikeys._authorize(NULL, 'tenant_update');
-    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
+    PERFORM apikeys_internal._authorize(NULL, 'tenant_update');
+    PERFORM apikeys_internal._tenant_arg(tenant);   -- before any message echoes it
     IF display_name IS NOT NULL AND char_length(display_name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_display_name: display_name must be 1 to 200 characters';
@@ -295,8 +295,8 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    PERFORM apikeys._authorize(NULL, 'tenant_delete');
-    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
+    PERFORM apikeys_internal._authorize(NULL, 'tenant_delete');
+    PERFORM apikeys_internal._tenant_arg(tenant);   -- before any message echoes it
     PERFORM 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) tenant_delete.tenant FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
@@ -320,7 +320,7 @@ SELECT apikeys_internal.publish('tenant_delete', 'Delete a tenant; with force =>
 
 -- Rows of apikeys.keys: the visible tenants' keys only (apikeys.tenants
 -- explains why a reader function).
-CREATE FUNCTION apikeys_internal._read_keys()
+CREATE FUNCTION apikeys_internal.read_keys()
     RETURNS TABLE (key_id uuid, tenant text, name text, description text, prefix text, hint text,
                    scopes text[], metadata jsonb, status text, expires_at timestamptz,
                    created_by name, created_at timestamptz, updated_at timestamptz,
@@ -333,7 +333,7 @@ CREATE FUNCTION apikeys_internal._read_keys()
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('read');
+    v text[] := apikeys.visible_tenants('read');
 BEGIN
     RETURN QUERY
     SELECT c.key_id, c.tenant, c.name, c.description, c.prefix,
@@ -350,7 +350,7 @@ BEGIN
      WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
-SELECT apikeys_internal.publish('_read_keys', 'Rows of apikeys.keys: the keys of the tenants the caller may read.');
+SELECT apikeys_internal.publish('read_keys', 'Rows of apikeys.keys: the keys of the tenants the caller may read.');
 CREATE VIEW apikeys.keys WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_keys();
+SELECT * FROM apikeys.read_keys();
 COMMENT ON VIEW apikeys.keys IS 'One row per API key with its current hint; no secret or digest.';

@@ -13,22 +13,22 @@ ALTER TABLE apikeys.role_tenant ENABLE ROW LEVEL SECURITY;
 -- and auditors get that from grant_tenant); tenant-scoped roles read the
 -- views below instead, which never scan another tenant's rows (a query on a
 -- table under RLS still scans them, and EXPLAIN ANALYZE would count them).
--- apikeys._visible_tenants() runs once per query (an InitPlan); NULL means
+-- apikeys.visible_tenants() runs once per query (an InitPlan); NULL means
 -- every tenant, hence the coalesce.
 CREATE POLICY role_tenant_read ON apikeys.role_tenant FOR SELECT
     USING (EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro
                     WHERE ro.rolname OPERATOR(pg_catalog.=) role_tenant.role_name
                       AND pg_catalog.pg_has_role(current_user, ro.oid, 'USAGE'))
-           OR (SELECT apikeys._visible_tenants('read')) IS NULL);
+           OR (SELECT apikeys.visible_tenants('read')) IS NULL);
 CREATE POLICY tenant_read ON apikeys.tenant FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys.visible_tenants('read')), ARRAY[tenant])));
 CREATE POLICY credential_read ON apikeys.credential FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys.visible_tenants('read')), ARRAY[tenant])));
 CREATE POLICY secret_read ON apikeys.secret FOR SELECT
     USING (EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) secret.key_id));
 -- the audit only through a mapping, never through a key-bound transaction
 CREATE POLICY audit_read ON apikeys.audit FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('audit')), ARRAY[tenant])));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys.visible_tenants('audit')), ARRAY[tenant])));
 
 ------------------------------------------------------------------------------
 -- Tenant-facing readers: each reads the caller's visible tenants' rows only
@@ -37,30 +37,30 @@ CREATE POLICY audit_read ON apikeys.audit FOR SELECT
 -- visible tenants are known when each query is planned.
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys_internal._read_tenants() RETURNS SETOF apikeys.tenant
+CREATE FUNCTION apikeys_internal.read_tenants() RETURNS SETOF apikeys.tenant
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 10
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('read');
+    v text[] := apikeys.visible_tenants('read');
 BEGIN
     RETURN QUERY SELECT * FROM apikeys.tenant t
                   WHERE v IS NULL OR t.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
-SELECT apikeys_internal.publish('_read_tenants', 'Rows of apikeys.tenants: the tenants the caller may read.');
+SELECT apikeys_internal.publish('read_tenants', 'Rows of apikeys.tenants: the tenants the caller may read.');
 CREATE VIEW apikeys.tenants WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_tenants();
+SELECT * FROM apikeys.read_tenants();
 COMMENT ON VIEW apikeys.tenants IS 'The tenants the caller may read (all of them for superusers and global roles).';
 
-CREATE FUNCTION apikeys_internal._read_grants() RETURNS SETOF apikeys.role_tenant
+CREATE FUNCTION apikeys_internal.read_grants() RETURNS SETOF apikeys.role_tenant
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 10
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
-    all_ boolean := apikeys._visible_tenants('read') IS NULL;
+    r name := apikeys_internal._acting_role();
+    all_ boolean := apikeys.visible_tenants('read') IS NULL;
 BEGIN
     RETURN QUERY SELECT g.* FROM apikeys.role_tenant g
                   WHERE all_ OR EXISTS (
@@ -69,9 +69,9 @@ BEGIN
                            AND pg_catalog.pg_has_role(r, ro.oid, 'USAGE'));
 END;
 $$;
-SELECT apikeys_internal.publish('_read_grants', 'Rows of apikeys.tenant_grants: the caller''s own tenant mappings (every mapping for superusers and global roles).');
+SELECT apikeys_internal.publish('read_grants', 'Rows of apikeys.tenant_grants: the caller''s own tenant mappings (every mapping for superusers and global roles).');
 CREATE VIEW apikeys.tenant_grants WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_grants();
+SELECT * FROM apikeys.read_grants();
 COMMENT ON VIEW apikeys.tenant_grants IS 'Which tenants the caller (and the roles it belongs to) manage or audit.';
 
 ------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ COMMENT ON VIEW apikeys.tenant_grants IS 'Which tenants the caller (and the role
 
 -- The role a grant recipe names: an existing role, never NULL or PUBLIC
 -- (GRANT ... TO public would hand the privilege to every role).
-CREATE FUNCTION apikeys._check_role(role_name name) RETURNS name
+CREATE FUNCTION apikeys_internal._check_role(role_name name) RETURNS name
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -99,7 +99,7 @@ END;
 $$;
 
 -- The privilege a tenant grant names.
-CREATE FUNCTION apikeys._check_privilege(privilege text) RETURNS text
+CREATE FUNCTION apikeys_internal._check_privilege(privilege text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -117,7 +117,7 @@ CREATE FUNCTION apikeys_internal.grant_verifier(role_name name) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM apikeys._check_role(role_name);
+    PERFORM apikeys_internal._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
                    ' apikeys.authenticate(text, text[], inet, text, text), apikeys.current_tenant(),'
@@ -131,8 +131,8 @@ CREATE FUNCTION apikeys_internal.grant_tenant(role_name name, tenant text, privi
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM apikeys._check_privilege(privilege), apikeys._check_role(role_name),
-            apikeys._check_tenant_id(tenant);   -- STRICT: NULL is every tenant
+    PERFORM apikeys_internal._check_privilege(privilege), apikeys_internal._check_role(role_name),
+            apikeys_internal._check_tenant_id(tenant);   -- STRICT: NULL is every tenant
     IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) grant_tenant.tenant) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
@@ -144,8 +144,8 @@ BEGIN
     -- the views, never the tables (see the readers above) ...
     EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
                    ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._read_tenants(), apikeys._read_keys(),'
-                   ' apikeys._read_audit(), apikeys._read_grants(), apikeys._read_key_usage(),'
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_tenants(), apikeys.read_keys(),'
+                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(),'
                    ' apikeys.audit_log_page(text, bigint, integer, uuid),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     -- ... but for global roles, who see every row anyway
@@ -180,7 +180,7 @@ CREATE FUNCTION apikeys_internal.revoke_tenant(role_name name, tenant text, priv
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM apikeys._check_privilege(privilege), apikeys._check_tenant_id(tenant);
+    PERFORM apikeys_internal._check_privilege(privilege), apikeys_internal._check_tenant_id(tenant);
     DELETE FROM apikeys.role_tenant g
      WHERE g.role_name OPERATOR(pg_catalog.=) revoke_tenant.role_name
        AND g.tenant IS NOT DISTINCT FROM revoke_tenant.tenant

@@ -55,19 +55,19 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.vault_service', 'WHERE NOT b
 SELECT pg_catalog.pg_extension_config_dump('apikeys.vault_secret', '');
 
 CREATE TRIGGER audit_vault_service AFTER INSERT OR UPDATE OR DELETE ON apikeys.vault_service
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 CREATE TRIGGER audit_vault_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.vault_secret
-    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 ALTER TABLE apikeys.vault_service ENABLE ALWAYS TRIGGER audit_vault_service;
 ALTER TABLE apikeys.vault_secret ENABLE ALWAYS TRIGGER audit_vault_secret;
 CREATE TRIGGER vault_service_no_truncate BEFORE TRUNCATE ON apikeys.vault_service
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 CREATE TRIGGER vault_secret_no_truncate BEFORE TRUNCATE ON apikeys.vault_secret
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._refuse_truncate();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 
 -- Metadata only: no ciphertext, no key fingerprint; the visible tenants'
 -- secrets only, read inside a function (see apikeys.tenants for why).
-CREATE FUNCTION apikeys_internal._read_vault_secrets()
+CREATE FUNCTION apikeys_internal.read_vault_secrets()
     RETURNS TABLE (id uuid, tenant text, owner_user text, service text, name text, active boolean,
                    last_used_at timestamptz, created_at timestamptz, updated_at timestamptz)
     LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
@@ -75,7 +75,7 @@ CREATE FUNCTION apikeys_internal._read_vault_secrets()
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('read');
+    v text[] := apikeys.visible_tenants('read');
 BEGIN
     RETURN QUERY
     SELECT s.id, s.tenant, s.owner_user, s.service, s.name, s.active, s.last_used_at, s.created_at, s.updated_at
@@ -83,16 +83,16 @@ BEGIN
      WHERE v IS NULL OR s.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
-SELECT apikeys_internal.publish('_read_vault_secrets', 'Rows of apikeys.vault_secrets: metadata of the vault secrets of the tenants the caller may read.');
+SELECT apikeys_internal.publish('read_vault_secrets', 'Rows of apikeys.vault_secrets: metadata of the vault secrets of the tenants the caller may read.');
 CREATE VIEW apikeys.vault_secrets WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_vault_secrets();
+SELECT * FROM apikeys.read_vault_secrets();
 COMMENT ON VIEW apikeys.vault_secrets IS 'Vault secrets'' metadata (no ciphertext) of the tenants the caller may read.';
 
 ALTER TABLE apikeys.vault_service ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.vault_secret ENABLE ROW LEVEL SECURITY;
 CREATE POLICY vault_service_read ON apikeys.vault_service FOR SELECT USING (true);
 CREATE POLICY vault_secret_read ON apikeys.vault_secret FOR SELECT
-    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys._visible_tenants('read')), ARRAY[tenant])));
+    USING (tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys.visible_tenants('read')), ARRAY[tenant])));
 
 ------------------------------------------------------------------------------
 -- Internals.  The master keys never reach SQL: src/vault_crypto.c reads them
@@ -111,7 +111,7 @@ CREATE POLICY vault_secret_read ON apikeys.vault_secret FOR SELECT
 -- row); the same as the C code computes.  Neither the extension nor its
 -- functions call it (the key would be an argument): it is for superusers who
 -- want to know which key a row is under, and for the tests.
-CREATE FUNCTION apikeys._vault_fingerprint(master_key text) RETURNS text
+CREATE FUNCTION apikeys_internal._vault_fingerprint(master_key text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -121,25 +121,25 @@ $$;
 
 -- Fingerprints of the configured keys (prev_fp NULL outside a rotation);
 -- vault_master_key_missing / vault_master_key_invalid without a usable key.
-CREATE FUNCTION apikeys._vault_key_state(OUT cur_fp text, OUT prev_fp text) RETURNS record
+CREATE FUNCTION apikeys_internal._vault_key_state(OUT cur_fp text, OUT prev_fp text) RETURNS record
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_key_state';
 
 -- Encrypt a secret (pgp_sym_encrypt, AES-256, no compression; passphrase
 -- id || ':' || master key) under the current master key.
-CREATE FUNCTION apikeys._vault_seal(id uuid, plaintext text, OUT ciphertext bytea, OUT key_fp text) RETURNS record
+CREATE FUNCTION apikeys_internal._vault_seal(id uuid, plaintext text, OUT ciphertext bytea, OUT key_fp text) RETURNS record
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_seal';
 
 -- Decrypt a row with whichever configured key encrypted it.  problem:
 -- NULL, 'master_key_mismatch' (neither configured key encrypted it) or
 -- 'decrypt_failed'; stale: decrypted with the previous master key.
-CREATE FUNCTION apikeys._vault_open(id uuid, ciphertext bytea, key_fp text,
+CREATE FUNCTION apikeys_internal._vault_open(id uuid, ciphertext bytea, key_fp text,
                                     OUT plaintext text, OUT problem text, OUT stale boolean) RETURNS record
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_open';
 
 -- A row re-encrypted under the current master key (as it is if it already
 -- is; NULLs if the previous key does not open it).  For the rotation: the
 -- plaintext never leaves C.
-CREATE FUNCTION apikeys._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
+CREATE FUNCTION apikeys_internal._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
                                       OUT ciphertext bytea, OUT key_fp text) RETURNS record
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_rewrap';
 
@@ -147,12 +147,12 @@ CREATE FUNCTION apikeys._vault_rewrap(id uuid, ciphertext bytea, key_fp text,
 -- tenant) until the end of the transaction.  The lock's tag is one no SQL
 -- function can take (not pg_advisory_*), so no role can hold it to block
 -- another tenant's vault_add.
-CREATE FUNCTION apikeys._vault_lock_slot(tenant text, owner text, service text) RETURNS void
+CREATE FUNCTION apikeys_internal._vault_lock_slot(tenant text, owner text, service text) RETURNS void
     LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apikeys_vault_lock_slot';
 
 -- A service by name (aliases resolved).  Never echoes the caller's input:
 -- a secret passed in the wrong argument must not reach an error message.
-CREATE FUNCTION apikeys._vault_service(p_service text) RETURNS apikeys.vault_service
+CREATE FUNCTION apikeys_internal._vault_service(p_service text) RETURNS apikeys.vault_service
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -172,7 +172,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION apikeys._vault_check_name(p_name text) RETURNS text
+CREATE FUNCTION apikeys_internal._vault_check_name(p_name text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -186,9 +186,9 @@ END;
 $$;
 
 -- May the acting role do `need` ('read' or 'manage') on a tenant?  'manage'
--- is apikeys._may_manage(); 'read' is what the readers show (a mapping of
+-- is apikeys_internal._may_manage(); 'read' is what the readers show (a mapping of
 -- either privilege, or the bound tenant).  Answers; never raises.
-CREATE FUNCTION apikeys._vault_may(p_tenant text, p_need text)
+CREATE FUNCTION apikeys_internal._vault_may(p_tenant text, p_need text)
     RETURNS boolean
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -197,26 +197,26 @@ DECLARE
     v text[];
 BEGIN
     IF p_need OPERATOR(pg_catalog.=) 'manage' THEN
-        RETURN apikeys._may_manage(p_tenant);
+        RETURN apikeys_internal._may_manage(p_tenant);
     END IF;
-    v := apikeys._visible_tenants('read');
+    v := apikeys.visible_tenants('read');
     RETURN v IS NULL OR p_tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
 
 -- Refuse a tenant-scoped call the session's role may not make
 -- (permission_denied; the tenant is not echoed: it could be a misplaced
--- secret).  For one secret, use apikeys._vault_find instead.
-CREATE FUNCTION apikeys._vault_authorize(p_tenant text, p_action text, p_need text)
+-- secret).  For one secret, use apikeys_internal._vault_find instead.
+CREATE FUNCTION apikeys_internal._vault_authorize(p_tenant text, p_action text, p_need text)
     RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
+    r name := apikeys_internal._acting_role();
 BEGIN
-    IF NOT apikeys._vault_may(p_tenant, p_need) THEN
-        PERFORM apikeys._deny(p_action, NULL, NULL, '42501',
+    IF NOT apikeys_internal._vault_may(p_tenant, p_need) THEN
+        PERFORM apikeys_internal._deny(p_action, NULL, NULL, '42501',
             format('permission_denied: role "%s" may not %s this tenant', r, p_need),
             'A superuser can allow it with apikeys.grant_tenant(role, tenant).');
     END IF;
@@ -228,7 +228,7 @@ $$;
 -- role may not act for, and one deleted while we waited for its lock all
 -- end at the one raise point below, so their errors are identical to the
 -- byte, CONTEXT included: other tenants' secrets stay unseen.
-CREATE FUNCTION apikeys._vault_find(p_id uuid, p_action text, p_need text, p_lock boolean)
+CREATE FUNCTION apikeys_internal._vault_find(p_id uuid, p_action text, p_need text, p_lock boolean)
     RETURNS apikeys.vault_secret
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -242,14 +242,14 @@ BEGIN
             MESSAGE = 'invalid_id: id must not be NULL';
     END IF;
     SELECT * INTO s FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) p_id;
-    visible := FOUND AND apikeys._vault_may(s.tenant, p_need);
+    visible := FOUND AND apikeys_internal._vault_may(s.tenant, p_need);
     IF visible AND p_lock THEN
         -- locked only once authorized: a foreign row is never waited for
         SELECT * INTO s FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) p_id FOR UPDATE;
         visible := FOUND;
     END IF;
     IF NOT visible THEN
-        PERFORM apikeys._deny(p_action, s.tenant, p_id, '42704',
+        PERFORM apikeys_internal._deny(p_action, s.tenant, p_id, '42704',
             format('vault_secret_not_found: no vault secret with id %s', p_id));
     END IF;
     RETURN s;
@@ -272,14 +272,14 @@ CREATE FUNCTION apikeys_internal.vault_add(
     SET plan_cache_mode = force_generic_plan   -- the secret never a plan constant
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
+    r name := apikeys_internal._acting_role();
     su boolean;
     svc apikeys.vault_service;
     sealed record;
     new_id uuid := gen_random_uuid();
     visible boolean;
 BEGIN
-    su := apikeys._is_superuser(r);
+    su := apikeys_internal._is_superuser(r);
     -- An unknown tenant and one the role may not manage read the same (and
     -- neither is echoed: it could be a misplaced secret); only a superuser
     -- is told that a tenant does not exist.
@@ -290,26 +290,26 @@ BEGIN
         END IF;
         visible := false;
     ELSE
-        visible := apikeys._may_manage(tenant);
+        visible := apikeys_internal._may_manage(tenant);
     END IF;
     IF NOT visible THEN
-        PERFORM apikeys._deny('vault_add', NULL, NULL, '42501',
+        PERFORM apikeys_internal._deny('vault_add', NULL, NULL, '42501',
             format('permission_denied: role "%s" may not manage this tenant', r));
     END IF;
-    PERFORM apikeys._require_active_tenant(tenant, 'vault_add', NULL);
-    PERFORM apikeys._vault_check_name(name);
+    PERFORM apikeys_internal._require_active_tenant(tenant, 'vault_add', NULL);
+    PERFORM apikeys_internal._vault_check_name(name);
     IF owner_user IS NOT NULL THEN
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) owner_user) THEN
             RAISE EXCEPTION USING ERRCODE = 'undefined_object',
                 MESSAGE = 'role_not_found: owner_user must name an existing role';
         END IF;
         IF NOT su AND owner_user OPERATOR(pg_catalog.<>) r::text THEN
-            PERFORM apikeys._deny('vault_add', tenant, NULL, '42501',
+            PERFORM apikeys_internal._deny('vault_add', tenant, NULL, '42501',
                 format('vault_not_owner: role "%s" may add only secrets it owns itself', r),
                 'Pass owner_user => NULL (the tenant) or your own role name.');
         END IF;
     END IF;
-    svc := apikeys._vault_service(service);
+    svc := apikeys_internal._vault_service(service);
     IF secret IS NULL OR secret OPERATOR(pg_catalog.=) '' OR octet_length(secret) OPERATOR(pg_catalog.>) 4096 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'vault_invalid_secret: secret must be 1 to 4096 bytes';
@@ -320,10 +320,10 @@ BEGIN
             HINT = format('%s keys match %s', svc.display_name, svc.format);
     END IF;
     -- a simple expression: the secret reaches no statement (see Internals)
-    sealed := apikeys._vault_seal(new_id, secret);
+    sealed := apikeys_internal._vault_seal(new_id, secret);
 
     -- one active secret per owner and service: the new one replaces it
-    PERFORM apikeys._vault_lock_slot(tenant, owner_user, svc.service);
+    PERFORM apikeys_internal._vault_lock_slot(tenant, owner_user, svc.service);
     UPDATE apikeys.vault_secret v SET active = false, updated_at = now()
      WHERE v.tenant OPERATOR(pg_catalog.=) vault_add.tenant
        AND v.owner_user IS NOT DISTINCT FROM vault_add.owner_user
@@ -342,10 +342,10 @@ CREATE FUNCTION apikeys_internal.vault_list(tenant text DEFAULT NULL)
 AS $$
 BEGIN
     IF tenant IS NOT NULL THEN
-        PERFORM apikeys._vault_authorize(tenant, 'vault_list', 'read');
+        PERFORM apikeys_internal._vault_authorize(tenant, 'vault_list', 'read');
     END IF;
     RETURN QUERY
-    SELECT v.* FROM apikeys._read_vault_secrets() v
+    SELECT v.* FROM apikeys.read_vault_secrets() v
      WHERE vault_list.tenant IS NULL OR v.tenant OPERATOR(pg_catalog.=) vault_list.tenant
      ORDER BY v.tenant, v.service, v.owner_user NULLS FIRST, v.active DESC, v.created_at, v.id;
 END;
@@ -358,7 +358,7 @@ CREATE FUNCTION apikeys_internal.vault_get(id uuid)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s apikeys.vault_secret := apikeys._vault_find(id, 'vault_get', 'read', false);
+    s apikeys.vault_secret := apikeys_internal._vault_find(id, 'vault_get', 'read', false);
     m apikeys.vault_secrets;
 BEGIN
     SELECT s.id, s.tenant, s.owner_user, s.service, s.name, s.active, s.last_used_at, s.created_at, s.updated_at
@@ -374,18 +374,18 @@ CREATE FUNCTION apikeys_internal.vault_update(id uuid, name text DEFAULT NULL, a
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s apikeys.vault_secret := apikeys._vault_find(vault_update.id, 'vault_update', 'manage', true);
+    s apikeys.vault_secret := apikeys_internal._vault_find(vault_update.id, 'vault_update', 'manage', true);
 BEGIN
     IF name IS NOT NULL THEN
-        PERFORM apikeys._vault_check_name(name);
+        PERFORM apikeys_internal._vault_check_name(name);
     END IF;
     IF name IS NULL AND active IS NULL THEN
         RETURN;
     END IF;
     IF active AND NOT s.active THEN
         -- reactivating replaces the owner's active secret for that service
-        PERFORM apikeys._require_active_tenant(s.tenant, 'vault_update', s.id);
-        PERFORM apikeys._vault_lock_slot(s.tenant, s.owner_user, s.service);
+        PERFORM apikeys_internal._require_active_tenant(s.tenant, 'vault_update', s.id);
+        PERFORM apikeys_internal._vault_lock_slot(s.tenant, s.owner_user, s.service);
         UPDATE apikeys.vault_secret v SET active = false, updated_at = now()
          WHERE v.tenant OPERATOR(pg_catalog.=) s.tenant
            AND v.owner_user IS NOT DISTINCT FROM s.owner_user
@@ -406,7 +406,7 @@ CREATE FUNCTION apikeys_internal.vault_delete(id uuid) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s apikeys.vault_secret := apikeys._vault_find(vault_delete.id, 'vault_delete', 'manage', true);
+    s apikeys.vault_secret := apikeys_internal._vault_find(vault_delete.id, 'vault_delete', 'manage', true);
 BEGIN
     DELETE FROM apikeys.vault_secret v WHERE v.id OPERATOR(pg_catalog.=) s.id;
 END;
@@ -419,18 +419,18 @@ CREATE FUNCTION apikeys_internal.vault_reveal(id uuid) RETURNS text
     SET plan_cache_mode = force_generic_plan   -- the plaintext never a plan constant
 AS $$
 DECLARE
-    s apikeys.vault_secret := apikeys._vault_find(vault_reveal.id, 'vault_reveal', 'manage', false);
-    r name := apikeys._acting_role();
+    s apikeys.vault_secret := apikeys_internal._vault_find(vault_reveal.id, 'vault_reveal', 'manage', false);
+    r name := apikeys_internal._acting_role();
     o record;
     detail jsonb;
 BEGIN
     IF s.owner_user IS NOT NULL AND s.owner_user OPERATOR(pg_catalog.<>) r::text THEN
-        PERFORM apikeys._deny('vault_reveal', s.tenant, s.id, '42501',
+        PERFORM apikeys_internal._deny('vault_reveal', s.tenant, s.id, '42501',
             format('vault_not_owner: vault secret %s belongs to another role', s.id),
             'Only its owner_user may reveal it.');
     END IF;
-    PERFORM apikeys._require_active_tenant(s.tenant, 'vault_reveal', s.id);
-    o := apikeys._vault_open(s.id, s.ciphertext, s.key_fp);   -- o.plaintext only in simple expressions
+    PERFORM apikeys_internal._require_active_tenant(s.tenant, 'vault_reveal', s.id);
+    o := apikeys_internal._vault_open(s.id, s.ciphertext, s.key_fp);   -- o.plaintext only in simple expressions
     IF o.problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
             MESSAGE = format('vault_decrypt_failed: vault secret %s could not be decrypted', s.id),
@@ -440,12 +440,12 @@ BEGIN
     END IF;
     UPDATE apikeys.vault_secret v SET last_used_at = now() WHERE v.id OPERATOR(pg_catalog.=) s.id;
     detail := jsonb_build_object('service', s.service, 'name', s.name, 'owner_user', s.owner_user, 'active', s.active);
-    PERFORM apikeys._audit_write('vault_secret_revealed', s.tenant, s.id, detail);
+    PERFORM apikeys_internal._audit_write('vault_secret_revealed', s.tenant, s.id, detail);
     -- the server log keeps it even if the transaction rolls back
     RAISE LOG USING MESSAGE = 'apikeys_audit_vault_reveal ' || (detail OPERATOR(pg_catalog.||) jsonb_build_object(
         'at', clock_timestamp(), 'tenant', s.tenant, 'id', s.id,
-        'db_role', r, 'session_role', session_user, 'actor', apikeys._actor(),
-        'request_id', apikeys._request_id(), 'client_addr', inet_client_addr()))::text;
+        'db_role', r, 'session_role', session_user, 'actor', apikeys_internal._actor(),
+        'request_id', apikeys_internal._request_id(), 'client_addr', inet_client_addr()))::text;
     RETURN o.plaintext;
 END;
 $$;
@@ -460,14 +460,14 @@ CREATE TYPE apikeys.vault_check_result AS (
     problem text   -- NULL, master_key_mismatch, decrypt_failed, invalid_format or stale_master_key
 );
 
-CREATE FUNCTION apikeys._vault_check_one(s apikeys.vault_secret) RETURNS apikeys.vault_check_result
+CREATE FUNCTION apikeys_internal._vault_check_one(s apikeys.vault_secret) RETURNS apikeys.vault_check_result
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_generic_plan   -- the plaintext never a plan constant
 AS $$
 DECLARE
     fmt text := (SELECT x.format FROM apikeys.vault_service x WHERE x.service OPERATOR(pg_catalog.=) s.service);
-    o record := apikeys._vault_open(s.id, s.ciphertext, s.key_fp);
+    o record := apikeys_internal._vault_open(s.id, s.ciphertext, s.key_fp);
     res apikeys.vault_check_result;
 BEGIN
     res.id := s.id;
@@ -497,16 +497,16 @@ DECLARE
     s apikeys.vault_secret;
 BEGIN
     IF id IS NOT NULL THEN
-        s := apikeys._vault_find(id, 'vault_check', 'read', false);
-        PERFORM apikeys._vault_key_state();   -- vault_master_key_missing
-        RETURN NEXT apikeys._vault_check_one(s);
+        s := apikeys_internal._vault_find(id, 'vault_check', 'read', false);
+        PERFORM apikeys_internal._vault_key_state();   -- vault_master_key_missing
+        RETURN NEXT apikeys_internal._vault_check_one(s);
         RETURN;
     END IF;
-    PERFORM apikeys._vault_key_state();
+    PERFORM apikeys_internal._vault_key_state();
     FOR s IN SELECT v.* FROM apikeys.vault_secret v
               WHERE v.id IN (SELECT l.id FROM apikeys.vault_list() l)
               ORDER BY v.tenant, v.service, v.owner_user NULLS FIRST, v.active DESC, v.created_at, v.id LOOP
-        RETURN NEXT apikeys._vault_check_one(s);
+        RETURN NEXT apikeys_internal._vault_check_one(s);
     END LOOP;
 END;
 $$;
@@ -529,24 +529,24 @@ CREATE FUNCTION apikeys_internal.vault_rotate_master_key()
     SET plan_cache_mode = force_generic_plan   -- no fingerprint or ciphertext as a plan constant
 AS $$
 DECLARE
-    r name := apikeys._acting_role();
+    r name := apikeys_internal._acting_role();
     s apikeys.vault_secret;
     k record;
     w record;
     n bigint := 0;
 BEGIN
-    IF NOT coalesce(apikeys._is_superuser(r), false) THEN
-        PERFORM apikeys._deny('vault_rotate_master_key', NULL, NULL, '42501',
+    IF NOT coalesce(apikeys_internal._is_superuser(r), false) THEN
+        PERFORM apikeys_internal._deny('vault_rotate_master_key', NULL, NULL, '42501',
             format('permission_denied: role "%s" may not rotate the vault master key', r),
             'Only superusers rotate the vault master key.');
     END IF;
-    k := apikeys._vault_key_state();   -- checks the current key itself
+    k := apikeys_internal._vault_key_state();   -- checks the current key itself
 
     LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE;
     FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) k.cur_fp ORDER BY v.id LOOP
         -- decrypted with the previous key and encrypted with the current one
         -- inside C: the plaintext and both keys stay out of SQL
-        w := apikeys._vault_rewrap(s.id, s.ciphertext, s.key_fp);
+        w := apikeys_internal._vault_rewrap(s.id, s.ciphertext, s.key_fp);
         IF w.ciphertext IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
                 MESSAGE = format('vault_decrypt_failed: vault secret %s could not be decrypted with the old master key', s.id),
@@ -558,7 +558,7 @@ BEGIN
         n := n OPERATOR(pg_catalog.+) 1;
     END LOOP;
     -- no fingerprints here: they would let an audit reader test key guesses
-    PERFORM apikeys._audit_write('vault_master_key_rotated', NULL, NULL,
+    PERFORM apikeys_internal._audit_write('vault_master_key_rotated', NULL, NULL,
         jsonb_build_object('secrets', n));
     RETURN n;
 END;
@@ -579,7 +579,7 @@ DECLARE
     s apikeys.vault_service;
     target apikeys.vault_service;
 BEGIN
-    PERFORM apikeys._authorize(NULL, 'vault_service_register');
+    PERFORM apikeys_internal._authorize(NULL, 'vault_service_register');
     IF service IS NULL OR service !~ '^[a-z][a-z0-9_-]{1,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_service: service must be 2 to 63 characters: a-z first, then a-z, 0-9, _ or -';
@@ -653,7 +653,7 @@ AS $$
 DECLARE
     s apikeys.vault_service;
 BEGIN
-    PERFORM apikeys._authorize(NULL, 'vault_service_unregister');
+    PERFORM apikeys_internal._authorize(NULL, 'vault_service_unregister');
     SELECT * INTO s FROM apikeys.vault_service v WHERE v.service OPERATOR(pg_catalog.=) vault_service_unregister.service FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
@@ -685,11 +685,11 @@ CREATE FUNCTION apikeys_internal.grant_vault(role_name name, privilege text DEFA
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM apikeys._check_privilege(privilege), apikeys._check_role(role_name);
+    PERFORM apikeys_internal._check_privilege(privilege), apikeys_internal._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT SELECT ON apikeys.vault_service, apikeys.vault_secrets TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.vault_list(text), apikeys.vault_get(uuid),'
-                   ' apikeys.vault_check(uuid), apikeys.current_tenant(), apikeys._read_vault_secrets() TO %I', role_name);
+                   ' apikeys.vault_check(uuid), apikeys.current_tenant(), apikeys.read_vault_secrets() TO %I', role_name);
     IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.vault_add(text, text, text, text, text),'
                        ' apikeys.vault_update(uuid, text, boolean), apikeys.vault_delete(uuid),'

@@ -5,25 +5,25 @@
 -- Statement-level and ALWAYS (fires under session_replication_role =
 -- replica too): any committed change to key data retires the shared policy
 -- cache (src/changes.c).
-CREATE FUNCTION apikeys._changed() RETURNS trigger
+CREATE FUNCTION apikeys_internal._changed() RETURNS trigger
     LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_changed';
 CREATE TRIGGER policy_cache_tenant AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.tenant
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._changed();
 CREATE TRIGGER policy_cache_credential AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.credential
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._changed();
 CREATE TRIGGER policy_cache_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys.secret
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._changed();
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret;
 -- Logical replication's apply worker fires row triggers only: a revoke that
 -- arrives on a subscriber must retire its cache too.
 CREATE TRIGGER policy_cache_tenant_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
-    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._changed();
 CREATE TRIGGER policy_cache_credential_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
-    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._changed();
 CREATE TRIGGER policy_cache_secret_row AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
-    FOR EACH ROW EXECUTE FUNCTION apikeys._changed();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._changed();
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER policy_cache_tenant_row;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER policy_cache_credential_row;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER policy_cache_secret_row;
@@ -40,10 +40,10 @@ CREATE FUNCTION apikeys_internal.apikey_set_policy(
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k apikeys.credential := apikeys._lock_key(key_id, 'key_set_policy');
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_set_policy');
 BEGIN
-    PERFORM apikeys._require_not_revoked(k, 'key_set_policy');
-    PERFORM apikeys._require_active_tenant(k.tenant, 'key_set_policy', k.key_id);
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_set_policy');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_set_policy', k.key_id);
     -- one dimension first: array_position() refuses a multidimensional array
     IF allowed_ips IS NOT NULL AND (array_ndims(allowed_ips) OPERATOR(pg_catalog.>) 1
                                     OR cardinality(allowed_ips) NOT BETWEEN 1 AND 16
@@ -95,17 +95,17 @@ SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP 
 -- Observability
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
+CREATE FUNCTION apikeys_internal._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
 -- one key at a time, and only a key the caller can see in apikeys.credential
 -- (its RLS; checked in C, src/stats.c): any other id, another tenant's or
 -- none, gives the same row of NULLs
-CREATE FUNCTION apikeys._pending_usage(INOUT key_id uuid, OUT last_used_at timestamptz,
+CREATE FUNCTION apikeys_internal._pending_usage(INOUT key_id uuid, OUT last_used_at timestamptz,
                                        OUT used bigint, OUT counts bigint[])
     RETURNS record
     LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
-CREATE FUNCTION apikeys._runtime(
+CREATE FUNCTION apikeys_internal._runtime(
     OUT preloaded boolean, OUT shmem_bytes bigint,
     OUT cache_capacity integer, OUT cache_entries bigint, OUT cache_hits bigint,
     OUT cache_misses bigint, OUT cache_evictions bigint,
@@ -116,18 +116,18 @@ CREATE FUNCTION apikeys._runtime(
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_runtime';
 
 CREATE VIEW apikeys.verifications AS
-SELECT outcome, total FROM apikeys._verification_totals();
+SELECT outcome, total FROM apikeys_internal._verification_totals();
 COMMENT ON VIEW apikeys.verifications IS 'Verifications since server start by outcome, all databases (a Prometheus counter per outcome).';
 
 CREATE VIEW apikeys.runtime AS
 SELECT r.*, now() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_lag
-  FROM apikeys._runtime() r;
+  FROM apikeys_internal._runtime() r;
 COMMENT ON VIEW apikeys.runtime IS 'Shared memory use, policy cache and usage-flush figures.';
 
 -- Rows of apikeys.key_usage: flushed figures plus what shared memory holds,
 -- for the keys of the tenants the caller may read (apikeys.tenants explains
 -- why a reader function).
-CREATE FUNCTION apikeys_internal._read_key_usage()
+CREATE FUNCTION apikeys_internal.read_key_usage()
     RETURNS TABLE (key_id uuid, tenant text, name text, last_used_at timestamptz, usage_limit bigint,
                    used bigint, usage_remaining bigint, valid bigint, disabled bigint, revoked bigint,
                    expired bigint, tenant_inactive bigint, ip_not_allowed bigint,
@@ -138,7 +138,7 @@ CREATE FUNCTION apikeys_internal._read_key_usage()
     SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v text[] := apikeys._visible_tenants('read');
+    v text[] := apikeys.visible_tenants('read');
 BEGIN
     RETURN QUERY
     SELECT c.key_id, c.tenant, c.name,
@@ -160,13 +160,13 @@ BEGIN
            p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
       FROM apikeys.credential c
       LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
-      LEFT JOIN LATERAL apikeys._pending_usage(c.key_id) p ON true
+      LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true
      WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
-SELECT apikeys_internal.publish('_read_key_usage', 'Rows of apikeys.key_usage: usage of the keys of the tenants the caller may read.');
+SELECT apikeys_internal.publish('read_key_usage', 'Rows of apikeys.key_usage: usage of the keys of the tenants the caller may read.');
 CREATE VIEW apikeys.key_usage WITH (security_invoker = true) AS
-SELECT * FROM apikeys._read_key_usage();
+SELECT * FROM apikeys.read_key_usage();
 COMMENT ON VIEW apikeys.key_usage IS 'Per key: last use, uses charged against the cap, verifications by outcome (flushed + pending).';
 
 ALTER TABLE apikeys.usage ENABLE ROW LEVEL SECURITY;

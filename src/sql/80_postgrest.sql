@@ -52,7 +52,7 @@ CREATE TABLE apikeys.postgrest_route (
     path            text COLLATE "C" NOT NULL CHECK (char_length(path) BETWEEN 1 AND 1000),
     match           text NOT NULL DEFAULT 'exact' CHECK (match IN ('exact', 'like', 'regex')),
     required_scopes text[] NOT NULL DEFAULT '{}'
-                    CHECK (apikeys._normalize_scopes(required_scopes) IS NOT NULL),
+                    CHECK (apikeys_internal._normalize_scopes(required_scopes) IS NOT NULL),
     allow_anonymous boolean NOT NULL DEFAULT false,
     description     text CHECK (char_length(description) <= 2000),
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -79,7 +79,7 @@ CREATE TABLE apikeys.postgrest_role_map (
     tenant     text COLLATE "C" REFERENCES apikeys.tenant (tenant) ON DELETE CASCADE,
     key_id     uuid REFERENCES apikeys.credential (key_id) ON DELETE CASCADE,
     scope      text CHECK (CASE WHEN scope IS NULL THEN true
-                                ELSE apikeys._normalize_scopes(ARRAY[scope]) IS NOT NULL END),
+                                ELSE apikeys_internal._normalize_scopes(ARRAY[scope]) IS NOT NULL END),
     role_name  name NOT NULL,
     priority   integer NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now()
@@ -100,14 +100,14 @@ ALTER TABLE apikeys.postgrest_role_map ENABLE ROW LEVEL SECURITY;
 
 -- The mapped role must exist when the mapping is made (not checked while
 -- pg_restore loads the table: roles are not part of a database dump).
-CREATE FUNCTION apikeys._postgrest_role_map_check() RETURNS trigger
+CREATE FUNCTION apikeys_internal._postgrest_role_map_check() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     why text;
 BEGIN
-    IF apikeys._bulk_loading() THEN
+    IF apikeys_internal._bulk_loading() THEN
         RETURN NEW;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.role_name) THEN
@@ -127,10 +127,10 @@ BEGIN
 END;
 $$;
 CREATE TRIGGER postgrest_role_map_check BEFORE INSERT OR UPDATE ON apikeys.postgrest_role_map
-    FOR EACH ROW EXECUTE FUNCTION apikeys._postgrest_role_map_check();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._postgrest_role_map_check();
 
 -- Changes to the gate's configuration are audited like key changes.
-CREATE FUNCTION apikeys._postgrest_config_audit() RETURNS trigger
+CREATE FUNCTION apikeys_internal._postgrest_config_audit() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -139,7 +139,7 @@ DECLARE
     n jsonb;
     detail jsonb;
 BEGIN
-    IF apikeys._bulk_loading() THEN
+    IF apikeys_internal._bulk_loading() THEN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
@@ -153,18 +153,18 @@ BEGIN
     ELSE
         detail := jsonb_build_object('old', o);
     END IF;
-    PERFORM apikeys._audit_write(
+    PERFORM apikeys_internal._audit_write(
         TG_TABLE_NAME || CASE TG_OP WHEN 'INSERT' THEN '_added' WHEN 'DELETE' THEN '_removed' ELSE '_changed' END,
         coalesce(n, o) ->> 'tenant', (coalesce(n, o) ->> 'key_id')::uuid, detail);
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER audit_postgrest_setting AFTER INSERT OR UPDATE OR DELETE ON apikeys.postgrest_setting
-    FOR EACH ROW EXECUTE FUNCTION apikeys._postgrest_config_audit();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._postgrest_config_audit();
 CREATE TRIGGER audit_postgrest_route AFTER INSERT OR UPDATE OR DELETE ON apikeys.postgrest_route
-    FOR EACH ROW EXECUTE FUNCTION apikeys._postgrest_config_audit();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._postgrest_config_audit();
 CREATE TRIGGER audit_postgrest_role_map AFTER INSERT OR UPDATE OR DELETE ON apikeys.postgrest_role_map
-    FOR EACH ROW EXECUTE FUNCTION apikeys._postgrest_config_audit();
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._postgrest_config_audit();
 
 -- The path routes are matched against: request.path is the raw path (before
 -- percent-decoding, without the query string), while PostgREST routes on the
@@ -199,7 +199,7 @@ COMMENT ON FUNCTION apikeys.postgrest_normalize_path IS 'The form of request.pat
 -- NULL: none.  Values shaped like a JWT (three dot-separated base64url parts,
 -- e.g. Supabase's apikey header or PostgREST's own Bearer token) are not API
 -- keys and are skipped; an API key never contains a dot.
-CREATE FUNCTION apikeys._postgrest_key(headers jsonb, names text[]) RETURNS text
+CREATE FUNCTION apikeys_internal._postgrest_key(headers jsonb, names text[]) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -235,7 +235,7 @@ $$;
 -- there.  Answers are cached per backend until pg_class, a role, a role
 -- membership or a database changes (src/rls_owner.c): reading pg_class
 -- costs about 0.5 ms with a few thousand relations.
-CREATE FUNCTION apikeys._role_skips_rls(role oid) RETURNS boolean
+CREATE FUNCTION apikeys_internal._role_skips_rls(role oid) RETURNS boolean
     LANGUAGE C STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'apikeys_role_skips_rls';
 
@@ -248,15 +248,15 @@ CREATE FUNCTION apikeys._role_skips_rls(role oid) RETURNS boolean
 --     every tenant's rows; a trigger sees every tenant's writes; a foreign
 --     key reads past RLS);
 --   * a sequence: UPDATE (setval);
---   * a SECURITY DEFINER function, or any function of apikeys other than the
---     four apikeys.grant_postgrest() grants and the readers behind the views
---     (they run with another role's rights, or verify keys and bind
---     tenants);
+--   * a SECURITY DEFINER function, or any function of apikeys or
+--     apikeys_internal other than the four apikeys.grant_postgrest() grants
+--     and the readers behind the views (they run with another role's rights,
+--     or verify keys and bind tenants);
 --   * a schema: CREATE; the database: CREATE (what the role creates, every
 --     tenant's requests share).
 -- Schemas pg_catalog, information_schema and pg_toast are not looked at.
--- Run through apikeys._role_confinement_cached() (src/rls_owner.c).
-CREATE FUNCTION apikeys._role_confinement_scan(role oid) RETURNS text
+-- Run through apikeys_internal._role_confinement_cached() (src/rls_owner.c).
+CREATE FUNCTION apikeys_internal._role_confinement_scan(role oid) RETURNS text
     LANGUAGE sql STABLE STRICT
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -313,13 +313,13 @@ WITH rel AS (
                      CASE WHEN p.prosecdef THEN 'SECURITY DEFINER function' ELSE 'function' END,
                      p.oid::regprocedure)
       FROM pg_proc p
-     WHERE (p.prosecdef OR p.pronamespace = 'apikeys'::regnamespace)
-       AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys._postgrest_gate()'::regprocedure,
+     WHERE (p.prosecdef OR p.pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace))
+       AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys.postgrest_gate()'::regprocedure,
                          'apikeys.current_tenant()'::regprocedure, 'apikeys.current_key_id()'::regprocedure)
        -- the readers behind the views answer only about the caller's own tenants
        AND NOT (p.pronamespace = 'apikeys'::regnamespace
-                AND p.proname IN ('_read_keys', '_read_tenants', '_read_key_usage', '_read_vault_secrets',
-                                  '_read_audit', '_read_grants', 'audit_log_page'))
+                AND p.proname IN ('read_keys', 'read_tenants', 'read_key_usage', 'read_vault_secrets',
+                                  'read_audit', 'read_grants', 'audit_log_page'))
        AND has_function_privilege(role, p.oid, 'EXECUTE')
        AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
     UNION ALL
@@ -336,7 +336,7 @@ WITH rel AS (
 SELECT why FROM reasons ORDER BY o, why LIMIT 1
 $$;
 
-CREATE FUNCTION apikeys._role_confinement_cached(role oid) RETURNS text
+CREATE FUNCTION apikeys_internal._role_confinement_cached(role oid) RETURNS text
     LANGUAGE C STABLE STRICT PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'apikeys_role_confinement_cached';
 
@@ -362,13 +362,13 @@ BEGIN
         RETURN 'is a superuser';
     ELSIF r.rolbypassrls THEN
         RETURN 'bypasses row-level security (BYPASSRLS)';
-    ELSIF apikeys._role_skips_rls(r.oid) THEN
+    ELSIF apikeys_internal._role_skips_rls(r.oid) THEN
         RETURN 'owns, or has the privileges of the owner of, a table with row-level security not forced';
     ELSIF EXISTS (SELECT 1 FROM apikeys.role_tenant g JOIN pg_catalog.pg_roles o ON o.rolname = g.role_name
                    WHERE pg_has_role(r.oid, o.oid, 'USAGE')) THEN
         RETURN 'is granted tenants to manage or audit (apikeys.grant_tenant)';
     END IF;
-    RETURN apikeys._role_confinement_cached(r.oid);
+    RETURN apikeys_internal._role_confinement_cached(r.oid);
 END;
 $$;
 COMMENT ON FUNCTION apikeys.postgrest_role_confinement IS 'Why a role may not be mapped for keys of any tenant in apikeys.postgrest_role_map (NULL: row-level security confines it to the key''s tenant).';
@@ -376,7 +376,7 @@ COMMENT ON FUNCTION apikeys.postgrest_role_confinement IS 'Why a role may not be
 -- Bounds on what the gate reads from PostgREST's settings (docs/postgrest.md,
 -- "Bad requests").  Anything longer is a 400 apikeys.bad_request, read no
 -- further.
-CREATE FUNCTION apikeys._postgrest_limits(OUT max_headers integer, OUT max_header_value integer,
+CREATE FUNCTION apikeys_internal._postgrest_limits(OUT max_headers integer, OUT max_header_value integer,
                                           OUT max_path integer, OUT max_method integer)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
@@ -387,14 +387,14 @@ AS $$
 $$;
 
 -- The server-log line of a request the gate refused, in the shape of
--- apikeys._deny()'s ("apikeys_audit_denied {json}", action
+-- apikeys_internal._deny()'s ("apikeys_audit_denied {json}", action
 -- "postgrest_request"), plus http_status, method, path and reason.  Written
 -- at LOG, so it outlives the rollback.  Nothing the request sent can stop
--- it: apikeys._actor() and _request_id() read claims and headers that may
+-- it: apikeys_internal._actor() and _request_id() read claims and headers that may
 -- be anything without ever raising (an unreadable or over-long label reads
 -- as absent), method and path are cut to their bounds.  No header value
 -- (the key among them) is written.
-CREATE FUNCTION apikeys._postgrest_log_denied(p_status integer, p_code text, p_tenant text, p_key_id uuid,
+CREATE FUNCTION apikeys_internal._postgrest_log_denied(p_status integer, p_code text, p_tenant text, p_key_id uuid,
                                               p_method text, p_path text, p_reason text)
     RETURNS void
     LANGUAGE plpgsql VOLATILE
@@ -403,16 +403,16 @@ AS $$
 DECLARE
     actor      text;
     request_id text;
-    lim        record := apikeys._postgrest_limits();
+    lim        record := apikeys_internal._postgrest_limits();
 BEGIN
-    actor := apikeys._actor();
-    request_id := apikeys._request_id();
+    actor := apikeys_internal._actor();
+    request_id := apikeys_internal._request_id();
     RAISE LOG USING MESSAGE = 'apikeys_audit_denied ' || jsonb_build_object(
         'at', clock_timestamp(), 'action', 'postgrest_request', 'outcome', 'denied',
         'error', p_code, 'sqlstate', 'PGRST', 'http_status', p_status,
         'tenant', p_tenant, 'key_id', p_key_id,
         'method', left(p_method, lim.max_method), 'path', left(p_path, lim.max_path), 'reason', p_reason,
-        'db_role', apikeys._acting_role(), 'session_role', session_user,
+        'db_role', apikeys_internal._acting_role(), 'session_role', session_user,
         'actor', actor, 'request_id', request_id,
         'client_addr', inet_client_addr(),
         'application_name', current_setting('application_name'),
@@ -428,7 +428,7 @@ $$;
 -- every refusal leaves its apikeys_audit_denied line.  pre_request() below
 -- acts on it as the caller: a SECURITY DEFINER function may not change the
 -- role.
-CREATE FUNCTION apikeys._postgrest_gate(
+CREATE FUNCTION apikeys.postgrest_gate(
     OUT status           integer,   -- 200: let the request through
     OUT message          text,      -- PGRST error message (JSON)
     OUT detail           text,      -- PGRST error detail (JSON)
@@ -440,7 +440,7 @@ CREATE FUNCTION apikeys._postgrest_gate(
 AS $$
 DECLARE
     cfg        apikeys.postgrest_setting;
-    lim        record := apikeys._postgrest_limits();
+    lim        record := apikeys_internal._postgrest_limits();
     raw_method text := coalesce(current_setting('request.method', true), '');
     raw_path   text := coalesce(current_setting('request.path', true), '');
     raw_hdrs   text := nullif(current_setting('request.headers', true), '');
@@ -511,7 +511,7 @@ BEGIN
                        EXISTS (SELECT 1 FROM p)
                   INTO n_routes, anonymous, need, path_known;
                 stage := 'key';
-                api_key := apikeys._postgrest_key(headers, cfg.key_headers);
+                api_key := apikeys_internal._postgrest_key(headers, cfg.key_headers);
             END IF;
         END IF;
     EXCEPTION WHEN OTHERS THEN
@@ -585,7 +585,7 @@ BEGIN
                         code := 'apikeys.role_unsafe';
                         msg := 'The role mapped to this API key is a superuser or bypasses row-level security';
                         hint := 'Map keys to ordinary roles in apikeys.postgrest_role_map.';
-                    ELSIF apikeys._role_skips_rls(r.oid) THEN
+                    ELSIF apikeys_internal._role_skips_rls(r.oid) THEN
                         -- an owner's queries skip RLS unless it is forced: the key's
                         -- tenant binding would not restrict them
                         code := 'apikeys.role_unsafe';
@@ -672,7 +672,7 @@ BEGIN
         END IF;
     END IF;
 
-    PERFORM apikeys._postgrest_log_denied(status, substr(code, 9), v.tenant, v.key_id,
+    PERFORM apikeys_internal._postgrest_log_denied(status, substr(code, 9), v.tenant, v.key_id,
                                           raw_method, raw_path, reason);
     IF status = 500 THEN
         hdrs := '{}';
@@ -696,7 +696,7 @@ DECLARE
     cur text;
     merged jsonb;
 BEGIN
-    g := apikeys._postgrest_gate();
+    g := apikeys.postgrest_gate();
     IF g.status <> 200 THEN
         RAISE SQLSTATE 'PGRST' USING MESSAGE = g.message, DETAIL = g.detail;
     END IF;
@@ -727,9 +727,9 @@ CREATE FUNCTION apikeys_internal.grant_postgrest(role_name name) RETURNS void
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM apikeys._check_role(role_name);
+    PERFORM apikeys_internal._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.pre_request(), apikeys._postgrest_gate(),'
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.pre_request(), apikeys.postgrest_gate(),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
 END;
 $$;

@@ -10,7 +10,7 @@
 # '').  Rows are made old by the test, as a superuser with the audit's
 # triggers disabled for one transaction: acme's and globex's oldest rows
 # 10 days back, initech's oldest rows 3 days back, and those chains re-linked
-# and re-hashed from the aged rows on with apikeys._audit_hash (the
+# and re-hashed from the aged rows on with apikeys_internal._audit_hash (the
 # triggers' states are put back exactly as they were, and audit_check()
 # must pass on the result before anything else).  Then
 # audit_purge('5 days') deletes acme's and globex's aged rows (each chain
@@ -79,7 +79,7 @@ age() {
 	BEGIN
 	    FOR r IN SELECT * FROM apikeys.audit WHERE chain = '$1' ORDER BY audit_id LOOP
 	        r.prev_hash := coalesce(prev, r.prev_hash);
-	        r.row_hash := apikeys._audit_hash(r);
+	        r.row_hash := apikeys_internal._audit_hash(r);
 	        UPDATE apikeys.audit a SET prev_hash = r.prev_hash, row_hash = r.row_hash
 	         WHERE a.chain = r.chain AND a.audit_id = r.audit_id;
 	        prev := r.row_hash;
