@@ -212,6 +212,11 @@ END;
 $$;
 COMMENT ON FUNCTION apikeys_internal._grant_scope_privileges(name, text, text) IS 'The scope registry privileges grant_tenant() grants with a tenant mapping.';
 
+-- what 90_privileges.sql does for a fresh install: nothing for PUBLIC
+REVOKE ALL ON apikeys.scope, apikeys.scopes FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.scope_define(text, text, text), apikeys.scope_drop(text, text, boolean),
+    apikeys._read_scopes() FROM PUBLIC;
+
 -- the audit names the registry's changes scope_defined/scope_updated/scope_dropped
 CREATE OR REPLACE FUNCTION apikeys._audit_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
