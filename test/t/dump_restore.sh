@@ -175,7 +175,7 @@ SQL
 		die "$db: vault secrets do not reveal after restore"
 	if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.scope') IS NOT NULL")" = t ]; then
 		# the restored registries are enforced: acme's and the global one
-		got=$(qa "$db" 2>&1 -c "SELECT apikeys.apikey_create('acme', 'x', '{write}')" | head -n 1)
+		got=$(qa "$db" -c "SELECT apikeys.apikey_create('acme', 'x', '{write}')" 2>&1 || true)
 		case $got in
 		*'invalid_scope: unknown scope "write"'*) ;;
 		*) die "$db: the restored scope registry is not enforced: got '$got'" ;;
