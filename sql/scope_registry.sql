@@ -140,6 +140,12 @@ SELECT scopes FROM apikeys.keys WHERE key_id = :'legacy_key';
 SELECT tenant FROM apikeys.tenant_create('bigco');
 SELECT count(*) FROM generate_series(1, 25) i, apikeys.scope_define('bigco', format('s%s', lpad(i::text, 2, '0')));
 SELECT pg_temp.try($$SELECT apikeys.apikey_create('bigco', 'k', '{bogus}')$$) AS capped;
+-- a registry holds at most 1000 scopes; redefining one of them still works
+SELECT tenant FROM apikeys.tenant_create('fullco');
+SELECT count(*) FROM generate_series(1, 1000) i, apikeys.scope_define('fullco', format('s%s', i));
+SELECT pg_temp.try($$SELECT apikeys.scope_define('fullco', 's1001')$$) AS full_registry;
+SELECT description FROM apikeys.scope_define('fullco', 's1000', 'still possible');
+SELECT count(*) AS fullco_entries FROM apikeys.scopes WHERE tenant = 'fullco';
 
 ------------------------------------------------------------------------------
 -- 8. Wildcards: a key's "read:*" covers every required "read:..." scope;
