@@ -135,6 +135,7 @@ extern char *apikeys_check_tenant_id(text *tenant);
 extern char *apikeys_check_name(text *name);
 extern void apikeys_check_description(text *description);
 extern ArrayType *apikeys_normalize_scopes(ArrayType *scopes);
+extern ArrayType *apikeys_normalize_scopes_ext(ArrayType *scopes, bool allow_wildcard);
 extern void apikeys_check_expiry(TimestampTz expires_at);
 extern void apikeys_check_metadata(Datum metadata);
 extern char *apikeys_check_prefix(text *prefix);
@@ -143,6 +144,9 @@ extern char *apikeys_check_prefix(text *prefix);
 extern void apikeys_require_active_tenant(const char *tenant, const char *action,
 										 Datum key_id);
 extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
+
+/* scope_registry.c: refuse scopes the tenant's registry does not list (inside SPI_connect) */
+extern void apikeys_check_scope_registry(const char *tenant, ArrayType *scopes);
 
 /* spi_util.c */
 extern void apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs,

@@ -71,14 +71,17 @@ apikeys_insert_secret(Datum key_id, NewSecret *secret)
 					3, argtypes, values, NULL, SPI_OK_INSERT);
 }
 
-PG_FUNCTION_INFO_V1(apikey_create);
-
-Datum
-apikey_create(PG_FUNCTION_ARGS)
+/*
+ * apikey_create: registry (1.1) checks the scopes against the tenant's scope
+ * registry and allows wildcards; without it, the 1.0 rules.
+ */
+static Datum
+create_common(FunctionCallInfo fcinfo, bool registry)
 {
 	char	   *tenant = apikeys_check_tenant_id(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	char	   *name = apikeys_check_name(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
-	ArrayType  *scopes = apikeys_normalize_scopes(PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2));
+	ArrayType  *scopes = apikeys_normalize_scopes_ext(PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2),
+													  registry);
 	bool		expires_null = PG_ARGISNULL(3);
 	Datum		expires_at = expires_null ? (Datum) 0 : PG_GETARG_DATUM(3);
 	text	   *description = PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4);
@@ -106,6 +109,8 @@ apikey_create(PG_FUNCTION_ARGS)
 
 	apikeys_spi_authorize(tenant, "key_create", (Datum) 0);
 	apikeys_require_active_tenant(tenant, "key_create", (Datum) 0);
+	if (registry)
+		apikeys_check_scope_registry(tenant, scopes);
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(name);
@@ -144,4 +149,20 @@ apikey_create(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_DATUM(result);
+}
+
+/* 1.0's apikeys_internal.apikey_create: no registry (1.0 has none). */
+PG_FUNCTION_INFO_V1(apikey_create);
+Datum
+apikey_create(PG_FUNCTION_ARGS)
+{
+	return create_common(fcinfo, false);
+}
+
+/* 1.1's apikeys_internal.apikey_create: scopes checked against the registry. */
+PG_FUNCTION_INFO_V1(apikey_create_1_1);
+Datum
+apikey_create_1_1(PG_FUNCTION_ARGS)
+{
+	return create_common(fcinfo, true);
 }

@@ -77,14 +77,18 @@ checked_names(ArrayType *names, int *n)
 	return elems;
 }
 
-PG_FUNCTION_INFO_V1(apikey_create_many);
-Datum
-apikey_create_many(PG_FUNCTION_ARGS)
+/*
+ * apikey_create_many: registry (1.1) checks the scopes against the tenant's
+ * scope registry, once for the call, and allows wildcards.
+ */
+static Datum
+create_many_common(FunctionCallInfo fcinfo, bool registry)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *tenant = apikeys_check_tenant_id(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	ArrayType  *names = PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1);
-	ArrayType  *scopes = apikeys_normalize_scopes(PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2));
+	ArrayType  *scopes = apikeys_normalize_scopes_ext(PG_ARGISNULL(2) ? NULL : PG_GETARG_ARRAYTYPE_P(2),
+													  registry);
 	bool		expires_null = PG_ARGISNULL(3);
 	Datum		expires_at = expires_null ? (Datum) 0 : PG_GETARG_DATUM(3);
 	char	   *prefix = apikeys_check_prefix(PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4));
@@ -121,6 +125,8 @@ apikey_create_many(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	apikeys_spi_authorize(tenant, "key_create", (Datum) 0);
 	apikeys_require_active_tenant(tenant, "key_create", (Datum) 0);
+	if (registry)
+		apikeys_check_scope_registry(tenant, scopes);
 
 	per_query = rsinfo->econtext->ecxt_per_query_memory;
 	if (get_call_result_type(fcinfo, NULL, &call_desc) != TYPEFUNC_COMPOSITE)
@@ -207,4 +213,20 @@ apikey_create_many(PG_FUNCTION_ARGS)
 	rsinfo->setResult = store;
 	rsinfo->setDesc = desc;
 	return (Datum) 0;
+}
+
+/* 1.0's apikeys_internal.apikey_create_many: no registry (1.0 has none). */
+PG_FUNCTION_INFO_V1(apikey_create_many);
+Datum
+apikey_create_many(PG_FUNCTION_ARGS)
+{
+	return create_many_common(fcinfo, false);
+}
+
+/* 1.1's apikeys_internal.apikey_create_many: scopes checked against the registry. */
+PG_FUNCTION_INFO_V1(apikey_create_many_1_1);
+Datum
+apikey_create_many_1_1(PG_FUNCTION_ARGS)
+{
+	return create_many_common(fcinfo, true);
 }

@@ -95,8 +95,13 @@ apikeys_check_description(text *description)
 		invalid("invalid_description", "description must be at most 2000 characters", NULL);
 }
 
+/*
+ * One scope: 1..64 of letters, digits and _.:/-, starting with a letter or
+ * digit.  With allow_wildcard (the 1.1 functions), a final '*' right after a
+ * ':' is allowed too ("read:*": every scope under "read:", see verify.c).
+ */
 static void
-check_scope(const char *s, int len)
+check_scope(const char *s, int len, bool allow_wildcard)
 {
 	if (len < 1 || len > SCOPE_MAX_CHARS)
 		invalid("invalid_scope", "each scope must be 1 to 64 characters", NULL);
@@ -106,6 +111,14 @@ check_scope(const char *s, int len)
 		bool		alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
 			(c >= '0' && c <= '9');
 
+		if (c == '*' && allow_wildcard)
+		{
+			if (i != len - 1 || i < 2 || s[i - 1] != ':')
+				invalid("invalid_scope",
+						"a wildcard '*' may only end a scope, right after a ':'",
+						"Example: read:* covers read:orders and read:users.");
+			continue;
+		}
 		if (!alnum && (i == 0 || strchr("_.:/-", c) == NULL || c == '\0'))
 			invalid("invalid_scope",
 					"scopes must start with a letter or digit and contain only letters, digits and _.:/-",
@@ -129,6 +142,13 @@ scope_cmp(const void *a, const void *b)
 ArrayType *
 apikeys_normalize_scopes(ArrayType *scopes)
 {
+	return apikeys_normalize_scopes_ext(scopes, false);
+}
+
+/* apikeys_normalize_scopes(), with wildcards ("read:*") allowed if asked. */
+ArrayType *
+apikeys_normalize_scopes_ext(ArrayType *scopes, bool allow_wildcard)
+{
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n,
@@ -148,7 +168,7 @@ apikeys_normalize_scopes(ArrayType *scopes)
 		if (nulls[i])
 			invalid("invalid_scope", "scopes must not contain NULL", NULL);
 		t = DatumGetTextPP(elems[i]);
-		check_scope(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		check_scope(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), allow_wildcard);
 		elems[i] = PointerGetDatum(t);
 	}
 	if (n == 0)
@@ -224,6 +244,23 @@ Datum
 apikeys_sql_normalize_scopes(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_ARRAYTYPE_P(apikeys_normalize_scopes(PG_GETARG_ARRAYTYPE_P(0)));
+}
+
+/*
+ * apikeys_internal._check_scope(scope) (1.1): one registry entry's scope,
+ * wildcards allowed; NULL is an error.
+ */
+PG_FUNCTION_INFO_V1(apikeys_sql_check_scope_1_1);
+Datum
+apikeys_sql_check_scope_1_1(PG_FUNCTION_ARGS)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(0))
+		invalid("invalid_scope", "scope must not be NULL", NULL);
+	t = PG_GETARG_TEXT_PP(0);
+	check_scope(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), true);
+	PG_RETURN_TEXT_P(t);
 }
 
 PG_FUNCTION_INFO_V1(apikeys_sql_check_expiry);

@@ -110,7 +110,37 @@ verify_state_for(FunctionCallInfo fcinfo)
 	return &verify_state;
 }
 
-/* Every required scope must be among the key's. */
+/*
+ * Does a wildcard scope "p:*" the key holds cover want?  It covers every
+ * scope that starts with "p:" and goes on after it ("read:*" covers
+ * "read:orders" and "read:orders:eu", not "read" nor "reader:x").  Only a
+ * final '*' right after a ':' is a wildcard; the 1.1 validators allow no
+ * other '*' in a key's scopes.  Asked only when no scope matched exactly.
+ */
+static bool
+wildcard_covers(Datum *h, bool *hn, int nh, text *want)
+{
+	int			wlen = VARSIZE_ANY_EXHDR(want);
+
+	for (int j = 0; j < nh; j++)
+	{
+		text	   *got;
+		int			glen;
+		const char *g;
+
+		if (hn[j])
+			continue;
+		got = DatumGetTextPP(h[j]);
+		glen = VARSIZE_ANY_EXHDR(got);
+		g = VARDATA_ANY(got);
+		if (glen >= 3 && g[glen - 1] == '*' && g[glen - 2] == ':' &&
+			wlen > glen - 1 && memcmp(VARDATA_ANY(want), g, glen - 1) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Every required scope must be among the key's, or under one of its wildcards. */
 static bool
 scopes_satisfied(ArrayType *have, ArrayType *need)
 {
@@ -140,7 +170,7 @@ scopes_satisfied(ArrayType *have, ArrayType *need)
 			found = !hn[j] && VARSIZE_ANY_EXHDR(got) == VARSIZE_ANY_EXHDR(want) &&
 				memcmp(VARDATA_ANY(got), VARDATA_ANY(want), VARSIZE_ANY_EXHDR(want)) == 0;
 		}
-		if (!found)
+		if (!found && !wildcard_covers(h, hn, nh, want))
 			return false;
 	}
 	return true;

@@ -145,7 +145,7 @@ BEGIN
 END;
 $$;
 
--- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret and vault_service.
+-- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret, vault_service and scope.
 CREATE FUNCTION apikeys_internal._audit_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -201,6 +201,9 @@ BEGIN
                                   ELSE 'vault_secret_deactivated' END
                          WHEN (to_jsonb(OLD) OPERATOR(pg_catalog.->) 'key_fp') OPERATOR(pg_catalog.<>) (to_jsonb(NEW) OPERATOR(pg_catalog.->) 'key_fp') THEN 'vault_secret_reencrypted'
                          ELSE 'vault_secret_updated' END END;
+    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'scope' THEN
+        act := CASE TG_OP WHEN 'INSERT' THEN 'scope_defined' WHEN 'DELETE' THEN 'scope_dropped'
+               ELSE 'scope_updated' END;
     ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_service' THEN
         act := CASE TG_OP WHEN 'INSERT' THEN 'vault_service_registered' WHEN 'DELETE' THEN 'vault_service_unregistered'
                ELSE 'vault_service_updated' END;

@@ -19,7 +19,7 @@ CREATE FUNCTION apikeys_internal.apikey_create(
     RETURNS record
     LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'apikey_create';
+    AS 'MODULE_PATHNAME', 'apikey_create_1_1';   -- 1.1: the scope registry
 SELECT apikeys_internal.publish('apikey_create', 'Create an API key; the returned api_key is shown once and never stored.');
 
 CREATE FUNCTION apikeys_internal.apikey_create_many(
@@ -31,7 +31,7 @@ CREATE FUNCTION apikeys_internal.apikey_create_many(
     RETURNS TABLE (key_id uuid, api_key text, hint text, name text)
     LANGUAGE C VOLATILE SECURITY DEFINER ROWS 1000
     SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'apikey_create_many';
+    AS 'MODULE_PATHNAME', 'apikey_create_many_1_1';   -- 1.1: the scope registry
 SELECT apikeys_internal.publish('apikey_create_many', 'Create one key per name in one call (up to 1,000,000), audited; each api_key is shown once.');
 
 CREATE FUNCTION apikeys_internal.apikey_rotate(
@@ -196,10 +196,13 @@ BEGIN
     PERFORM apikeys_internal._require_not_revoked(k, 'key_update');
     PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_update', k.key_id);
     -- NULL leaves a field unchanged; expires_at => 'infinity' removes the expiry.
+    -- Scopes the key gains must be in its tenant's registry (those it keeps need not).
     UPDATE apikeys.credential c SET
         name        = coalesce(apikeys_internal._check_name(apikey_update.name), c.name),
         description = coalesce(apikeys_internal._check_description(apikey_update.description), c.description),
-        scopes      = coalesce(apikeys_internal._normalize_scopes(apikey_update.scopes), c.scopes),
+        scopes      = coalesce(CASE WHEN apikey_update.scopes IS NOT NULL
+                                    THEN apikeys_internal.check_scopes(k.tenant, apikey_update.scopes, k.scopes) END,
+                               c.scopes),
         expires_at  = CASE WHEN apikey_update.expires_at IS NULL THEN c.expires_at
                            WHEN apikey_update.expires_at OPERATOR(pg_catalog.=) 'infinity' THEN NULL
                            ELSE apikeys_internal._check_expiry(apikey_update.expires_at) END,

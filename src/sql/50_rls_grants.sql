@@ -171,6 +171,7 @@ BEGIN
     IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
     END IF;
+    PERFORM apikeys_internal._grant_scope_privileges(role_name, tenant, privilege);   -- 1.1
 END;
 $$;
 SELECT apikeys_internal.publish('grant_tenant', 'Let a role manage (or only audit) one tenant, or every tenant with tenant => NULL.');

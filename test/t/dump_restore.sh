@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test/t/dump_restore.sh - pg_dump -Fc / pg_restore keeps every tenant, key,
-# secret, role mapping and audit row (the extension's tables are
-# pg_extension_config_dump tables), and every key verifies with the same
+# secret, role mapping, scope registry entry and audit row (the extension's
+# tables are pg_extension_config_dump tables), and every key verifies with the same
 # verdict in the restored database; vault secrets reveal the same plaintext
 # with the same master key.
 #
@@ -81,6 +81,12 @@ SELECT apikeys.apikey_delete(pg_temp.id('acme_deleted'));
 SELECT apikeys.tenant_update('initech', active => false) \g /dev/null
 INSERT INTO public.plain_keys VALUES ('garbage', 'ak_not_a_key', NULL);
 
+-- Scope registries: acme's own and the global one (after the keys above,
+-- some of which hold scopes registered nowhere: they keep verifying).
+SELECT apikeys.scope_define('acme', 'read', 'Read things') \g /dev/null
+SELECT apikeys.scope_define('acme', 'read:*') \g /dev/null
+SELECT apikeys.scope_define(NULL, 'billing', 'Billing, for every tenant') \g /dev/null
+
 -- Vault secrets: the ciphertexts travel, and decrypt with the same master key.
 CREATE TABLE public.plain_vault (id uuid PRIMARY KEY, secret text NOT NULL);
 INSERT INTO public.plain_vault
@@ -122,6 +128,9 @@ snapshot() {
 		echo "-- role_tenant"; qa "$db" -c "SELECT * FROM apikeys.role_tenant ORDER BY role_name, tenant"
 		echo "-- vault";       qa "$db" -c "SELECT id, tenant, service, name, encode(ciphertext, 'hex'), key_fp FROM apikeys.vault_secret ORDER BY id"
 		echo "-- verdicts";    qa "$db" -c "$VERDICTS"
+		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.scope') IS NOT NULL")" = t ]; then
+			echo "-- scope"; qa "$db" -c "SELECT * FROM apikeys.scope ORDER BY tenant NULLS FIRST, scope"
+		fi
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.audit') IS NOT NULL")" = t ]; then
 			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY chain, audit_id"
 		fi
@@ -164,6 +173,16 @@ SQL
 		die "$db: rotate after restore: got '$(cat "$DIR/${db}_after")', want valid|valid"
 	[ "$(qa "$db" -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
 		die "$db: vault secrets do not reveal after restore"
+	if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.scope') IS NOT NULL")" = t ]; then
+		# the restored registries are enforced: acme's and the global one
+		got=$(qa "$db" -c "SELECT apikeys.apikey_create('acme', 'x', '{write}')" 2>&1 || true)
+		case $got in
+		*'invalid_scope: unknown scope "write"'*) ;;
+		*) die "$db: the restored scope registry is not enforced: got '$got'" ;;
+		esac
+		[ "$(qa "$db" -c "SELECT count(*) FROM apikeys.apikey_create('acme', 'y', '{billing,read:*}')")" = 1 ] ||
+			die "$db: a registered scope is refused after restore"
+	fi
 	echo "$db: $(wc -l <"$DIR/${db}_verdicts") verdicts and $(grep -c . "$DIR/$db.snapshot") snapshot lines match; audit chain ok; create/rotate/verify and vault reveal work"
 }
 
@@ -203,4 +222,4 @@ for mode in $MODES; do
 	esac
 done
 
-echo "PASS: $n restore(s) ($MODES); $(wc -l <"$DIR/expected_verdicts") keys verify alike; tenants, keys, secrets, role mappings and audit rows match"
+echo "PASS: $n restore(s) ($MODES); $(wc -l <"$DIR/expected_verdicts") keys verify alike; tenants, keys, secrets, role mappings, scope registries and audit rows match"
