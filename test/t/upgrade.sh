@@ -93,6 +93,12 @@ for released in "$ROOT"/released/apikeys--*.sql; do
 	[ "$(qa up -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
 		die "vault secrets do not reveal after the upgrade"
 
+	# the README's step 3: mapped roles get the new version's privileges
+	q up -c "SELECT apikeys.grant_tenant(role_name, tenant, privilege) FROM apikeys.role_tenant" >/dev/null ||
+		die "granting the mapped roles again failed"
+	got=$(qa up -c "SET ROLE upgrade_acme_admin" -c "SELECT count(*) FROM apikeys.keys" -c "SELECT count(*) FROM apikeys.scopes") ||
+		die "a role mapped before the upgrade cannot read the views after step 3"
+
 	# (c) the chains check, and keep checking once changed again
 	[ "$(qa up -c "SELECT ok FROM apikeys.audit_check()")" = t ] || die "audit_check() fails after the upgrade"
 	q up >/dev/null <<-'SQL' || die "management fails after the upgrade"
