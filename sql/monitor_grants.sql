@@ -77,7 +77,7 @@ SELECT tenant, key_id IS NULL AS per_tenant, outcome, total
   FROM apikeys.monitor_usage() WHERE total > 0 OR outcome IN ('valid', 'disabled');
 SELECT tenant, CASE key_id WHEN :'k_valid' THEN 'valid' WHEN :'k_revoked' THEN 'revoked'
                            WHEN :'k_expired' THEN 'expired' END AS key, outcome, total
-  FROM apikeys.monitor_usage(per_key => true);
+  FROM apikeys.monitor_usage(per_key => true) ORDER BY 1, 2, 3;
 SELECT pg_temp.err($$SELECT * FROM apikeys.monitor_usage(NULL)$$);
 SELECT tenant, active, keys_active, keys_disabled, keys_revoked, keys_expired,
        audit_head_id > 0 AS has_audit_head, audit_head_at <= now() AS head_at_ok

@@ -176,11 +176,15 @@ script_tx() {
 		cur == n && / transactions \(/ { sub(/^ *- */, ""); print $1 + 0; exit }' "$1"
 }
 
-# run_pgbench RUN MODE (RUN: a number, in the request ids): the workload through PgBouncer, then every check
+# run_pgbench RUN MODE (RUN: a number, in the request ids): the workload
+# through PgBouncer, then every check.  One pgbench thread per client: with
+# -M prepared pgbench prepares a statement synchronously, and a thread
+# blocked waiting for a server connection that another of its own clients
+# holds (mid-transaction) would never get one.
 run_pgbench() {
 	local run=$1 mode=$2 log=$DIR/pgbench-$1.log before after a b c d n
 	before=$(q -c "SELECT last_value + (CASE WHEN is_called THEN 0 ELSE -1 END) FROM probes")
-	if ! "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$BPORT" -U app -c $CLIENTS -j 2 -t "$TX_PER_CLIENT" -M "$mode" \
+	if ! "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$BPORT" -U app -c $CLIENTS -j $CLIENTS -t "$TX_PER_CLIENT" -M "$mode" \
 			-D run="$run" -f "$DIR/a.sql@2" -f "$DIR/b.sql@1" -f "$DIR/c.sql@1" -f "$DIR/d.sql@1" postgres >"$log" 2>&1; then
 		tail -n 20 "$log" >&2; die "pgbench -M $mode failed"
 	fi
