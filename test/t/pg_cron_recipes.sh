@@ -121,8 +121,15 @@ expect "purge: its anchor" \
 expect "chain intact after the purge" "$(q -c "SELECT ok FROM apikeys.audit_check()")" t
 expect "purge job ran as" "$(q -c "SELECT DISTINCT j.username FROM cron.job j WHERE j.jobname = 'apikeys-audit-purge'")" postgres
 ok "purge job: $OLD rows older than 30 days deleted, anchored"
-expect "head export: acme's head" \
+# the export of a run after the purge's anchor has acme's current head
+for _ in $(seq $((WAIT * 5))); do
+	[ "$(q -c "SELECT count(*) > 0 FROM audit_keeper.heads h JOIN apikeys.audit_head() a USING (chain, audit_id, row_hash) WHERE chain = 'acme'")" = t ] && break
+	sleep 0.2
+done
+expect "head export: acme's current head" \
 	"$(q -c "SELECT count(*) > 0 FROM audit_keeper.heads h JOIN apikeys.audit_head() a USING (chain, audit_id, row_hash) WHERE chain = 'acme'")" t
+expect "head export: every chain each run" \
+	"$(q -c "SELECT bool_and(n = (SELECT count(*) FROM apikeys.audit_head())) FROM (SELECT count(*) n FROM audit_keeper.heads GROUP BY taken_at) x")" t
 expect "heads table: owned by audit_keeper, no grants" \
 	"$(q -c "SELECT tableowner || ' ' || coalesce((SELECT relacl::text FROM pg_class WHERE oid = 'audit_keeper.heads'::regclass), 'none') FROM pg_tables WHERE tablename = 'heads'")" "audit_keeper none"
 ok "head export job: audit_head() rows in audit_keeper.heads"
