@@ -64,6 +64,14 @@ SET ROLE regress_monitor;
 SELECT pg_temp.err($$SELECT * FROM apikeys.verifications$$);
 SELECT pg_temp.err($$SELECT * FROM apikeys.monitor_usage()$$);
 RESET ROLE;
+\echo '-- nor for a role with USAGE on the schema (a verifier)'
+SELECT apikeys.grant_verifier('regress_monitor_other');
+SET ROLE regress_monitor_other;
+SELECT pg_temp.err($$SELECT * FROM apikeys.monitor_usage()$$);
+SELECT pg_temp.err($$SELECT * FROM apikeys.monitor_tenants()$$);
+SELECT pg_temp.err($$SELECT * FROM apikeys.runtime$$);
+SELECT pg_temp.err($$SELECT apikeys.grant_monitor('regress_monitor_other')$$);
+RESET ROLE;
 
 SELECT apikeys.grant_monitor('regress_monitor');
 -- twice is harmless

@@ -288,3 +288,8 @@ BEGIN
 END;
 $$;
 SELECT apikeys_internal.publish('revoke_monitor', 'Undo grant_monitor: the monitoring figures'' privileges (USAGE on the schema stays).');
+-- publish() revokes PUBLIC's EXECUTE from the bodies; the entry points lose
+-- it here (in a fresh install 90_privileges.sql would too, an upgrade has
+-- no such step): monitor_usage and monitor_tenants read every tenant.
+REVOKE ALL ON FUNCTION apikeys.monitor_usage(boolean), apikeys.monitor_tenants(),
+    apikeys.grant_monitor(name), apikeys.revoke_monitor(name) FROM PUBLIC;
