@@ -35,7 +35,52 @@ ensure_deps() {
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 	fi
+	ensure_tool_deps
 }
+
+# The tools the shell tests run around the server (test/t/pgbouncer_*.sh,
+# postgres_exporter.sh, pg_cron_recipes.sh): installed when missing and the
+# archive has them.  A package the archive lacks for this PostgreSQL version
+# (TOOL_PACKAGES_ABSENT) is left out; the test that needs it says so and skips.
+TOOL_PACKAGES_ABSENT=()
+ensure_tool_deps() {
+	local want=() p
+	[ -x /usr/sbin/pgbouncer ] || want+=(pgbouncer)
+	[ -x /usr/bin/prometheus-postgres-exporter ] || want+=(prometheus-postgres-exporter)
+	[ -f "/usr/lib/postgresql/$PGVER/lib/pg_cron.so" ] || want+=("postgresql-$PGVER-cron")
+	command -v curl >/dev/null || want+=(curl)
+	[ ${#want[@]} -gt 0 ] || return 0
+	if [ "$(id -u)" != 0 ]; then
+		say "not root: not installing ${want[*]} (the tests that need them skip)"; return 0
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+	local have=()
+	for p in "${want[@]}"; do
+		if [ -n "$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)')" ]; then
+			have+=("$p")
+		else
+			TOOL_PACKAGES_ABSENT+=("$p")
+			say "the archive has no $p: the tests that need it skip"
+		fi
+	done
+	[ ${#have[@]} -gt 0 ] || return 0
+	say "installing ${have[*]}"
+	# the packages' own services (pgbouncer on 6432, the exporter on 9187)
+	# must not start: the tests run their own on private ports.  A
+	# policy-rc.d of our own forbids it for this install only.
+	local policy=/usr/sbin/policy-rc.d made_policy=0
+	if [ ! -e $policy ]; then
+		printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && made_policy=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${have[@]}" >/dev/null ||
+		say "could not install ${have[*]}"
+	[ $made_policy = 0 ] || rm -f $policy
+	return 0
+}
+
+# skip REASON: a test that cannot run here says why and exits 0 (scripts/test.sh
+# shows the reason); only for a tool the archive does not have.
+skip() { echo "SKIP: $*"; exit 0; }
 
 build_install() {
 	local stamp="$ROOT/tmp/built-for" version

@@ -58,7 +58,7 @@ root_ensure() {
 	say "pg$v: building a Debian $suite root in $dir with mmdebstrap (a few minutes; log: $dir.log)"
 	# Check-Valid-Until off: testing suites' Release files may be stale on a mirror
 	if ! mmdebstrap --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' \
-			--include="postgresql-$v,postgresql-server-dev-$v,postgresql-contrib-$v,gcc,make,libc6-dev,procps" \
+			--include="postgresql-$v,postgresql-server-dev-$v,postgresql-contrib-$v,gcc,make,libc6-dev,procps,pgbouncer,prometheus-postgres-exporter,postgresql-$v-cron,curl" \
 			"$suite" "$dir.new" >"$dir.log" 2>&1; then
 		echo "mmdebstrap failed; the end of $dir.log:" >&2
 		tail -n 15 "$dir.log" >&2

@@ -325,7 +325,9 @@ if want shell; then
 		say "shell: $name"
 		start=$SECONDS
 		if bash "$t" >"$log" 2>&1; then
-			pass "shell/$name ($((SECONDS - start)) s)"
+			# a test that cannot run here ends with "SKIP: reason" (lib.sh skip)
+			reason=$(sed -n 's/^SKIP: //p' "$log" | tail -n 1)
+			pass "shell/$name ($((SECONDS - start)) s${reason:+; SKIPPED: $reason})"
 		else
 			fail "shell/$name" "exit status $?; log: ${log#"$ROOT"/}"
 			tail -n 25 "$log"; echo "----"
