@@ -3046,7 +3046,17 @@ REVOKE ALL ON FUNCTION apikeys.monitor_usage(boolean), apikeys.monitor_tenants()
     apikeys.grant_monitor(name), apikeys.revoke_monitor(name) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
--- Last: whatever the sections above created in apikeys_internal is granted to
--- no one (a fresh install revokes the same at its end, 90_privileges.sql).
+-- Last, as at the end of a fresh install (src/sql/90_privileges.sql, the
+-- same statements): nothing the sections above created is for PUBLIC.
+-- publish() revokes PUBLIC's EXECUTE from a body, not from its entry point.
 ------------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
+-- The bodies and helpers are reached only through the entry points and our
+-- own code (by OID, or as the extension owner): no one gets EXECUTE.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys_internal FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO PUBLIC;
+-- The row-level policies call this for any role granted SELECT on a table;
+-- it answers only about the caller.
+GRANT EXECUTE ON FUNCTION apikeys.visible_tenants(text) TO PUBLIC;
