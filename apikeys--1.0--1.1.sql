@@ -2535,13 +2535,9 @@ BEGIN
     PERFORM apikeys_internal._check_tenant_id(tenant);   -- STRICT: NULL is the global registry
     PERFORM apikeys_internal._authorize(tenant, 'scope_drop');
     sc := apikeys_internal._check_scope(scope);
-    IF tenant IS NULL THEN
-        -- a concurrent drop of a tenant's entry for this scope finishes
-        -- first, so that the count below sees that tenant uncovered
-        PERFORM 1 FROM apikeys.scope s
-         WHERE s.tenant IS NOT NULL AND s.scope OPERATOR(pg_catalog.=) sc FOR UPDATE;
-    END IF;
-    -- waits for transactions whose new keys use the entry (FOR KEY SHARE)
+    -- waits for transactions whose new keys use the entry (FOR KEY SHARE),
+    -- and for a tenant's concurrent drop of its own entry (below); a global
+    -- drop locks no tenant's entry, so while it waits no tenant waits for it
     DELETE FROM apikeys.scope s
      WHERE coalesce(s.tenant, '') OPERATOR(pg_catalog.=) coalesce(scope_drop.tenant, '')
        AND s.scope OPERATOR(pg_catalog.=) sc;
@@ -2554,6 +2550,12 @@ BEGIN
         RETURN;
     END IF;
     IF tenant IS NOT NULL THEN
+        -- against a concurrent global drop of this scope: a global entry
+        -- it already deleted makes this wait for it, then reads as gone;
+        -- locked here first, it makes that drop's DELETE wait for this
+        -- transaction, whose entry that drop then counts as gone
+        PERFORM 1 FROM apikeys.scope g
+         WHERE g.tenant IS NULL AND g.scope OPERATOR(pg_catalog.=) sc FOR KEY SHARE;
         SELECT count(*) INTO n FROM apikeys.credential c
          WHERE c.tenant OPERATOR(pg_catalog.=) scope_drop.tenant
            AND c.status OPERATOR(pg_catalog.<>) 'revoked' AND sc OPERATOR(pg_catalog.=) ANY (c.scopes)
@@ -3047,8 +3049,9 @@ REVOKE ALL ON FUNCTION apikeys.monitor_usage(boolean), apikeys.monitor_tenants()
 
 ------------------------------------------------------------------------------
 -- Last, as at the end of a fresh install (src/sql/90_privileges.sql, the
--- same statements): nothing the sections above created is for PUBLIC.
--- publish() revokes PUBLIC's EXECUTE from a body, not from its entry point.
+-- same statements): nothing the sections above created is for PUBLIC, or for
+-- a role the installing role's default privileges name.  publish() revokes
+-- PUBLIC's EXECUTE from a body, not from its entry point.
 ------------------------------------------------------------------------------
 
 REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
@@ -3060,3 +3063,36 @@ GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO 
 -- The row-level policies call this for any role granted SELECT on a table;
 -- it answers only about the caller.
 GRANT EXECUTE ON FUNCTION apikeys.visible_tenants(text) TO PUBLIC;
+
+-- Default privileges (ALTER DEFAULT PRIVILEGES) of the role running this
+-- script, or of the extension's owner, give other roles the objects the
+-- script creates: CREATE on the schemas, TRIGGER on the tables (a trigger
+-- of theirs would run as the definer code that writes them, a superuser),
+-- EXECUTE on the bodies.  Roles get privileges from the grant recipes only:
+-- take back what such defaults gave, from every object of the extension
+-- (PUBLIC's are dealt with above).  A role that also had a recipe's grants
+-- loses them (WARNING): run its recipe again.
+DO $$
+DECLARE
+    r name;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT pg_catalog.pg_get_userbyid(a.grantee)
+          FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a
+         WHERE d.defaclrole IN (SELECT e.extowner FROM pg_catalog.pg_extension e
+                                 WHERE e.extname OPERATOR(pg_catalog.=) 'apikeys'
+                                UNION ALL
+                                SELECT u.oid FROM pg_catalog.pg_roles u
+                                 WHERE u.rolname OPERATOR(pg_catalog.=) current_user)
+           AND d.defaclnamespace IN (0, 'apikeys'::regnamespace, 'apikeys_internal'::regnamespace)
+           AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) d.defaclrole
+    LOOP
+        RAISE WARNING 'apikeys_default_privileges: revoked from role "%" what default privileges gave it on the extension''s objects', r
+            USING HINT = 'If that role was granted apikeys.grant_tenant(), grant_verifier(), grant_vault() or grant_postgrest(), run it again.';
+        EXECUTE format('REVOKE ALL ON SCHEMA apikeys, apikeys_internal FROM %I', r);
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA apikeys, apikeys_internal FROM %I', r);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikeys, apikeys_internal FROM %I', r);
+        EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys, apikeys_internal FROM %I', r);
+    END LOOP;
+END;
+$$;

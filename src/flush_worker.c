@@ -439,17 +439,18 @@ retire_written(bool all)
  * One statement per batch: one unique-index probe per key (ON CONFLICT).
  * Keys are unique within a batch (one shared entry per key).  used is NULL
  * for keys without a usage cap: the stored figure is then left alone.
- * Rows of keys deleted meanwhile are skipped.
+ * Rows of keys deleted meanwhile are skipped.  Every name is qualified: the
+ * worker also pins search_path (apikeys_flush_main).
  */
 static const char *flush_sql =
 "INSERT INTO apikeys.usage AS u (key_id, last_used_at, used, period_start,"
 "  count_valid, count_disabled, count_revoked, count_expired, count_tenant_inactive,"
 "  count_ip_not_allowed, count_insufficient_scope, count_rate_limited, count_usage_exceeded)"
-" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[]),"
-"       pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::timestamptz[]),"
-"       pg_catalog.unnest($5::int8[]), pg_catalog.unnest($6::int8[]), pg_catalog.unnest($7::int8[]),"
-"       pg_catalog.unnest($8::int8[]), pg_catalog.unnest($9::int8[]), pg_catalog.unnest($10::int8[]),"
-"       pg_catalog.unnest($11::int8[]), pg_catalog.unnest($12::int8[]), pg_catalog.unnest($13::int8[]))"
+" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),"
+"       pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.timestamptz[]),"
+"       pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]), pg_catalog.unnest($7::pg_catalog.int8[]),"
+"       pg_catalog.unnest($8::pg_catalog.int8[]), pg_catalog.unnest($9::pg_catalog.int8[]), pg_catalog.unnest($10::pg_catalog.int8[]),"
+"       pg_catalog.unnest($11::pg_catalog.int8[]), pg_catalog.unnest($12::pg_catalog.int8[]), pg_catalog.unnest($13::pg_catalog.int8[]))"
 "       AS t(k, l, ug, ps, c1, c2, c3, c4, c5, c6, c7, c8, c9)"
 "  WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
 " ON CONFLICT (key_id) DO UPDATE SET"
@@ -796,6 +797,14 @@ apikeys_flush_main(Datum arg)
 	 */
 	SetConfigOption("lock_timeout", "2s", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "30s", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker is the bootstrap superuser and has taken the database's
+	 * settings, which its owner sets without being a superuser: a
+	 * search_path of "evil, pg_catalog" would make the flush statement's
+	 * type names evil's domains, whose CHECK code would run as superuser.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * A start given up as lost may have come through late: one worker only.

@@ -115,13 +115,9 @@ BEGIN
     PERFORM apikeys_internal._check_tenant_id(tenant);   -- STRICT: NULL is the global registry
     PERFORM apikeys_internal._authorize(tenant, 'scope_drop');
     sc := apikeys_internal._check_scope(scope);
-    IF tenant IS NULL THEN
-        -- a concurrent drop of a tenant's entry for this scope finishes
-        -- first, so that the count below sees that tenant uncovered
-        PERFORM 1 FROM apikeys.scope s
-         WHERE s.tenant IS NOT NULL AND s.scope OPERATOR(pg_catalog.=) sc FOR UPDATE;
-    END IF;
-    -- waits for transactions whose new keys use the entry (FOR KEY SHARE)
+    -- waits for transactions whose new keys use the entry (FOR KEY SHARE),
+    -- and for a tenant's concurrent drop of its own entry (below); a global
+    -- drop locks no tenant's entry, so while it waits no tenant waits for it
     DELETE FROM apikeys.scope s
      WHERE coalesce(s.tenant, '') OPERATOR(pg_catalog.=) coalesce(scope_drop.tenant, '')
        AND s.scope OPERATOR(pg_catalog.=) sc;
@@ -134,6 +130,12 @@ BEGIN
         RETURN;
     END IF;
     IF tenant IS NOT NULL THEN
+        -- against a concurrent global drop of this scope: a global entry
+        -- it already deleted makes this wait for it, then reads as gone;
+        -- locked here first, it makes that drop's DELETE wait for this
+        -- transaction, whose entry that drop then counts as gone
+        PERFORM 1 FROM apikeys.scope g
+         WHERE g.tenant IS NULL AND g.scope OPERATOR(pg_catalog.=) sc FOR KEY SHARE;
         SELECT count(*) INTO n FROM apikeys.credential c
          WHERE c.tenant OPERATOR(pg_catalog.=) scope_drop.tenant
            AND c.status OPERATOR(pg_catalog.<>) 'revoked' AND sc OPERATOR(pg_catalog.=) ANY (c.scopes)
