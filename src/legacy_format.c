@@ -12,7 +12,8 @@
  * Such a key's secret lives in apikeys.secret like a native one, under a
  * lookup digest bound to its format:
  *
- *   SHA-256("apikeys-legacy-1" || format_id (16 bytes) || legacy digest)
+ *   SHA-256("apikeys-legacy-1" || format_id (16 bytes) || legacy digest
+ *           || the key's first digest_offset characters)
  *
  * so the native verify path (policy cache, index probes, limits, usage)
  * serves it unchanged, a native digest (SHA-256 of a key text, which never
@@ -244,18 +245,24 @@ format_matches(const LegacyFormat *f, const unsigned char *key)
 	return true;
 }
 
-/* The lookup digest of a legacy digest stored under format_id. */
+/*
+ * The lookup digest of a legacy digest stored under format_id, bound to the
+ * key's characters the digest leaves out (head: its first digest_offset
+ * characters), so that a key with another head does not verify.
+ */
 static void
 lookup_digest(const pg_uuid_t *format_id, const uint8 *legacy, size_t len,
-			  uint8 out[APIKEYS_DIGEST_LEN])
+			  const char *head, size_t head_len, uint8 out[APIKEYS_DIGEST_LEN])
 {
-	char		buf[LEGACY_TAG_LEN + UUID_LEN + PG_SHA512_DIGEST_LENGTH];
+	char		buf[LEGACY_TAG_LEN + UUID_LEN + PG_SHA512_DIGEST_LENGTH + LEGACY_KEY_MAX];
 
-	Assert(len <= PG_SHA512_DIGEST_LENGTH);
+	Assert(len <= PG_SHA512_DIGEST_LENGTH && head_len <= LEGACY_KEY_MAX);
 	memcpy(buf, LEGACY_TAG, LEGACY_TAG_LEN);
 	memcpy(buf + LEGACY_TAG_LEN, format_id->data, UUID_LEN);
 	memcpy(buf + LEGACY_TAG_LEN + UUID_LEN, legacy, len);
-	apikeys_sha256(buf, LEGACY_TAG_LEN + UUID_LEN + len, out);
+	memcpy(buf + LEGACY_TAG_LEN + UUID_LEN + len, head, head_len);
+	apikeys_sha256(buf, LEGACY_TAG_LEN + UUID_LEN + len + head_len, out);
+	explicit_bzero(buf, sizeof(buf));
 }
 
 /* SHA-512 through PostgreSQL's cryptohash (OpenSSL or its own). */
@@ -312,7 +319,8 @@ apikeys_legacy_digest(Datum arg, uint8 digest[APIKEYS_DIGEST_LEN])
 		else
 			apikeys_sha256(part, part_len, legacy);
 		lookup_digest(&f->format_id, legacy,
-					  f->sha512 ? PG_SHA512_DIGEST_LENGTH : PG_SHA256_DIGEST_LENGTH, digest);
+					  f->sha512 ? PG_SHA512_DIGEST_LENGTH : PG_SHA256_DIGEST_LENGTH,
+					  VARDATA_ANY(key), f->digest_offset, digest);
 		explicit_bzero(legacy, sizeof(legacy));
 	}
 	return true;
@@ -349,9 +357,10 @@ hex_digit(char c)
 
 /*
  * apikeys_internal._legacy_digest(format_id uuid, digest text, stored text,
- * encoding text) -> bytea: the lookup digest of a digest a legacy system
- * stored (hex or base64 of a SHA-256 or SHA-512), as apikey_verify computes
- * it for a key of that format.  Raises invalid_digest (22023) when the
+ * encoding text, head text) -> bytea: the lookup digest of a digest a legacy
+ * system stored (hex or base64 of a SHA-256 or SHA-512), as apikey_verify
+ * computes it for a key of that format whose first digest_offset characters
+ * are head (checked by the caller).  Raises invalid_digest (22023) when the
  * stored value does not decode to a digest of the format's length.
  */
 PG_FUNCTION_INFO_V1(apikeys_legacy_digest_sql);
@@ -369,8 +378,13 @@ apikeys_legacy_digest_sql(PG_FUNCTION_ARGS)
 	int			got = -1;
 	bytea	   *out;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
-		elog(ERROR, "apikeys_internal._legacy_digest: NULL format");
+	text	   *head;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		elog(ERROR, "apikeys_internal._legacy_digest: NULL format or head");
+	head = PG_GETARG_TEXT_PP(4);
+	if (VARSIZE_ANY_EXHDR(head) > LEGACY_KEY_MAX)
+		elog(ERROR, "apikeys_internal._legacy_digest: head too long");
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -419,7 +433,8 @@ apikeys_legacy_digest_sql(PG_FUNCTION_ARGS)
 
 	out = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
 	SET_VARSIZE(out, VARHDRSZ + APIKEYS_DIGEST_LEN);
-	lookup_digest(format_id, raw, want, (uint8 *) VARDATA(out));
+	lookup_digest(format_id, raw, want, VARDATA_ANY(head), VARSIZE_ANY_EXHDR(head),
+				  (uint8 *) VARDATA(out));
 	PG_RETURN_BYTEA_P(out);
 }
 

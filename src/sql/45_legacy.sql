@@ -11,7 +11,7 @@
 
 CREATE TABLE apikeys.key_format (
     format_id     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    tenant        text COLLATE "C" REFERENCES apikeys.tenant (tenant) ON DELETE CASCADE,  -- NULL: every tenant
+    tenant        text COLLATE "C",   -- NULL: every tenant (no foreign key: see key_format_tenant_deleted)
     name          text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     prefix        text NOT NULL CHECK (prefix ~ '^[!-~]{0,32}$'),
     key_length    integer NOT NULL CHECK (key_length BETWEEN 16 AND 256 AND key_length > length(prefix)),
@@ -28,12 +28,17 @@ CREATE TABLE apikeys.key_format (
 COMMENT ON TABLE apikeys.key_format IS 'Formats of keys issued before apikeys (legacy keys): shape and stored digest; keys of one format verify through it.';
 
 -- Which format a secret was imported under (native secrets have no row).
+-- No foreign key to apikeys.secret, whose TRUNCATE and COPY by a superuser
+-- must keep working as in 1.0: a row whose secret is gone (rotated away,
+-- deleted) is dead and ignored (every reader joins apikeys.secret), and
+-- key_format_drop() deletes it.  The lookup digest embeds the format, so a
+-- digest always maps to the same format.
 CREATE TABLE apikeys.legacy_secret (
-    digest    bytea PRIMARY KEY REFERENCES apikeys.secret (digest) ON DELETE CASCADE,
-    format_id uuid NOT NULL REFERENCES apikeys.key_format (format_id)
+    digest    bytea PRIMARY KEY,
+    format_id uuid NOT NULL REFERENCES apikeys.key_format (format_id) ON DELETE CASCADE
 );
 CREATE INDEX legacy_secret_format_idx ON apikeys.legacy_secret (format_id);
-COMMENT ON TABLE apikeys.legacy_secret IS 'The format each imported secret verifies through; gone with its secret.';
+COMMENT ON TABLE apikeys.legacy_secret IS 'The format each imported secret verifies through; rows whose secret is gone are dead.';
 
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_format', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.legacy_secret', '');
@@ -57,7 +62,9 @@ CREATE TYPE apikeys.legacy_key AS (
     rate_limit   integer,
     rate_window  interval,      -- NULL with a rate_limit: 1 minute
     last_used_at timestamptz,
-    source_id    text           -- names the row in errors; not stored
+    source_id    text,          -- names the row in errors; not stored
+    head         text           -- the key's first digest_offset characters when the digest leaves
+                                -- them out and they are not the literal prefix (KeyHippo's prefix)
 );
 COMMENT ON TYPE apikeys.legacy_key IS 'One key to import: its stored digest and what apikeys keeps about it (apikey_import_rows, apikey_import_many).';
 
@@ -69,9 +76,9 @@ CREATE FUNCTION apikeys_internal._key_format_alphabet(name text) RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_key_format_alphabet';
 COMMENT ON FUNCTION apikeys_internal._key_format_alphabet(text) IS 'The characters of a key-format alphabet (hex, HEX, hex_any, base64, base64url, base58, alnum); NULL for another name.';
 
-CREATE FUNCTION apikeys_internal._legacy_digest(format_id uuid, digest text, stored text, encoding text) RETURNS bytea
+CREATE FUNCTION apikeys_internal._legacy_digest(format_id uuid, digest text, stored text, encoding text, head text) RETURNS bytea
     LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_legacy_digest_sql';
-COMMENT ON FUNCTION apikeys_internal._legacy_digest(uuid, text, text, text) IS 'The lookup digest apikey_verify computes for a key whose legacy system stored `stored` (hex or base64) under format format_id.';
+COMMENT ON FUNCTION apikeys_internal._legacy_digest(uuid, text, text, text, text) IS 'The lookup digest apikey_verify computes for a key of format format_id starting with head whose legacy system stored `stored` (hex or base64).';
 
 CREATE FUNCTION apikeys_internal._lock_key_length(integer) RETURNS void
     LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_key_length';
@@ -116,6 +123,21 @@ COMMENT ON FUNCTION apikeys_internal._audit_key_format() IS 'Row trigger: audit 
 CREATE TRIGGER audit_key_format AFTER INSERT OR UPDATE OR DELETE ON apikeys.key_format
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_format();
 ALTER TABLE apikeys.key_format ENABLE ALWAYS TRIGGER audit_key_format;
+
+-- A deleted tenant's formats go with it (a tenant id created again must not
+-- inherit them); its keys, and so their secrets, are gone already.
+CREATE FUNCTION apikeys_internal._key_format_tenant_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM apikeys.key_format g WHERE g.tenant OPERATOR(pg_catalog.=) OLD.tenant;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION apikeys_internal._key_format_tenant_deleted() IS 'Row trigger on apikeys.tenant: drop a deleted tenant''s key formats.';
+CREATE TRIGGER key_format_tenant_deleted AFTER DELETE ON apikeys.tenant
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._key_format_tenant_deleted();
 
 ------------------------------------------------------------------------------
 -- Registering and dropping formats
@@ -311,7 +333,9 @@ BEGIN
      USING apikeys.legacy_secret l
      WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id AND s.digest OPERATOR(pg_catalog.=) l.digest
        AND s.valid_until OPERATOR(pg_catalog.<=) now();
-    SELECT count(*) INTO n FROM apikeys.legacy_secret l WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id;
+    SELECT count(*) INTO n FROM apikeys.legacy_secret l
+      JOIN apikeys.secret s ON s.digest OPERATOR(pg_catalog.=) l.digest
+     WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id;
     IF n OPERATOR(pg_catalog.>) 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'dependent_objects_still_exist',
             MESSAGE = format('format_in_use: %s secrets of format "%s" can still verify', n, name),
@@ -374,9 +398,20 @@ AS $$
            CASE WHEN k.hint IS NULL THEN f.prefix OPERATOR(pg_catalog.||) '...'
                 WHEN char_length(k.hint) BETWEEN 1 AND 64 AND k.hint OPERATOR(pg_catalog.!~) '[[:cntrl:]]' THEN k.hint
                 ELSE apikeys_internal._import_fail('22023', 'invalid_hint: hint must be 1 to 64 characters without control characters') END,
-           apikeys_internal._legacy_digest(f.format_id, f.digest, k.digest, enc),
+           apikeys_internal._legacy_digest(f.format_id, f.digest, k.digest, enc, h.head),
            CASE WHEN k.last_used_at IS NULL OR (pg_catalog.isfinite(k.last_used_at) AND k.last_used_at OPERATOR(pg_catalog.<=) pg_catalog.now()) THEN k.last_used_at
                 ELSE apikeys_internal._import_fail('22023', 'invalid_last_used_at: last_used_at must be a finite time, not in the future')::timestamptz END
+      FROM (SELECT CASE
+                WHEN f.digest_offset OPERATOR(pg_catalog.=) 0 AND k.head IS NULL THEN ''
+                WHEN f.digest_offset OPERATOR(pg_catalog.=) 0
+                    THEN apikeys_internal._import_fail('22023', 'invalid_head: the format digests the whole key; head must be NULL')
+                WHEN k.head IS NULL AND f.digest_offset OPERATOR(pg_catalog.=) length(f.prefix) THEN f.prefix
+                WHEN length(k.head) OPERATOR(pg_catalog.=) f.digest_offset
+                     AND left(k.head, length(f.prefix)) OPERATOR(pg_catalog.=) f.prefix
+                     AND ltrim(substr(k.head, length(f.prefix) OPERATOR(pg_catalog.+) 1),
+                               apikeys_internal._key_format_alphabet(coalesce(f.head_alphabet, f.alphabet))) OPERATOR(pg_catalog.=) ''
+                    THEN k.head
+                ELSE apikeys_internal._import_fail('22023', 'invalid_head: head must be the key''s first digest_offset characters, in the format''s shape') END AS head) h
 $$;
 COMMENT ON FUNCTION apikeys_internal._import_values(apikeys.legacy_key, apikeys.key_format, text) IS 'One import row, checked and normalized (raises on a bad field).';
 
@@ -399,7 +434,8 @@ BEGIN
     FOREACH k IN ARRAY p_keys LOOP
         i := i OPERATOR(pg_catalog.+) 1;
         BEGIN
-            PERFORM FROM apikeys_internal._import_values(k, f, enc);
+            -- every column: unused ones would not be computed (nor checked)
+            PERFORM x.* FROM apikeys_internal._import_values(k, f, enc) x;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
@@ -483,7 +519,8 @@ BEGIN
             RETURNING digest),
         l AS (
             INSERT INTO apikeys.legacy_secret (digest, format_id)
-            SELECT s.digest, f.format_id FROM s),
+            SELECT s.digest, f.format_id FROM s
+            ON CONFLICT (digest) DO NOTHING),   -- a dead row of the same key
         lu AS (
             INSERT INTO apikeys.usage (key_id, last_used_at)
             SELECT v.key_id, v.last_used_at FROM v WHERE v.last_used_at IS NOT NULL)
@@ -530,7 +567,8 @@ CREATE FUNCTION apikeys_internal.apikey_import(
     rate_limit      integer DEFAULT NULL,
     rate_window     interval DEFAULT NULL,
     last_used_at    timestamptz DEFAULT NULL,
-    digest_encoding text DEFAULT 'hex')
+    digest_encoding text DEFAULT 'hex',
+    head            text DEFAULT NULL)
     RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -538,7 +576,7 @@ AS $$
 BEGIN
     RETURN (apikeys_internal._import_keys(tenant, format,
         ARRAY[ROW(digest, name, scopes, expires_at, metadata, created_at, hint, status, revoked_at,
-                  description, rate_limit, rate_window, last_used_at, NULL)::apikeys.legacy_key],
+                  description, rate_limit, rate_window, last_used_at, NULL, head)::apikeys.legacy_key],
         1, digest_encoding))[1];
 END;
 $$;
@@ -599,7 +637,7 @@ BEGIN
             IF extra IS NOT NULL THEN
                 RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                     MESSAGE = 'invalid_import: the query has columns apikeys.legacy_key does not: ' OPERATOR(pg_catalog.||) extra,
-                    HINT = 'Name the columns digest, name, scopes, expires_at, metadata, created_at, hint, status, revoked_at, description, rate_limit, rate_window, last_used_at, source_id.';
+                    HINT = 'Name the columns digest, name, scopes, expires_at, metadata, created_at, hint, status, revoked_at, description, rate_limit, rate_window, last_used_at, source_id, head.';
             END IF;
         END IF;
         batch := pg_catalog.array_append(batch, pg_catalog.jsonb_populate_record(NULL::apikeys.legacy_key, j));

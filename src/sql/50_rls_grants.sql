@@ -182,7 +182,7 @@ BEGIN
             ' apikeys.key_format_register(text, text, text, integer, text, text, integer, text, text, text),'
             ' apikeys.key_format_drop(text, text),'
             ' apikeys.apikey_import(text, text, text, text, text[], timestamptz, jsonb, timestamptz, text, text,'
-            '                       timestamptz, text, integer, interval, timestamptz, text),'
+            '                       timestamptz, text, integer, interval, timestamptz, text, text),'
             ' apikeys.apikey_import_rows(text, text, apikeys.legacy_key[], text, bigint),'
             ' apikeys.apikey_import_many(text, text, text, text) TO %I', role_name);
     END IF;

@@ -319,7 +319,8 @@ WITH rel AS (
        -- the readers behind the views answer only about the caller's own tenants
        AND NOT (p.pronamespace = 'apikeys'::regnamespace
                 AND p.proname IN ('_read_keys', '_read_tenants', '_read_key_usage', '_read_vault_secrets',
-                                  '_read_audit', '_read_grants', 'audit_log_page'))
+                                  '_read_audit', '_read_grants', 'audit_log_page',
+                                  '_read_key_formats', '_read_legacy_keys'))
        AND has_function_privilege(role, p.oid, 'EXECUTE')
        AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
     UNION ALL
