@@ -869,6 +869,12 @@ END;
 $$;
 
 -- as 90_privileges.sql does for a fresh install
-REVOKE ALL ON FUNCTION apikeys.apikey_import_many(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.apikey_import_many(text, text, text, text),
+    apikeys.key_format_register(text, text, text, integer, text, text, integer, text, text, text),
+    apikeys.key_format_drop(text, text),
+    apikeys.apikey_import(text, text, text, text, text[], timestamptz, jsonb, timestamptz, text, text,
+                          timestamptz, text, integer, interval, timestamptz, text, text),
+    apikeys.apikey_import_rows(text, text, apikeys.legacy_key[], text, bigint),
+    apikeys._read_key_formats(), apikeys._read_legacy_keys() FROM PUBLIC;
 REVOKE ALL ON apikeys.key_format, apikeys.legacy_secret, apikeys.key_formats, apikeys.legacy_keys FROM PUBLIC;
 -- <<< legacy key formats and import
