@@ -28,14 +28,16 @@ CREATE TABLE apikeys.key_format (
 COMMENT ON TABLE apikeys.key_format IS 'Formats of keys issued before apikeys (legacy keys): shape and stored digest; keys of one format verify through it.';
 
 -- Which format a secret was imported under (native secrets have no row).
--- No foreign key to apikeys.secret, whose TRUNCATE and COPY by a superuser
--- must keep working as in 1.0: a row whose secret is gone (rotated away,
+-- No foreign keys (a check per imported row would cost more than the rest
+-- of its import, and apikeys.secret's TRUNCATE and COPY by a superuser must
+-- keep working as in 1.0): a row whose secret is gone (rotated away,
 -- deleted) is dead and ignored (every reader joins apikeys.secret), and
--- key_format_drop() deletes it.  The lookup digest embeds the format, so a
--- digest always maps to the same format.
+-- key_format_drop() deletes the format's rows.  The lookup digest embeds
+-- the format, so a digest always maps to the same format, and a row whose
+-- format is gone can never match a presented key again.
 CREATE TABLE apikeys.legacy_secret (
     digest    bytea PRIMARY KEY,
-    format_id uuid NOT NULL REFERENCES apikeys.key_format (format_id) ON DELETE CASCADE
+    format_id uuid NOT NULL
 );
 CREATE INDEX legacy_secret_format_idx ON apikeys.legacy_secret (format_id);
 COMMENT ON TABLE apikeys.legacy_secret IS 'The format each imported secret verifies through; rows whose secret is gone are dead.';
@@ -131,6 +133,9 @@ CREATE FUNCTION apikeys_internal._key_format_tenant_deleted() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    DELETE FROM apikeys.legacy_secret l
+     USING apikeys.key_format g
+     WHERE g.tenant OPERATOR(pg_catalog.=) OLD.tenant AND l.format_id OPERATOR(pg_catalog.=) g.format_id;
     DELETE FROM apikeys.key_format g WHERE g.tenant OPERATOR(pg_catalog.=) OLD.tenant;
     RETURN NULL;
 END;
@@ -341,6 +346,7 @@ BEGIN
             MESSAGE = format('format_in_use: %s secrets of format "%s" can still verify', n, name),
             HINT = 'Rotate those keys (apikeys.apikey_rotate) or delete them; apikeys.legacy_keys lists them.';
     END IF;
+    DELETE FROM apikeys.legacy_secret l WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id;
     DELETE FROM apikeys.key_format g WHERE g.format_id OPERATOR(pg_catalog.=) f.format_id;
 END;
 $$;
@@ -535,16 +541,20 @@ BEGIN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                 e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
         bad := apikeys_internal._import_first_bad(p_keys, f, p_encoding);
-        IF bad.ord IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = e_state, MESSAGE = e_msg,
-                DETAIL = coalesce(e_detail, ''), HINT = coalesce(e_hint, '');
+        IF bad.ord IS NOT NULL THEN
+            -- the row's own error, naming the row
+            src := (p_keys[bad.ord]).source_id;
+            e_state := bad.err_state;
+            e_msg := format('%s (import row %s%s)', bad.err_message,
+                            p_first_row OPERATOR(pg_catalog.+) bad.ord OPERATOR(pg_catalog.-) 1,
+                            CASE WHEN src IS NULL THEN '' ELSE format(', source_id %s', quote_literal(left(src, 100))) END);
+            e_detail := coalesce(bad.err_detail, 'Nothing of this import was kept.');
+            e_hint := bad.err_hint;
         END IF;
-        src := (p_keys[bad.ord]).source_id;
-        RAISE EXCEPTION USING ERRCODE = bad.err_state,
-            MESSAGE = format('%s (import row %s%s)', bad.err_message, p_first_row OPERATOR(pg_catalog.+) bad.ord OPERATOR(pg_catalog.-) 1,
-                             CASE WHEN src IS NULL THEN '' ELSE format(', source_id %s', quote_literal(left(src, 100))) END),
-            DETAIL = coalesce(bad.err_detail, 'Nothing of this import was kept.'),
-            HINT = coalesce(bad.err_hint, '');
+        IF e_hint IS NULL OR e_hint OPERATOR(pg_catalog.=) '' THEN
+            RAISE EXCEPTION USING ERRCODE = e_state, MESSAGE = e_msg, DETAIL = coalesce(e_detail, '');
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = e_state, MESSAGE = e_msg, DETAIL = coalesce(e_detail, ''), HINT = e_hint;
     END;
     RETURN ids;
 END;
