@@ -482,6 +482,8 @@ COMMENT ON FUNCTION apikeys_internal._import_first_bad(apikeys.legacy_key[], api
 
 -- Import p_keys into tenant p_tenant under format p_format: one key per row,
 -- all or nothing.  A failure names its row (p_first_row numbers the first).
+-- Audit: the triggers' key_created and secret_issued rows for each key, and
+-- one keys_imported row for the call (format, count, first row).
 CREATE FUNCTION apikeys_internal._import_keys(p_tenant text, p_format text, p_keys apikeys.legacy_key[],
                                               p_first_row bigint, p_encoding text)
     RETURNS uuid[]
@@ -568,6 +570,10 @@ BEGIN
         END IF;
         RAISE EXCEPTION USING ERRCODE = e_state, MESSAGE = e_msg, DETAIL = coalesce(e_detail, ''), HINT = e_hint;
     END;
+    -- what the rows above do not say: that these keys were imported, under which format
+    PERFORM apikeys._audit_write('keys_imported', p_tenant, NULL,
+        jsonb_build_object('format', f.name, 'format_id', f.format_id, 'format_tenant', f.tenant,
+                           'keys', n, 'first_row', p_first_row));
     RETURN ids;
 END;
 $$;

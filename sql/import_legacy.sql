@@ -121,9 +121,11 @@ SELECT apikeys.apikey_import_many('acme', 'keyhippo', $$
            CASE WHEN is_revoked THEN 'revoked' END AS status,
            left(prefix, 4) || '...' || right(body, 4) AS hint
       FROM public.kh_keys ORDER BY id$$) AS kh_imported;
--- two audit rows per key (key_created, secret_issued), in the tenant's chain
+-- two audit rows per key (key_created, secret_issued), in the tenant's
+-- chain, and one keys_imported row per batch
 SELECT action, count(*) FROM apikeys.audit WHERE audit_id > 0 AND chain = 'acme'
-   AND action IN ('key_created', 'secret_issued') GROUP BY action ORDER BY action;
+   AND action IN ('key_created', 'secret_issued', 'keys_imported') GROUP BY action ORDER BY action;
+SELECT detail - 'format_id' AS detail, detail ? 'format_id' AS has_format_id FROM apikeys.audit WHERE action = 'keys_imported' ORDER BY audit_id;
 SELECT count(*) - :audit_before AS new_audit_rows FROM apikeys.audit;
 -- never a digest in the audit
 SELECT count(*) AS audit_rows_with_digest FROM apikeys.audit a
@@ -133,7 +135,10 @@ SELECT count(*) AS audit_rows_with_digest FROM apikeys.audit a
 SELECT ok, problem FROM apikeys.audit_check();
 
 -- What apikeys keeps
-SELECT k.name, k.prefix, k.hint, k.status, k.scopes, k.rate_limit, k.rate_window, k.expires_at IS NOT NULL AS expires,
+SELECT k.name, k.prefix,
+       CASE WHEN k.name LIKE 'tk%' THEN k.hint = (SELECT t.key_prefix FROM public.tk_keys t WHERE t.name = k.name)
+            WHEN k.name LIKE 'kh%' THEN k.hint = (SELECT left(h.prefix, 4) || '...' || right(h.body, 4) FROM public.kh_keys h WHERE 'kh ' || h.id = k.name)
+            ELSE k.hint = 'kpg_live_...' END AS hint_kept, k.status, k.scopes, k.rate_limit, k.rate_window, k.expires_at IS NOT NULL AS expires,
        k.metadata ? 'legacy_id' AS has_legacy_id
   FROM apikeys.keys k ORDER BY k.name;
 SELECT k.name, u.last_used_at IS NOT NULL AS last_used
