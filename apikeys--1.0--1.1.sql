@@ -94,6 +94,10 @@ CREATE FUNCTION apikeys_internal._legacy_digest(format_id uuid, digest text, sto
     LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_legacy_digest_sql';
 COMMENT ON FUNCTION apikeys_internal._legacy_digest(uuid, text, text, text, text) IS 'The lookup digest apikey_verify computes for a key of format format_id starting with head whose legacy system stored `stored` (hex or base64).';
 
+CREATE FUNCTION apikeys_internal._sha512(bytea) RETURNS bytea
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sha512_sql';
+COMMENT ON FUNCTION apikeys_internal._sha512(bytea) IS 'The SHA-512 apikey_verify computes for SHA-512 formats (for tests).';
+
 CREATE FUNCTION apikeys_internal._lock_key_length(integer) RETURNS void
     LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_key_length';
 COMMENT ON FUNCTION apikeys_internal._lock_key_length(integer) IS 'Serialize format registrations of one key length until commit.';

@@ -83,6 +83,11 @@ SELECT encode(gen_random_bytes(8), 'base64'), encode(gen_random_bytes(64), 'hex'
 UPDATE public.kh_keys SET key_hash = encode(digest(body, 'sha512'), 'hex');
 SELECT length(prefix) AS kh_prefix_len, length(body) AS kh_body_len FROM public.kh_keys LIMIT 1;
 
+-- verify's own SHA-512 agrees with pgcrypto's, at every length a key may have
+SELECT count(*) AS sha512_mismatches FROM generate_series(1, 300) n, LATERAL (SELECT gen_random_bytes(n) b OFFSET 0) x
+ WHERE apikeys_internal._sha512(x.b) <> digest(x.b, 'sha512');
+SELECT apikeys_internal._sha512('') = digest('', 'sha512') AS sha512_empty;
+
 ------------------------------------------------------------------------------
 -- Register the formats
 ------------------------------------------------------------------------------

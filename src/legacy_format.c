@@ -37,7 +37,6 @@
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "common/base64.h"
-#include "common/cryptohash.h"
 #include "common/sha2.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -148,13 +147,32 @@ column_datum(HeapTuple tuple, TupleDesc desc, const char *name, bool *isnull)
 	return heap_getattr(tuple, attnum, desc, isnull);
 }
 
+static void registry_read(void);
+
 /*
  * (Re)read the registry with the latest snapshot.  Marked valid before the
  * read: an invalidation that arrives while reading makes the next call read
- * again.  Rows that break the table's own checks are skipped.
+ * again; a read that fails leaves it invalid.
  */
 static void
 registry_load(void)
+{
+	PG_TRY();
+	{
+		registry_read();
+	}
+	PG_CATCH();
+	{
+		registry_valid = false;
+		registry_count = 0;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/* registry_load's work.  Rows that break the table's own checks are skipped. */
+static void
+registry_read(void)
 {
 	Oid			nsp;
 	Relation	rel;
@@ -265,22 +283,132 @@ lookup_digest(const pg_uuid_t *format_id, const uint8 *legacy, size_t len,
 	explicit_bzero(buf, sizeof(buf));
 }
 
-/* SHA-512 through PostgreSQL's cryptohash (OpenSSL or its own). */
+/*
+ * SHA-512 (FIPS 180-4) on the stack, as digest.c does SHA-256: through
+ * pg_cryptohash, OpenSSL 3 allocates a context and registers a resource
+ * owner entry per call, which cost a quarter of a verify.  A legacy key is
+ * at most LEGACY_KEY_MAX (256) bytes: three 128-byte blocks.  The regression
+ * tests check it against pgcrypto's digest(..., 'sha512').
+ */
+static const uint64 k512[80] = {
+	UINT64CONST(0x428a2f98d728ae22), UINT64CONST(0x7137449123ef65cd), UINT64CONST(0xb5c0fbcfec4d3b2f), UINT64CONST(0xe9b5dba58189dbbc),
+	UINT64CONST(0x3956c25bf348b538), UINT64CONST(0x59f111f1b605d019), UINT64CONST(0x923f82a4af194f9b), UINT64CONST(0xab1c5ed5da6d8118),
+	UINT64CONST(0xd807aa98a3030242), UINT64CONST(0x12835b0145706fbe), UINT64CONST(0x243185be4ee4b28c), UINT64CONST(0x550c7dc3d5ffb4e2),
+	UINT64CONST(0x72be5d74f27b896f), UINT64CONST(0x80deb1fe3b1696b1), UINT64CONST(0x9bdc06a725c71235), UINT64CONST(0xc19bf174cf692694),
+	UINT64CONST(0xe49b69c19ef14ad2), UINT64CONST(0xefbe4786384f25e3), UINT64CONST(0x0fc19dc68b8cd5b5), UINT64CONST(0x240ca1cc77ac9c65),
+	UINT64CONST(0x2de92c6f592b0275), UINT64CONST(0x4a7484aa6ea6e483), UINT64CONST(0x5cb0a9dcbd41fbd4), UINT64CONST(0x76f988da831153b5),
+	UINT64CONST(0x983e5152ee66dfab), UINT64CONST(0xa831c66d2db43210), UINT64CONST(0xb00327c898fb213f), UINT64CONST(0xbf597fc7beef0ee4),
+	UINT64CONST(0xc6e00bf33da88fc2), UINT64CONST(0xd5a79147930aa725), UINT64CONST(0x06ca6351e003826f), UINT64CONST(0x142929670a0e6e70),
+	UINT64CONST(0x27b70a8546d22ffc), UINT64CONST(0x2e1b21385c26c926), UINT64CONST(0x4d2c6dfc5ac42aed), UINT64CONST(0x53380d139d95b3df),
+	UINT64CONST(0x650a73548baf63de), UINT64CONST(0x766a0abb3c77b2a8), UINT64CONST(0x81c2c92e47edaee6), UINT64CONST(0x92722c851482353b),
+	UINT64CONST(0xa2bfe8a14cf10364), UINT64CONST(0xa81a664bbc423001), UINT64CONST(0xc24b8b70d0f89791), UINT64CONST(0xc76c51a30654be30),
+	UINT64CONST(0xd192e819d6ef5218), UINT64CONST(0xd69906245565a910), UINT64CONST(0xf40e35855771202a), UINT64CONST(0x106aa07032bbd1b8),
+	UINT64CONST(0x19a4c116b8d2d0c8), UINT64CONST(0x1e376c085141ab53), UINT64CONST(0x2748774cdf8eeb99), UINT64CONST(0x34b0bcb5e19b48a8),
+	UINT64CONST(0x391c0cb3c5c95a63), UINT64CONST(0x4ed8aa4ae3418acb), UINT64CONST(0x5b9cca4f7763e373), UINT64CONST(0x682e6ff3d6b2b8a3),
+	UINT64CONST(0x748f82ee5defb2fc), UINT64CONST(0x78a5636f43172f60), UINT64CONST(0x84c87814a1f0ab72), UINT64CONST(0x8cc702081a6439ec),
+	UINT64CONST(0x90befffa23631e28), UINT64CONST(0xa4506cebde82bde9), UINT64CONST(0xbef9a3f7b2c67915), UINT64CONST(0xc67178f2e372532b),
+	UINT64CONST(0xca273eceea26619c), UINT64CONST(0xd186b8c721c0c207), UINT64CONST(0xeada7dd6cde0eb1e), UINT64CONST(0xf57d4f7fee6ed178),
+	UINT64CONST(0x06f067aa72176fba), UINT64CONST(0x0a637dc5a2c898a6), UINT64CONST(0x113f9804bef90dae), UINT64CONST(0x1b710b35131c471b),
+	UINT64CONST(0x28db77f523047d84), UINT64CONST(0x32caab7b40c72493), UINT64CONST(0x3c9ebe0a15c9bebc), UINT64CONST(0x431d67c49c100d4c),
+	UINT64CONST(0x4cc5d4becb3e42b6), UINT64CONST(0x597f299cfc657e2a), UINT64CONST(0x5fcb6fab3ad6faec), UINT64CONST(0x6c44198c4a475817)
+};
+
+#define ROTR64(x, n)	(((x) >> (n)) | ((x) << (64 - (n))))
+
+static void
+sha512_block(uint64 h[8], const uint8 *p)
+{
+	uint64		w[80];
+	uint64		a = h[0], b = h[1], c = h[2], d = h[3],
+				e = h[4], f = h[5], g = h[6], hh = h[7];
+
+	for (int i = 0; i < 16; i++)
+	{
+		w[i] = 0;
+		for (int j = 0; j < 8; j++)
+			w[i] = (w[i] << 8) | p[8 * i + j];
+	}
+	for (int i = 16; i < 80; i++)
+	{
+		uint64		s0 = ROTR64(w[i - 15], 1) ^ ROTR64(w[i - 15], 8) ^ (w[i - 15] >> 7);
+		uint64		s1 = ROTR64(w[i - 2], 19) ^ ROTR64(w[i - 2], 61) ^ (w[i - 2] >> 6);
+
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	for (int i = 0; i < 80; i++)
+	{
+		uint64		t1 = hh + (ROTR64(e, 14) ^ ROTR64(e, 18) ^ ROTR64(e, 41)) +
+			((e & f) ^ (~e & g)) + k512[i] + w[i];
+		uint64		t2 = (ROTR64(a, 28) ^ ROTR64(a, 34) ^ ROTR64(a, 39)) +
+			((a & b) ^ (a & c) ^ (b & c));
+
+		hh = g;
+		g = f;
+		f = e;
+		e = d + t1;
+		d = c;
+		c = b;
+		b = a;
+		a = t1 + t2;
+	}
+	h[0] += a;
+	h[1] += b;
+	h[2] += c;
+	h[3] += d;
+	h[4] += e;
+	h[5] += f;
+	h[6] += g;
+	h[7] += hh;
+}
+
 static void
 sha512(const char *data, size_t len, uint8 out[PG_SHA512_DIGEST_LENGTH])
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA512);
+	uint64		h[8] = {
+		UINT64CONST(0x6a09e667f3bcc908), UINT64CONST(0xbb67ae8584caa73b),
+		UINT64CONST(0x3c6ef372fe94f82b), UINT64CONST(0xa54ff53a5f1d36f1),
+		UINT64CONST(0x510e527fade682d1), UINT64CONST(0x9b05688c2b3e6c1f),
+		UINT64CONST(0x1f83d9abfb41bd6b), UINT64CONST(0x5be0cd19137e2179)
+	};
+	uint8		block[128];
+	size_t		done = 0;
+	size_t		rest;
+	uint64		bits = (uint64) len * 8;
 
-	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (const uint8 *) data, len) < 0 ||
-		pg_cryptohash_final(ctx, out, PG_SHA512_DIGEST_LENGTH) < 0)
+	for (; len - done >= 128; done += 128)
+		sha512_block(h, (const uint8 *) data + done);
+
+	/* the tail, a 1 bit, zeros, and the 128-bit length (high half zero) */
+	rest = len - done;
+	memset(block, 0, sizeof(block));
+	memcpy(block, data + done, rest);
+	block[rest] = 0x80;
+	if (rest >= 112)
 	{
-		pg_cryptohash_free(ctx);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("internal_error: could not compute a SHA-512 digest")));
+		sha512_block(h, block);
+		memset(block, 0, sizeof(block));
 	}
-	pg_cryptohash_free(ctx);
+	for (int i = 0; i < 8; i++)
+		block[127 - i] = (uint8) (bits >> (8 * i));
+	sha512_block(h, block);
+	explicit_bzero(block, sizeof(block));	/* held part of a secret */
+
+	for (int i = 0; i < 8; i++)
+		for (int j = 0; j < 8; j++)
+			out[8 * i + j] = (uint8) (h[i] >> (56 - 8 * j));
+}
+
+/* apikeys_internal._sha512(bytea) -> bytea: the above, for the regression tests. */
+PG_FUNCTION_INFO_V1(apikeys_sha512_sql);
+Datum
+apikeys_sha512_sql(PG_FUNCTION_ARGS)
+{
+	bytea	   *in = PG_GETARG_BYTEA_PP(0);
+	bytea	   *out = palloc(VARHDRSZ + PG_SHA512_DIGEST_LENGTH);
+
+	SET_VARSIZE(out, VARHDRSZ + PG_SHA512_DIGEST_LENGTH);
+	sha512(VARDATA_ANY(in), VARSIZE_ANY_EXHDR(in), (uint8 *) VARDATA(out));
+	PG_RETURN_BYTEA_P(out);
 }
 
 bool

@@ -2,7 +2,7 @@
 # test/bench/import.sh - legacy key import and verify (docs/migration.md); not
 # a pass/fail test.
 #
-#   test/bench/import.sh                      1,000,000 legacy keys, 100,000 native, 10 s runs
+#   test/bench/import.sh                      1,000,000 legacy keys, as many native, 10 s runs
 #   BENCH_LEGACY=200000 BENCH_NATIVE=50000 BENCH_SECONDS=5 test/bench/import.sh
 #
 # One throwaway server (apikeys preloaded).  It fills a table the way a
@@ -18,7 +18,7 @@
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
 
 LEGACY=${BENCH_LEGACY:-1000000}
-NATIVE=${BENCH_NATIVE:-100000}
+NATIVE=${BENCH_NATIVE:-$LEGACY}
 SECS=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-4}
 PORT=${BENCH_PORT:-54389}
