@@ -556,6 +556,11 @@ BEGIN
                             CASE WHEN src IS NULL THEN '' ELSE format(', source_id %s', quote_literal(left(src, 100))) END);
             e_detail := coalesce(bad.err_detail, 'Nothing of this import was kept.');
             e_hint := bad.err_hint;
+        ELSIF e_state OPERATOR(pg_catalog.=) '23505' THEN
+            -- a concurrent import won the race: never echo the index's detail (a digest)
+            e_msg := 'duplicate_digest: a key of this import was imported by a concurrent transaction';
+            e_detail := 'Nothing of this import was kept.';
+            e_hint := 'Run the import again: the row will be named.';
         END IF;
         IF e_hint IS NULL OR e_hint OPERATOR(pg_catalog.=) '' THEN
             RAISE EXCEPTION USING ERRCODE = e_state, MESSAGE = e_msg, DETAIL = coalesce(e_detail, '');
