@@ -4,7 +4,9 @@
  *
  * Cheapest first:
  *   1. shape and checksum of the presented string (key_format.c): NULL,
- *      garbage and oversized input end here as 'malformed', no table touched;
+ *      garbage and oversized input end here as 'malformed', no table touched,
+ *      unless it matches a registered legacy format (legacy_format.c, a
+ *      backend-local registry), which gives its lookup digest instead;
  *   2. SHA-256, then the policy: from the shared cache when it is current
  *      (policy_cache.c), else three index probes (policy_load.c);
  *   3. status, tenant, expiry, IP allowlist, scopes; then the rate limit and
@@ -26,6 +28,7 @@
 #include "utils/typcache.h"
 #include "access/detoast.h"
 
+#include "legacy_format.h"
 #include "tenant_context.h"
 
 const char *const apikeys_verdict_names[VERDICT_COUNT] = {
@@ -306,15 +309,23 @@ verify_common(FunctionCallInfo fcinfo, bool bind)
 	if (st == NULL)
 		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
 
-	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
-	if (PG_ARGISNULL(0) ||
-		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + KEY_MAX_LEN)
+	if (PG_ARGISNULL(0))
 		goto malformed;
+	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
+	if (toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + KEY_MAX_LEN)
+		goto legacy;
 	key = PG_GETARG_TEXT_PP(0);
 	if (key_parse(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), &prefix_len) != KEY_OK)
+		goto legacy;
+	apikeys_sha256(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
+	goto known;
+
+legacy:
+	/* not a native key: one of a registered legacy format, or malformed */
+	if (!apikeys_legacy_digest(PG_GETARG_DATUM(0), digest))
 		goto malformed;
 
-	apikeys_sha256(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
+known:
 	now = GetCurrentTimestamp();	/* the one clock read of a verify */
 	if (!find_policy(digest, now, &policy))
 	{

@@ -172,6 +172,21 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
     END IF;
     PERFORM apikeys_internal._grant_scope_privileges(role_name, tenant, privilege);   -- 1.1
+    -- legacy key formats and import (45_legacy.sql)
+    EXECUTE format('GRANT SELECT ON apikeys.key_formats, apikeys.legacy_keys TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_key_formats(), apikeys.read_legacy_keys() TO %I', role_name);
+    IF tenant IS NULL THEN
+        EXECUTE format('GRANT SELECT ON apikeys.key_format TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION'
+            ' apikeys.key_format_register(text, text, text, integer, text, text, integer, text, text, text),'
+            ' apikeys.key_format_drop(text, text),'
+            ' apikeys.apikey_import(text, text, text, text, text[], timestamptz, jsonb, timestamptz, text, text,'
+            '                       timestamptz, text, integer, interval, timestamptz, text, text),'
+            ' apikeys.apikey_import_rows(text, text, apikeys.legacy_key[], text, bigint),'
+            ' apikeys.apikey_import_many(text, text, text, text) TO %I', role_name);
+    END IF;
 END;
 $$;
 SELECT apikeys_internal.publish('grant_tenant', 'Let a role manage (or only audit) one tenant, or every tenant with tenant => NULL.');

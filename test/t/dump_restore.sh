@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # test/t/dump_restore.sh - pg_dump -Fc / pg_restore keeps every tenant, key,
 # secret, role mapping, scope registry entry and audit row (the extension's
-# tables are pg_extension_config_dump tables), and every key verifies with the same
-# verdict in the restored database; vault secrets reveal the same plaintext
-# with the same master key.
+# tables are pg_extension_config_dump tables), and every key verifies with the
+# same verdict in the restored database (imported legacy keys included); vault
+# secrets reveal the same plaintext with the same master key.
 #
 # Restore modes ($DUMP_RESTORE_MODES, default "custom single plain"):
 #   custom    pg_dump -Fc, pg_restore over one connection
@@ -87,6 +87,22 @@ SELECT apikeys.scope_define('acme', 'read', 'Read things') \g /dev/null
 SELECT apikeys.scope_define('acme', 'read:*') \g /dev/null
 SELECT apikeys.scope_define(NULL, 'billing', 'Billing, for every tenant') \g /dev/null
 
+-- Imported legacy keys (docs/migration.md): a tenant's tk_ format and a
+-- global KeyHippo-like one (SHA-512 of the part after a random prefix).
+SELECT apikeys.key_format_register('acme', 'tk', 'tk_', 67, 'hex') \g /dev/null
+SELECT apikeys.key_format_register(NULL, 'keyhippo', '', 140, 'hex', 'sha512', 12, 'base64') \g /dev/null
+CREATE TEMP TABLE legacy AS
+SELECT label, 'tk_' || encode(gen_random_bytes(32), 'hex') AS k
+  FROM unnest('{legacy_tk,legacy_tk_revoked,legacy_tk_rotated}'::text[]) label;
+INSERT INTO public.plain_keys
+SELECT l.label, l.k, apikeys.apikey_import('acme', 'tk', encode(digest(l.k, 'sha256'), 'hex'), l.label,
+                                           status => CASE WHEN l.label = 'legacy_tk_revoked' THEN 'revoked' END)
+  FROM legacy l;
+INSERT INTO public.plain_keys
+SELECT 'legacy_kh', h || b, apikeys.apikey_import('globex', 'keyhippo', encode(digest(b, 'sha512'), 'hex'), 'kh', head => h)
+  FROM (SELECT encode(gen_random_bytes(8), 'base64') h, encode(gen_random_bytes(64), 'hex') b) x;
+SELECT pg_temp.rot('legacy_tk_rotated', 'legacy_tk_rotated_v2', '1 hour');
+
 -- Vault secrets: the ciphertexts travel, and decrypt with the same master key.
 CREATE TABLE public.plain_vault (id uuid PRIMARY KEY, secret text NOT NULL);
 INSERT INTO public.plain_vault
@@ -114,6 +130,11 @@ globex_nograce_v2|valid
 globex_revoked_after_rotate|not_found
 globex_revoked_after_rotate_v2|revoked
 initech_inactive|tenant_inactive
+legacy_kh|valid
+legacy_tk|valid
+legacy_tk_revoked|revoked
+legacy_tk_rotated|valid
+legacy_tk_rotated_v2|valid
 EOF
 
 VERDICTS="SELECT label, (apikeys.apikey_verify(api_key)).code FROM public.plain_keys ORDER BY label"
@@ -130,6 +151,10 @@ snapshot() {
 		echo "-- verdicts";    qa "$db" -c "$VERDICTS"
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.scope') IS NOT NULL")" = t ]; then
 			echo "-- scope"; qa "$db" -c "SELECT * FROM apikeys.scope ORDER BY tenant NULLS FIRST, scope"
+		fi
+		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.key_format') IS NOT NULL")" = t ]; then
+			echo "-- key_format";    qa "$db" -c "SELECT * FROM apikeys.key_format ORDER BY format_id"
+			echo "-- legacy_secret"; qa "$db" -c "SELECT encode(digest, 'hex'), format_id FROM apikeys.legacy_secret ORDER BY digest"
 		fi
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.audit') IS NOT NULL")" = t ]; then
 			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY chain, audit_id"
