@@ -8,3 +8,24 @@
 -- The library serves both: a C function that 1.0's SQL calls keeps its
 -- symbol and its contract, and a changed contract gets a new symbol
 -- (apikeys_<name>_1_1), as pg_stat_statements does.
+
+------------------------------------------------------------------------------
+-- audit-v2 performance: the audit's row writer, its trigger and its labels
+-- in C (src/audit_row.c), the same rows as 1.0's PL/pgSQL; _is_superuser in C
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION apikeys._is_superuser(r name) RETURNS boolean
+    LANGUAGE C STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_is_superuser_1_1';
+CREATE OR REPLACE FUNCTION apikeys._actor() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_actor_1_1';
+CREATE OR REPLACE FUNCTION apikeys._request_id() RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_request_id_1_1';
+DROP FUNCTION apikeys._json_setting(text, text);
+CREATE OR REPLACE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
+    RETURNS void
+    LANGUAGE C VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_audit_write_1_1';
+CREATE OR REPLACE FUNCTION apikeys._audit_row_change() RETURNS trigger
+    LANGUAGE C SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_audit_row_change_1_1';
