@@ -29,3 +29,21 @@ CREATE OR REPLACE FUNCTION apikeys._audit_row_change() RETURNS trigger
     LANGUAGE C SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_audit_row_change_1_1';
+-- inserts of keys and secrets: one statement trigger per statement, the
+-- audit rows of all its new rows written set-based (apikey_create_many)
+DROP TRIGGER audit_credential ON apikeys.credential;
+DROP TRIGGER audit_secret ON apikeys.secret;
+CREATE TRIGGER audit_credential AFTER UPDATE OR DELETE ON apikeys.credential
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_credential_insert AFTER INSERT ON apikeys.credential
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret AFTER UPDATE OR DELETE ON apikeys.secret
+    FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret_insert AFTER INSERT ON apikeys.secret
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_row_change();
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential_insert;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret_insert;

@@ -22,16 +22,20 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/tuptable.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/tuplestore.h"
 #include "utils/xid8.h"
 
 #include "caller.h"
@@ -385,11 +389,29 @@ apikeys_request_id_1_1(PG_FUNCTION_ARGS)
 
 /* ---------------------------------------------------------------- write */
 
-/* Datum of a text, or NULL (nulls[i] set). */
-static Datum
-text_or_null(const char *s, char *null)
+#define AUDIT_NCOLS 11
+
+/* The columns written, in this order; the chain trigger adds the rest. */
+static const Oid audit_types[AUDIT_NCOLS] = {
+	TEXTOID, UUIDOID, TEXTOID, NAMEOID, NAMEOID, TEXTOID,
+	TEXTOID, INETOID, TEXTOID, XID8OID, JSONBOID
+};
+#define AUDIT_COLUMNS "tenant, key_id, action, db_role, session_role, actor," \
+	" request_id, client_addr, application_name, txid, detail"
+
+/* What one change writes: an action, a tenant, a key id and a detail. */
+typedef struct AuditChange
 {
-	*null = s ? ' ' : 'n';
+	const char *action;
+	const char *tenant;			/* NULL: the chain of no tenant */
+	Datum		key_id;			/* (Datum) 0: none */
+	Jsonb	   *detail;
+} AuditChange;
+
+static Datum
+text_or_null(const char *s, bool *null)
+{
+	*null = (s == NULL);
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
@@ -403,47 +425,134 @@ name_datum(const char *s)
 }
 
 /*
- * Write one audit row: action (may be NULL: the insert refuses it), tenant
- * (NULL: the chain of no tenant), key_id ((Datum) 0: none) and detail
- * (NULL: refused).  The other columns as apikeys 1.0's _audit_write() took
- * them, in its order (the labels' WARNINGs come actor first): the acting
- * role, session_user, the labels, inet_client_addr(), application_name and
- * the transaction's id.  The chain trigger adds chain, audit_id, at and the
- * hashes.  The caller runs as the table's owner (SECURITY DEFINER).
+ * The columns of one audit row: the change's (an action or detail that is
+ * NULL makes the insert fail), then the ones apikeys 1.0's _audit_write()
+ * took from the session, in its order (the labels' WARNINGs come actor
+ * first): the acting role, session_user, the labels, inet_client_addr(),
+ * application_name and the transaction's id.
  */
 static void
-audit_insert(const char *action, const char *tenant, Datum key_id, Jsonb *detail)
+audit_values(const AuditChange *c, Datum *values, bool *nulls)
 {
-	Oid			types[11] = {TEXTOID, UUIDOID, TEXTOID, NAMEOID, NAMEOID, TEXTOID,
-	TEXTOID, INETOID, TEXTOID, XID8OID, JSONBOID};
-	Datum		values[11];
-	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	LOCAL_FCINFO(addr, 0);
 
-	values[0] = text_or_null(tenant, &nulls[0]);
-	values[1] = key_id;
-	nulls[1] = key_id ? ' ' : 'n';
-	values[2] = text_or_null(action, &nulls[2]);
+	values[0] = text_or_null(c->tenant, &nulls[0]);
+	values[1] = c->key_id;
+	nulls[1] = (c->key_id == (Datum) 0);
+	values[2] = text_or_null(c->action, &nulls[2]);
 	values[3] = name_datum(GetUserNameFromId(apikeys_acting_role(), false));
+	nulls[3] = false;
 	values[4] = name_datum(GetUserNameFromId(GetSessionUserId(), false));
+	nulls[4] = false;
 	values[5] = text_or_null(audit_label(false), &nulls[5]);
 	values[6] = text_or_null(audit_label(true), &nulls[6]);
 	InitFunctionCallInfoData(*addr, NULL, 0, InvalidOid, NULL, NULL);
 	values[7] = inet_client_addr(addr);
-	nulls[7] = addr->isnull ? 'n' : ' ';
+	nulls[7] = addr->isnull;
 	values[8] = CStringGetTextDatum(GetConfigOptionByName("application_name", NULL, false));
+	nulls[8] = false;
 	values[9] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-	values[10] = detail ? JsonbPGetDatum(detail) : (Datum) 0;
-	nulls[10] = detail ? ' ' : 'n';
+	nulls[9] = false;
+	values[10] = c->detail ? JsonbPGetDatum(c->detail) : (Datum) 0;
+	nulls[10] = (c->detail == NULL);
+}
 
+/*
+ * Write one audit row through a plan kept for the backend.  The caller runs
+ * as the table's owner (SECURITY DEFINER).
+ */
+static void
+audit_insert(const AuditChange *c)
+{
+	Datum		values[AUDIT_NCOLS];
+	bool		isnull[AUDIT_NCOLS];
+	char		nulls[AUDIT_NCOLS];
+
+	audit_values(c, values, isnull);
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+		nulls[i] = isnull[i] ? 'n' : ' ';
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	apikeys_spi_run(&insert_plan,
-					"INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,"
-					" request_id, client_addr, application_name, txid, detail)"
+					"INSERT INTO apikeys.audit (" AUDIT_COLUMNS ")"
 					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-					11, types, values, nulls, SPI_OK_INSERT);
+					AUDIT_NCOLS, (Oid *) audit_types, values, nulls, SPI_OK_INSERT);
 	SPI_finish();
+}
+
+/*
+ * Audit rows of one statement, written set-based: a batch of rows is one
+ * INSERT ... SELECT FROM unnest(one array per column), in the order the
+ * rows were added, so the chain trigger numbers them as it would have
+ * numbered them one by one.
+ */
+#define AUDIT_BATCH_ROWS 1000
+
+typedef struct AuditBatch
+{
+	int			n;
+	int			cap;			/* at most AUDIT_BATCH_ROWS */
+	Datum	   *values[AUDIT_NCOLS];	/* [column][row] */
+	bool	   *nulls[AUDIT_NCOLS];
+	MemoryContext cxt;			/* the batch's values; reset when written */
+} AuditBatch;
+
+static SPIPlanPtr batch_plan = NULL;
+
+static void
+batch_write(AuditBatch *b)
+{
+	Oid			array_types[AUDIT_NCOLS];
+	Datum		arrays[AUDIT_NCOLS];
+	int			dims[1] = {b->n};
+	int			lbs[1] = {1};
+	MemoryContext old;
+
+	if (b->n == 0)
+		return;
+	old = MemoryContextSwitchTo(b->cxt);
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		get_typlenbyvalalign(audit_types[i], &typlen, &typbyval, &typalign);
+		array_types[i] = get_array_type(audit_types[i]);
+		arrays[i] = PointerGetDatum(construct_md_array(b->values[i], b->nulls[i], 1, dims, lbs,
+													   audit_types[i], typlen, typbyval, typalign));
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apikeys_spi_run(&batch_plan,
+					"INSERT INTO apikeys.audit (" AUDIT_COLUMNS ")"
+					" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+					" pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+					" pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+					" pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))",
+					AUDIT_NCOLS, array_types, arrays, NULL, SPI_OK_INSERT);
+	Assert(SPI_processed == (uint64) b->n);
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(b->cxt);
+	b->n = 0;
+}
+
+/* Add the row of change c (its values built in the batch's memory). */
+static void
+batch_add(AuditBatch *b, const AuditChange *c)
+{
+	Datum		values[AUDIT_NCOLS];
+	bool		nulls[AUDIT_NCOLS];
+
+	audit_values(c, values, nulls);
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		b->values[i][b->n] = values[i];
+		b->nulls[i][b->n] = nulls[i];
+	}
+	if (++b->n == b->cap)
+		batch_write(b);
 }
 
 /*
@@ -454,16 +563,70 @@ PG_FUNCTION_INFO_V1(apikeys_audit_write_1_1);
 Datum
 apikeys_audit_write_1_1(PG_FUNCTION_ARGS)
 {
-	audit_insert(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
-						 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
-						 PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-						 PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
+	AuditChange c;
+
+	c.action = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	c.tenant = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	c.key_id = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	c.detail = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	audit_insert(&c);
 	PG_RETURN_VOID();
 }
 
 /* -------------------------------------------------------------- trigger */
 
-/* The tenant of key k (SELECT c.tenant FROM apikeys.credential c ...); false if none. */
+/*
+ * The tenants of the keys of the secrets one INSERT statement added, read
+ * with one query before their audit rows are built (audit_inserted), or
+ * NULL.  Nothing changes credential while they are used: the audit rows
+ * written meanwhile touch apikeys.audit only.
+ */
+typedef struct KeyTenant
+{
+	pg_uuid_t	key_id;			/* hash key */
+	char	   *tenant;
+} KeyTenant;
+
+static HTAB *key_tenants = NULL;
+
+static SPIPlanPtr key_tenants_plan = NULL;
+
+/* Fill key_tenants with the tenants of the keys in ids (a uuid[]). */
+static void
+load_key_tenants(Datum ids)
+{
+	HASHCTL		ctl;
+	Oid			types[1] = {UUIDARRAYOID};
+	Datum		values[1] = {ids};
+	MemoryContext cxt = CurrentMemoryContext;
+
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(KeyTenant);
+	ctl.hcxt = cxt;
+	key_tenants = hash_create("apikeys audit key tenants", 1024, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apikeys_spi_run(&key_tenants_plan,
+					"SELECT c.key_id, c.tenant FROM apikeys.credential c"
+					" WHERE c.key_id OPERATOR(pg_catalog.=) ANY ($1)",
+					1, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		k = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		char	   *t = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		KeyTenant  *e = hash_search(key_tenants, DatumGetUUIDP(k), HASH_ENTER, NULL);
+
+		e->tenant = t ? MemoryContextStrdup(cxt, t) : NULL;
+	}
+	SPI_finish();
+}
+
+/*
+ * The tenant of key k (SELECT c.tenant FROM apikeys.credential c WHERE
+ * c.key_id = k); false if there is no such key.
+ */
 static bool
 key_tenant(Datum k, char **tenant)
 {
@@ -475,6 +638,13 @@ key_tenant(Datum k, char **tenant)
 	*tenant = NULL;
 	if (k == (Datum) 0)
 		return false;			/* key_id = NULL finds nothing */
+	if (key_tenants != NULL)
+	{
+		KeyTenant  *e = hash_search(key_tenants, DatumGetUUIDP(k), HASH_FIND, NULL);
+
+		*tenant = e ? pstrdup(e->tenant) : NULL;
+		return e != NULL;
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	apikeys_spi_run(&key_tenant_plan,
@@ -492,60 +662,43 @@ key_tenant(Datum k, char **tenant)
 }
 
 /*
- * AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW, on the audited tables:
- * the change's audit row.  Rows restored by pg_restore pass (their history
- * is in the restored audit).  A digest, a vault ciphertext or a master-key
- * fingerprint never goes into the detail (a fingerprint lets a reader test
- * guesses of the master key offline).
+ * The audit row of one change to a row of table (desc its columns): ins,
+ * upd or del, old (not for an insert) and new (not for a delete) the row's
+ * versions.  False when the change writes no row: a secret gone with its
+ * key, a vault secret's last_used_at.  A digest, a vault ciphertext or a
+ * master-key fingerprint never goes into the detail (a fingerprint lets a
+ * reader test guesses of the master key offline).
  */
-PG_FUNCTION_INFO_V1(apikeys_audit_row_change_1_1);
-Datum
-apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
+static bool
+audit_change(const char *table, TupleDesc desc, bool ins, bool del,
+			 HeapTuple oldtup, HeapTuple newtup, AuditChange *c)
 {
 	static const char *const hidden[] = {"digest", "ciphertext", "key_fp"};
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	TupleDesc	desc;
-	const char *table;
-	bool		ins,
-				del,
-				upd;
+	bool		upd = !ins && !del;
 	Jsonb	   *fo = NULL,		/* to_jsonb(OLD), to_jsonb(NEW) */
 			   *fn = NULL,
 			   *o = NULL,		/* the same without the hidden fields */
 			   *n = NULL,
-			   *r,
-			   *detail;
-	char	   *t;
+			   *r;
 	char	   *kt;
-	Datum		k = (Datum) 0;
 	const char *act;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
-		elog(ERROR, "apikeys_audit_row_change: must be an AFTER row trigger");
-	if (apikeys_is_bulk_loading())
-		return PointerGetDatum(NULL);	/* pg_restore: their history is in the restored audit */
-
-	desc = RelationGetDescr(td->tg_relation);
-	table = RelationGetRelationName(td->tg_relation);
-	ins = TRIGGER_FIRED_BY_INSERT(td->tg_event);
-	del = TRIGGER_FIRED_BY_DELETE(td->tg_event);
-	upd = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
+	c->key_id = (Datum) 0;
 	if (!ins)
 	{
-		fo = row_to_jsonb(td->tg_trigtuple, desc);
+		fo = row_to_jsonb(oldtup, desc);
 		o = jb_minus(fo, lengthof(hidden), hidden);
 	}
 	if (!del)
 	{
-		fn = row_to_jsonb(ins ? td->tg_trigtuple : td->tg_newtuple, desc);
+		fn = row_to_jsonb(newtup, desc);
 		n = jb_minus(fn, lengthof(hidden), hidden);
 	}
 	r = n ? n : o;
-	t = jb_get_text(r, "tenant");
+	c->tenant = jb_get_text(r, "tenant");
 	kt = jb_get_text(r, "key_id");
 	if (kt != NULL)
-		k = DirectFunctionCall1(uuid_in, CStringGetDatum(kt));
+		c->key_id = DirectFunctionCall1(uuid_in, CStringGetDatum(kt));
 
 	if (strcmp(table, "tenant") == 0)
 		act = ins ? "tenant_created" : del ? "tenant_deleted"
@@ -573,8 +726,11 @@ apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
 	}
 	else if (strcmp(table, "secret") == 0)
 	{
-		if (!key_tenant(k, &t))
-			return PointerGetDatum(NULL);	/* removed with its key: key_deleted says it */
+		char	   *t;
+
+		if (!key_tenant(c->key_id, &t))
+			return false;		/* removed with its key: key_deleted says it */
+		c->tenant = t;
 		act = ins ? "secret_issued" : del ? "secret_retired" : "secret_grace_set";
 	}
 	else if (strcmp(table, "vault_secret") == 0)
@@ -582,9 +738,9 @@ apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
 		static const char *const used[] = {"last_used_at"};
 		char	   *id = jb_get_text(r, "id");	/* the vault secret's id */
 
-		k = id ? DirectFunctionCall1(uuid_in, CStringGetDatum(id)) : (Datum) 0;
+		c->key_id = id ? DirectFunctionCall1(uuid_in, CStringGetDatum(id)) : (Datum) 0;
 		if (upd && jb_eq(jb_minus(fo, 1, used), jb_minus(fn, 1, used)) == 1)
-			return PointerGetDatum(NULL);	/* only last_used_at: vault_reveal writes its row */
+			return false;		/* only last_used_at: vault_reveal writes its row */
 		act = ins ? "vault_secret_added" : del ? "vault_secret_deleted"
 			: jb_differ(jb_get(o, "active"), jb_get(n, "active"))
 			? (text_true(jb_get_text(n, "active")) ? "vault_secret_activated" : "vault_secret_deactivated")
@@ -597,7 +753,143 @@ apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
 	else
 		act = ins ? "role_granted" : del ? "role_revoked" : "role_updated";
 
-	detail = upd ? jb_changes(o, n) : ins ? jb_wrap("new", n) : jb_wrap("old", o);
-	audit_insert(act, t, k, detail);
+	c->action = act;
+	c->detail = upd ? jb_changes(o, n) : ins ? jb_wrap("new", n) : jb_wrap("old", o);
+	return true;
+}
+
+/*
+ * The audit rows of the rows one INSERT statement added (its transition
+ * table, in the order they were added): one row alone as the row trigger
+ * writes it, more in batches; for secrets, their keys' tenants read at once.
+ */
+static void
+audit_inserted(TriggerData *td)
+{
+	Tuplestorestate *rows = td->tg_newtable;
+	int64		count = tuplestore_tuple_count(rows);
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	const char *table = RelationGetRelationName(td->tg_relation);
+	TupleTableSlot *slot;
+	AuditBatch	b;
+	int			ptr;
+
+	if (count == 0)
+		return;
+	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	/* a read pointer of our own: other triggers may read the same table */
+	ptr = tuplestore_alloc_read_pointer(rows, 0);
+	tuplestore_select_read_pointer(rows, ptr);
+	tuplestore_rescan(rows);
+	if (count == 1)
+	{
+		bool		should_free;
+		AuditChange c;
+
+		if (!tuplestore_gettupleslot(rows, true, false, slot))
+			elog(ERROR, "apikeys: transition table row missing");
+		if (audit_change(table, desc, true, false, NULL,
+						 ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+			audit_insert(&c);
+	}
+	else
+	{
+		b.n = 0;
+		b.cap = (int) Min(count, AUDIT_BATCH_ROWS);
+		for (int i = 0; i < AUDIT_NCOLS; i++)
+		{
+			b.values[i] = palloc(sizeof(Datum) * b.cap);
+			b.nulls[i] = palloc(sizeof(bool) * b.cap);
+		}
+		b.cxt = AllocSetContextCreate(CurrentMemoryContext, "apikeys audit batch",
+									  ALLOCSET_DEFAULT_SIZES);
+		PG_TRY();
+		{
+			if (strcmp(table, "secret") == 0)
+			{
+				Datum	   *ids = palloc(sizeof(Datum) * count);
+				pg_uuid_t  *copies = palloc(sizeof(pg_uuid_t) * count);
+				int			n = 0;
+				AttrNumber	att = InvalidAttrNumber;
+
+				for (int i = 0; i < desc->natts; i++)
+					if (!TupleDescAttr(desc, i)->attisdropped &&
+						strcmp(NameStr(TupleDescAttr(desc, i)->attname), "key_id") == 0)
+						att = i + 1;
+				while (att != InvalidAttrNumber &&
+					   tuplestore_gettupleslot(rows, true, false, slot))
+				{
+					bool		isnull;
+					Datum		k = slot_getattr(slot, att, &isnull);
+
+					if (isnull)
+						continue;
+					copies[n] = *DatumGetUUIDP(k);
+					ids[n] = UUIDPGetDatum(&copies[n]);
+					n++;
+				}
+				load_key_tenants(PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+																 false, TYPALIGN_CHAR)));
+				tuplestore_rescan(rows);
+			}
+			while (tuplestore_gettupleslot(rows, true, false, slot))
+			{
+				MemoryContext old = MemoryContextSwitchTo(b.cxt);
+				bool		should_free;
+				AuditChange c;
+
+				CHECK_FOR_INTERRUPTS();
+				if (audit_change(table, desc, true, false, NULL,
+								 ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+					batch_add(&b, &c);
+				MemoryContextSwitchTo(old);
+			}
+			batch_write(&b);
+		}
+		PG_FINALLY();
+		{
+			key_tenants = NULL;	/* its memory is the caller's */
+		}
+		PG_END_TRY();
+		MemoryContextDelete(b.cxt);
+	}
+	tuplestore_select_read_pointer(rows, 0);	/* the default one */
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * The audit trigger of tenant, credential, secret, role_tenant,
+ * vault_secret and vault_service: AFTER UPDATE OR DELETE FOR EACH ROW,
+ * one audit row per changed row; and AFTER INSERT FOR EACH STATEMENT with
+ * the statement's new rows as a transition table, one audit row per added
+ * row, set-based (the same rows as the row trigger wrote for each: only
+ * the way they reach the table differs).  Rows restored by pg_restore pass
+ * (their history is in the restored audit).
+ */
+PG_FUNCTION_INFO_V1(apikeys_audit_row_change_1_1);
+Datum
+apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	AuditChange c;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event))
+		elog(ERROR, "apikeys_audit_row_change: must be an AFTER trigger");
+	if (apikeys_is_bulk_loading())
+		return PointerGetDatum(NULL);	/* pg_restore: their history is in the restored audit */
+
+	if (TRIGGER_FIRED_FOR_STATEMENT(td->tg_event))
+	{
+		if (!TRIGGER_FIRED_BY_INSERT(td->tg_event) || td->tg_newtable == NULL)
+			elog(ERROR, "apikeys_audit_row_change: a statement trigger must be AFTER INSERT REFERENCING NEW TABLE");
+		audit_inserted(td);
+		return PointerGetDatum(NULL);
+	}
+	if (audit_change(RelationGetRelationName(td->tg_relation), RelationGetDescr(td->tg_relation),
+					 TRIGGER_FIRED_BY_INSERT(td->tg_event), TRIGGER_FIRED_BY_DELETE(td->tg_event),
+					 td->tg_trigtuple,
+					 TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple,
+					 &c))
+		audit_insert(&c);
 	return PointerGetDatum(NULL);
 }

@@ -95,7 +95,8 @@ CREATE FUNCTION apikeys._audit_write(p_action text, p_tenant text, p_key_id uuid
     AS 'MODULE_PATHNAME', 'apikeys_audit_write_1_1';
 
 -- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret
--- and vault_service: one audit row per changed row, its action named from
+-- and vault_service (for the inserts of credential and secret, a statement
+-- trigger with the new rows): one audit row per changed row, its action named from
 -- the table and the change, its detail the row (or what an update changed)
 -- without digest, ciphertext or key_fp.  In C (src/audit_row.c, the rules
 -- are there): it runs for every row a management statement changes.
@@ -105,17 +106,28 @@ CREATE FUNCTION apikeys._audit_row_change() RETURNS trigger
     AS 'MODULE_PATHNAME', 'apikeys_audit_row_change_1_1';
 CREATE TRIGGER audit_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
-CREATE TRIGGER audit_credential AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
+-- Keys are created in bulk (apikey_create_many): their inserts are audited
+-- by a statement trigger that writes the rows of all of a statement's new
+-- rows set-based, the same rows as a row trigger would write one by one.
+CREATE TRIGGER audit_credential AFTER UPDATE OR DELETE ON apikeys.credential
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
-CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
+CREATE TRIGGER audit_credential_insert AFTER INSERT ON apikeys.credential
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret AFTER UPDATE OR DELETE ON apikeys.secret
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
+CREATE TRIGGER audit_secret_insert AFTER INSERT ON apikeys.secret
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys._audit_row_change();
 CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys._audit_row_change();
 -- ALWAYS: a superuser's change under session_replication_role = replica is
 -- audited too (restored and replicated rows pass: apikeys._bulk_loading()).
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER audit_tenant;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential_insert;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret_insert;
 ALTER TABLE apikeys.role_tenant ENABLE ALWAYS TRIGGER audit_role_tenant;
 
 -- TRUNCATE fires no row triggers: it would change keys without an audit row.

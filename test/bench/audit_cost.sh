@@ -35,17 +35,23 @@ SELECT apikeys.tenant_create('off') \g /dev/null
 SELECT apikeys.tenant_create('b1') \g /dev/null
 SQL
 
+# toggle HOW: ALTER TABLE ... HOW TRIGGER for every audit trigger of credential and secret
+toggle() {
+	echo "SELECT format('ALTER TABLE %s $1 TRIGGER %I', tgrelid::regclass, tgname) FROM pg_trigger
+	       WHERE tgrelid IN ('apikeys.credential'::regclass, 'apikeys.secret'::regclass) AND tgname LIKE 'audit%' \\gexec"
+}
+
 # ms MODE SQL: run SQL once, print its duration in ms (audited or not)
 ms() {
 	local mode=$1 sql=$2
 	psql_b -At <<SQL | awk '/^Time:/ {print $2}'
 \o /dev/null
-$( [ "$mode" = off ] && echo "ALTER TABLE apikeys.credential DISABLE TRIGGER audit_credential; ALTER TABLE apikeys.secret DISABLE TRIGGER audit_secret;" )
+$( [ "$mode" = off ] && echo "$(toggle DISABLE)" )
 CHECKPOINT;
 \timing on
 $sql
 \timing off
-$( [ "$mode" = off ] && echo "ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential; ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;" )
+$( [ "$mode" = off ] && echo "$(toggle 'ENABLE ALWAYS')" )
 SQL
 }
 
