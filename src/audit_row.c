@@ -188,13 +188,26 @@ row_to_jsonb(HeapTuple tuple, TupleDesc desc)
 	return DatumGetJsonbP(FunctionCall1(&to_jsonb_info, heap_copy_tuple_as_datum(tuple, desc)));
 }
 
-/* j - keys (the jsonb - text[] operator). */
+/*
+ * j - keys (the jsonb - text[] operator).  When j holds none of them, j
+ * itself: the operator would build the same value again.
+ */
 static Jsonb *
 jb_minus(Jsonb *j, int nkeys, const char *const *keys)
 {
 	Datum		elems[3];
+	bool		any = false;
 
 	Assert(nkeys <= (int) lengthof(elems));
+	for (int i = 0; i < nkeys && !any; i++)
+	{
+		JsonbValue	v;
+
+		any = JB_ROOT_IS_OBJECT(j) &&
+			getKeyJsonValueFromContainer(&j->root, keys[i], strlen(keys[i]), &v) != NULL;
+	}
+	if (!any)
+		return j;
 	for (int i = 0; i < nkeys; i++)
 		elems[i] = CStringGetTextDatum(keys[i]);
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(j),
