@@ -22,6 +22,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -790,8 +791,8 @@ audit_inserted(TriggerData *td)
 	if (count == 0)
 		return;
 	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	/* a read pointer of our own: other triggers may read the same table */
-	ptr = tuplestore_alloc_read_pointer(rows, 0);
+	/* a read pointer of our own (other triggers may read the same table), rewound */
+	ptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
 	tuplestore_select_read_pointer(rows, ptr);
 	tuplestore_rescan(rows);
 	if (count == 1)
