@@ -40,6 +40,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -181,9 +182,27 @@ append_value(StringInfo buf, Oid typid, Datum value, bool isnull)
 				append_field(buf, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
 				break;
 			}
+		case JSONBOID:
+			{
+				/* its text form (canonical), as jsonb_out writes it */
+				Jsonb	   *j = DatumGetJsonbP(value);
+				char	   *s = JsonbToCString(NULL, &j->root, VARSIZE(j));
+
+				append_field(buf, s, strlen(s));
+				pfree(s);
+				break;
+			}
+		case INETOID:
+			{
+				char	   *s = DatumGetCString(DirectFunctionCall1(inet_out, value));
+
+				append_field(buf, s, strlen(s));
+				pfree(s);
+				break;
+			}
 		default:
 			{
-				/* inet, jsonb: their text forms (jsonb's is canonical) */
+				/* any other type: its text form */
 				Oid			out;
 				bool		varlena;
 				char	   *s;
@@ -196,9 +215,35 @@ append_value(StringInfo buf, Oid typid, Datum value, bool isnull)
 	}
 }
 
-/* row_hash of an audit row: SHA-256 of the tag and the hashed columns. */
+/* Where the columns are in a version of apikeys.audit. */
+typedef struct AuditLayout
+{
+	AttrNumber	hashed[N_HASHED];	/* in hashed_columns order */
+	AttrNumber	chain,
+				id,
+				at,
+				prev,
+				hash,
+				tenant;
+} AuditLayout;
+
 static void
-audit_row_hash(HeapTuple tup, TupleDesc desc, uint8 out[APIKEYS_DIGEST_LEN])
+audit_layout(TupleDesc desc, AuditLayout *l)
+{
+	for (int i = 0; i < (int) N_HASHED; i++)
+		l->hashed[i] = audit_attnum(desc, hashed_columns[i]);
+	l->chain = audit_attnum(desc, "chain");
+	l->id = audit_attnum(desc, "audit_id");
+	l->at = audit_attnum(desc, "at");
+	l->prev = audit_attnum(desc, "prev_hash");
+	l->hash = audit_attnum(desc, "row_hash");
+	l->tenant = audit_attnum(desc, "tenant");
+}
+
+/* row_hash of an audit row (its columns deformed): SHA-256 of the tag and the hashed columns. */
+static void
+audit_values_hash(TupleDesc desc, const AuditLayout *l, Datum *values, bool *nulls,
+				  uint8 out[APIKEYS_DIGEST_LEN])
 {
 	StringInfoData buf;
 
@@ -206,11 +251,9 @@ audit_row_hash(HeapTuple tup, TupleDesc desc, uint8 out[APIKEYS_DIGEST_LEN])
 	appendStringInfoString(&buf, AUDIT_HASH_TAG);
 	for (int i = 0; i < (int) N_HASHED; i++)
 	{
-		AttrNumber	att = audit_attnum(desc, hashed_columns[i]);
-		bool		isnull;
-		Datum		v = heap_getattr(tup, att, desc, &isnull);
+		AttrNumber	att = l->hashed[i];
 
-		append_value(&buf, TupleDescAttr(desc, att - 1)->atttypid, v, isnull);
+		append_value(&buf, TupleDescAttr(desc, att - 1)->atttypid, values[att - 1], nulls[att - 1]);
 	}
 	apikeys_sha256(buf.data, buf.len, out);
 	pfree(buf.data);
@@ -319,19 +362,11 @@ apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
 	Relation	rel;
 	TupleDesc	desc;
 	HeapTuple	tup;
-	AttrNumber	a_chain,
-				a_id,
-				a_at,
-				a_prev,
-				a_hash,
-				a_tenant;
-	bool		isnull;
-	Datum		tenant;
+	AuditLayout *l;
+	Datum	   *values;
+	bool	   *nulls;
 	char	   *chain;
 	ChainHead  *head;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
-	int			cols[5];
 	bytea	   *prev;
 	bytea	   *hash;
 	uint8		digest[APIKEYS_DIGEST_LEN];
@@ -342,44 +377,51 @@ apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
 	rel = td->tg_relation;
 	desc = RelationGetDescr(rel);
 	tup = td->tg_trigtuple;
-	a_hash = audit_attnum(desc, "row_hash");
 
-	(void) heap_getattr(tup, a_hash, desc, &isnull);
-	if (!isnull && apikeys_is_bulk_loading())
+	/* the layout, found once per statement (the table cannot change under it) */
+	l = (AuditLayout *) fcinfo->flinfo->fn_extra;
+	if (l == NULL)
+	{
+		l = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(AuditLayout));
+		audit_layout(desc, l);
+		fcinfo->flinfo->fn_extra = l;
+	}
+
+	if (!heap_attisnull(tup, l->hash, desc) && apikeys_is_bulk_loading())
 		return PointerGetDatum(tup);	/* pg_restore: history as it was */
 
-	a_chain = audit_attnum(desc, "chain");
-	a_id = audit_attnum(desc, "audit_id");
-	a_at = audit_attnum(desc, "at");
-	a_prev = audit_attnum(desc, "prev_hash");
-	a_tenant = audit_attnum(desc, "tenant");
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(tup, desc, values, nulls);
 
-	tenant = heap_getattr(tup, a_tenant, desc, &isnull);
-	chain = isnull ? pstrdup("") : TextDatumGetCString(tenant);
+	chain = nulls[l->tenant - 1] ? pstrdup("") : TextDatumGetCString(values[l->tenant - 1]);
 	head = chain_head(rel, chain);
 
 	prev = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
 	SET_VARSIZE(prev, VARHDRSZ + APIKEYS_DIGEST_LEN);
 	memcpy(VARDATA(prev), head->last_hash, APIKEYS_DIGEST_LEN);
 
-	cols[0] = a_chain;
-	values[0] = CStringGetTextDatum(chain);
-	cols[1] = a_id;
-	values[1] = Int64GetDatum(head->last_id + 1);
-	cols[2] = a_at;
-	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	cols[3] = a_prev;
-	values[3] = PointerGetDatum(prev);
-	cols[4] = a_hash;
-	values[4] = PointerGetDatum(prev);	/* replaced below, once hashed */
-	tup = heap_modify_tuple_by_cols(tup, desc, 4, cols, values, nulls);
+	values[l->chain - 1] = CStringGetTextDatum(chain);
+	nulls[l->chain - 1] = false;
+	values[l->id - 1] = Int64GetDatum(head->last_id + 1);
+	nulls[l->id - 1] = false;
+	values[l->at - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[l->at - 1] = false;
+	values[l->prev - 1] = PointerGetDatum(prev);
+	nulls[l->prev - 1] = false;
 
-	audit_row_hash(tup, desc, digest);
+	audit_values_hash(desc, l, values, nulls, digest);
 	hash = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
 	SET_VARSIZE(hash, VARHDRSZ + APIKEYS_DIGEST_LEN);
 	memcpy(VARDATA(hash), digest, APIKEYS_DIGEST_LEN);
-	values[0] = PointerGetDatum(hash);
-	tup = heap_modify_tuple_by_cols(tup, desc, 1, &cols[4], values, nulls);
+	values[l->hash - 1] = PointerGetDatum(hash);
+	nulls[l->hash - 1] = false;
+
+	/* formed once, keeping the identity fields of the tuple the executor gave */
+	tup = heap_form_tuple(desc, values, nulls);
+	tup->t_data->t_ctid = td->tg_trigtuple->t_data->t_ctid;
+	tup->t_self = td->tg_trigtuple->t_self;
+	tup->t_tableOid = td->tg_trigtuple->t_tableOid;
 
 	head->last_id++;
 	memcpy(head->last_hash, digest, APIKEYS_DIGEST_LEN);
@@ -399,11 +441,17 @@ apikeys_audit_hash(PG_FUNCTION_ARGS)
 	uint8		digest[APIKEYS_DIGEST_LEN];
 	bytea	   *result;
 
+	AuditLayout l;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
 	tup.t_len = HeapTupleHeaderGetDatumLength(rec);
 	ItemPointerSetInvalid(&tup.t_self);
 	tup.t_tableOid = InvalidOid;
 	tup.t_data = rec;
-	audit_row_hash(&tup, desc, digest);
+	audit_layout(desc, &l);
+	heap_deform_tuple(&tup, desc, values, nulls);
+	audit_values_hash(desc, &l, values, nulls, digest);
 	ReleaseTupleDesc(desc);
 
 	result = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);

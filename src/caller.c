@@ -32,6 +32,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
@@ -270,4 +271,23 @@ apikeys_acting_role_sql(PG_FUNCTION_ARGS)
 
 	namestrcpy(result, GetUserNameFromId(apikeys_acting_role(), false));
 	PG_RETURN_NAME(result);
+}
+
+/*
+ * apikeys_internal._is_superuser(r name): pg_roles.rolsuper of role r, NULL if there
+ * is no such role.  In C: as a SQL function with a SET clause it could not
+ * be inlined and was planned again in every transaction that called it.
+ */
+PG_FUNCTION_INFO_V1(apikeys_is_superuser_1_1);
+Datum
+apikeys_is_superuser_1_1(PG_FUNCTION_ARGS)
+{
+	HeapTuple	tup = SearchSysCache1(AUTHNAME, PG_GETARG_DATUM(0));
+	bool		result;
+
+	if (!HeapTupleIsValid(tup))
+		PG_RETURN_NULL();
+	result = ((Form_pg_authid) GETSTRUCT(tup))->rolsuper;
+	ReleaseSysCache(tup);
+	PG_RETURN_BOOL(result);
 }

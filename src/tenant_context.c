@@ -358,6 +358,13 @@ apikeys_context_source(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(names[cur.source]));
 }
 
+/* The actor (or, with request_id, the request id) this transaction stated, or NULL. */
+const char *
+apikeys_context_label(bool request_id)
+{
+	return request_id ? cur.request_id : cur.actor;
+}
+
 /* apikeys_internal._context_actor(): the actor this transaction stated, or NULL. */
 PG_FUNCTION_INFO_V1(apikeys_context_actor);
 Datum
@@ -441,31 +448,24 @@ set_for_this_transaction(struct config_generic *g)
 }
 
 /*
- * apikeys_internal._transaction_setting(name text, max_bytes integer): the value of a
- * setting when it was set for this transaction and is at most max_bytes
- * long, else NULL.  A non-empty value ignored gives a WARNING that names the
- * setting, never its value: a session's value in a pooled connection may be
- * another client's.  Superuser-only settings read as NULL.
+ * The value of setting name (palloc'd) when it was set for this transaction
+ * and is at most max_bytes long, else NULL (apikeys_internal._transaction_setting()).
+ * A non-empty value ignored gives a WARNING that names the setting, never
+ * its value: a session's value in a pooled connection may be another
+ * client's.  Superuser-only settings read as NULL.
  */
-PG_FUNCTION_INFO_V1(apikeys_transaction_setting);
-Datum
-apikeys_transaction_setting(PG_FUNCTION_ARGS)
+char *
+apikeys_transaction_setting_value(const char *name, int max_bytes)
 {
-	char	   *name;
-	int32		max_bytes;
+	const char *value = GetConfigOption(name, true, false);
 	struct config_generic *g;
-	const char *value;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_NULL();
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	max_bytes = PG_GETARG_INT32(1);
+	/* absent or empty, the usual case: no need to find the setting's record */
+	if (value == NULL || value[0] == '\0')
+		return NULL;
 	g = find_setting(name);
 	if (g == NULL || (g->flags & GUC_SUPERUSER_ONLY) || g->vartype != PGC_STRING)
-		PG_RETURN_NULL();
-	value = GetConfigOption(name, true, false);
-	if (value == NULL || value[0] == '\0')
-		PG_RETURN_NULL();
+		return NULL;
 	if (!set_for_this_transaction(g))
 	{
 		ereport(WARNING,
@@ -473,15 +473,31 @@ apikeys_transaction_setting(PG_FUNCTION_ARGS)
 				 errmsg("apikeys_setting_ignored: %s is not set for this transaction", g->name),
 				 errdetail("A value set for the session (SET, not SET LOCAL) may be another client's in a pooled connection; audit rows and refusals ignore it."),
 				 errhint("Use SET LOCAL or set_config(..., true), or pass actor and request_id to apikeys.set_tenant() or apikeys.authenticate().")));
-		PG_RETURN_NULL();
+		return NULL;
 	}
 	if (strlen(value) > (size_t) Max(max_bytes, 0))
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("apikeys_setting_ignored: %s is longer than %d bytes", g->name, max_bytes)));
-		PG_RETURN_NULL();
+		return NULL;
 	}
+	return pstrdup(value);
+}
+
+/* apikeys_internal._transaction_setting(name text, max_bytes integer): the SQL form. */
+PG_FUNCTION_INFO_V1(apikeys_transaction_setting);
+Datum
+apikeys_transaction_setting(PG_FUNCTION_ARGS)
+{
+	char	   *value;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	value = apikeys_transaction_setting_value(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+											  PG_GETARG_INT32(1));
+	if (value == NULL)
+		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
 

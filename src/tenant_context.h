@@ -16,6 +16,12 @@ extern const char *apikeys_binding_for_caller(bool trusted_only);
 
 /* pg_restore loading one of our tables (rows keep their audit fields) */
 extern bool apikeys_is_bulk_loading(void);
+/* the actor or request id set_tenant()/authenticate() bound, or NULL */
+extern const char *apikeys_context_label(bool request_id);
+
+/* a setting's value if set for this transaction (apikeys._transaction_setting) */
+extern char *apikeys_transaction_setting_value(const char *name, int max_bytes);
+
 extern void apikeys_bind_tenant_from_key(text *tenant, const pg_uuid_t *key_id);
 
 #endif

@@ -58,12 +58,9 @@ CREATE FUNCTION apikeys.authenticate(
 COMMENT ON FUNCTION apikeys.authenticate IS 'apikey_verify, and on a valid key bind its tenant (and actor/request_id labels) to this transaction (RLS then shows that tenant only).';
 
 -- pg_roles.rolsuper of role r; NULL if there is no such role.
+-- (C: a SQL function with a SET clause is planned again in every transaction.)
 CREATE FUNCTION apikeys_internal._is_superuser(r name) RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT ro.rolsuper FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) r
-$$;
+    LANGUAGE C STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_is_superuser_1_1';
 
 -- Does role r hold `need` ('read', 'audit' or 'manage') on tenant t through role_tenant?
 -- (t NULL: a grant on every tenant.)

@@ -38,59 +38,14 @@ COMMENT ON TABLE apikeys.audit IS 'Every change to tenants, keys, secrets, role 
 -- characters.  Nothing here raises: any setting's value, however malformed,
 -- reads as absent, so an audit row or a refusal's log line is never lost.
 
--- Field `field` of the JSON object in setting `name`.  Values over 16 kB, or
--- not valid JSON, or not an object, or holding anything jsonb refuses (a
--- \u0000, nesting past the stack limit), read as absent: WHEN OTHERS catches
--- every error but query_canceled (and assert_failure).
-CREATE FUNCTION apikeys_internal._json_setting(name text, field text) RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v text := apikeys_internal._transaction_setting(name, 16384);
-BEGIN
-    IF v IS NULL THEN
-        RETURN NULL;   -- the usual case: no subtransaction for nothing to parse
-    END IF;
-    BEGIN
-        RETURN nullif(v::jsonb OPERATOR(pg_catalog.->>) field, '');
-    EXCEPTION WHEN OTHERS THEN
-        RETURN NULL;
-    END;
-END;
-$$;
+-- In C (src/audit_row.c), shared with the audit triggers.  A JSON setting
+-- over 16 kB, or not valid JSON, or not an object, or holding anything jsonb
+-- refuses (a \u0000, nesting past the stack limit) reads as absent: its
+-- parse catches every error but a cancel (and an assertion failure).
 CREATE FUNCTION apikeys_internal._actor() RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v text := coalesce(apikeys_internal._context_actor(),
-                       apikeys_internal._transaction_setting('apikeys.actor', 16384),
-                       apikeys_internal._json_setting('request.jwt.claims', 'sub'));
-BEGIN
-    IF length(v) OPERATOR(pg_catalog.>) 200 THEN
-        RAISE WARNING 'apikeys_setting_ignored: the actor is longer than 200 characters';
-        RETURN NULL;
-    END IF;
-    RETURN v;
-END;
-$$;
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_actor_1_1';
 CREATE FUNCTION apikeys_internal._request_id() RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v text := coalesce(apikeys_internal._context_request_id(),
-                       apikeys_internal._transaction_setting('apikeys.request_id', 16384),
-                       apikeys_internal._json_setting('request.headers', 'x-request-id'));
-BEGIN
-    IF length(v) OPERATOR(pg_catalog.>) 200 THEN
-        RAISE WARNING 'apikeys_setting_ignored: the request id is longer than 200 characters';
-        RETURN NULL;
-    END IF;
-    RETURN v;
-END;
-$$;
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'apikeys_request_id_1_1';
 
 -- What row_hash must be: SHA-256 of every other column, length-prefixed
 -- (src/audit_chain.c; the encoding is in docs/audit.md).
@@ -130,116 +85,49 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON apikeys.audit
 ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
 ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_no_truncate;
 
+-- One audit row: the acting role, session_user, the labels, the client
+-- address, application_name and the transaction id come from the session;
+-- chain, audit_id, at, prev_hash and row_hash from the chain trigger.
 CREATE FUNCTION apikeys_internal._audit_write(p_action text, p_tenant text, p_key_id uuid, p_detail jsonb)
     RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    LANGUAGE C VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- chain, audit_id, at, prev_hash and row_hash come from the chain trigger
-    INSERT INTO apikeys.audit (tenant, key_id, action, db_role, session_role, actor,
-                               request_id, client_addr, application_name, txid, detail)
-    VALUES (p_tenant, p_key_id, p_action, apikeys_internal._acting_role(), session_user, apikeys_internal._actor(),
-            apikeys_internal._request_id(), inet_client_addr(), current_setting('application_name'),
-            pg_current_xact_id(), p_detail);
-END;
-$$;
+    AS 'MODULE_PATHNAME', 'apikeys_audit_write_1_1';
 
--- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret, vault_service and scope.
+-- AFTER row trigger on tenant, credential, secret, role_tenant, vault_secret,
+-- vault_service and scope (for the inserts of credential and secret, a statement
+-- trigger with the new rows): one audit row per changed row, its action named from
+-- the table and the change, its detail the row (or what an update changed)
+-- without digest, ciphertext or key_fp.  In C (src/audit_row.c, the rules
+-- are there): it runs for every row a management statement changes.
 CREATE FUNCTION apikeys_internal._audit_row_change() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+    LANGUAGE C SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    o jsonb;
-    n jsonb;
-    r jsonb;
-    t text;
-    k uuid;
-    act text;
-    detail jsonb;
-BEGIN
-    IF apikeys_internal._bulk_loading() THEN
-        RETURN NULL;   -- pg_restore: these rows' history is in the restored audit
-    END IF;
-    -- never a digest, a vault ciphertext or a master-key fingerprint (a
-    -- fingerprint lets a reader test guesses of the master key offline)
-    IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN o := to_jsonb(OLD) OPERATOR(pg_catalog.-) '{digest,ciphertext,key_fp}'::text[]; END IF;
-    IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN n := to_jsonb(NEW) OPERATOR(pg_catalog.-) '{digest,ciphertext,key_fp}'::text[]; END IF;
-    r := coalesce(n, o);
-    t := r OPERATOR(pg_catalog.->>) 'tenant';
-    k := (r OPERATOR(pg_catalog.->>) 'key_id')::uuid;
-
-    IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'tenant' THEN
-        act := CASE TG_OP WHEN 'INSERT' THEN 'tenant_created' WHEN 'DELETE' THEN 'tenant_deleted'
-               ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.=) (n OPERATOR(pg_catalog.->) 'active') THEN 'tenant_updated'
-                         WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'tenant_activated'
-                         ELSE 'tenant_deactivated' END END;
-    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'credential' THEN
-        act := CASE TG_OP WHEN 'INSERT' THEN 'key_created' WHEN 'DELETE' THEN 'key_deleted'
-               ELSE CASE WHEN (o OPERATOR(pg_catalog.->>) 'status') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->>) 'status') THEN
-                             CASE n OPERATOR(pg_catalog.->>) 'status' WHEN 'revoked' THEN 'key_revoked'
-                                  WHEN 'disabled' THEN 'key_disabled' ELSE 'key_enabled' END
-                         WHEN (o OPERATOR(pg_catalog.->) 'rotation_count') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'rotation_count') THEN 'key_rotated'
-                         ELSE 'key_updated' END END;
-    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'secret' THEN
-        SELECT c.tenant INTO t FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) k;
-        IF NOT FOUND THEN
-            RETURN NULL;   -- removed with its key: key_deleted says it
-        END IF;
-        act := CASE TG_OP WHEN 'INSERT' THEN 'secret_issued' WHEN 'DELETE' THEN 'secret_retired'
-               ELSE 'secret_grace_set' END;
-    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_secret' THEN
-        k := (r OPERATOR(pg_catalog.->>) 'id')::uuid;   -- the vault secret's id
-        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
-           AND (to_jsonb(OLD) OPERATOR(pg_catalog.-) 'last_used_at') OPERATOR(pg_catalog.=) (to_jsonb(NEW) OPERATOR(pg_catalog.-) 'last_used_at') THEN
-            RETURN NULL;   -- only last_used_at: vault_reveal writes vault_secret_revealed itself
-        END IF;
-        act := CASE TG_OP WHEN 'INSERT' THEN 'vault_secret_added' WHEN 'DELETE' THEN 'vault_secret_deleted'
-               ELSE CASE WHEN (o OPERATOR(pg_catalog.->) 'active') OPERATOR(pg_catalog.<>) (n OPERATOR(pg_catalog.->) 'active') THEN
-                             CASE WHEN (n OPERATOR(pg_catalog.->>) 'active')::boolean THEN 'vault_secret_activated'
-                                  ELSE 'vault_secret_deactivated' END
-                         WHEN (to_jsonb(OLD) OPERATOR(pg_catalog.->) 'key_fp') OPERATOR(pg_catalog.<>) (to_jsonb(NEW) OPERATOR(pg_catalog.->) 'key_fp') THEN 'vault_secret_reencrypted'
-                         ELSE 'vault_secret_updated' END END;
-    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'scope' THEN
-        act := CASE TG_OP WHEN 'INSERT' THEN 'scope_defined' WHEN 'DELETE' THEN 'scope_dropped'
-               ELSE 'scope_updated' END;
-    ELSIF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'vault_service' THEN
-        act := CASE TG_OP WHEN 'INSERT' THEN 'vault_service_registered' WHEN 'DELETE' THEN 'vault_service_unregistered'
-               ELSE 'vault_service_updated' END;
-    ELSE
-        act := CASE TG_OP WHEN 'INSERT' THEN 'role_granted' WHEN 'DELETE' THEN 'role_revoked'
-               ELSE 'role_updated' END;
-    END IF;
-
-    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        SELECT jsonb_object_agg(e.key, jsonb_build_array(o OPERATOR(pg_catalog.->) e.key, e.value))
-          INTO detail
-          FROM jsonb_each(n) e
-         WHERE (o OPERATOR(pg_catalog.->) e.key) IS DISTINCT FROM e.value;
-        detail := jsonb_build_object('changed', coalesce(detail, '{}'));
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        detail := jsonb_build_object('new', n);
-    ELSE
-        detail := jsonb_build_object('old', o);
-    END IF;
-    PERFORM apikeys_internal._audit_write(act, t, k, detail);
-    RETURN NULL;
-END;
-$$;
+    AS 'MODULE_PATHNAME', 'apikeys_audit_row_change_1_1';
 CREATE TRIGGER audit_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
-CREATE TRIGGER audit_credential AFTER INSERT OR UPDATE OR DELETE ON apikeys.credential
+-- Keys are created in bulk (apikey_create_many): their inserts are audited
+-- by a statement trigger that writes the rows of all of a statement's new
+-- rows set-based, the same rows as a row trigger would write one by one.
+CREATE TRIGGER audit_credential AFTER UPDATE OR DELETE ON apikeys.credential
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
-CREATE TRIGGER audit_secret AFTER INSERT OR UPDATE OR DELETE ON apikeys.secret
+CREATE TRIGGER audit_credential_insert AFTER INSERT ON apikeys.credential
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_row_change();
+CREATE TRIGGER audit_secret AFTER UPDATE OR DELETE ON apikeys.secret
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
+CREATE TRIGGER audit_secret_insert AFTER INSERT ON apikeys.secret
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_row_change();
 CREATE TRIGGER audit_role_tenant AFTER INSERT OR UPDATE OR DELETE ON apikeys.role_tenant
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_row_change();
 -- ALWAYS: a superuser's change under session_replication_role = replica is
 -- audited too (restored and replicated rows pass: apikeys_internal._bulk_loading()).
 ALTER TABLE apikeys.tenant ENABLE ALWAYS TRIGGER audit_tenant;
 ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential;
+ALTER TABLE apikeys.credential ENABLE ALWAYS TRIGGER audit_credential_insert;
 ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret;
+ALTER TABLE apikeys.secret ENABLE ALWAYS TRIGGER audit_secret_insert;
 ALTER TABLE apikeys.role_tenant ENABLE ALWAYS TRIGGER audit_role_tenant;
 
 -- TRUNCATE fires no row triggers: it would change keys without an audit row.

@@ -42,7 +42,6 @@ COMMENT ON FUNCTION apikeys_internal._check_role(name) IS 'The existing role a g
 COMMENT ON FUNCTION apikeys_internal._check_privilege(text) IS 'The privilege a tenant grant names: manage or audit.';
 
 -- audit labels and audit writing
-COMMENT ON FUNCTION apikeys_internal._json_setting(text, text) IS 'A field of the JSON object in a transaction-local setting; anything unreadable reads as NULL, never an error.';
 COMMENT ON FUNCTION apikeys_internal._actor() IS 'The actor for audit rows and refusals: the bound label, apikeys.actor, or PostgREST''s JWT sub (at most 200 characters).';
 COMMENT ON FUNCTION apikeys_internal._request_id() IS 'The request id for audit rows and refusals: the bound label, apikeys.request_id, or PostgREST''s X-Request-Id (at most 200 characters).';
 COMMENT ON FUNCTION apikeys_internal._audit_hash(apikeys.audit) IS 'What an audit row''s row_hash must be: SHA-256 of its other columns, length-prefixed (docs/audit.md).';
