@@ -11,22 +11,8 @@
 #include "utils/rel.h"
 #include "utils/snapshot.h"
 
-typedef enum VerdictCode
-{
-	V_VALID,
-	V_MALFORMED,
-	V_NOT_FOUND,
-	V_DISABLED,
-	V_REVOKED,
-	V_EXPIRED,
-	V_TENANT_INACTIVE,
-	V_IP_NOT_ALLOWED,
-	V_INSUFFICIENT_SCOPE,
-	V_RATE_LIMITED,
-	V_USAGE_EXCEEDED
-} VerdictCode;
+#include "verdicts.h"
 
-#define VERDICT_COUNT (V_USAGE_EXCEEDED + 1)
 extern const char *const apikeys_verdict_names[VERDICT_COUNT];
 
 #define KEY_STATUS_ACTIVE	0

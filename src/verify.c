@@ -28,10 +28,17 @@
 
 #include "tenant_context.h"
 
+/* the verdicts and their names, in VerdictCode order (verdicts.h) */
+const VerdictInfo apikeys_verdicts[VERDICT_COUNT] = {
+#define VERDICT_INFO(e, name, counted, http) [e] = {name, counted, http},
+	APIKEYS_VERDICTS(VERDICT_INFO)
+#undef VERDICT_INFO
+};
+
 const char *const apikeys_verdict_names[VERDICT_COUNT] = {
-	"valid", "malformed", "not_found", "disabled", "revoked", "expired",
-	"tenant_inactive", "ip_not_allowed", "insufficient_scope",
-	"rate_limited", "usage_exceeded"
+#define VERDICT_NAME(e, name, counted, http) [e] = name,
+	APIKEYS_VERDICTS(VERDICT_NAME)
+#undef VERDICT_NAME
 };
 
 #define VERIFICATION_NATTS 11

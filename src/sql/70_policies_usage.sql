@@ -95,6 +95,18 @@ SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP 
 -- Observability
 ------------------------------------------------------------------------------
 
+-- The verdicts apikey_verify can reach, from the library's one list
+-- (src/verdicts.h): code (the index in _pending_usage's counts, less one),
+-- name, whether apikeys.usage has a count_<name> column, and the PostgREST
+-- gate's HTTP status.  The SQL below reads it instead of repeating it;
+-- test policy_verdicts checks what must still be spelled out (the columns).
+CREATE FUNCTION apikeys_internal.verdicts(OUT code integer, OUT name text, OUT counted boolean,
+                                          OUT http_status integer)
+    RETURNS SETOF record
+    LANGUAGE C STABLE PARALLEL SAFE ROWS 16 AS 'MODULE_PATHNAME', 'apikeys_verdicts_sql';
+REVOKE ALL ON FUNCTION apikeys_internal.verdicts() FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal.verdicts() IS 'The verdicts of apikey_verify (code, name, counted in apikeys.usage, HTTP status), from the library''s list.';
+
 CREATE FUNCTION apikeys._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_verification_totals';
@@ -139,6 +151,10 @@ CREATE FUNCTION apikeys_internal._read_key_usage()
 AS $$
 DECLARE
     v text[] := apikeys._visible_tenants('read');
+    -- each verdict's index in _pending_usage's counts, from the library's
+    -- list (a constant once the plan is made: force_custom_plan)
+    ix jsonb := (SELECT jsonb_object_agg(d.name, d.code OPERATOR(pg_catalog.+) 1)
+                   FROM apikeys_internal.verdicts() d);
 BEGIN
     RETURN QUERY
     SELECT c.key_id, c.tenant, c.name,
@@ -147,17 +163,17 @@ BEGIN
            COALESCE(p.used, u.used, 0) AS used,
            CASE WHEN c.usage_limit IS NOT NULL
                 THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
-           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[1], 0) AS valid,
-           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[4], 0) AS disabled,
-           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[5], 0) AS revoked,
-           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[6], 0) AS expired,
-           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[7], 0) AS tenant_inactive,
-           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[8], 0) AS ip_not_allowed,
-           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[9], 0) AS insufficient_scope,
-           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[10], 0) AS rate_limited,
-           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[11], 0) AS usage_exceeded,
+           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'valid')::integer], 0) AS valid,
+           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'disabled')::integer], 0) AS disabled,
+           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'revoked')::integer], 0) AS revoked,
+           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'expired')::integer], 0) AS expired,
+           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'tenant_inactive')::integer], 0) AS tenant_inactive,
+           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'ip_not_allowed')::integer], 0) AS ip_not_allowed,
+           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'insufficient_scope')::integer], 0) AS insufficient_scope,
+           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'rate_limited')::integer], 0) AS rate_limited,
+           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'usage_exceeded')::integer], 0) AS usage_exceeded,
            u.flushed_at,
-           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
+           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[cardinality(p.counts)])) AS has_unflushed
       FROM apikeys.credential c
       LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
       LEFT JOIN LATERAL apikeys._pending_usage(c.key_id) p ON true
