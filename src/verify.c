@@ -26,6 +26,7 @@
 #include "utils/typcache.h"
 #include "access/detoast.h"
 
+#include "miscadmin.h"
 #include "tenant_context.h"
 
 /* the verdicts and their names, in VerdictCode order (verdicts.h) */
@@ -42,6 +43,7 @@ const char *const apikeys_verdict_names[VERDICT_COUNT] = {
 };
 
 #define VERIFICATION_NATTS 11
+#define VERIFY_MEMO_MAX_ARGS 8
 
 /*
  * The result descriptor and a ready "malformed" verdict, kept for the life
@@ -267,22 +269,159 @@ verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVe
 	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }
 
-static Datum
-verify_common(FunctionCallInfo fcinfo, bool bind)
+/*
+ * One call, one verification: the memo.
+ *
+ * PostgreSQL expands (f(k)).* into one call of f(k) per column, and
+ * (f(k)).a, (f(k)).b into two; each would verify, count and charge the rate
+ * limit and usage cap again.  So the last verdict is kept, keyed on the
+ * function, the role, every argument and the memory context current at the
+ * call, which for an expression is the per-tuple context of the row being
+ * computed.  The executor evaluates all of a row's expressions in that
+ * context and resets it before the next row (ExecScan, ExecResult,
+ * ValuesScan, ProjectSet, Agg, ModifyTable's RETURNING, PL/pgSQL after each
+ * statement), and a context that is reset or deleted runs its reset
+ * callbacks: the one registered here forgets the verdict.  So calls with
+ * the same arguments within one row are one verification, and every other
+ * row, rescan, statement and PL/pgSQL statement verifies and charges anew.
+ *
+ * The context's address alone would not do (a new context may take a freed
+ * one's address): the callback forgets the memo before that can happen.  A
+ * reset that finds the context already empty skips the callbacks, but the
+ * callback itself is allocated in the context, so it is never empty while a
+ * memo refers to it.  A key change committed meanwhile (the shared
+ * generation moved) or made by this transaction verifies anew.  Errors are
+ * not remembered.
+ */
+typedef struct VerifyMemo
 {
-	VerifyState *st = fcinfo->flinfo->fn_extra;
+	MemoryContext cxt;			/* NULL: nothing remembered */
+	Oid			fn_oid;
+	Oid			userid;
+	uint64		generation;
+	short		nargs;
+	Datum		args[VERIFY_MEMO_MAX_ARGS];	/* copies, in cxt */
+	bool		argnull[VERIFY_MEMO_MAX_ARGS];
+	uint32		byval_mask;		/* bit i: argument i is by value */
+	Datum		result;			/* copy of the verdict, in cxt */
+	bool		bound;			/* valid verdict of a binding call: */
+	pg_uuid_t	key_id;			/* what to bind again */
+	text	   *tenant;			/* in cxt */
+} VerifyMemo;
+
+static VerifyMemo verify_memo;
+
+/* reset/delete callback of the memo's context: forget it */
+static void
+verify_memo_forget(void *arg)
+{
+	if (verify_memo.cxt == (MemoryContext) arg)
+		verify_memo.cxt = NULL;
+}
+
+static uint64
+verify_memo_generation(void)
+{
+	return apikeys_shared ? pg_atomic_read_u64(&apikeys_shared->generation) : 0;
+}
+
+/* May this call use (or fill) the memo at all? */
+static bool
+verify_memo_usable(FunctionCallInfo fcinfo)
+{
+	return fcinfo->nargs <= VERIFY_MEMO_MAX_ARGS &&
+		!(apikeys_shmem_ready() && apikeys_xact_changed_keys());
+}
+
+/*
+ * The remembered verdict of this very call (same context, function, role,
+ * arguments, and no key change since), copied into the current context; or
+ * false.
+ */
+static bool
+verify_memo_lookup(FunctionCallInfo fcinfo, uint32 byval_mask, Datum *result)
+{
+	VerifyMemo *m = &verify_memo;
+
+	if (m->cxt != CurrentMemoryContext || m->fn_oid != fcinfo->flinfo->fn_oid ||
+		m->nargs != fcinfo->nargs || m->byval_mask != byval_mask ||
+		m->userid != GetUserId() || !verify_memo_usable(fcinfo) ||
+		m->generation != verify_memo_generation())
+		return false;
+	for (int i = 0; i < fcinfo->nargs; i++)
+	{
+		bool		byval = (byval_mask & (1U << i)) != 0;
+
+		if (m->argnull[i] != fcinfo->args[i].isnull)
+			return false;
+		if (!m->argnull[i] &&
+			!datumIsEqual(m->args[i], fcinfo->args[i].value, byval, byval ? sizeof(Datum) : -1))
+			return false;
+	}
+	if (m->bound)
+		apikeys_bind_tenant_from_key(m->tenant, &m->key_id);
+	*result = datumCopy(m->result, false, -1);
+	return true;
+}
+
+/*
+ * Remember this call's verdict in the current context (see above).  bound:
+ * a valid verdict of a binding call, whose tenant a repeat binds again.
+ */
+static void
+verify_memo_store(FunctionCallInfo fcinfo, uint32 byval_mask, Datum result,
+				  const KeyPolicy *policy, bool bound)
+{
+	VerifyMemo *m = &verify_memo;
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContextCallback *cb;
+
+	m->cxt = NULL;
+	if (!verify_memo_usable(fcinfo))
+		return;
+	cb = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
+	cb->func = verify_memo_forget;
+	cb->arg = cxt;
+	MemoryContextRegisterResetCallback(cxt, cb);
+	for (int i = 0; i < fcinfo->nargs; i++)
+	{
+		bool		byval = (byval_mask & (1U << i)) != 0;
+
+		m->argnull[i] = fcinfo->args[i].isnull;
+		m->args[i] = m->argnull[i] ? (Datum) 0 :
+			datumCopy(fcinfo->args[i].value, byval, byval ? sizeof(Datum) : -1);
+	}
+	m->result = datumCopy(result, false, -1);
+	m->bound = bound;
+	if (bound)
+	{
+		memcpy(&m->key_id, &policy->key_id, sizeof(pg_uuid_t));
+		m->tenant = (text *) DatumGetPointer(datumCopy(PointerGetDatum(policy->tenant), false, -1));
+	}
+	m->fn_oid = fcinfo->flinfo->fn_oid;
+	m->nargs = fcinfo->nargs;
+	m->byval_mask = byval_mask;
+	m->userid = GetUserId();
+	m->generation = verify_memo_generation();
+	m->cxt = cxt;
+}
+
+/*
+ * The verification itself: verdict and charges, no memo.  *bound_out: the
+ * verdict is valid and bind asked for its tenant to be bound (done).
+ */
+static Datum
+verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, KeyPolicy *policy,
+			bool *bound_out)
+{
 	size_t		prefix_len;
 	text	   *key;
 	uint8		digest[APIKEYS_DIGEST_LEN];
-	KeyPolicy	policy;
 	RateVerdict rv;
 	VerdictCode code;
 	TimestampTz now;
 
-	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
-	if (st == NULL)
-		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
-
+	*bound_out = false;
 	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
 	if (PG_ARGISNULL(0) ||
 		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + KEY_MAX_LEN)
@@ -293,27 +432,53 @@ verify_common(FunctionCallInfo fcinfo, bool bind)
 
 	apikeys_sha256(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
 	now = GetCurrentTimestamp();	/* the one clock read of a verify */
-	if (!find_policy(digest, now, &policy))
+	if (!find_policy(digest, now, policy))
 	{
 		if (apikeys_shared)
 			pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_NOT_FOUND], 1);
-		PG_RETURN_DATUM(verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL));
+		return verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL);
 	}
 
-	code = judge(&policy,
+	code = judge(policy,
 				 PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 				 PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2),
 				 now, &rv);
 	if (apikeys_shared)
 		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[code], 1);
 	if (bind && code == V_VALID)
-		apikeys_bind_tenant_from_key(policy.tenant, &policy.key_id);
-	PG_RETURN_DATUM(verdict_tuple(st->desc, code, &policy, &rv));
+	{
+		apikeys_bind_tenant_from_key(policy->tenant, &policy->key_id);
+		*bound_out = true;
+	}
+	return verdict_tuple(st->desc, code, policy, &rv);
 
 malformed:
 	if (apikeys_shared)
 		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_MALFORMED], 1);
-	PG_RETURN_DATUM(datumCopy(st->malformed, false, -1));
+	return datumCopy(st->malformed, false, -1);
+}
+
+/*
+ * apikey_verify and authenticate: the memo's verdict when this is the same
+ * call again (verify_memo_lookup), else a verification, remembered.
+ */
+static Datum
+verify_common(FunctionCallInfo fcinfo, bool bind)
+{
+	VerifyState *st = fcinfo->flinfo->fn_extra;
+	KeyPolicy	policy;
+	Datum		result;
+	bool		bound;
+
+	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
+	if (st == NULL)
+		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
+
+	if (verify_memo_lookup(fcinfo, 0, &result))
+		PG_RETURN_DATUM(result);
+	result = verify_once(fcinfo, st, bind, &policy, &bound);
+	verify_memo_store(fcinfo, 0, result, &policy, bound);
+	PG_RETURN_DATUM(result);
 }
 
 PG_FUNCTION_INFO_V1(apikey_verify);
