@@ -24,6 +24,7 @@
 #define APIKEYS_SHMEM_H
 
 #include "policy.h"
+#include "rate_window.h"
 
 #include "access/transam.h"
 #include "common/hashfn.h"
@@ -164,9 +165,7 @@ typedef struct UsageEntry
 	uint32		tenant_hash;	/* the key's tenant (apikeys_tenant_hash), set at claim */
 	slock_t		mutex;
 	bool		base_loaded;	/* used_base read from apikeys.usage */
-	int64		rate_window;	/* index of the current rate window */
-	int32		rate_count;		/* successes counted in it */
-	TimestampTz rate_reset;		/* its end: the entry is kept until then */
+	RateState	rate;			/* the key's rate limit (rate_window.h) */
 	int64		usage_period;	/* index of the usage period `used` counts */
 	int64		used;			/* uses charged in it (authoritative once loaded) */
 	int32		usage_period_s; /* period length, 0: lifetime */

@@ -2,10 +2,10 @@
  * usage.c - per-key state in shared memory: rate-limit windows, usage caps
  * and use counts, all without writing to disk on the verify path.
  *
- * Rate limit: fixed windows aligned to the epoch (window = floor(now / w));
- * at most rate_limit successes per window, counted exactly under the entry's
- * spinlock.  Usage cap: `used` counts charged uses in the current period
- * (periods aligned to the epoch too, or the key's lifetime); it starts from
+ * Rate limit: a sliding window (rate_window.h): at most rate_limit successes in
+ * any interval of rate_window, counted exactly under the entry's spinlock.
+ * Usage cap: `used` counts charged uses in the current period (periods
+ * aligned to the epoch, or the key's lifetime); it starts from
  * apikeys.usage and the flush worker writes it back every turn.  A crash
  * loses what was charged since the last flush (at most apikeys.flush_interval
  * of traffic): those uses can be spent again.  Counts per outcome and last
@@ -114,7 +114,7 @@ rank_ways(uint32 hash, uint32 tenant, TimestampTz now, bool lossy,
 		{
 			bool		own = e[w]->tenant_hash == tenant;
 			bool		reclaim = !own && held[w] > share && mine < share;
-			bool		open = e[w]->rate_count > 0 && e[w]->rate_reset > now;
+			bool		open = limit_open(&e[w]->rate, now);
 			uint8		rank;
 
 			if (!e[w]->hdr.used)
@@ -167,7 +167,7 @@ claim_entry(uint32 hash, const UsageKey *key, uint32 tenant, TimestampTz now, bo
 	slot_take(&apikeys_usage_table, hash, key, &e->hdr);
 	e->tenant_hash = tenant;
 	SpinLockInit(&e->mutex);
-	e->rate_window = -1;
+	limit_init(&e->rate);
 	e->usage_period = -1;
 	return e;
 }
@@ -419,6 +419,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	UsageEntry *e;
 	LWLock	   *lock;
 	VerdictCode code = V_VALID;
+	LimitReport lr;
 	int64		period = period_index(p->usage_period_s, now);
 	int64		base = 0;
 
@@ -472,21 +473,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		e->usage_period_s = p->usage_period_s;
 		e->base_loaded = true;
 	}
-	if (p->rate_limit > 0)
-	{
-		int64		wlen = (int64) p->rate_window_s * USECS_PER_SEC;
-		int64		window = now / wlen;
-
-		if (e->rate_window != window)
-		{
-			e->rate_window = window;
-			e->rate_count = 0;
-		}
-		rv->reset = (window + 1) * wlen;
-		e->rate_reset = rv->reset;
-		if (e->rate_count >= p->rate_limit)
-			code = V_RATE_LIMITED;
-	}
+	if (p->rate_limit > 0 &&
+		!limit_check(&e->rate, p->rate_limit, p->rate_window_s, now, 1, &lr))
+		code = V_RATE_LIMITED;
 	if (code == V_VALID && p->usage_limit > 0)
 	{
 		if (e->used >= p->usage_limit)
@@ -498,8 +487,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	{
 		/* the window counts successes only: a call over the cap is not one */
 		if (code == V_VALID)
-			e->rate_count++;
-		rv->remaining = p->rate_limit - e->rate_count;
+			limit_charge(&e->rate, p->rate_limit, now, 1, &lr);
+		rv->remaining = lr.remaining;
+		rv->reset = lr.reset;
 	}
 	if (p->usage_limit > 0)
 		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
