@@ -321,3 +321,237 @@ BEGIN
     detail := json_build_object('status', status, 'headers', hdrs)::text;
 END;
 $$;
+
+------------------------------------------------------------------------------
+-- limits: named limits per key and per tenant (apikeys.named_limit,
+-- credential.limits, tenant.limits, apikey_set_limits, tenant_set_limits),
+-- apikey_verify(api_key, required_scopes, client_addr, cost) and
+-- last_verify_limits().  The library's sliding windows need no schema.
+------------------------------------------------------------------------------
+
+CREATE TYPE apikeys.named_limit AS (name text, max_uses integer, per interval);
+COMMENT ON TYPE apikeys.named_limit IS 'A named rate limit: at most max_uses uses in any interval of length per (1 second to 1 day); name: 1 to 15 of a-z, 0-9, _ . -.';
+
+ALTER TABLE apikeys.tenant ADD COLUMN limits apikeys.named_limit[] NOT NULL DEFAULT '{}';
+ALTER TABLE apikeys.credential ADD COLUMN limits apikeys.named_limit[] NOT NULL DEFAULT '{}';
+-- apikeys.tenants is SELECT * of the tenant rows: it shows the new column
+CREATE OR REPLACE VIEW apikeys.tenants WITH (security_invoker = true) AS
+SELECT * FROM apikeys._read_tenants();
+
+-- 1.1: the same with a cost, charged to every limit and the usage cap (0:
+-- check without charging).  All four arguments: an overload with defaults
+-- would make apikey_verify(key) ambiguous.
+CREATE FUNCTION apikeys.apikey_verify(
+    api_key         text,
+    required_scopes text[],
+    client_addr     inet,
+    cost            integer)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_verify_1_1';
+COMMENT ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer) IS 'Check a presented key and charge cost (0: check only) to its limits and usage cap; never raises for a bad key.';
+REVOKE ALL ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer) FROM PUBLIC;
+
+-- Named limits (limits v2).  A list of apikeys.named_limit as stored:
+-- at most 3, one-dimensional, names unique (1 to 15 of a-z, 0-9, _ . -,
+-- starting with a letter or digit), max_uses positive, per a whole number
+-- of seconds from 1 second to 1 day; NULL or empty: none (stored as '{}').
+CREATE FUNCTION apikeys_internal.check_limits(limits apikeys.named_limit[])
+    RETURNS apikeys.named_limit[]
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l apikeys.named_limit;
+BEGIN
+    IF limits IS NULL OR cardinality(limits) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN '{}';
+    END IF;
+    IF array_ndims(limits) OPERATOR(pg_catalog.>) 1 OR cardinality(limits) OPERATOR(pg_catalog.>) 3 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: at most 3 named limits, in a one-dimensional array';
+    END IF;
+    FOREACH l IN ARRAY limits LOOP
+        IF l.name IS NULL OR l.name OPERATOR(pg_catalog.!~) '^[a-z0-9][a-z0-9_.-]{0,14}$' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_name: %s is not a limit name', coalesce(quote_literal(left(l.name, 40)), 'NULL')),
+                HINT = '1 to 15 characters of a-z, 0-9, _ . -, starting with a letter or digit.';
+        END IF;
+        IF l.max_uses IS NULL OR l.max_uses OPERATOR(pg_catalog.<=) 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit: max_uses of limit "%s" must be positive', l.name);
+        END IF;
+        IF l.per IS NULL OR l.per OPERATOR(pg_catalog.<) '1 second' OR l.per OPERATOR(pg_catalog.>) '1 day'
+           OR date_part('month', l.per) OPERATOR(pg_catalog.<>) 0 OR date_part('year', l.per) OPERATOR(pg_catalog.<>) 0
+           OR extract(epoch FROM l.per) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM l.per)) THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_window: per of limit "%s" must be whole seconds from 1 second to 1 day', l.name);
+        END IF;
+    END LOOP;
+    IF (SELECT count(DISTINCT x.name) FROM unnest(limits) x) OPERATOR(pg_catalog.<>) cardinality(limits) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: two limits have the same name';
+    END IF;
+    RETURN limits;
+END;
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) IS 'Check a list of named limits as apikey_set_limits and tenant_set_limits store it (''{}'' for none).';
+
+CREATE FUNCTION apikeys_internal.apikey_set_limits(key_id uuid, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_set_limits');
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_set_limits');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_set_limits', k.key_id);
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.credential c SET limits = v, updated_at = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_set_limits', 'Set (replace) a key''s named limits, up to 3 of (name, max_uses, per); NULL removes them. They add to its tenant''s limits, never replace them.');
+
+CREATE FUNCTION apikeys_internal.tenant_set_limits(tenant text, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_set_limits');
+    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.tenant x SET limits = v, updated_at = now()
+     WHERE x.tenant OPERATOR(pg_catalog.=) tenant_set_limits.tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+END;
+$$;
+SELECT apikeys_internal.publish('tenant_set_limits', 'Set (replace) a tenant''s named limits, shared by all its keys: up to 3 of (name, max_uses, per); NULL removes them. Global administrators only.');
+
+-- The limits the last apikey_verify or authenticate of this session checked.
+CREATE FUNCTION apikeys.last_verify_limits(OUT scope text, OUT name text, OUT max_uses integer,
+                                           OUT remaining integer, OUT reset timestamptz,
+                                           OUT passed boolean, OUT tightest boolean)
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 7 AS 'MODULE_PATHNAME', 'apikeys_last_verify_limits';
+COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
+REVOKE ALL ON FUNCTION apikeys.last_verify_limits() FROM PUBLIC;
+-- the entry points publish() made: nothing for PUBLIC, as 90_privileges.sql does
+REVOKE ALL ON FUNCTION apikeys.apikey_set_limits(uuid, apikeys.named_limit[]),
+    apikeys.tenant_set_limits(text, apikeys.named_limit[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION apikeys_internal.grant_verifier(role_name name) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM apikeys._check_role(role_name);
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
+                   ' apikeys.apikey_verify(text, text[], inet, integer), apikeys.last_verify_limits(),'
+                   ' apikeys.authenticate(text, text[], inet, text, text), apikeys.current_tenant(),'
+                   ' apikeys.current_key_id() TO %I', role_name);
+END;
+$$;
+
+-- roles that may verify (grant_verifier) may use the new verify functions
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'apikeys.apikey_verify(text, text[], inet)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
+                       ' apikeys.last_verify_limits() TO %s', r.grantee);
+    END LOOP;
+END;
+$$;
+
+-- grant_tenant grants the new functions; roles granted before the upgrade get
+-- them as grant_tenant would have given them
+CREATE OR REPLACE FUNCTION apikeys_internal.grant_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM apikeys._check_privilege(privilege), apikeys._check_role(role_name),
+            apikeys._check_tenant_id(tenant);   -- STRICT: NULL is every tenant
+    IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) grant_tenant.tenant) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+    INSERT INTO apikeys.role_tenant (role_name, tenant, privilege)
+    VALUES (grant_tenant.role_name, grant_tenant.tenant, grant_tenant.privilege)
+    ON CONFLICT DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
+    -- the views, never the tables (see the readers above) ...
+    EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
+                   ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys._read_tenants(), apikeys._read_keys(),'
+                   ' apikeys._read_audit(), apikeys._read_grants(), apikeys._read_key_usage(),'
+                   ' apikeys.audit_log_page(text, bigint, integer, uuid),'
+                   ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
+    -- ... but for global roles, who see every row anyway
+    IF tenant IS NULL THEN
+        EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.audit,'
+                       ' apikeys.role_tenant, apikeys.usage TO %I', role_name);
+        EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION'
+            ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'
+            ' apikeys.apikey_create_many(text, text[], text[], timestamptz, text),'
+            ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
+            ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
+            ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
+            ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet),'
+            ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
+            ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %I', role_name);
+    END IF;
+    IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'
+            ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean),'
+            ' apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
+    END IF;
+END;
+$$;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
+                       ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %s', r.grantee);
+    END LOOP;
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'apikeys.tenant_update(text, text, boolean)'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %s', r.grantee);
+    END LOOP;
+END;
+$$;

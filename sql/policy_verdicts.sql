@@ -78,6 +78,9 @@ SELECT count(*) AS gate_literal_statuses_left
 -- + 1) and read them back before any flush
 SELECT tenant FROM apikeys.tenant_create('acme');
 SELECT key_id AS k, api_key AS key FROM apikeys.apikey_create('acme', 'counted', '{read}') \gset
+-- a usage cap: its counts are written at every flush turn, not within
+-- apikeys.usage_write_delay
+SELECT apikeys.apikey_set_policy(:'k', usage_limit => 1000000);
 -- valid (code 0) once, insufficient_scope (code 8) 9 times
 SELECT count(*) FROM apikeys.apikey_verify(:'key');
 SELECT count(apikeys.apikey_verify(:'key', '{write}')) FROM generate_series(1, 9);

@@ -97,6 +97,8 @@ typedef struct ApikeysCatalog
 	Oid			secret_pkey;	/* unique index on digest */
 	Oid			usage_rel;
 	Oid			usage_pkey;
+	int16		credential_limits;	/* column "limits" (1.1), 0: none (1.0) */
+	int16		tenant_limits;
 } ApikeysCatalog;
 
 extern const ApikeysCatalog *apikeys_catalog(void);

@@ -21,6 +21,21 @@ extern const char *const apikeys_verdict_names[VERDICT_COUNT];
 
 #define POLICY_MAX_CIDRS	16
 
+/*
+ * Named limits (apikeys.named_limit): up to POLICY_MAX_LIMITS on a key
+ * (credential.limits) and as many on its tenant (tenant.limits), shared by
+ * all the tenant's keys.  Each is a sliding window (rate_window.h).
+ */
+#define POLICY_MAX_LIMITS	3
+#define LIMIT_NAME_LEN		16	/* names of at most 15 bytes, NUL-terminated */
+
+typedef struct LimitSpec
+{
+	char		name[LIMIT_NAME_LEN];
+	int32		max_uses;
+	int32		window_s;
+} LimitSpec;
+
 typedef struct KeyPolicy
 {
 	pg_uuid_t	key_id;
@@ -32,6 +47,10 @@ typedef struct KeyPolicy
 	int32		rate_window_s;
 	int64		usage_limit;	/* 0: none */
 	int32		usage_period_s; /* 0: lifetime */
+	int16		nkey_limits;
+	int16		ntenant_limits;
+	LimitSpec	key_limits[POLICY_MAX_LIMITS];
+	LimitSpec	tenant_limits[POLICY_MAX_LIMITS];
 	int16		ncidrs;			/* -1: no allowlist */
 	inet_struct cidrs[POLICY_MAX_CIDRS];
 	/* variable part, in backend memory */
@@ -44,6 +63,7 @@ typedef struct KeyPolicy
 extern bool apikeys_policy_load(const uint8 *digest, KeyPolicy *policy,
 								uint64 generation);
 extern int32 apikeys_interval_seconds(Datum interval);
+extern int	apikeys_load_limits(Datum limits, LimitSpec *out);
 
 /* ip_allow.c */
 extern char *apikeys_trusted_proxies;

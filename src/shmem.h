@@ -166,6 +166,9 @@ typedef struct UsageEntry
 	slock_t		mutex;
 	bool		base_loaded;	/* used_base read from apikeys.usage */
 	RateState	rate;			/* the key's rate limit (rate_window.h) */
+	bool		tenant_limits;	/* a tenant's shared entry: named[] only, never dirty */
+	char		named_name[POLICY_MAX_LIMITS][LIMIT_NAME_LEN];	/* "": free */
+	RateState	named[POLICY_MAX_LIMITS];	/* the key's (or tenant's) named limits */
 	int64		usage_period;	/* index of the usage period `used` counts */
 	int64		used;			/* uses charged in it (authoritative once loaded) */
 	int32		usage_period_s; /* period length, 0: lifetime */
@@ -226,7 +229,20 @@ apikeys_tenant_hash(Oid dbid, const text *tenant)
 }
 
 extern VerdictCode apikeys_usage_charge(const KeyPolicy *policy, TimestampTz now,
-										RateVerdict *rv);
+										int32 cost, RateVerdict *rv);
+
+/* One limit the last verification checked (apikeys.last_verify_limits()). */
+typedef struct LimitRow
+{
+	const char *scope;			/* "key" or "tenant" */
+	char		name[LIMIT_NAME_LEN];
+	bool		passed;
+	bool		tightest;		/* the one in the rate_* columns */
+	LimitReport report;
+} LimitRow;
+
+extern int	apikeys_last_limits(const LimitRow **rows);
+extern void apikeys_last_limits_reset(void);
 extern void apikeys_usage_count(const KeyPolicy *policy, VerdictCode code,
 								TimestampTz now);
 

@@ -192,7 +192,7 @@ find_policy(const uint8 *digest, TimestampTz now, KeyPolicy *policy)
 
 static VerdictCode
 judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz now,
-	  RateVerdict *rv)
+	  int32 cost, RateVerdict *rv)
 {
 	VerdictCode code;
 
@@ -211,7 +211,7 @@ judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz n
 	else if (required && !scopes_satisfied(p->scopes, required))
 		code = V_INSUFFICIENT_SCOPE;
 	else
-		return apikeys_usage_charge(p, now, rv);	/* also counts the use */
+		return apikeys_usage_charge(p, now, cost, rv);	/* also counts the use */
 
 	apikeys_usage_count(p, code, now);
 	return code;
@@ -411,8 +411,8 @@ verify_memo_store(FunctionCallInfo fcinfo, uint32 byval_mask, Datum result,
  * verdict is valid and bind asked for its tenant to be bound (done).
  */
 static Datum
-verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, KeyPolicy *policy,
-			bool *bound_out)
+verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, int32 cost,
+			KeyPolicy *policy, bool *bound_out)
 {
 	size_t		prefix_len;
 	text	   *key;
@@ -422,6 +422,7 @@ verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, KeyPolicy *poli
 	TimestampTz now;
 
 	*bound_out = false;
+	apikeys_last_limits_reset();
 	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
 	if (PG_ARGISNULL(0) ||
 		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + KEY_MAX_LEN)
@@ -442,7 +443,7 @@ verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, KeyPolicy *poli
 	code = judge(policy,
 				 PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 				 PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2),
-				 now, &rv);
+				 now, cost, &rv);
 	if (apikeys_shared)
 		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[code], 1);
 	if (bind && code == V_VALID)
@@ -461,23 +462,38 @@ malformed:
 /*
  * apikey_verify and authenticate: the memo's verdict when this is the same
  * call again (verify_memo_lookup), else a verification, remembered.
+ * cost_arg: the argument that holds the cost (by value), or -1 (cost 1).
  */
 static Datum
-verify_common(FunctionCallInfo fcinfo, bool bind)
+verify_common(FunctionCallInfo fcinfo, bool bind, int cost_arg)
 {
 	VerifyState *st = fcinfo->flinfo->fn_extra;
 	KeyPolicy	policy;
 	Datum		result;
 	bool		bound;
+	int32		cost = 1;
+	uint32		byval_mask = 0;
 
 	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
 	if (st == NULL)
 		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
 
-	if (verify_memo_lookup(fcinfo, 0, &result))
+	if (cost_arg >= 0)
+	{
+		/* the caller's mistake, whatever the key: raise, before anything */
+		if (PG_ARGISNULL(cost_arg) || PG_GETARG_INT32(cost_arg) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid_cost: cost must be 0 or more"),
+					 errhint("0 checks the limits without charging them; the default is 1.")));
+		cost = PG_GETARG_INT32(cost_arg);
+		byval_mask = 1U << cost_arg;
+	}
+
+	if (verify_memo_lookup(fcinfo, byval_mask, &result))
 		PG_RETURN_DATUM(result);
-	result = verify_once(fcinfo, st, bind, &policy, &bound);
-	verify_memo_store(fcinfo, 0, result, &policy, bound);
+	result = verify_once(fcinfo, st, bind, cost, &policy, &bound);
+	verify_memo_store(fcinfo, byval_mask, result, &policy, bound);
 	PG_RETURN_DATUM(result);
 }
 
@@ -485,7 +501,18 @@ PG_FUNCTION_INFO_V1(apikey_verify);
 Datum
 apikey_verify(PG_FUNCTION_ARGS)
 {
-	return verify_common(fcinfo, false);
+	return verify_common(fcinfo, false, -1);
+}
+
+/*
+ * apikey_verify(api_key, required_scopes, client_addr, cost) (1.1): the
+ * same, charging cost (0: check only) to every limit and the usage cap.
+ */
+PG_FUNCTION_INFO_V1(apikeys_verify_1_1);
+Datum
+apikeys_verify_1_1(PG_FUNCTION_ARGS)
+{
+	return verify_common(fcinfo, false, 3);
 }
 
 /* apikeys.authenticate(): verify, and bind the key's tenant on success. */
@@ -493,5 +520,5 @@ PG_FUNCTION_INFO_V1(apikeys_authenticate);
 Datum
 apikeys_authenticate(PG_FUNCTION_ARGS)
 {
-	return verify_common(fcinfo, true);
+	return verify_common(fcinfo, true, -1);
 }

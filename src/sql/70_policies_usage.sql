@@ -91,6 +91,99 @@ END;
 $$;
 SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP allowlist, rate limit and usage cap; NULL removes one. Limits need apikeys in shared_preload_libraries.');
 
+-- Named limits (limits v2).  A list of apikeys.named_limit as stored:
+-- at most 3, one-dimensional, names unique (1 to 15 of a-z, 0-9, _ . -,
+-- starting with a letter or digit), max_uses positive, per a whole number
+-- of seconds from 1 second to 1 day; NULL or empty: none (stored as '{}').
+CREATE FUNCTION apikeys_internal.check_limits(limits apikeys.named_limit[])
+    RETURNS apikeys.named_limit[]
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l apikeys.named_limit;
+BEGIN
+    IF limits IS NULL OR cardinality(limits) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN '{}';
+    END IF;
+    IF array_ndims(limits) OPERATOR(pg_catalog.>) 1 OR cardinality(limits) OPERATOR(pg_catalog.>) 3 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: at most 3 named limits, in a one-dimensional array';
+    END IF;
+    FOREACH l IN ARRAY limits LOOP
+        IF l.name IS NULL OR l.name OPERATOR(pg_catalog.!~) '^[a-z0-9][a-z0-9_.-]{0,14}$' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_name: %s is not a limit name', coalesce(quote_literal(left(l.name, 40)), 'NULL')),
+                HINT = '1 to 15 characters of a-z, 0-9, _ . -, starting with a letter or digit.';
+        END IF;
+        IF l.max_uses IS NULL OR l.max_uses OPERATOR(pg_catalog.<=) 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit: max_uses of limit "%s" must be positive', l.name);
+        END IF;
+        IF l.per IS NULL OR l.per OPERATOR(pg_catalog.<) '1 second' OR l.per OPERATOR(pg_catalog.>) '1 day'
+           OR date_part('month', l.per) OPERATOR(pg_catalog.<>) 0 OR date_part('year', l.per) OPERATOR(pg_catalog.<>) 0
+           OR extract(epoch FROM l.per) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM l.per)) THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_window: per of limit "%s" must be whole seconds from 1 second to 1 day', l.name);
+        END IF;
+    END LOOP;
+    IF (SELECT count(DISTINCT x.name) FROM unnest(limits) x) OPERATOR(pg_catalog.<>) cardinality(limits) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: two limits have the same name';
+    END IF;
+    RETURN limits;
+END;
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) IS 'Check a list of named limits as apikey_set_limits and tenant_set_limits store it (''{}'' for none).';
+
+CREATE FUNCTION apikeys_internal.apikey_set_limits(key_id uuid, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys._lock_key(key_id, 'key_set_limits');
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys._require_not_revoked(k, 'key_set_limits');
+    PERFORM apikeys._require_active_tenant(k.tenant, 'key_set_limits', k.key_id);
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.credential c SET limits = v, updated_at = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_set_limits', 'Set (replace) a key''s named limits, up to 3 of (name, max_uses, per); NULL removes them. They add to its tenant''s limits, never replace them.');
+
+CREATE FUNCTION apikeys_internal.tenant_set_limits(tenant text, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys._authorize(NULL, 'tenant_set_limits');
+    PERFORM apikeys._tenant_arg(tenant);   -- before any message echoes it
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.tenant x SET limits = v, updated_at = now()
+     WHERE x.tenant OPERATOR(pg_catalog.=) tenant_set_limits.tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+END;
+$$;
+SELECT apikeys_internal.publish('tenant_set_limits', 'Set (replace) a tenant''s named limits, shared by all its keys: up to 3 of (name, max_uses, per); NULL removes them. Global administrators only.');
+
+-- The limits the last apikey_verify or authenticate of this session checked.
+CREATE FUNCTION apikeys.last_verify_limits(OUT scope text, OUT name text, OUT max_uses integer,
+                                           OUT remaining integer, OUT reset timestamptz,
+                                           OUT passed boolean, OUT tightest boolean)
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 7 AS 'MODULE_PATHNAME', 'apikeys_last_verify_limits';
+COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
+
 ------------------------------------------------------------------------------
 -- Observability
 ------------------------------------------------------------------------------
