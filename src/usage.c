@@ -378,19 +378,34 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 static UsageEntry *
 tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 {
-	UsageKey	key;
-	uint8		digest[APIKEYS_DIGEST_LEN];
-	StringInfoData buf;
+	/* the last tenant's id, per backend: a tenant's keys come in runs */
+	static char last_tenant[NAMEDATALEN + 16];
+	static size_t last_len = 0;
+	static UsageKey key;
+	size_t		len = VARSIZE_ANY_EXHDR(p->tenant);
 
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "apikeys tenant limits:");
-	appendBinaryStringInfo(&buf, VARDATA_ANY(p->tenant), VARSIZE_ANY_EXHDR(p->tenant));
-	apikeys_sha256(buf.data, buf.len, digest);
-	pfree(buf.data);
-	memset(&key, 0, sizeof(key));
-	key.dbid = MyDatabaseId;
-	memcpy(key.key_id.data, digest, UUID_LEN);
-	key.key_id.data[8] &= 0x3f;		/* variant 0: never a generated key id */
+	if (len >= sizeof(last_tenant) || len != last_len || key.dbid != MyDatabaseId ||
+		memcmp(last_tenant, VARDATA_ANY(p->tenant), len) != 0)
+	{
+		uint8		digest[APIKEYS_DIGEST_LEN];
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "apikeys tenant limits:");
+		appendBinaryStringInfo(&buf, VARDATA_ANY(p->tenant), len);
+		apikeys_sha256(buf.data, buf.len, digest);
+		pfree(buf.data);
+		memset(&key, 0, sizeof(key));
+		key.dbid = MyDatabaseId;
+		memcpy(key.key_id.data, digest, UUID_LEN);
+		key.key_id.data[8] &= 0x3f;		/* variant 0: never a generated key id */
+		last_len = 0;
+		if (len < sizeof(last_tenant))
+		{
+			memcpy(last_tenant, VARDATA_ANY(p->tenant), len);
+			last_len = len;
+		}
+	}
 	return usage_entry_of(&key, p->tenant, true, now, lock);
 }
 
@@ -488,6 +503,9 @@ apikeys_last_limits_reset(void)
 	last_nrows = 0;
 }
 
+/* the key's rate limit (apikey_set_policy), by name, NUL-padded */
+static const char rate_limit_name[LIMIT_NAME_LEN] = "rate_limit";
+
 static LimitRow *
 add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
 {
@@ -495,7 +513,7 @@ add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
 
 	Assert(last_nrows <= lengthof(last_rows));
 	row->scope = scope;
-	strlcpy(row->name, name, sizeof(row->name));
+	memcpy(row->name, name, sizeof(row->name));	/* LIMIT_NAME_LEN, NUL-padded */
 	row->passed = passed;
 	row->report = *r;
 	row->tightest = false;
@@ -665,6 +683,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	int64		tenant_slices[POLICY_MAX_LIMITS];
 	bool		tenant_charged = false;
 	bool		rate_ok = true;
+	bool		cap_ok;
 	bool		has_limits = p->rate_limit > 0 || p->usage_limit > 0 ||
 		p->nkey_limits > 0 || p->ntenant_limits > 0;
 
@@ -738,29 +757,25 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		if (!rate_ok && code == V_VALID)
 			code = V_RATE_LIMITED;
 	}
+	/* a call over the cap is not a success: the windows are not charged */
+	cap_ok = p->usage_limit <= 0 || e->used + Max(cost, 1) <= p->usage_limit;
+	/* the named limits last: they charge themselves if all else passed */
 	if (p->nkey_limits > 0 &&
-		!check_named(e, p->key_limits, p->nkey_limits, "key", now, cost, false, NULL) &&
+		!check_named(e, p->key_limits, p->nkey_limits, "key", now, cost,
+					 code == V_VALID && cap_ok && cost > 0, NULL) &&
 		code == V_VALID)
 		code = V_RATE_LIMITED;
-	/* a call over the cap is not a success: the windows are not charged */
-	if (code == V_VALID && p->usage_limit > 0 &&
-		e->used + Max(cost, 1) > p->usage_limit)
+	if (code == V_VALID && !cap_ok)
 		code = V_USAGE_EXCEEDED;
 	if (code == V_VALID && cost > 0)
 	{
-		/* every check passed: charge everything, and say what is left */
+		/* every check passed: charge the rest, and say what is left */
 		e->used += p->usage_limit > 0 ? cost : 0;
 		if (p->rate_limit > 0)
 			limit_charge(&e->rate, p->rate_limit, now, cost, &lr);
-		if (p->nkey_limits > 0)
-		{
-			/* the key's rows again, with what is left after the charge */
-			last_nrows -= p->nkey_limits;
-			check_named(e, p->key_limits, p->nkey_limits, "key", now, cost, true, NULL);
-		}
 	}
 	if (p->rate_limit > 0)
-		add_row("key", "rate_limit", rate_ok, &lr);
+		add_row("key", rate_limit_name, rate_ok, &lr);
 	if (p->usage_limit > 0)
 		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
 	count_locked(e, code, now);
