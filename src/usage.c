@@ -371,7 +371,8 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 
 /*
  * The entry holding the named limits of p's tenant, shared by all its keys:
- * keyed on an id made from the tenant's name (SHA-256), with the variant
+ * keyed on an id made from the tenant's name and the extension's instance
+ * (SHA-256), with the variant
  * bits zero, which no key id has (gen_random_uuid() makes RFC 4122 ids), so
  * it never meets a key's entry.
  */
@@ -381,17 +382,25 @@ tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	/* the last tenant's id, per backend: a tenant's keys come in runs */
 	static char last_tenant[NAMEDATALEN + 16];
 	static size_t last_len = 0;
+	static Oid	last_rel = InvalidOid;
 	static UsageKey key;
 	size_t		len = VARSIZE_ANY_EXHDR(p->tenant);
+	Oid			rel = apikeys_catalog()->credential_rel;
 
 	if (len >= sizeof(last_tenant) || len != last_len || key.dbid != MyDatabaseId ||
-		memcmp(last_tenant, VARDATA_ANY(p->tenant), len) != 0)
+		rel != last_rel || memcmp(last_tenant, VARDATA_ANY(p->tenant), len) != 0)
 	{
 		uint8		digest[APIKEYS_DIGEST_LEN];
 		StringInfoData buf;
 
+		/*
+		 * The extension's instance (its table's OID) is part of the id: a
+		 * tenant of a new CREATE EXTENSION starts from nothing, as its keys
+		 * do.  A tenant deleted and created again by the same name keeps
+		 * its windows (counted in them, never fewer).
+		 */
 		initStringInfo(&buf);
-		appendStringInfoString(&buf, "apikeys tenant limits:");
+		appendStringInfo(&buf, "apikeys tenant limits:%u:", rel);
 		appendBinaryStringInfo(&buf, VARDATA_ANY(p->tenant), len);
 		apikeys_sha256(buf.data, buf.len, digest);
 		pfree(buf.data);
@@ -400,6 +409,7 @@ tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 		memcpy(key.key_id.data, digest, UUID_LEN);
 		key.key_id.data[8] &= 0x3f;		/* variant 0: never a generated key id */
 		last_len = 0;
+		last_rel = rel;
 		if (len < sizeof(last_tenant))
 		{
 			memcpy(last_tenant, VARDATA_ANY(p->tenant), len);
