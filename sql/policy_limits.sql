@@ -79,10 +79,14 @@ SET apikeys.trusted_proxies = 'local';
 RESET ROLE;
 DROP ROLE regress_limits_user;
 
--- Rate limit: exactly rate_limit successes per window, figures for headers
+-- Rate limit: exactly rate_limit successes per window, figures for headers;
+-- rate_reset is when the first use leaves the sliding window: the end of
+-- the eighth of a window (aligned to 2000-01-01) it fell in, plus a window
 SELECT apikeys.apikey_set_policy(:'k', rate_limit => 3, rate_window => '1 hour');
 SELECT g AS call, v.valid, v.code, v.rate_limit, v.rate_remaining,
-       v.rate_reset = date_trunc('hour', now()) + interval '1 hour' AS resets_at_window_end,
+       v.rate_reset = '2000-01-01 00:00:00+00'::timestamptz
+                      + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 450) + 9) * interval '450 seconds'
+       AS resets_when_first_use_leaves,
        v.usage_remaining
   FROM generate_series(1, 5) g, LATERAL apikeys.apikey_verify(CASE WHEN g > 0 THEN :'key' END, NULL, NULL) v;
 

@@ -149,7 +149,7 @@ SELECT what_ AS "regress_pa_probe ...", coalesce(why, '(confined)') AS why
                (9, 'ALL on an RLS table', 'GRANT ALL ON api.items TO regress_pa_probe', 'REVOKE TRUNCATE, TRIGGER, REFERENCES ON api.items FROM regress_pa_probe'),
                (10, 'UPDATE on a sequence', 'GRANT UPDATE ON SEQUENCE api.items_id_seq TO regress_pa_probe', 'REVOKE ALL ON SEQUENCE api.items_id_seq FROM regress_pa_probe'),
                (11, 'EXECUTE on a SECURITY DEFINER function', 'GRANT EXECUTE ON FUNCTION api.definer_fn() TO regress_pa_probe', 'REVOKE EXECUTE ON FUNCTION api.definer_fn() FROM regress_pa_probe'),
-               (12, 'EXECUTE on apikeys.authenticate', 'SELECT apikeys.grant_verifier(''regress_pa_probe'')', 'REVOKE EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet), apikeys.authenticate(text, text[], inet, text, text) FROM regress_pa_probe'),
+               (12, 'EXECUTE on apikeys.authenticate', 'SELECT apikeys.grant_verifier(''regress_pa_probe'')', 'REVOKE EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet), apikeys.apikey_verify(text, text[], inet, integer), apikeys.last_verify_limits(), apikeys.authenticate(text, text[], inet, text, text) FROM regress_pa_probe'),
                (13, 'CREATE on a schema', 'GRANT CREATE ON SCHEMA api TO regress_pa_probe', 'REVOKE CREATE ON SCHEMA api FROM regress_pa_probe'),
                (14, 'CREATE on the database', format('GRANT CREATE ON DATABASE %I TO regress_pa_probe', current_database()), format('REVOKE CREATE ON DATABASE %I FROM regress_pa_probe', current_database())),
                (15, 'a tenant admin', 'SELECT apikeys.grant_tenant(''regress_pa_probe'', ''acme'', ''audit'')',

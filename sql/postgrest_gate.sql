@@ -209,10 +209,12 @@ SELECT * FROM pg_temp.req('GET', '/items', jsonb_build_object('x-api-key', :'rat
 COMMIT;
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT status, response_headers FROM pg_temp.req('GET', '/items', jsonb_build_object('x-api-key', :'rate_key'));
--- X-RateLimit-Reset is the end of the window, in Unix seconds
+-- X-RateLimit-Reset, in Unix seconds, is when the first use leaves the
+-- sliding window: the end of the eighth of a day (3 hours, aligned to
+-- 2000-01-01) it fell in, plus a day
 SELECT (h ->> 'X-RateLimit-Reset')::bigint = ceil(extract(epoch FROM
-           '2000-01-01 00:00:00+00'::timestamptz + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 86400) + 1) * interval '1 day'))
-       AS reset_is_window_end
+           '2000-01-01 00:00:00+00'::timestamptz + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 10800) + 9) * interval '3 hours'))
+       AS reset_when_first_use_leaves
   FROM jsonb_array_elements(current_setting('response.headers')::jsonb) h WHERE h ? 'X-RateLimit-Reset';
 COMMIT;
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
@@ -262,18 +264,20 @@ SELECT c.outcome, r.status, r.errcode, r.message, r.detail, r.role_after, r.tena
  ORDER BY c.n;
 ROLLBACK;
 \x off
--- Retry-After is the rest of the window (rate limit) or of the cap's period
--- (both a day here), X-RateLimit-Reset its end.
+-- Retry-After is the time until a use would pass: for the rate limit (2 a
+-- day, both used) when they leave the sliding window (see above), for the
+-- cap the rest of its period (a day); X-RateLimit-Reset is that time.
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SELECT r.outcome, r.status,
        ((r.d -> 'headers' ->> 'Retry-After')::int
-        - extract(epoch FROM '2000-01-01 00:00:00+00'::timestamptz
-                  + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 86400) + 1) * interval '1 day'
-                  - now())) BETWEEN -2 AND 2 AS retry_after_is_rest_of_day,
-       (r.d -> 'headers' ->> 'X-RateLimit-Reset')::bigint = ceil(extract(epoch FROM
-           '2000-01-01 00:00:00+00'::timestamptz + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 86400) + 1) * interval '1 day'))
-       AS reset_is_window_end
-  FROM (SELECT k.outcome, p.status, p.detail::json AS d
+        - extract(epoch FROM r.until - now())) BETWEEN -2 AND 2 AS retry_after_is_until_a_use_passes,
+       (r.d -> 'headers' ->> 'X-RateLimit-Reset')::bigint = ceil(extract(epoch FROM r.until))
+       AS reset_is_then
+  FROM (SELECT k.outcome, p.status, p.detail::json AS d,
+               CASE k.n WHEN 1 THEN '2000-01-01 00:00:00+00'::timestamptz
+                                    + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 10800) + 9) * interval '3 hours'
+                        ELSE '2000-01-01 00:00:00+00'::timestamptz
+                             + (floor(extract(epoch FROM now() - '2000-01-01 00:00:00+00') / 86400) + 1) * interval '1 day' END AS until
           FROM (VALUES (1, 'rate_limited', :'rate_key'), (2, 'usage_exceeded per day', :'capday_key')) k(n, outcome, key),
                LATERAL pg_temp.pgrst('GET', '/items', jsonb_build_object('x-api-key', k.key)) p
          ORDER BY k.n) r;

@@ -12,6 +12,7 @@
 #include "executor/spi.h"
 
 #include "key_format.h"
+#include "verdicts.h"
 
 #define APIKEYS_SCHEMA "apikeys"
 #define APIKEYS_INTERNAL_SCHEMA "apikeys_internal"	/* bodies of management functions */
@@ -70,9 +71,9 @@
 #define Anum_usage_last_used_at		2
 #define Anum_usage_used				3
 #define Anum_usage_period_start		4
-#define Anum_usage_first_count		5	/* count_valid .. count_usage_exceeded */
-#define Anum_usage_flushed_at		14
-#define Natts_usage					14
+#define Anum_usage_first_count		5	/* a count_<name> per counted verdict (verdicts.h) */
+#define Anum_usage_flushed_at		(Anum_usage_first_count + VERDICT_NCOUNTED)
+#define Natts_usage					Anum_usage_flushed_at
 
 #define Anum_secret_digest			1
 #define Anum_secret_key_id			2
@@ -96,6 +97,8 @@ typedef struct ApikeysCatalog
 	Oid			secret_pkey;	/* unique index on digest */
 	Oid			usage_rel;
 	Oid			usage_pkey;
+	int16		credential_limits;	/* column "limits" (1.1), 0: none (1.0) */
+	int16		tenant_limits;
 } ApikeysCatalog;
 
 extern const ApikeysCatalog *apikeys_catalog(void);

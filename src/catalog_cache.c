@@ -112,6 +112,9 @@ apikeys_catalog(void)
 	check_column(catalog.secret_rel, Anum_secret_digest, "digest");
 	check_column(catalog.secret_rel, Anum_secret_key_id, "key_id");
 	check_column(catalog.secret_rel, Anum_secret_valid_until, "valid_until");
+	/* named limits (1.1): found by name; the 1.0 schema has none */
+	catalog.credential_limits = get_attnum(catalog.credential_rel, "limits");
+	catalog.tenant_limits = get_attnum(catalog.tenant_rel, "limits");
 
 	catalog_valid = true;
 	return &catalog;

@@ -40,11 +40,19 @@
 
 #define IDLE_EXIT_MS 60000
 
+/* the verdicts with a column in apikeys.usage, in column order (verdicts.h) */
 const VerdictCode apikeys_flush_counted[] = {
-	V_VALID, V_DISABLED, V_REVOKED, V_EXPIRED, V_TENANT_INACTIVE,
-	V_IP_NOT_ALLOWED, V_INSUFFICIENT_SCOPE, V_RATE_LIMITED, V_USAGE_EXCEEDED
+#define COUNTED_CODE_IF(e, name, counted, http) IF_COUNTED_##counted(e)
+#define IF_COUNTED_true(e) e,
+#define IF_COUNTED_false(e)
+	APIKEYS_VERDICTS(COUNTED_CODE_IF)
+#undef COUNTED_CODE_IF
+#undef IF_COUNTED_true
+#undef IF_COUNTED_false
 };
 const int	apikeys_flush_ncounted = lengthof(apikeys_flush_counted);
+StaticAssertDecl(lengthof(apikeys_flush_counted) == VERDICT_NCOUNTED,
+				 "counted verdicts disagree");
 
 /* a slot no worker holds or is starting (a start lost for 10 s counts as none) */
 static bool
@@ -439,34 +447,62 @@ retire_written(bool all)
  * One statement per batch: one unique-index probe per key (ON CONFLICT).
  * Keys are unique within a batch (one shared entry per key).  used is NULL
  * for keys without a usage cap: the stored figure is then left alone.
- * Rows of keys deleted meanwhile are skipped.  Every name is qualified: the
- * worker also pins search_path (apikeys_flush_main).
+ * Rows of keys deleted meanwhile are skipped.  The count columns, one per
+ * counted verdict in list order, come from verdicts.h; the statement is
+ * built once per worker.  Every name and type is qualified: the worker also
+ * pins search_path (apikeys_flush_main).
  */
-static const char *flush_sql =
-"INSERT INTO apikeys.usage AS u (key_id, last_used_at, used, period_start,"
-"  count_valid, count_disabled, count_revoked, count_expired, count_tenant_inactive,"
-"  count_ip_not_allowed, count_insufficient_scope, count_rate_limited, count_usage_exceeded)"
-" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),"
-"       pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.timestamptz[]),"
-"       pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]), pg_catalog.unnest($7::pg_catalog.int8[]),"
-"       pg_catalog.unnest($8::pg_catalog.int8[]), pg_catalog.unnest($9::pg_catalog.int8[]), pg_catalog.unnest($10::pg_catalog.int8[]),"
-"       pg_catalog.unnest($11::pg_catalog.int8[]), pg_catalog.unnest($12::pg_catalog.int8[]), pg_catalog.unnest($13::pg_catalog.int8[]))"
-"       AS t(k, l, ug, ps, c1, c2, c3, c4, c5, c6, c7, c8, c9)"
-"  WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
-" ON CONFLICT (key_id) DO UPDATE SET"
-"   last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
-"   used = COALESCE(excluded.used, u.used),"
-"   period_start = CASE WHEN excluded.used IS NULL THEN u.period_start ELSE excluded.period_start END,"
-"   count_valid = u.count_valid OPERATOR(pg_catalog.+) excluded.count_valid,"
-"   count_disabled = u.count_disabled OPERATOR(pg_catalog.+) excluded.count_disabled,"
-"   count_revoked = u.count_revoked OPERATOR(pg_catalog.+) excluded.count_revoked,"
-"   count_expired = u.count_expired OPERATOR(pg_catalog.+) excluded.count_expired,"
-"   count_tenant_inactive = u.count_tenant_inactive OPERATOR(pg_catalog.+) excluded.count_tenant_inactive,"
-"   count_ip_not_allowed = u.count_ip_not_allowed OPERATOR(pg_catalog.+) excluded.count_ip_not_allowed,"
-"   count_insufficient_scope = u.count_insufficient_scope OPERATOR(pg_catalog.+) excluded.count_insufficient_scope,"
-"   count_rate_limited = u.count_rate_limited OPERATOR(pg_catalog.+) excluded.count_rate_limited,"
-"   count_usage_exceeded = u.count_usage_exceeded OPERATOR(pg_catalog.+) excluded.count_usage_exceeded,"
-"   flushed_at = pg_catalog.now()";
+#define FLUSH_NARGS (4 + VERDICT_NCOUNTED)
+
+static const char *
+flush_sql(void)
+{
+	static char *sql = NULL;
+	StringInfoData cols,
+				unnests,
+				aliases,
+				sets;
+	int			c = 0;
+
+	if (sql != NULL)
+		return sql;
+	initStringInfo(&cols);
+	initStringInfo(&unnests);
+	initStringInfo(&aliases);
+	initStringInfo(&sets);
+	for (int v = 0; v < VERDICT_COUNT; v++)
+	{
+		const char *name = apikeys_verdicts[v].name;
+
+		if (!apikeys_verdicts[v].counted)
+			continue;
+		c++;
+		appendStringInfo(&cols, ", count_%s", name);
+		appendStringInfo(&unnests, ", pg_catalog.unnest($%d::pg_catalog.int8[])", 4 + c);
+		appendStringInfo(&aliases, ", c%d", c);
+		appendStringInfo(&sets, "   count_%s = u.count_%s OPERATOR(pg_catalog.+) excluded.count_%s,",
+						 name, name, name);
+	}
+	Assert(c == VERDICT_NCOUNTED);
+	sql = MemoryContextStrdup(TopMemoryContext, psprintf(
+		"INSERT INTO apikeys.usage AS u (key_id, last_used_at, used, period_start%s)"
+		" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),"
+		"       pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.timestamptz[])%s)"
+		"       AS t(k, l, ug, ps%s)"
+		"  WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
+		" ON CONFLICT (key_id) DO UPDATE SET"
+		"   last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
+		"   used = COALESCE(excluded.used, u.used),"
+		"   period_start = CASE WHEN excluded.used IS NULL THEN u.period_start ELSE excluded.period_start END,"
+		"%s"
+		"   flushed_at = pg_catalog.now()",
+		cols.data, unnests.data, aliases.data, sets.data));
+	pfree(cols.data);
+	pfree(unnests.data);
+	pfree(aliases.data);
+	pfree(sets.data);
+	return sql;
+}
 
 static ArrayType *
 int8_array(Datum *values, bool *nulls, int n)
@@ -481,8 +517,8 @@ int8_array(Datum *values, bool *nulls, int n)
 static bool
 write_batch_sql(FlushItem *items, int n)
 {
-	Oid			argtypes[13];
-	Datum		args[13];
+	Oid			argtypes[FLUSH_NARGS];
+	Datum		args[FLUSH_NARGS];
 	Datum	   *keys = palloc(sizeof(Datum) * n);
 	Datum	   *last = palloc(sizeof(Datum) * n);
 	Datum	   *used = palloc(sizeof(Datum) * n);
@@ -524,7 +560,7 @@ write_batch_sql(FlushItem *items, int n)
 		counts = palloc(sizeof(Datum) * n);
 	}
 
-	rc = SPI_execute_with_args(flush_sql, 13, argtypes, args, NULL, false, 0);
+	rc = SPI_execute_with_args(flush_sql(), FLUSH_NARGS, argtypes, args, NULL, false, 0);
 	return rc == SPI_OK_INSERT;
 }
 

@@ -11,22 +11,8 @@
 #include "utils/rel.h"
 #include "utils/snapshot.h"
 
-typedef enum VerdictCode
-{
-	V_VALID,
-	V_MALFORMED,
-	V_NOT_FOUND,
-	V_DISABLED,
-	V_REVOKED,
-	V_EXPIRED,
-	V_TENANT_INACTIVE,
-	V_IP_NOT_ALLOWED,
-	V_INSUFFICIENT_SCOPE,
-	V_RATE_LIMITED,
-	V_USAGE_EXCEEDED
-} VerdictCode;
+#include "verdicts.h"
 
-#define VERDICT_COUNT (V_USAGE_EXCEEDED + 1)
 extern const char *const apikeys_verdict_names[VERDICT_COUNT];
 
 #define KEY_STATUS_ACTIVE	0
@@ -34,6 +20,21 @@ extern const char *const apikeys_verdict_names[VERDICT_COUNT];
 #define KEY_STATUS_REVOKED	2
 
 #define POLICY_MAX_CIDRS	16
+
+/*
+ * Named limits (apikeys.named_limit): up to POLICY_MAX_LIMITS on a key
+ * (credential.limits) and as many on its tenant (tenant.limits), shared by
+ * all the tenant's keys.  Each is a sliding window (rate_window.h).
+ */
+#define POLICY_MAX_LIMITS	3
+#define LIMIT_NAME_LEN		16	/* names of at most 15 bytes, NUL-terminated */
+
+typedef struct LimitSpec
+{
+	char		name[LIMIT_NAME_LEN];
+	int32		max_uses;
+	int32		window_s;
+} LimitSpec;
 
 typedef struct KeyPolicy
 {
@@ -46,6 +47,10 @@ typedef struct KeyPolicy
 	int32		rate_window_s;
 	int64		usage_limit;	/* 0: none */
 	int32		usage_period_s; /* 0: lifetime */
+	int16		nkey_limits;
+	int16		ntenant_limits;
+	LimitSpec	key_limits[POLICY_MAX_LIMITS];
+	LimitSpec	tenant_limits[POLICY_MAX_LIMITS];
 	int16		ncidrs;			/* -1: no allowlist */
 	inet_struct cidrs[POLICY_MAX_CIDRS];
 	/* variable part, in backend memory */
@@ -58,6 +63,7 @@ typedef struct KeyPolicy
 extern bool apikeys_policy_load(const uint8 *digest, KeyPolicy *policy,
 								uint64 generation);
 extern int32 apikeys_interval_seconds(Datum interval);
+extern int	apikeys_load_limits(Datum limits, LimitSpec *out);
 
 /* ip_allow.c */
 extern char *apikeys_trusted_proxies;

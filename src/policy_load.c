@@ -20,10 +20,12 @@
 #include "access/table.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -93,6 +95,60 @@ load_cidrs(Datum d, KeyPolicy *p)
 }
 
 /*
+ * Parse an apikeys.named_limit[] (name text, max_uses integer, per
+ * interval) into out (at most POLICY_MAX_LIMITS); returns how many.  The
+ * management functions check what they store (apikeys_internal.check_limits);
+ * here anything else (NULL parts, a long name, a window outside 1 second to
+ * 1 day) is skipped rather than misread.  A limit over the maximum count
+ * cannot be stored either.
+ */
+int
+apikeys_load_limits(Datum d, LimitSpec *out)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n,
+				k = 0;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign, &elems, &nulls, &n);
+	for (int i = 0; i < n && k < POLICY_MAX_LIMITS; i++)
+	{
+		HeapTupleHeader t;
+		bool		isnull[3];
+		Datum		name,
+					max_uses,
+					per;
+		text	   *nm;
+
+		if (nulls[i])
+			continue;
+		t = DatumGetHeapTupleHeader(elems[i]);
+		name = GetAttributeByNum(t, 1, &isnull[0]);
+		max_uses = GetAttributeByNum(t, 2, &isnull[1]);
+		per = GetAttributeByNum(t, 3, &isnull[2]);
+		if (isnull[0] || isnull[1] || isnull[2])
+			continue;
+		nm = DatumGetTextPP(name);
+		if (VARSIZE_ANY_EXHDR(nm) == 0 || VARSIZE_ANY_EXHDR(nm) >= LIMIT_NAME_LEN ||
+			DatumGetInt32(max_uses) <= 0)
+			continue;
+		memset(out[k].name, 0, LIMIT_NAME_LEN);
+		memcpy(out[k].name, VARDATA_ANY(nm), VARSIZE_ANY_EXHDR(nm));
+		out[k].max_uses = DatumGetInt32(max_uses);
+		out[k].window_s = apikeys_interval_seconds(per);
+		if (out[k].window_s > SECS_PER_DAY)
+			continue;
+		k++;
+	}
+	return k;
+}
+
+/*
  * Tenants' active flags, per backend, kept while the shared generation is
  * the one read before the snapshots they were loaded with.  (Not "while the
  * floor is not past it": a tenant change bumps the generation before it
@@ -103,13 +159,16 @@ typedef struct TenantCacheEntry
 {
 	char		tenant[NAMEDATALEN + 16];
 	bool		active;
+	int16		nlimits;
+	LimitSpec	limits[POLICY_MAX_LIMITS];
 } TenantCacheEntry;
 
 static HTAB *tenant_cache = NULL;
 static uint64 tenant_cache_generation = 0;
 
+/* The tenant's active flag, and its named limits into p (tenant.limits). */
 static bool
-tenant_active(text *tenant, Snapshot snapshot, uint64 generation)
+tenant_active(text *tenant, Snapshot snapshot, uint64 generation, KeyPolicy *p)
 {
 	const ApikeysCatalog *cat = apikeys_catalog();
 	char		key[NAMEDATALEN + 16];
@@ -141,19 +200,33 @@ tenant_active(text *tenant, Snapshot snapshot, uint64 generation)
 		memcpy(key, VARDATA_ANY(tenant), len);
 		entry = hash_search(tenant_cache, key, HASH_FIND, NULL);
 		if (entry)
+		{
+			p->ntenant_limits = entry->nlimits;
+			memcpy(p->tenant_limits, entry->limits, sizeof(entry->limits));
 			return entry->active;
+		}
 	}
 
 	tuple = apikeys_probe_unique(cat->tenant_rel, cat->tenant_pkey, F_TEXTEQ,
 								 PointerGetDatum(tenant), C_COLLATION_OID, snapshot, &desc, &rel);
 	active = tuple != NULL &&
 		DatumGetBool(heap_getattr(tuple, Anum_tenant_active, desc, &isnull));
+	p->ntenant_limits = 0;
+	if (tuple != NULL && cat->tenant_limits > 0)
+	{
+		Datum		d = heap_getattr(tuple, cat->tenant_limits, desc, &isnull);
+
+		if (!isnull)
+			p->ntenant_limits = apikeys_load_limits(d, p->tenant_limits);
+	}
 	table_close(rel, AccessShareLock);
 
 	if (generation != 0 && len < sizeof(key) && hash_get_num_entries(tenant_cache) < 10000)
 	{
 		entry = hash_search(tenant_cache, key, HASH_ENTER, NULL);
 		entry->active = active;
+		entry->nlimits = p->ntenant_limits;
+		memcpy(entry->limits, p->tenant_limits, sizeof(entry->limits));
 	}
 	return active;
 }
@@ -222,8 +295,17 @@ apikeys_policy_load(const uint8 *digest, KeyPolicy *p, uint64 generation)
 	p->usage_limit = isnull ? 0 : DatumGetInt64(d);
 	d = heap_getattr(tuple, Anum_credential_usage_period, desc, &isnull);
 	p->usage_period_s = isnull ? 0 : apikeys_interval_seconds(d);
+	p->nkey_limits = 0;
+	memset(p->key_limits, 0, sizeof(p->key_limits));
+	memset(p->tenant_limits, 0, sizeof(p->tenant_limits));
+	if (cat->credential_limits > 0)
+	{
+		d = heap_getattr(tuple, cat->credential_limits, desc, &isnull);
+		if (!isnull)
+			p->nkey_limits = apikeys_load_limits(d, p->key_limits);
+	}
 	table_close(rel, AccessShareLock);
 
-	p->tenant_active = tenant_active(p->tenant, snapshot, generation);
+	p->tenant_active = tenant_active(p->tenant, snapshot, generation, p);
 	return true;
 }

@@ -24,6 +24,7 @@
 #define APIKEYS_SHMEM_H
 
 #include "policy.h"
+#include "rate_window.h"
 
 #include "access/transam.h"
 #include "common/hashfn.h"
@@ -164,9 +165,10 @@ typedef struct UsageEntry
 	uint32		tenant_hash;	/* the key's tenant (apikeys_tenant_hash), set at claim */
 	slock_t		mutex;
 	bool		base_loaded;	/* used_base read from apikeys.usage */
-	int64		rate_window;	/* index of the current rate window */
-	int32		rate_count;		/* successes counted in it */
-	TimestampTz rate_reset;		/* its end: the entry is kept until then */
+	RateState	rate;			/* the key's rate limit (rate_window.h) */
+	bool		tenant_limits;	/* a tenant's shared entry: named[] only, never dirty */
+	char		named_name[POLICY_MAX_LIMITS][LIMIT_NAME_LEN];	/* "": free */
+	RateState	named[POLICY_MAX_LIMITS];	/* the key's (or tenant's) named limits */
 	int64		usage_period;	/* index of the usage period `used` counts */
 	int64		used;			/* uses charged in it (authoritative once loaded) */
 	int32		usage_period_s; /* period length, 0: lifetime */
@@ -227,7 +229,20 @@ apikeys_tenant_hash(Oid dbid, const text *tenant)
 }
 
 extern VerdictCode apikeys_usage_charge(const KeyPolicy *policy, TimestampTz now,
-										RateVerdict *rv);
+										int32 cost, RateVerdict *rv);
+
+/* One limit the last verification checked (apikeys.last_verify_limits()). */
+typedef struct LimitRow
+{
+	const char *scope;			/* "key" or "tenant" */
+	char		name[LIMIT_NAME_LEN];
+	bool		passed;
+	bool		tightest;		/* the one in the rate_* columns */
+	LimitReport report;
+} LimitRow;
+
+extern int	apikeys_last_limits(const LimitRow **rows);
+extern void apikeys_last_limits_reset(void);
 extern void apikeys_usage_count(const KeyPolicy *policy, VerdictCode code,
 								TimestampTz now);
 

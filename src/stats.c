@@ -60,6 +60,66 @@ apikeys_verification_totals(PG_FUNCTION_ARGS)
 }
 
 /*
+ * apikeys_internal.verdicts(): (code integer, name text, counted boolean,
+ * http_status integer), one row per verdict in code order: the list in
+ * verdicts.h, for the SQL that must agree with it (apikeys.key_usage, the
+ * PostgREST gate, test policy_verdicts).  code is the verdict's index in
+ * _pending_usage's counts array, less one.
+ */
+PG_FUNCTION_INFO_V1(apikeys_verdicts_sql);
+Datum
+apikeys_verdicts_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	materialize_srf(fcinfo);
+	for (int i = 0; i < VERDICT_COUNT; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = Int32GetDatum(i);
+		values[1] = CStringGetTextDatum(apikeys_verdicts[i].name);
+		values[2] = BoolGetDatum(apikeys_verdicts[i].counted);
+		values[3] = Int32GetDatum(apikeys_verdicts[i].http_status);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * apikeys.last_verify_limits(): (scope, name, max_uses, remaining, reset,
+ * passed, tightest) for each limit the last apikey_verify of this session
+ * checked (usage.c); none when it stopped before the limits (a bad key).
+ * Only the session's own call: nothing about other sessions' keys.
+ */
+PG_FUNCTION_INFO_V1(apikeys_last_verify_limits);
+Datum
+apikeys_last_verify_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const LimitRow *rows;
+	int			n = apikeys_last_limits(&rows);
+
+	materialize_srf(fcinfo);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+
+		values[0] = CStringGetTextDatum(rows[i].scope);
+		values[1] = CStringGetTextDatum(rows[i].name);
+		values[2] = Int32GetDatum(rows[i].report.limit);
+		values[3] = Int32GetDatum(rows[i].report.remaining);
+		values[4] = TimestampTzGetDatum(rows[i].report.reset);
+		values[5] = BoolGetDatum(rows[i].passed);
+		values[6] = BoolGetDatum(rows[i].tightest);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
  * Which keys the caller may see: those apikeys.credential shows it, with its
  * row-level security (this function runs as the caller, SECURITY INVOKER).
  * Per call site and statement (fn_extra, in the statement's memory): the

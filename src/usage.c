@@ -2,10 +2,10 @@
  * usage.c - per-key state in shared memory: rate-limit windows, usage caps
  * and use counts, all without writing to disk on the verify path.
  *
- * Rate limit: fixed windows aligned to the epoch (window = floor(now / w));
- * at most rate_limit successes per window, counted exactly under the entry's
- * spinlock.  Usage cap: `used` counts charged uses in the current period
- * (periods aligned to the epoch too, or the key's lifetime); it starts from
+ * Rate limit: a sliding window (rate_window.h): at most rate_limit successes in
+ * any interval of rate_window, counted exactly under the entry's spinlock.
+ * Usage cap: `used` counts charged uses in the current period (periods
+ * aligned to the epoch, or the key's lifetime); it starts from
  * apikeys.usage and the flush worker writes it back every turn.  A crash
  * loses what was charged since the last flush (at most apikeys.flush_interval
  * of traffic): those uses can be spent again.  Counts per outcome and last
@@ -58,6 +58,18 @@
 #define RANK_OPEN		3		/* written, rate window open: own or over share */
 #define RANK_IDLE		4		/* written, no open window */
 #define RANK_IDLE_YIELD 5		/* the same, of the claimant at its share or a tenant over it */
+
+/* Does the entry count uses in a window still open (rate_window.h)? */
+static bool
+entry_open(const UsageEntry *e, TimestampTz now)
+{
+	if (limit_open(&e->rate, now))
+		return true;
+	for (int i = 0; i < POLICY_MAX_LIMITS; i++)
+		if (e->named_name[i][0] != '\0' && limit_open(&e->named[i], now))
+			return true;
+	return false;
+}
 
 /* how many ways of a set a tenant may hold against others (1..SLOT_WAYS) */
 static int
@@ -114,7 +126,7 @@ rank_ways(uint32 hash, uint32 tenant, TimestampTz now, bool lossy,
 		{
 			bool		own = e[w]->tenant_hash == tenant;
 			bool		reclaim = !own && held[w] > share && mine < share;
-			bool		open = e[w]->rate_count > 0 && e[w]->rate_reset > now;
+			bool		open = entry_open(e[w], now);
 			uint8		rank;
 
 			if (!e[w]->hdr.used)
@@ -124,6 +136,8 @@ rank_ways(uint32 hash, uint32 tenant, TimestampTz now, bool lossy,
 					(e[w]->dirty ? RANK_LOSSY : RANK_IN_FLIGHT) : RANK_KEEP;
 			else if (e[w]->dirty)
 				rank = reclaim && lossy ? RANK_LOSSY : RANK_KEEP;
+			else if (open && e[w]->tenant_limits)
+				rank = RANK_KEEP;	/* a tenant's shared window: never reset */
 			else if (open)
 				rank = own || reclaim ? RANK_OPEN : RANK_KEEP;
 			else
@@ -167,7 +181,7 @@ claim_entry(uint32 hash, const UsageKey *key, uint32 tenant, TimestampTz now, bo
 	slot_take(&apikeys_usage_table, hash, key, &e->hdr);
 	e->tenant_hash = tenant;
 	SpinLockInit(&e->mutex);
-	e->rate_window = -1;
+	limit_init(&e->rate);
 	e->usage_period = -1;
 	return e;
 }
@@ -289,18 +303,16 @@ hurry_sets(uint32 hash, const Oid *dbids, int ndbs)
  * (claim_entry).  Only a new key pays for the tenant hash and the ranking.
  */
 static UsageEntry *
-usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
+usage_entry_of(const UsageKey *keyp, const text *tenant, bool tenant_limits,
+			   TimestampTz now, LWLock **lock)
 {
-	UsageKey	key;
+	UsageKey	key = *keyp;
 	UsageEntry *entry;
 	uint32		set,
 					hash;
 	bool		forgot = false;
 	bool		lossy = false;
 
-	memset(&key, 0, sizeof(key));
-	key.dbid = MyDatabaseId;
-	memcpy(&key.key_id, &p->key_id, sizeof(pg_uuid_t));
 	hash = slot_hash(&apikeys_usage_table, &key);
 	set = slot_set(&apikeys_usage_table, hash);
 	*lock = slot_lock(&apikeys_usage_table, set);
@@ -315,7 +327,11 @@ retry:
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
 	entry = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
 	if (entry == NULL)
-		entry = claim_entry(hash, &key, apikeys_tenant_hash(MyDatabaseId, p->tenant), now, lossy);
+	{
+		entry = claim_entry(hash, &key, apikeys_tenant_hash(MyDatabaseId, tenant), now, lossy);
+		if (entry)
+			entry->tenant_limits = tenant_limits;
+	}
 	if (entry == NULL)
 	{
 		Oid			dbids[2 * SLOT_WAYS];
@@ -339,6 +355,68 @@ retry:
 		hurry_sets(hash, dbids, ndbs);
 	}
 	return entry;
+}
+
+/* The entry of the key of policy p (see usage_entry_of). */
+static UsageEntry *
+usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
+{
+	UsageKey	key;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.key_id, &p->key_id, sizeof(pg_uuid_t));
+	return usage_entry_of(&key, p->tenant, false, now, lock);
+}
+
+/*
+ * The entry holding the named limits of p's tenant, shared by all its keys:
+ * keyed on an id made from the tenant's name and the extension's instance
+ * (SHA-256), with the variant
+ * bits zero, which no key id has (gen_random_uuid() makes RFC 4122 ids), so
+ * it never meets a key's entry.
+ */
+static UsageEntry *
+tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
+{
+	/* the last tenant's id, per backend: a tenant's keys come in runs */
+	static char last_tenant[NAMEDATALEN + 16];
+	static size_t last_len = 0;
+	static Oid	last_rel = InvalidOid;
+	static UsageKey key;
+	size_t		len = VARSIZE_ANY_EXHDR(p->tenant);
+	Oid			rel = apikeys_catalog()->credential_rel;
+
+	if (len >= sizeof(last_tenant) || len != last_len || key.dbid != MyDatabaseId ||
+		rel != last_rel || memcmp(last_tenant, VARDATA_ANY(p->tenant), len) != 0)
+	{
+		uint8		digest[APIKEYS_DIGEST_LEN];
+		StringInfoData buf;
+
+		/*
+		 * The extension's instance (its table's OID) is part of the id: a
+		 * tenant of a new CREATE EXTENSION starts from nothing, as its keys
+		 * do.  A tenant deleted and created again by the same name keeps
+		 * its windows (counted in them, never fewer).
+		 */
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "apikeys tenant limits:%u:", rel);
+		appendBinaryStringInfo(&buf, VARDATA_ANY(p->tenant), len);
+		apikeys_sha256(buf.data, buf.len, digest);
+		pfree(buf.data);
+		memset(&key, 0, sizeof(key));
+		key.dbid = MyDatabaseId;
+		memcpy(key.key_id.data, digest, UUID_LEN);
+		key.key_id.data[8] &= 0x3f;		/* variant 0: never a generated key id */
+		last_len = 0;
+		last_rel = rel;
+		if (len < sizeof(last_tenant))
+		{
+			memcpy(last_tenant, VARDATA_ANY(p->tenant), len);
+			last_len = len;
+		}
+	}
+	return usage_entry_of(&key, p->tenant, true, now, lock);
 }
 
 static int64
@@ -413,23 +491,222 @@ no_room_for_limits(void)
 			 errhint("Raise apikeys.tracked_keys.")));
 }
 
+/*
+ * What the last verification in this backend said about each limit it
+ * checked (apikeys.last_verify_limits()): the key's rate limit, its named
+ * limits, its tenant's.  Reset by every verification that gets this far.
+ */
+static LimitRow last_rows[1 + 2 * POLICY_MAX_LIMITS];
+static int	last_nrows = 0;
+
+int
+apikeys_last_limits(const LimitRow **rows)
+{
+	*rows = last_rows;
+	return last_nrows;
+}
+
+/* A verification begins: it has checked no limit yet. */
+void
+apikeys_last_limits_reset(void)
+{
+	last_nrows = 0;
+}
+
+/* the key's rate limit (apikey_set_policy), by name, NUL-padded */
+static const char rate_limit_name[LIMIT_NAME_LEN] = "rate_limit";
+
+static LimitRow *
+add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
+{
+	LimitRow   *row = &last_rows[last_nrows++];
+
+	Assert(last_nrows <= lengthof(last_rows));
+	row->scope = scope;
+	memcpy(row->name, name, sizeof(row->name));	/* LIMIT_NAME_LEN, NUL-padded */
+	row->passed = passed;
+	row->report = *r;
+	row->tightest = false;
+	return row;
+}
+
+/*
+ * The state of named limit spec in entry e (spinlock held): the one that
+ * has its name, else one whose name is no longer among specs[0..n) (a
+ * removed limit; a new name starts from nothing).
+ */
+static RateState *
+named_state(UsageEntry *e, const LimitSpec *specs, int n, int i)
+{
+	int			j;
+
+	for (j = 0; j < POLICY_MAX_LIMITS; j++)
+		if (strncmp(e->named_name[j], specs[i].name, LIMIT_NAME_LEN) == 0)
+			return &e->named[j];
+	for (j = 0; j < POLICY_MAX_LIMITS; j++)
+	{
+		bool		wanted = false;
+
+		for (int k = 0; k < n && !wanted; k++)
+			wanted = strncmp(e->named_name[j], specs[k].name, LIMIT_NAME_LEN) == 0;
+		if (!wanted)
+			break;
+	}
+	Assert(j < POLICY_MAX_LIMITS);	/* n <= POLICY_MAX_LIMITS */
+	memcpy(e->named_name[j], specs[i].name, LIMIT_NAME_LEN);
+	limit_init(&e->named[j]);
+	return &e->named[j];
+}
+
+/*
+ * Check the named limits specs[0..n) in e for cost (spinlock held), and
+ * charge them all if all pass and charge is set; one row each.  *slices:
+ * the slice each was charged in, for a refund.
+ */
+static bool
+check_named(UsageEntry *e, const LimitSpec *specs, int n, const char *scope,
+			TimestampTz now, int32 cost, bool charge, int64 *slices)
+{
+	RateState  *st[POLICY_MAX_LIMITS];
+	LimitReport r[POLICY_MAX_LIMITS];
+	bool		ok[POLICY_MAX_LIMITS];
+	bool		all = true;
+
+	for (int i = 0; i < n; i++)
+	{
+		st[i] = named_state(e, specs, n, i);
+		ok[i] = limit_check(st[i], specs[i].max_uses, specs[i].window_s, now, cost, &r[i]);
+		all &= ok[i];
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (all && charge)
+		{
+			limit_charge(st[i], specs[i].max_uses, now, cost, &r[i]);
+			if (slices)
+				slices[i] = st[i]->slice;
+		}
+		add_row(scope, specs[i].name, ok[i], &r[i]);
+	}
+	return all;
+}
+
+/*
+ * Check and charge the tenant's named limits of p (its shared entry, one
+ * spinlock hold).  False: one refused, nothing charged.  *charged: charges
+ * were made, to be refunded (refund_tenant) if the key's own checks refuse.
+ */
+static bool
+charge_tenant(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, bool *charged)
+{
+	UsageEntry *e;
+	LWLock	   *lock;
+	bool		ok;
+
+	*charged = false;
+	if ((e = tenant_entry(p, now, &lock)) == NULL)
+		no_room_for_limits();
+	SpinLockAcquire(&e->mutex);
+	ok = check_named(e, p->tenant_limits, p->ntenant_limits, "tenant", now, cost,
+					 cost > 0, slices);
+	e->hdr.last_use = now;
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(lock);
+	*charged = ok && cost > 0;
+	return ok;
+}
+
+/*
+ * Take back the tenant charges of a call its key's checks refused, from the
+ * slices they went to (charges that left the window meanwhile are gone
+ * anyway).  Between the charge and the refund other calls saw them: they
+ * may have been refused for it, never let through.
+ */
+static void
+refund_tenant(const KeyPolicy *p, TimestampTz now, int32 cost, const int64 *slices)
+{
+	UsageEntry *e;
+	LWLock	   *lock;
+
+	if ((e = tenant_entry(p, now, &lock)) == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	for (int i = 0; i < p->ntenant_limits; i++)
+	{
+		RateState  *st = named_state(e, p->tenant_limits, p->ntenant_limits, i);
+		int32	   *c = &st->counts[slices[i] % LIMIT_RING];
+
+		if (slices[i] >= 0 && st->slice - slices[i] < LIMIT_RING && *c >= cost)
+			*c -= cost;
+	}
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(lock);
+	/* the rows say what is left once the refund is made */
+	for (int i = 0; i < last_nrows; i++)
+		if (strcmp(last_rows[i].scope, "tenant") == 0)
+			last_rows[i].report.remaining = Min(last_rows[i].report.remaining + cost,
+												last_rows[i].report.limit);
+}
+
+/*
+ * The tightest of the limits checked, for today's rate_* columns and the
+ * X-RateLimit-* headers: a refusing limit (the one that frees last: only
+ * then does the call pass), else the one with the fewest remaining.
+ */
+static void
+pick_tightest(RateVerdict *rv)
+{
+	LimitRow   *best = NULL;
+
+	for (int i = 0; i < last_nrows; i++)
+	{
+		LimitRow   *r = &last_rows[i];
+
+		if (best == NULL ||
+			(!r->passed && (best->passed || r->report.reset > best->report.reset)) ||
+			(r->passed && best->passed && r->report.remaining < best->report.remaining))
+			best = r;
+	}
+	if (best == NULL)
+		return;
+	best->tightest = true;
+	rv->limit = best->report.limit;
+	rv->remaining = best->report.remaining;
+	rv->reset = best->report.reset;
+}
+
+/*
+ * The limits of a key whose other checks passed: its tenant's named limits
+ * (shared entry), then under its own entry's spinlock its rate limit, named
+ * limits and usage cap; charged cost (0: checked only) only when all pass.
+ * Counts the verdict.
+ */
 VerdictCode
-apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
+apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdict *rv)
 {
 	UsageEntry *e;
 	LWLock	   *lock;
 	VerdictCode code = V_VALID;
+	LimitReport lr;
 	int64		period = period_index(p->usage_period_s, now);
 	int64		base = 0;
+	int64		tenant_slices[POLICY_MAX_LIMITS];
+	bool		tenant_charged = false;
+	bool		rate_ok = true;
+	bool		cap_ok;
+	bool		has_limits = p->rate_limit > 0 || p->usage_limit > 0 ||
+		p->nkey_limits > 0 || p->ntenant_limits > 0;
 
-	rv->limit = p->rate_limit;
+	Assert(cost >= 0);
+	rv->limit = 0;
 	rv->remaining = 0;
 	rv->reset = 0;
 	rv->usage_remaining = -1;
+	last_nrows = 0;
 
 	if (!apikeys_shmem_ready())
 	{
-		if (p->rate_limit > 0 || p->usage_limit > 0)
+		if (has_limits)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("limits_unavailable: this key has a rate limit or usage cap, but apikeys is not loaded through shared_preload_libraries"),
@@ -438,12 +715,20 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 		return V_VALID;
 	}
 
+	if (p->ntenant_limits > 0 &&
+		!charge_tenant(p, now, cost, tenant_slices, &tenant_charged))
+		code = V_RATE_LIMITED;
+
 	e = usage_entry(p, now, &lock);
 	if (e == NULL)
 	{
-		if (p->rate_limit > 0 || p->usage_limit > 0)
+		if (has_limits)
+		{
+			if (tenant_charged)
+				refund_tenant(p, now, cost, tenant_slices);
 			no_room_for_limits();
-		return V_VALID;
+		}
+		return code;
 	}
 
 	/* read the stored use count once per entry and period, outside locks */
@@ -459,7 +744,11 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 			LWLockRelease(lock);
 			base = load_used(p, period);
 			if ((e = usage_entry(p, now, &lock)) == NULL)
+			{
+				if (tenant_charged)
+					refund_tenant(p, now, cost, tenant_slices);
 				no_room_for_limits();
+			}
 		}
 	}
 
@@ -474,33 +763,29 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	}
 	if (p->rate_limit > 0)
 	{
-		int64		wlen = (int64) p->rate_window_s * USECS_PER_SEC;
-		int64		window = now / wlen;
-
-		if (e->rate_window != window)
-		{
-			e->rate_window = window;
-			e->rate_count = 0;
-		}
-		rv->reset = (window + 1) * wlen;
-		e->rate_reset = rv->reset;
-		if (e->rate_count >= p->rate_limit)
+		rate_ok = limit_check(&e->rate, p->rate_limit, p->rate_window_s, now, cost, &lr);
+		if (!rate_ok && code == V_VALID)
 			code = V_RATE_LIMITED;
 	}
-	if (code == V_VALID && p->usage_limit > 0)
+	/* a call over the cap is not a success: the windows are not charged */
+	cap_ok = p->usage_limit <= 0 || e->used + Max(cost, 1) <= p->usage_limit;
+	/* the named limits last: they charge themselves if all else passed */
+	if (p->nkey_limits > 0 &&
+		!check_named(e, p->key_limits, p->nkey_limits, "key", now, cost,
+					 code == V_VALID && cap_ok && cost > 0, NULL) &&
+		code == V_VALID)
+		code = V_RATE_LIMITED;
+	if (code == V_VALID && !cap_ok)
+		code = V_USAGE_EXCEEDED;
+	if (code == V_VALID && cost > 0)
 	{
-		if (e->used >= p->usage_limit)
-			code = V_USAGE_EXCEEDED;
-		else
-			e->used++;
+		/* every check passed: charge the rest, and say what is left */
+		e->used += p->usage_limit > 0 ? cost : 0;
+		if (p->rate_limit > 0)
+			limit_charge(&e->rate, p->rate_limit, now, cost, &lr);
 	}
 	if (p->rate_limit > 0)
-	{
-		/* the window counts successes only: a call over the cap is not one */
-		if (code == V_VALID)
-			e->rate_count++;
-		rv->remaining = p->rate_limit - e->rate_count;
-	}
+		add_row("key", rate_limit_name, rate_ok, &lr);
 	if (p->usage_limit > 0)
 		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
 	count_locked(e, code, now);
@@ -508,6 +793,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, RateVerdict *rv)
 	SpinLockRelease(&e->mutex);
 	LWLockRelease(lock);
 
+	if (code != V_VALID && tenant_charged)
+		refund_tenant(p, now, cost, tenant_slices);
+	pick_tightest(rv);
 	apikeys_flush_worker_wake(MyDatabaseId);
 	return code;
 }

@@ -29,15 +29,24 @@
 #include "access/detoast.h"
 
 #include "legacy_format.h"
+#include "miscadmin.h"
 #include "tenant_context.h"
 
+/* the verdicts and their names, in VerdictCode order (verdicts.h) */
+const VerdictInfo apikeys_verdicts[VERDICT_COUNT] = {
+#define VERDICT_INFO(e, name, counted, http) [e] = {name, counted, http},
+	APIKEYS_VERDICTS(VERDICT_INFO)
+#undef VERDICT_INFO
+};
+
 const char *const apikeys_verdict_names[VERDICT_COUNT] = {
-	"valid", "malformed", "not_found", "disabled", "revoked", "expired",
-	"tenant_inactive", "ip_not_allowed", "insufficient_scope",
-	"rate_limited", "usage_exceeded"
+#define VERDICT_NAME(e, name, counted, http) [e] = name,
+	APIKEYS_VERDICTS(VERDICT_NAME)
+#undef VERDICT_NAME
 };
 
 #define VERIFICATION_NATTS 11
+#define VERIFY_MEMO_MAX_ARGS 8
 
 /*
  * The result descriptor and a ready "malformed" verdict, kept for the life
@@ -216,7 +225,7 @@ find_policy(const uint8 *digest, TimestampTz now, KeyPolicy *policy)
 
 static VerdictCode
 judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz now,
-	  RateVerdict *rv)
+	  int32 cost, RateVerdict *rv)
 {
 	VerdictCode code;
 
@@ -235,7 +244,7 @@ judge(const KeyPolicy *p, ArrayType *required, const inet *client, TimestampTz n
 	else if (required && !scopes_satisfied(p->scopes, required))
 		code = V_INSUFFICIENT_SCOPE;
 	else
-		return apikeys_usage_charge(p, now, rv);	/* also counts the use */
+		return apikeys_usage_charge(p, now, cost, rv);	/* also counts the use */
 
 	apikeys_usage_count(p, code, now);
 	return code;
@@ -293,22 +302,160 @@ verdict_tuple(TupleDesc desc, VerdictCode code, const KeyPolicy *p, const RateVe
 	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }
 
-static Datum
-verify_common(FunctionCallInfo fcinfo, bool bind)
+/*
+ * One call, one verification: the memo.
+ *
+ * PostgreSQL expands (f(k)).* into one call of f(k) per column, and
+ * (f(k)).a, (f(k)).b into two; each would verify, count and charge the rate
+ * limit and usage cap again.  So the last verdict is kept, keyed on the
+ * function, the role, every argument and the memory context current at the
+ * call, which for an expression is the per-tuple context of the row being
+ * computed.  The executor evaluates all of a row's expressions in that
+ * context and resets it before the next row (ExecScan, ExecResult,
+ * ValuesScan, ProjectSet, Agg, ModifyTable's RETURNING, PL/pgSQL after each
+ * statement), and a context that is reset or deleted runs its reset
+ * callbacks: the one registered here forgets the verdict.  So calls with
+ * the same arguments within one row are one verification, and every other
+ * row, rescan, statement and PL/pgSQL statement verifies and charges anew.
+ *
+ * The context's address alone would not do (a new context may take a freed
+ * one's address): the callback forgets the memo before that can happen.  A
+ * reset that finds the context already empty skips the callbacks, but the
+ * callback itself is allocated in the context, so it is never empty while a
+ * memo refers to it.  A key change committed meanwhile (the shared
+ * generation moved) or made by this transaction verifies anew.  Errors are
+ * not remembered.
+ */
+typedef struct VerifyMemo
 {
-	VerifyState *st = fcinfo->flinfo->fn_extra;
+	MemoryContext cxt;			/* NULL: nothing remembered */
+	Oid			fn_oid;
+	Oid			userid;
+	uint64		generation;
+	short		nargs;
+	Datum		args[VERIFY_MEMO_MAX_ARGS];	/* copies, in cxt */
+	bool		argnull[VERIFY_MEMO_MAX_ARGS];
+	uint32		byval_mask;		/* bit i: argument i is by value */
+	Datum		result;			/* copy of the verdict, in cxt */
+	bool		bound;			/* valid verdict of a binding call: */
+	pg_uuid_t	key_id;			/* what to bind again */
+	text	   *tenant;			/* in cxt */
+} VerifyMemo;
+
+static VerifyMemo verify_memo;
+
+/* reset/delete callback of the memo's context: forget it */
+static void
+verify_memo_forget(void *arg)
+{
+	if (verify_memo.cxt == (MemoryContext) arg)
+		verify_memo.cxt = NULL;
+}
+
+static uint64
+verify_memo_generation(void)
+{
+	return apikeys_shared ? pg_atomic_read_u64(&apikeys_shared->generation) : 0;
+}
+
+/* May this call use (or fill) the memo at all? */
+static bool
+verify_memo_usable(FunctionCallInfo fcinfo)
+{
+	return fcinfo->nargs <= VERIFY_MEMO_MAX_ARGS &&
+		!(apikeys_shmem_ready() && apikeys_xact_changed_keys());
+}
+
+/*
+ * The remembered verdict of this very call (same context, function, role,
+ * arguments, and no key change since), copied into the current context; or
+ * false.
+ */
+static bool
+verify_memo_lookup(FunctionCallInfo fcinfo, uint32 byval_mask, Datum *result)
+{
+	VerifyMemo *m = &verify_memo;
+
+	if (m->cxt != CurrentMemoryContext || m->fn_oid != fcinfo->flinfo->fn_oid ||
+		m->nargs != fcinfo->nargs || m->byval_mask != byval_mask ||
+		m->userid != GetUserId() || !verify_memo_usable(fcinfo) ||
+		m->generation != verify_memo_generation())
+		return false;
+	for (int i = 0; i < fcinfo->nargs; i++)
+	{
+		bool		byval = (byval_mask & (1U << i)) != 0;
+
+		if (m->argnull[i] != fcinfo->args[i].isnull)
+			return false;
+		if (!m->argnull[i] &&
+			!datumIsEqual(m->args[i], fcinfo->args[i].value, byval, byval ? sizeof(Datum) : -1))
+			return false;
+	}
+	if (m->bound)
+		apikeys_bind_tenant_from_key(m->tenant, &m->key_id);
+	*result = datumCopy(m->result, false, -1);
+	return true;
+}
+
+/*
+ * Remember this call's verdict in the current context (see above).  bound:
+ * a valid verdict of a binding call, whose tenant a repeat binds again.
+ */
+static void
+verify_memo_store(FunctionCallInfo fcinfo, uint32 byval_mask, Datum result,
+				  const KeyPolicy *policy, bool bound)
+{
+	VerifyMemo *m = &verify_memo;
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContextCallback *cb;
+
+	m->cxt = NULL;
+	if (!verify_memo_usable(fcinfo))
+		return;
+	cb = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
+	cb->func = verify_memo_forget;
+	cb->arg = cxt;
+	MemoryContextRegisterResetCallback(cxt, cb);
+	for (int i = 0; i < fcinfo->nargs; i++)
+	{
+		bool		byval = (byval_mask & (1U << i)) != 0;
+
+		m->argnull[i] = fcinfo->args[i].isnull;
+		m->args[i] = m->argnull[i] ? (Datum) 0 :
+			datumCopy(fcinfo->args[i].value, byval, byval ? sizeof(Datum) : -1);
+	}
+	m->result = datumCopy(result, false, -1);
+	m->bound = bound;
+	if (bound)
+	{
+		memcpy(&m->key_id, &policy->key_id, sizeof(pg_uuid_t));
+		m->tenant = (text *) DatumGetPointer(datumCopy(PointerGetDatum(policy->tenant), false, -1));
+	}
+	m->fn_oid = fcinfo->flinfo->fn_oid;
+	m->nargs = fcinfo->nargs;
+	m->byval_mask = byval_mask;
+	m->userid = GetUserId();
+	m->generation = verify_memo_generation();
+	m->cxt = cxt;
+}
+
+/*
+ * The verification itself: verdict and charges, no memo.  *bound_out: the
+ * verdict is valid and bind asked for its tenant to be bound (done).
+ */
+static Datum
+verify_once(FunctionCallInfo fcinfo, VerifyState *st, bool bind, int32 cost,
+			KeyPolicy *policy, bool *bound_out)
+{
 	size_t		prefix_len;
 	text	   *key;
 	uint8		digest[APIKEYS_DIGEST_LEN];
-	KeyPolicy	policy;
 	RateVerdict rv;
 	VerdictCode code;
 	TimestampTz now;
 
-	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
-	if (st == NULL)
-		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
-
+	*bound_out = false;
+	apikeys_last_limits_reset();
 	if (PG_ARGISNULL(0))
 		goto malformed;
 	/* Reject by size before detoasting: a 10 MB argument costs nothing. */
@@ -327,34 +474,86 @@ legacy:
 
 known:
 	now = GetCurrentTimestamp();	/* the one clock read of a verify */
-	if (!find_policy(digest, now, &policy))
+	if (!find_policy(digest, now, policy))
 	{
 		if (apikeys_shared)
 			pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_NOT_FOUND], 1);
-		PG_RETURN_DATUM(verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL));
+		return verdict_tuple(st->desc, V_NOT_FOUND, NULL, NULL);
 	}
 
-	code = judge(&policy,
+	code = judge(policy,
 				 PG_ARGISNULL(1) ? NULL : PG_GETARG_ARRAYTYPE_P(1),
 				 PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2),
-				 now, &rv);
+				 now, cost, &rv);
 	if (apikeys_shared)
 		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[code], 1);
 	if (bind && code == V_VALID)
-		apikeys_bind_tenant_from_key(policy.tenant, &policy.key_id);
-	PG_RETURN_DATUM(verdict_tuple(st->desc, code, &policy, &rv));
+	{
+		apikeys_bind_tenant_from_key(policy->tenant, &policy->key_id);
+		*bound_out = true;
+	}
+	return verdict_tuple(st->desc, code, policy, &rv);
 
 malformed:
 	if (apikeys_shared)
 		pg_atomic_fetch_add_u64(&apikeys_shared->outcomes[V_MALFORMED], 1);
-	PG_RETURN_DATUM(datumCopy(st->malformed, false, -1));
+	return datumCopy(st->malformed, false, -1);
+}
+
+/*
+ * apikey_verify and authenticate: the memo's verdict when this is the same
+ * call again (verify_memo_lookup), else a verification, remembered.
+ * cost_arg: the argument that holds the cost (by value), or -1 (cost 1).
+ */
+static Datum
+verify_common(FunctionCallInfo fcinfo, bool bind, int cost_arg)
+{
+	VerifyState *st = fcinfo->flinfo->fn_extra;
+	KeyPolicy	policy;
+	Datum		result;
+	bool		bound;
+	int32		cost = 1;
+	uint32		byval_mask = 0;
+
+	/* once per FmgrInfo: a typcache probe; the state itself is per backend */
+	if (st == NULL)
+		fcinfo->flinfo->fn_extra = st = verify_state_for(fcinfo);
+
+	if (cost_arg >= 0)
+	{
+		/* the caller's mistake, whatever the key: raise, before anything */
+		if (PG_ARGISNULL(cost_arg) || PG_GETARG_INT32(cost_arg) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid_cost: cost must be 0 or more"),
+					 errhint("0 checks the limits without charging them; the default is 1.")));
+		cost = PG_GETARG_INT32(cost_arg);
+		byval_mask = 1U << cost_arg;
+	}
+
+	if (verify_memo_lookup(fcinfo, byval_mask, &result))
+		PG_RETURN_DATUM(result);
+	result = verify_once(fcinfo, st, bind, cost, &policy, &bound);
+	verify_memo_store(fcinfo, byval_mask, result, &policy, bound);
+	PG_RETURN_DATUM(result);
 }
 
 PG_FUNCTION_INFO_V1(apikey_verify);
 Datum
 apikey_verify(PG_FUNCTION_ARGS)
 {
-	return verify_common(fcinfo, false);
+	return verify_common(fcinfo, false, -1);
+}
+
+/*
+ * apikey_verify(api_key, required_scopes, client_addr, cost) (1.1): the
+ * same, charging cost (0: check only) to every limit and the usage cap.
+ */
+PG_FUNCTION_INFO_V1(apikeys_verify_1_1);
+Datum
+apikeys_verify_1_1(PG_FUNCTION_ARGS)
+{
+	return verify_common(fcinfo, false, 3);
 }
 
 /* apikeys.authenticate(): verify, and bind the key's tenant on success. */
@@ -362,5 +561,5 @@ PG_FUNCTION_INFO_V1(apikeys_authenticate);
 Datum
 apikeys_authenticate(PG_FUNCTION_ARGS)
 {
-	return verify_common(fcinfo, true);
+	return verify_common(fcinfo, true, -1);
 }

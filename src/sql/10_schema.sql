@@ -56,13 +56,23 @@ CREATE FUNCTION apikeys_internal._acting_role() RETURNS name
 -- verify path (src/apikeys.h); add columns at the end only.
 ------------------------------------------------------------------------------
 
+-- A named limit (limits v2): at most max_uses uses (each verification
+-- charges its cost, 1 by default) in any interval of length per, counted in
+-- a sliding window (src/rate_window.h).  Keys (credential.limits) and tenants
+-- (tenant.limits, shared by all their keys) hold up to 3 each; set them
+-- with apikey_set_limits() and tenant_set_limits().
+CREATE TYPE apikeys.named_limit AS (name text, max_uses integer, per interval);
+COMMENT ON TYPE apikeys.named_limit IS 'A named rate limit: at most max_uses uses in any interval of length per (1 second to 1 day); name: 1 to 15 of a-z, 0-9, _ . -.';
+
 CREATE TABLE apikeys.tenant (
     tenant       text COLLATE "C" PRIMARY KEY
                  CHECK (tenant ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
     display_name text NOT NULL CHECK (char_length(display_name) BETWEEN 1 AND 200),
     active       boolean NOT NULL DEFAULT true,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    -- named limits shared by all the tenant's keys; tenant_set_limits()
+    limits       apikeys.named_limit[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE apikeys.tenant IS 'Tenants: every API key belongs to one; an inactive tenant''s keys do not verify.';
 
@@ -90,7 +100,9 @@ CREATE TABLE apikeys.credential (
     usage_limit    bigint CHECK (usage_limit > 0),
     usage_period   interval CHECK (usage_period >= '1 second' AND usage_period <= '366 days'),
     CHECK ((status = 'revoked') = (revoked_at IS NOT NULL)),
-    CHECK ((rate_limit IS NULL) = (rate_window IS NULL))
+    CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
+    -- the key's named limits; apikey_set_limits()
+    limits         apikeys.named_limit[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX credential_tenant_idx ON apikeys.credential (tenant, created_at);
 COMMENT ON TABLE apikeys.credential IS 'API keys: the identity (key_id) that survives rotation, with name, scopes, expiry and status.';

@@ -56,7 +56,19 @@ CREATE FUNCTION apikeys.apikey_verify(
     RETURNS apikeys.verification
     LANGUAGE C VOLATILE
     AS 'MODULE_PATHNAME', 'apikey_verify';
-COMMENT ON FUNCTION apikeys.apikey_verify IS 'Check a presented key; returns a verdict, never raises for a bad key.';
+COMMENT ON FUNCTION apikeys.apikey_verify(text, text[], inet) IS 'Check a presented key; returns a verdict, never raises for a bad key.';
+-- 1.1: the same with a cost, charged to every limit and the usage cap (0:
+-- check without charging).  All four arguments: an overload with defaults
+-- would make apikey_verify(key) ambiguous.
+CREATE FUNCTION apikeys.apikey_verify(
+    api_key         text,
+    required_scopes text[],
+    client_addr     inet,
+    cost            integer)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_verify_1_1';
+COMMENT ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer) IS 'Check a presented key and charge cost (0: check only) to its limits and usage cap; never raises for a bad key.';
 
 ------------------------------------------------------------------------------
 -- Key lifecycle (PL/pgSQL)

@@ -120,6 +120,7 @@ BEGIN
     PERFORM apikeys_internal._check_role(role_name);
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet),'
+                   ' apikeys.apikey_verify(text, text[], inet, integer), apikeys.last_verify_limits(),'
                    ' apikeys.authenticate(text, text[], inet, text, text), apikeys.current_tenant(),'
                    ' apikeys.current_key_id() TO %I', role_name);
 END;
@@ -163,10 +164,13 @@ BEGIN
             ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
             ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet),'
             ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
+            ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %I', role_name);
     END IF;
     IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'
-            ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean) TO %I', role_name);
+            ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean),'
+            ' apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %I', role_name);
     END IF;
     IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);

@@ -91,9 +91,114 @@ END;
 $$;
 SELECT apikeys_internal.publish('apikey_set_policy', 'Set (replace) a key''s IP allowlist, rate limit and usage cap; NULL removes one. Limits need apikeys in shared_preload_libraries.');
 
+-- Named limits (limits v2).  A list of apikeys.named_limit as stored:
+-- at most 3, one-dimensional, names unique (1 to 15 of a-z, 0-9, _ . -,
+-- starting with a letter or digit), max_uses positive, per a whole number
+-- of seconds from 1 second to 1 day; NULL or empty: none (stored as '{}').
+CREATE FUNCTION apikeys_internal.check_limits(limits apikeys.named_limit[])
+    RETURNS apikeys.named_limit[]
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l apikeys.named_limit;
+BEGIN
+    IF limits IS NULL OR cardinality(limits) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN '{}';
+    END IF;
+    IF array_ndims(limits) OPERATOR(pg_catalog.>) 1 OR cardinality(limits) OPERATOR(pg_catalog.>) 3 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: at most 3 named limits, in a one-dimensional array';
+    END IF;
+    FOREACH l IN ARRAY limits LOOP
+        IF l.name IS NULL OR l.name OPERATOR(pg_catalog.!~) '^[a-z0-9][a-z0-9_.-]{0,14}$' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_name: %s is not a limit name', coalesce(quote_literal(left(l.name, 40)), 'NULL')),
+                HINT = '1 to 15 characters of a-z, 0-9, _ . -, starting with a letter or digit.';
+        END IF;
+        IF l.max_uses IS NULL OR l.max_uses OPERATOR(pg_catalog.<=) 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit: max_uses of limit "%s" must be positive', l.name);
+        END IF;
+        IF l.per IS NULL OR l.per OPERATOR(pg_catalog.<) '1 second' OR l.per OPERATOR(pg_catalog.>) '1 day'
+           OR date_part('month', l.per) OPERATOR(pg_catalog.<>) 0 OR date_part('year', l.per) OPERATOR(pg_catalog.<>) 0
+           OR extract(epoch FROM l.per) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM l.per)) THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid_limit_window: per of limit "%s" must be whole seconds from 1 second to 1 day', l.name);
+        END IF;
+    END LOOP;
+    IF (SELECT count(DISTINCT x.name) FROM unnest(limits) x) OPERATOR(pg_catalog.<>) cardinality(limits) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_limits: two limits have the same name';
+    END IF;
+    RETURN limits;
+END;
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal.check_limits(apikeys.named_limit[]) IS 'Check a list of named limits as apikey_set_limits and tenant_set_limits store it (''{}'' for none).';
+
+CREATE FUNCTION apikeys_internal.apikey_set_limits(key_id uuid, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_set_limits');
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_set_limits');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_set_limits', k.key_id);
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.credential c SET limits = v, updated_at = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_set_limits', 'Set (replace) a key''s named limits, up to 3 of (name, max_uses, per); NULL removes them. They add to its tenant''s limits, never replace them.');
+
+CREATE FUNCTION apikeys_internal.tenant_set_limits(tenant text, limits apikeys.named_limit[])
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v apikeys.named_limit[];
+BEGIN
+    PERFORM apikeys_internal._authorize(NULL, 'tenant_set_limits');
+    PERFORM apikeys_internal._tenant_arg(tenant);   -- before any message echoes it
+    v := apikeys_internal.check_limits(limits);
+    UPDATE apikeys.tenant x SET limits = v, updated_at = now()
+     WHERE x.tenant OPERATOR(pg_catalog.=) tenant_set_limits.tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+END;
+$$;
+SELECT apikeys_internal.publish('tenant_set_limits', 'Set (replace) a tenant''s named limits, shared by all its keys: up to 3 of (name, max_uses, per); NULL removes them. Global administrators only.');
+
+-- The limits the last apikey_verify or authenticate of this session checked.
+CREATE FUNCTION apikeys.last_verify_limits(OUT scope text, OUT name text, OUT max_uses integer,
+                                           OUT remaining integer, OUT reset timestamptz,
+                                           OUT passed boolean, OUT tightest boolean)
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 7 AS 'MODULE_PATHNAME', 'apikeys_last_verify_limits';
+COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
+
 ------------------------------------------------------------------------------
 -- Observability
 ------------------------------------------------------------------------------
+
+-- The verdicts apikey_verify can reach, from the library's one list
+-- (src/verdicts.h): code (the index in _pending_usage's counts, less one),
+-- name, whether apikeys.usage has a count_<name> column, and the PostgREST
+-- gate's HTTP status.  The SQL below reads it instead of repeating it;
+-- test policy_verdicts checks what must still be spelled out (the columns).
+CREATE FUNCTION apikeys_internal.verdicts(OUT code integer, OUT name text, OUT counted boolean,
+                                          OUT http_status integer)
+    RETURNS SETOF record
+    LANGUAGE C STABLE PARALLEL SAFE ROWS 16 AS 'MODULE_PATHNAME', 'apikeys_verdicts_sql';
+REVOKE ALL ON FUNCTION apikeys_internal.verdicts() FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal.verdicts() IS 'The verdicts of apikey_verify (code, name, counted in apikeys.usage, HTTP status), from the library''s list.';
 
 CREATE FUNCTION apikeys_internal._verification_totals(OUT outcome text, OUT total bigint)
     RETURNS SETOF record
@@ -120,7 +225,7 @@ SELECT outcome, total FROM apikeys_internal._verification_totals();
 COMMENT ON VIEW apikeys.verifications IS 'Verifications since server start by outcome, all databases (a Prometheus counter per outcome).';
 
 CREATE VIEW apikeys.runtime AS
-SELECT r.*, now() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_lag
+SELECT r.*, clock_timestamp() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_lag
   FROM apikeys_internal._runtime() r;
 COMMENT ON VIEW apikeys.runtime IS 'Shared memory use, policy cache and usage-flush figures.';
 
@@ -139,6 +244,10 @@ CREATE FUNCTION apikeys_internal.read_key_usage()
 AS $$
 DECLARE
     v text[] := apikeys.visible_tenants('read');
+    -- each verdict's index in _pending_usage's counts, from the library's
+    -- list (a constant once the plan is made: force_custom_plan)
+    ix jsonb := (SELECT jsonb_object_agg(d.name, d.code OPERATOR(pg_catalog.+) 1)
+                   FROM apikeys_internal.verdicts() d);
 BEGIN
     RETURN QUERY
     SELECT c.key_id, c.tenant, c.name,
@@ -147,17 +256,17 @@ BEGIN
            COALESCE(p.used, u.used, 0) AS used,
            CASE WHEN c.usage_limit IS NOT NULL
                 THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
-           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[1], 0) AS valid,
-           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[4], 0) AS disabled,
-           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[5], 0) AS revoked,
-           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[6], 0) AS expired,
-           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[7], 0) AS tenant_inactive,
-           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[8], 0) AS ip_not_allowed,
-           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[9], 0) AS insufficient_scope,
-           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[10], 0) AS rate_limited,
-           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[11], 0) AS usage_exceeded,
+           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'valid')::integer], 0) AS valid,
+           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'disabled')::integer], 0) AS disabled,
+           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'revoked')::integer], 0) AS revoked,
+           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'expired')::integer], 0) AS expired,
+           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'tenant_inactive')::integer], 0) AS tenant_inactive,
+           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'ip_not_allowed')::integer], 0) AS ip_not_allowed,
+           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'insufficient_scope')::integer], 0) AS insufficient_scope,
+           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'rate_limited')::integer], 0) AS rate_limited,
+           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'usage_exceeded')::integer], 0) AS usage_exceeded,
            u.flushed_at,
-           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[11])) AS has_unflushed
+           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[cardinality(p.counts)])) AS has_unflushed
       FROM apikeys.credential c
       LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
       LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true
@@ -197,21 +306,17 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH outcomes (n, outcome) AS (
-        -- n: the verdict's position in VerdictCode order (apikeys_internal._pending_usage's counts)
-        VALUES (1, 'valid'), (4, 'disabled'), (5, 'revoked'), (6, 'expired'), (7, 'tenant_inactive'),
-               (8, 'ip_not_allowed'), (9, 'insufficient_scope'), (10, 'rate_limited'), (11, 'usage_exceeded')),
+        -- every verdict that names a key, from the library's list; n: its
+        -- index in apikeys_internal._pending_usage's counts
+        SELECT d.code OPERATOR(pg_catalog.+) 1, d.name FROM apikeys_internal.verdicts() d WHERE d.counted),
     k AS (
-        SELECT c.tenant, c.key_id,
-               ARRAY[0, 0, 0, u.count_disabled, u.count_revoked, u.count_expired, u.count_tenant_inactive,
-                     u.count_ip_not_allowed, u.count_insufficient_scope, u.count_rate_limited,
-                     u.count_usage_exceeded] AS flushed,
-               u.count_valid, p.counts AS pending
+        SELECT c.tenant, c.key_id, to_jsonb(u) AS flushed, p.counts AS pending
           FROM apikeys.credential c
           LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
           LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true),
     o AS (
         SELECT k.tenant, k.key_id, x.outcome,
-               COALESCE(CASE x.n WHEN 1 THEN k.count_valid ELSE k.flushed[x.n] END, 0)
+               COALESCE((k.flushed OPERATOR(pg_catalog.->>) ('count_' OPERATOR(pg_catalog.||) x.outcome))::bigint, 0)
                OPERATOR(pg_catalog.+) COALESCE(k.pending[x.n], 0) AS total
           FROM k CROSS JOIN outcomes x)
     SELECT o.tenant, o.key_id, o.outcome, o.total

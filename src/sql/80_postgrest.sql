@@ -616,35 +616,39 @@ BEGIN
                 set_role := NULL;
             ELSE
                 code := 'apikeys.' || v.code;
+                -- the status from the library's list (src/verdicts.h); 401 for
+                -- a code it does not know
+                status := coalesce((SELECT d.http_status FROM apikeys_internal.verdicts() d
+                                     WHERE d.name = v.code), 401);
                 CASE v.code
                 WHEN 'malformed' THEN
-                    status := 401; msg := 'API key is malformed';
+                    msg := 'API key is malformed';
                 WHEN 'not_found' THEN
-                    status := 401; msg := 'API key is not valid';
+                    msg := 'API key is not valid';
                 WHEN 'disabled' THEN
-                    status := 401; msg := 'API key is disabled';
+                    msg := 'API key is disabled';
                 WHEN 'revoked' THEN
-                    status := 401; msg := 'API key has been revoked';
+                    msg := 'API key has been revoked';
                 WHEN 'expired' THEN
-                    status := 401; msg := 'API key has expired';
+                    msg := 'API key has expired';
                 WHEN 'tenant_inactive' THEN
-                    status := 403; msg := 'The tenant of this API key is inactive';
+                    msg := 'The tenant of this API key is inactive';
                 WHEN 'ip_not_allowed' THEN
-                    status := 403; msg := 'Requests from this address are not allowed with this API key';
+                    msg := 'Requests from this address are not allowed with this API key';
                 WHEN 'insufficient_scope' THEN
-                    status := 403; msg := 'API key lacks a scope this request requires';
+                    msg := 'API key lacks a scope this request requires';
                     details := 'Required scopes: ' || array_to_string(need, ' ');
                     hdrs := jsonb_build_object('WWW-Authenticate',
                         format('Bearer realm="%s", error="insufficient_scope", scope="%s"',
                                cfg.realm, array_to_string(need, ' ')));
                 WHEN 'rate_limited' THEN
-                    status := 429; msg := 'Rate limit exceeded';
+                    msg := 'Rate limit exceeded';
                     wait_s := greatest(ceil(extract(epoch FROM v.rate_reset - clock_timestamp())), 1);
                     hdrs := jsonb_build_object('Retry-After', wait_s::text);
                     details := format('At most %s requests per window.', v.rate_limit);
                     hint := 'Retry after the number of seconds in the Retry-After header.';
                 WHEN 'usage_exceeded' THEN
-                    status := 429; msg := 'Usage limit exceeded';
+                    msg := 'Usage limit exceeded';
                     -- periods are aligned to 2000-01-01 UTC, like the C code
                     SELECT c.usage_period INTO per FROM apikeys.credential c WHERE c.key_id = v.key_id;
                     IF per IS NOT NULL THEN
@@ -660,7 +664,7 @@ BEGIN
                         details := 'The usage cap does not reset.';
                     END IF;
                 ELSE
-                    status := 401; msg := 'API key is not valid';
+                    msg := 'API key is not valid';
                 END CASE;
                 IF status = 401 THEN
                     hdrs := jsonb_build_object('WWW-Authenticate',

@@ -308,3 +308,11 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- Named limits (1.1)
+COMMENT ON COLUMN apikeys.named_limit.name IS 'The limit''s name (reported by last_verify_limits()); a key limit and a tenant limit of one name are two limits.';
+COMMENT ON COLUMN apikeys.named_limit.max_uses IS 'At most this many units (a verification costs 1, or its cost) in any interval of length per.';
+COMMENT ON COLUMN apikeys.named_limit.per IS 'The sliding window''s length (1 second to 1 day).';
+COMMENT ON COLUMN apikeys.credential.limits IS 'The key''s named limits (up to 3), set by apikey_set_limits().';
+COMMENT ON COLUMN apikeys.tenant.limits IS 'The tenant''s named limits (up to 3), shared by all its keys, set by tenant_set_limits().';
+COMMENT ON COLUMN apikeys.tenants.limits IS 'The tenant''s named limits (up to 3), shared by all its keys, set by tenant_set_limits().';

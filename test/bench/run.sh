@@ -157,6 +157,11 @@ grow_to "$KEYS"
 # the fixed key: tracking on (always, when preloaded) and a rate limit that never bites
 FIXED=$(psql_b -At -c "SELECT k FROM bench_keys WHERE id = 1")
 psql_b -c "SELECT apikeys.apikey_set_policy(key_id, rate_limit => 2000000000, rate_window => '1 second') FROM apikeys.apikey_verify('$FIXED')" >/dev/null
+# the fixed key with three named limits (limits v2) that never bite either
+FIXED3=$(psql_b -At -c "SELECT k FROM bench_keys WHERE id = 2")
+psql_b -c "SELECT apikeys.apikey_set_limits(key_id, ARRAY[('second', 2000000000, '1 second'),
+             ('minute', 2000000000, '1 minute'), ('day', 2000000000, '1 day')]::apikeys.named_limit[])
+           FROM apikeys.apikey_verify('$FIXED3')" >/dev/null
 psql_b -c "INSERT INTO bench_rotate (key_id) SELECT c.key_id FROM generate_series(1, 1000) g, LATERAL apikeys.apikey_create('bench', 'rot ' || g) c" >/dev/null
 
 # Warm-up: one verify of every key fills the policy cache, as steady traffic
@@ -174,6 +179,7 @@ SECS=3 pgbench_tps "$BENCH_DIR/select1.sql" >/dev/null
 T_SELECT1=$(pgbench_tps "$BENCH_DIR/select1.sql")
 T_BAD=$(pgbench_tps "$BENCH_DIR/malformed.sql")
 T_FIXED=$(pgbench_tps "$(fixed_script "$FIXED")")
+T_FIXED3=$(pgbench_tps "$(fixed_script "$FIXED3")")
 T_RANDOM=$(pgbench_tps "$BENCH_DIR/verify_random.sql" -D nkeys="$KEYS")
 T_FETCH=$(pgbench_tps "$BENCH_DIR/fetch_random.sql" -D nkeys="$KEYS")
 T_HW=$(pgbench_tps "$BENCH_DIR/handwritten.sql" -D nkeys="$KEYS")
@@ -187,6 +193,7 @@ cat <<TXT
   run                                            tps
   (1) SELECT 1                               $T_SELECT1
   (2) verify, fixed key, tracking+rate limit $T_FIXED
+      the same, three named limits instead   $T_FIXED3
   (3) verify, random of $KEYS keys        $T_RANDOM
       the same fetch alone                   $T_FETCH
   (4) hand-written PL/pgSQL + UPDATE         $T_HW
@@ -197,6 +204,7 @@ cat <<TXT
 
   ratio                                   value  target
   (2) / (1)                               $(ratio "$T_FIXED" "$T_SELECT1")   >= 0.85
+  (2, three named limits) / (1)           $(ratio "$T_FIXED3" "$T_SELECT1")   >= 0.85
   (3) / hand-written with UPDATE          $(ratio "$T_RANDOM" "$T_HW")   >= 6
   (3) / hand-written without UPDATE       $(ratio "$T_RANDOM" "$T_HWRO")   >= 1.5
   (3) / fetch alone                       $(ratio "$T_RANDOM" "$T_FETCH")

@@ -28,7 +28,23 @@ cluster_start t_rows_10 $P10 "${conf[@]}" || exit 1
 cluster_start t_rows_11 $P11 "${conf[@]}" || exit 1
 
 # the audit rows, masked (one line per row)
-DUMP="SELECT chain, audit_id, tenant, key_id IS NULL AS no_key, action, outcome, db_role, session_role, actor, request_id, client_addr, application_name, regexp_replace(regexp_replace(regexp_replace(regexp_replace(detail::text, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'), '\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.+-]+\"', '<ts>', 'g'), '\"(hint|last_purged_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g'), '\"(row_hash|prev_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g') AS detail FROM apikeys.audit ORDER BY chain, audit_id"
+# Columns 1.0's tables gained later (the current version's audit
+# rows show them, 1.0's cannot): taken out of the details before comparing.
+cluster_psql t_rows_11 $P11 -d postgres -q -c 'CREATE DATABASE cols_10' -c 'CREATE DATABASE cols_11'
+cluster_psql t_rows_11 $P11 -d cols_10 -q -c "CREATE EXTENSION apikeys VERSION '1.0' CASCADE" 2>/dev/null
+cluster_psql t_rows_11 $P11 -d cols_11 -q -c "CREATE EXTENSION apikeys CASCADE" 2>/dev/null
+COLS="SELECT c.relname || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+       WHERE c.relnamespace = 'apikeys'::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1"
+OLDCOLS=$(cluster_psql t_rows_11 $P11 -d cols_10 -qAt -c "$COLS")
+NEWCOLS=$(comm -13 <(echo "$OLDCOLS") <(cluster_psql t_rows_11 $P11 -d cols_11 -qAt -c "$COLS") |
+	awk -F. -v old="$(echo "$OLDCOLS" | sed 's/\..*//' | sort -u | paste -sd' ' -)" \
+		'BEGIN { n = split(old, t, " "); for (i = 1; i <= n; i++) had[t[i]] = 1 } had[$1] { print $2 }' |
+	sort -u | paste -sd, -)
+echo "columns added since 1.0, left out of the comparison: ${NEWCOLS:-none}"
+STRIP="CREATE FUNCTION pg_temp.without_new_columns(d jsonb) RETURNS jsonb LANGUAGE sql AS \$\$
+  SELECT jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'object' THEN v - '{${NEWCOLS}}'::text[] ELSE v END)
+    FROM jsonb_each(d) e(k, v) \$\$;"
+DUMP="SELECT chain, audit_id, tenant, key_id IS NULL AS no_key, action, outcome, db_role, session_role, actor, request_id, client_addr, application_name, regexp_replace(regexp_replace(regexp_replace(regexp_replace(pg_temp.without_new_columns(detail)::text, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'), '\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.+-]+\"', '<ts>', 'g'), '\"(hint|last_purged_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g'), '\"(row_hash|prev_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g') AS detail FROM apikeys.audit ORDER BY chain, audit_id"
 
 # every other kind of change 1.0 audits
 cat >"$OUT/changes.sql" <<'SQL'
@@ -82,7 +98,7 @@ for f in "$OUT/populate_keys.sql" "$OUT/changes.sql"; do
 	b=$(basename "$f" .sql)
 	for v in 10 11; do
 		: >"$OUT/$b.$v.audit"
-		awk -v dump="$DUMP \\g |cat >> $OUT/$b.$v.audit" -v old=$([ $v = 10 ] && echo 1 || echo 0) '
+		awk -v dump="$STRIP $DUMP \\g |cat >> $OUT/$b.$v.audit" -v old=$([ $v = 10 ] && echo 1 || echo 0) '
 			/^[ \t]*DROP EXTENSION/ { print dump }
 			old && /^[ \t]*CREATE EXTENSION (IF NOT EXISTS )?apikeys( |;)/ { sub(/apikeys/, "apikeys VERSION '"'"'1.0'"'"'") }
 			{ print }

@@ -1,0 +1,133 @@
+/*
+ * rate_window.c - the sliding-window limit of rate_window.h: check, charge, and the
+ * figures reported for it.  The caller holds the spinlock of the entry the
+ * state lives in.
+ */
+#include "rate_window.h"
+
+/* a slice's length in microseconds (window_s >= 1: a whole number) */
+static inline int64
+slice_len(int32 window_s)
+{
+	return (int64) window_s * USECS_PER_SEC / LIMIT_SLICES;
+}
+
+void
+limit_init(RateState *s)
+{
+	s->slice = -1;
+	s->window_s = 0;
+	memset(s->counts, 0, sizeof(s->counts));
+}
+
+/*
+ * Bring the state to time now (slice `cur` of a window of window_s): slices
+ * older than the ring are forgotten.  A window changed while in use keeps
+ * every unit counted so far in the current slice: that counts them for a
+ * whole new window, more than their due (never fewer, so the bound holds
+ * across the change).
+ */
+static void
+advance(RateState *s, int32 window_s, TimestampTz now)
+{
+	int64		cur = now / slice_len(window_s);
+
+	if (s->slice >= 0 && s->window_s != window_s)
+	{
+		int64		total = 0;
+
+		for (int i = 0; i < LIMIT_RING; i++)
+			total += s->counts[i];
+		memset(s->counts, 0, sizeof(s->counts));
+		s->counts[cur % LIMIT_RING] = (int32) Min(total, PG_INT32_MAX);
+		s->slice = cur;
+	}
+	s->window_s = window_s;
+	if (s->slice < 0 || cur - s->slice >= LIMIT_RING)
+		memset(s->counts, 0, sizeof(s->counts));
+	else
+		for (int64 i = s->slice + 1; i <= cur; i++)
+			s->counts[i % LIMIT_RING] = 0;
+	/* a clock that went back counts into the newest slice */
+	s->slice = Max(s->slice, cur);
+}
+
+static int64
+units(const RateState *s)
+{
+	int64		sum = 0;
+
+	for (int i = 0; i < LIMIT_RING; i++)
+		sum += s->counts[i];
+	return sum;
+}
+
+/*
+ * Fill report: what remains of limit after the units counted, and when that
+ * grows enough: when `need` units fit if they do not now, else when it grows
+ * at all (the oldest counted slice leaves the window; slice i is counted
+ * until slice i + LIMIT_RING begins).  Nothing counted: the next slice.  A
+ * need over the limit never fits: when everything counted has gone.
+ */
+static void
+report_for(const RateState *s, int32 limit, int32 need, LimitReport *report)
+{
+	int64		len = slice_len(s->window_s);
+	int64		sum = units(s);
+	int64		want = Max((int64) need, limit - sum + 1);	/* free units wanted */
+
+	report->limit = limit;
+	report->remaining = (int32) Max(limit - sum, 0);
+	if (sum == 0)
+	{
+		report->reset = (s->slice + 1) * len;
+		return;
+	}
+	report->reset = (s->slice + LIMIT_RING) * len;
+	for (int64 i = Max(s->slice - LIMIT_SLICES, 0); i <= s->slice; i++)
+	{
+		sum -= s->counts[i % LIMIT_RING];
+		if (s->counts[i % LIMIT_RING] != 0 && limit - sum >= want)
+		{
+			report->reset = (i + LIMIT_RING) * len;
+			return;
+		}
+	}
+}
+
+/*
+ * Would `cost` units pass now?  Brings the state to now and fills report
+ * (for a refusal: when they would pass).  cost 0 asks whether one unit
+ * would, charging nothing.
+ */
+bool
+limit_check(RateState *s, int32 limit, int32 window_s, TimestampTz now, int32 cost,
+			LimitReport *report)
+{
+	int32		need = Max(cost, 1);
+	bool		pass;
+
+	Assert(limit > 0 && window_s > 0 && cost >= 0);
+	advance(s, window_s, now);
+	pass = units(s) + need <= limit;
+	report_for(s, limit, need, report);
+	return pass;
+}
+
+/* Charge cost units (after limit_check passed, same spinlock hold). */
+void
+limit_charge(RateState *s, int32 limit, TimestampTz now, int32 cost, LimitReport *report)
+{
+	Assert(s->slice >= 0 && cost >= 0);
+	s->counts[s->slice % LIMIT_RING] += cost;
+	report_for(s, limit, 1, report);
+}
+
+/* Is any unit still counted (evicting the state would forget it)? */
+bool
+limit_open(const RateState *s, TimestampTz now)
+{
+	if (s->slice < 0 || s->window_s <= 0 || now / slice_len(s->window_s) - s->slice >= LIMIT_RING)
+		return false;
+	return units(s) > 0;
+}
