@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test/t/pg_upgrade.sh - pg_upgrade (same major version, copy mode) of a
-# cluster whose database uses apikeys: afterwards every key verifies as
+# cluster whose database uses apikeys (imported legacy keys, scope
+# registries and named limits included): afterwards every key verifies as
 # before (usage caps included; rate windows, kept in shared memory only,
 # start afresh as after any restart), vault secrets reveal, the audit chains
 # check with the same head, and management works on.
@@ -28,10 +29,11 @@ VAULT="SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FRO
 cluster_start "$OLD" "$OLD_PORT" "${SETTINGS[@]}"
 cluster_psql "$OLD" "$OLD_PORT" -q -c 'CREATE DATABASE keys'
 cluster_psql "$OLD" "$OLD_PORT" -d keys -q -c 'CREATE EXTENSION apikeys CASCADE' \
-	-f "$ROOT/test/t/populate_keys.sql" >/dev/null || die "populating the old cluster failed"
+	-f "$ROOT/test/t/populate_keys.sql" -f "$ROOT/test/t/populate_1_1.sql" >/dev/null || die "populating the old cluster failed"
 sleep 0.5   # let the flush worker write the usage counts
 qa "$OLD" "$OLD_PORT" -c "$VERDICTS" >"$TMPDIR_APIKEYS/$OLD/verdicts" || die "verify failed before"
-diff -u "$ROOT/test/t/populate_keys.verdicts" "$TMPDIR_APIKEYS/$OLD/verdicts" || die "unexpected verdicts before the upgrade"
+LC_ALL=C sort -t"|" -k1,1 "$ROOT/test/t/populate_keys.verdicts" "$ROOT/test/t/populate_1_1.verdicts" >"$TMPDIR_APIKEYS/$OLD/expected_verdicts"
+diff -u "$TMPDIR_APIKEYS/$OLD/expected_verdicts" "$TMPDIR_APIKEYS/$OLD/verdicts" || die "unexpected verdicts before the upgrade"
 [ "$(qa "$OLD" "$OLD_PORT" -c "$VAULT")" = "2|true" ] || die "vault secrets do not reveal before"
 audit_before=$(qa "$OLD" "$OLD_PORT" -c "$AUDIT") || die "no audit state before"
 cluster_stop "$OLD"
@@ -52,7 +54,7 @@ as_pg "$PGBIN/pg_ctl" -D "$TMPDIR_APIKEYS/$NEW/data" -l "$TMPDIR_APIKEYS/$NEW/se
 qa "$NEW" "$NEW_PORT" -c "$VERDICTS" >"$TMPDIR_APIKEYS/$NEW/verdicts" || die "verify failed after pg_upgrade"
 # caps live on in apikeys.usage (acme_cap stays refused); rate windows are
 # shared memory only and start afresh, as after any restart
-sed 's/^acme_rate|rate_limited$/acme_rate|valid/' "$ROOT/test/t/populate_keys.verdicts" >"$TMPDIR_APIKEYS/$NEW/expected_verdicts"
+sed -E 's/^(acme_rate|acme_registry)\|rate_limited$/\1|valid/' "$TMPDIR_APIKEYS/$OLD/expected_verdicts" >"$TMPDIR_APIKEYS/$NEW/expected_verdicts"
 diff -u "$TMPDIR_APIKEYS/$NEW/expected_verdicts" "$TMPDIR_APIKEYS/$NEW/verdicts" || die "verdicts changed across pg_upgrade"
 audit_after=$(qa "$NEW" "$NEW_PORT" -c "$AUDIT")
 [ "$audit_after" = "$audit_before" ] || die "audit check or head differ after pg_upgrade: $audit_after (before: $audit_before)"
