@@ -39,6 +39,10 @@ SELECT CASE c.relkind WHEN 'r' THEN 'table' ELSE 'view' END, c.relnamespace::reg
 UNION ALL
 SELECT 'type', t.typnamespace::regnamespace::text, t.oid::regtype::text, 'pg_catalog.pg_type'::regclass, t.oid, 0
   FROM members m JOIN pg_catalog.pg_type t ON m.classid = 'pg_catalog.pg_type'::regclass AND t.oid = m.objid
+ -- not the types PostgreSQL makes along with another object (a table's or
+ -- view's row type, an array type), which newer versions record as members
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+   AND (t.typrelid = 0 OR (SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = t.typrelid) = 'c')
 UNION ALL
 SELECT 'function', p.pronamespace::regnamespace::text, p.oid::regprocedure::text,
        'pg_catalog.pg_proc'::regclass, p.oid, 0
@@ -50,6 +54,7 @@ SELECT 'column', c.relnamespace::regnamespace::text,
   FROM members m
   LEFT JOIN pg_catalog.pg_type t ON m.classid = 'pg_catalog.pg_type'::regclass AND t.oid = m.objid
                                 AND t.typtype = 'c'
+                                AND (SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = t.typrelid) = 'c'
   JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN t.oid IS NOT NULL THEN t.typrelid
                                             WHEN m.classid = 'pg_catalog.pg_class'::regclass THEN m.objid END
                             AND c.relkind IN ('r', 'v', 'c')

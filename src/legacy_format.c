@@ -545,7 +545,14 @@ apikeys_legacy_digest_sql(PG_FUNCTION_ARGS)
 	else if (strcmp(encoding, "base64") == 0)
 	{
 		if (slen == (int) ((want + 2) / 3 * 4) && pg_b64_dec_len(slen) <= (int) sizeof(raw))
+		{
+			/* PostgreSQL 18 decodes into uint8, earlier versions into char */
+#if PG_VERSION_NUM >= 180000
+			got = pg_b64_decode(s, slen, raw, sizeof(raw));
+#else
 			got = pg_b64_decode(s, slen, (char *) raw, sizeof(raw));
+#endif
+		}
 	}
 	else
 		ereport(ERROR,
