@@ -166,6 +166,8 @@ BEGIN
             ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
             ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_set_credits(uuid, bigint, bigint, interval, integer),'
+            ' apikeys.apikey_add_credits(uuid, bigint), apikeys.apikey_subtract_credits(uuid, bigint) TO %I', role_name);
     END IF;
     IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'
