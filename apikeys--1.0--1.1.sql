@@ -4607,10 +4607,12 @@ SELECT r.*, clock_timestamp() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_la
 
 ------------------------------------------------------------------------------
 -- 1.1: credits with refill (src/sql/10_schema.sql, 70_policies_usage.sql,
--- 50_rls_grants.sql): credential's credit columns, apikey_set_credits,
--- apikey_add_credits, apikey_subtract_credits; apikey_set_policy refuses a
--- cap on a key with credits; key_usage reports credits; grant_tenant grants
--- the new functions (and roles granted before get them).
+-- 50_rls_grants.sql, 80_postgrest.sql): credential's credit columns,
+-- apikey_set_credits, apikey_add_credits, apikey_subtract_credits, view
+-- key_credits; apikey_set_policy refuses a cap on a key with credits;
+-- key_usage reports credits; grant_tenant grants the new functions and view
+-- (and roles granted before get them); the PostgREST role check knows the
+-- new reader.
 ------------------------------------------------------------------------------
 ALTER TABLE apikeys.credential
     ADD COLUMN credits                 bigint CHECK (credits >= 0),
@@ -4765,11 +4767,11 @@ BEGIN
     -- it is the balance at t, when the new one is written (a refill after
     -- t replaces it)
     n := apikeys_internal._credits_now(k, t);
-    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) 9223372036854775807 OPERATOR(pg_catalog.-) n.balance THEN
+    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) (9223372036854775807 OPERATOR(pg_catalog.-) n.balance) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('invalid_credits: key %s would have more than 9223372036854775807 credits', k.key_id);
     END IF;
-    IF amount OPERATOR(pg_catalog.<) 0 AND OPERATOR(pg_catalog.-) amount OPERATOR(pg_catalog.>) n.remaining THEN
+    IF amount OPERATOR(pg_catalog.<) 0 AND (OPERATOR(pg_catalog.-) amount) OPERATOR(pg_catalog.>) n.remaining THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
             MESSAGE = format('insufficient_credits: key %s has %s credits left, cannot subtract %s',
                              k.key_id, n.remaining, OPERATOR(pg_catalog.-) amount),
@@ -4816,6 +4818,46 @@ BEGIN
 END;
 $$;
 SELECT apikeys_internal.publish('apikey_subtract_credits', 'Subtract credits from a key, at most those left (insufficient_credits otherwise); returns the credits left.');
+
+-- Rows of apikeys.key_credits: the visible tenants' keys with credits, what
+-- is left of them now (pending charges included) and their refill
+-- (apikeys.tenants explains why a reader function).
+CREATE FUNCTION apikeys_internal.read_key_credits()
+    RETURNS TABLE (key_id uuid, tenant text, name text, credits bigint, spent bigint, remaining bigint,
+                   period_start timestamptz, next_refill timestamptz, refill_amount bigint,
+                   refill_interval interval, refill_day integer, credits_at timestamptz)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('read');
+    t timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name, cr.balance, cr.spent, cr.remaining, cr.period_start, cr.next_refill,
+           c.credits_refill, c.credits_refill_interval, c.credits_refill_day, c.credits_at
+      FROM apikeys.credential c
+     CROSS JOIN LATERAL apikeys_internal._credits_now(c, t) cr
+     WHERE c.credits IS NOT NULL AND (v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v));
+END;
+$$;
+SELECT apikeys_internal.publish('read_key_credits', 'Rows of apikeys.key_credits: the keys with credits of the tenants the caller may read.');
+CREATE VIEW apikeys.key_credits WITH (security_invoker = true) AS
+SELECT * FROM apikeys.read_key_credits();
+COMMENT ON VIEW apikeys.key_credits IS 'Per key with credits: the credits of the current refill period, spent, left (pending charges included), the refill.';
+COMMENT ON COLUMN apikeys.key_credits.key_id IS 'The key.';
+COMMENT ON COLUMN apikeys.key_credits.tenant IS 'The key''s tenant.';
+COMMENT ON COLUMN apikeys.key_credits.name IS 'The key''s name.';
+COMMENT ON COLUMN apikeys.key_credits.credits IS 'Credits of the current period: as last set, added or subtracted, or the refill amount once a refill came after that.';
+COMMENT ON COLUMN apikeys.key_credits.spent IS 'Credits verifications spent in the current period (flushed or still in shared memory).';
+COMMENT ON COLUMN apikeys.key_credits.remaining IS 'Credits left: credits - spent, at least 0.';
+COMMENT ON COLUMN apikeys.key_credits.period_start IS 'Start of the current period: the last set, or the last refill after it.';
+COMMENT ON COLUMN apikeys.key_credits.next_refill IS 'When the next refill replaces what is left; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_amount IS 'Credits a refill gives; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.key_credits.refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+COMMENT ON COLUMN apikeys.key_credits.credits_at IS 'When the credits were last set, added or subtracted.';
 
 COMMENT ON COLUMN apikeys.credential.credits IS 'Credits: the balance of remaining uses as of credits_at (before the uses since); NULL: none. apikey_set_credits.';
 COMMENT ON COLUMN apikeys.credential.credits_at IS 'When the credits balance was last written (set, add, subtract); a refill after it replaces the balance.';
@@ -4953,9 +4995,9 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     -- the views, never the tables (see the readers above) ...
     EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
-                   ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
+                   ' apikeys.tenant_grants, apikeys.key_usage, apikeys.key_credits TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_tenants(), apikeys.read_keys(),'
-                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(),'
+                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(), apikeys.read_key_credits(),'
                    ' apikeys.audit_log_page(text, bigint, integer, uuid),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     -- ... but for global roles, who see every row anyway
@@ -5004,6 +5046,86 @@ BEGIN
     END IF;
 END;
 $$;
+CREATE OR REPLACE FUNCTION apikeys_internal._role_confinement_scan(role oid) RETURNS text
+    LANGUAGE sql STABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+AS $$
+WITH rel AS (
+    SELECT c.oid, c.relkind, c.relrowsecurity,
+           c.relkind = 'v' AND EXISTS (SELECT 1 FROM pg_options_to_table(c.reloptions) o
+                                        WHERE o.option_name = 'security_invoker' AND o.option_value::boolean)
+               AS invoker_view
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+), extra AS (
+    -- the privileges role holds on each relation beyond PUBLIC's
+    SELECT rel.*,
+           CASE WHEN rel.relkind = 'S' THEN
+               array(SELECT p FROM unnest('{UPDATE}'::text[]) p
+                      WHERE has_sequence_privilege(role, rel.oid, p)
+                        AND NOT has_sequence_privilege('public', rel.oid, p))
+           ELSE
+               array(SELECT p FROM unnest('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) p
+                      WHERE has_any_column_privilege(role, rel.oid, p)
+                        AND NOT has_any_column_privilege('public', rel.oid, p))
+               || array(SELECT p FROM unnest('{DELETE,TRUNCATE,TRIGGER}'::text[]) p
+                         WHERE has_table_privilege(role, rel.oid, p)
+                           AND NOT has_table_privilege('public', rel.oid, p))
+           END AS privs
+      FROM rel
+), reasons AS (
+    SELECT 1 AS o, format('holds %s on %s %s, whose rows row-level security does not confine',
+                          array_to_string(e.privs, ', '),
+                          CASE e.relkind WHEN 'v' THEN 'view (without security_invoker)'
+                                         WHEN 'm' THEN 'materialized view'
+                                         WHEN 'f' THEN 'foreign table'
+                                         ELSE 'table (without row-level security)' END,
+                          e.oid::regclass) AS why
+      FROM extra e
+     WHERE cardinality(e.privs) > 0 AND e.relkind <> 'S'
+       AND NOT (e.relkind IN ('r', 'p') AND e.relrowsecurity) AND NOT e.invoker_view
+    UNION ALL
+    SELECT 2, format('holds %s on %s, which row-level security does not restrict',
+                     array_to_string(array(SELECT p FROM unnest(e.privs) p
+                                            WHERE p IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')), ', '),
+                     e.oid::regclass)
+      FROM extra e
+     WHERE e.privs && '{TRUNCATE,TRIGGER,REFERENCES}' AND e.relkind <> 'S'
+    UNION ALL
+    SELECT 3, format('holds UPDATE (setval) on sequence %s', e.oid::regclass)
+      FROM extra e
+     WHERE e.relkind = 'S' AND cardinality(e.privs) > 0
+    UNION ALL
+    SELECT 4, format('may execute %s %s, which PUBLIC may not',
+                     CASE WHEN p.prosecdef THEN 'SECURITY DEFINER function' ELSE 'function' END,
+                     p.oid::regprocedure)
+      FROM pg_proc p
+     WHERE (p.prosecdef OR p.pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace))
+       AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys.postgrest_gate()'::regprocedure,
+                         'apikeys.current_tenant()'::regprocedure, 'apikeys.current_key_id()'::regprocedure)
+       -- the readers behind the views answer only about the caller's own tenants
+       AND NOT (p.pronamespace = 'apikeys'::regnamespace
+                AND p.proname IN ('read_keys', 'read_tenants', 'read_key_usage', 'read_vault_secrets',
+                                  'read_audit', 'read_grants', 'audit_log_page', 'read_scopes',
+                                  'read_key_formats', 'read_legacy_keys', 'read_key_credits'))
+       AND has_function_privilege(role, p.oid, 'EXECUTE')
+       AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
+    UNION ALL
+    SELECT 5, format('may create objects in schema %s, which PUBLIC may not', n.oid::regnamespace)
+      FROM pg_namespace n
+     WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+       AND has_schema_privilege(role, n.oid, 'CREATE')
+       AND NOT has_schema_privilege('public', n.oid, 'CREATE')
+    UNION ALL
+    SELECT 6, 'may create schemas in this database, which PUBLIC may not'
+     WHERE has_database_privilege(role, current_database(), 'CREATE')
+       AND NOT has_database_privilege('public', current_database(), 'CREATE')
+)
+SELECT why FROM reasons ORDER BY o, why LIMIT 1
+$$;
 DO $$
 DECLARE
     r record;
@@ -5016,6 +5138,16 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_set_credits(uuid, bigint, bigint, interval, integer),'
                        ' apikeys.apikey_add_credits(uuid, bigint), apikeys.apikey_subtract_credits(uuid, bigint) TO %s', r.grantee);
+    END LOOP;
+    -- who may read key_usage may read key_credits
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid OPERATOR(pg_catalog.=) 'apikeys.key_usage'::pg_catalog.regclass
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT ON apikeys.key_credits TO %s', r.grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_key_credits() TO %s', r.grantee);
     END LOOP;
 END;
 $$;

@@ -382,8 +382,8 @@ apikeys_pending_credits(PG_FUNCTION_ARGS)
 	UsageKey	key;
 	UsageEntry *e;
 	TupleDesc	desc;
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
 	uint32		set,
 					hash;
 	LWLock	   *lock;
@@ -409,8 +409,8 @@ apikeys_pending_credits(PG_FUNCTION_ARGS)
 		SpinLockAcquire(&e->mutex);
 		if (e->base_loaded && e->usage_period_s < 0)
 		{
-			values[0] = Int64GetDatum(e->used);
-			values[1] = TimestampTzGetDatum((TimestampTz) e->usage_period);
+			values[1] = Int64GetDatum(e->used);
+			values[2] = TimestampTzGetDatum((TimestampTz) e->usage_period);
 			found = true;
 		}
 		SpinLockRelease(&e->mutex);
@@ -418,6 +418,9 @@ apikeys_pending_credits(PG_FUNCTION_ARGS)
 	LWLockRelease(lock);
 	if (!found)
 		PG_RETURN_NULL();
+	/* (key_id, used, period_start): key_id is INOUT */
+	Assert(desc->natts == 3);
+	values[0] = PG_GETARG_DATUM(0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 

@@ -326,11 +326,11 @@ BEGIN
     -- it is the balance at t, when the new one is written (a refill after
     -- t replaces it)
     n := apikeys_internal._credits_now(k, t);
-    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) 9223372036854775807 OPERATOR(pg_catalog.-) n.balance THEN
+    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) (9223372036854775807 OPERATOR(pg_catalog.-) n.balance) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('invalid_credits: key %s would have more than 9223372036854775807 credits', k.key_id);
     END IF;
-    IF amount OPERATOR(pg_catalog.<) 0 AND OPERATOR(pg_catalog.-) amount OPERATOR(pg_catalog.>) n.remaining THEN
+    IF amount OPERATOR(pg_catalog.<) 0 AND (OPERATOR(pg_catalog.-) amount) OPERATOR(pg_catalog.>) n.remaining THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
             MESSAGE = format('insufficient_credits: key %s has %s credits left, cannot subtract %s',
                              k.key_id, n.remaining, OPERATOR(pg_catalog.-) amount),
@@ -377,6 +377,46 @@ BEGIN
 END;
 $$;
 SELECT apikeys_internal.publish('apikey_subtract_credits', 'Subtract credits from a key, at most those left (insufficient_credits otherwise); returns the credits left.');
+
+-- Rows of apikeys.key_credits: the visible tenants' keys with credits, what
+-- is left of them now (pending charges included) and their refill
+-- (apikeys.tenants explains why a reader function).
+CREATE FUNCTION apikeys_internal.read_key_credits()
+    RETURNS TABLE (key_id uuid, tenant text, name text, credits bigint, spent bigint, remaining bigint,
+                   period_start timestamptz, next_refill timestamptz, refill_amount bigint,
+                   refill_interval interval, refill_day integer, credits_at timestamptz)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('read');
+    t timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name, cr.balance, cr.spent, cr.remaining, cr.period_start, cr.next_refill,
+           c.credits_refill, c.credits_refill_interval, c.credits_refill_day, c.credits_at
+      FROM apikeys.credential c
+     CROSS JOIN LATERAL apikeys_internal._credits_now(c, t) cr
+     WHERE c.credits IS NOT NULL AND (v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v));
+END;
+$$;
+SELECT apikeys_internal.publish('read_key_credits', 'Rows of apikeys.key_credits: the keys with credits of the tenants the caller may read.');
+CREATE VIEW apikeys.key_credits WITH (security_invoker = true) AS
+SELECT * FROM apikeys.read_key_credits();
+COMMENT ON VIEW apikeys.key_credits IS 'Per key with credits: the credits of the current refill period, spent, left (pending charges included), the refill.';
+COMMENT ON COLUMN apikeys.key_credits.key_id IS 'The key.';
+COMMENT ON COLUMN apikeys.key_credits.tenant IS 'The key''s tenant.';
+COMMENT ON COLUMN apikeys.key_credits.name IS 'The key''s name.';
+COMMENT ON COLUMN apikeys.key_credits.credits IS 'Credits of the current period: as last set, added or subtracted, or the refill amount once a refill came after that.';
+COMMENT ON COLUMN apikeys.key_credits.spent IS 'Credits verifications spent in the current period (flushed or still in shared memory).';
+COMMENT ON COLUMN apikeys.key_credits.remaining IS 'Credits left: credits - spent, at least 0.';
+COMMENT ON COLUMN apikeys.key_credits.period_start IS 'Start of the current period: the last set, or the last refill after it.';
+COMMENT ON COLUMN apikeys.key_credits.next_refill IS 'When the next refill replaces what is left; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_amount IS 'Credits a refill gives; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.key_credits.refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+COMMENT ON COLUMN apikeys.key_credits.credits_at IS 'When the credits were last set, added or subtracted.';
 
 COMMENT ON COLUMN apikeys.credential.credits IS 'Credits: the balance of remaining uses as of credits_at (before the uses since); NULL: none. apikey_set_credits.';
 COMMENT ON COLUMN apikeys.credential.credits_at IS 'When the credits balance was last written (set, add, subtract); a refill after it replaces the balance.';

@@ -95,6 +95,11 @@ for released in "$ROOT"/released/apikeys--*.sql; do
 	[ "$(qa up -c "SELECT count(*) || '|' || bool_and(apikeys.vault_reveal(id) = secret) FROM public.plain_vault")" = "2|true" ] ||
 		die "vault secrets do not reveal after the upgrade"
 
+	# what the new version added works on the upgraded database: credits
+	q up -f "$ROOT/test/t/populate_1_1.sql" >/dev/null || die "credits fail after the upgrade from $FROM"
+	qa up -c "$VERDICTS" | grep '^acme_credits_' >"$DIR/verdicts_1_1" || die "verify of keys with credits failed after the upgrade"
+	diff -u "$ROOT/test/t/populate_1_1.verdicts" "$DIR/verdicts_1_1" || die "keys with credits verify wrongly after the upgrade from $FROM"
+
 	# the README's step 3: mapped roles get the new version's privileges
 	q up -c "SELECT apikeys.grant_tenant(role_name, tenant, privilege) FROM apikeys.role_tenant" >/dev/null ||
 		die "granting the mapped roles again failed"
