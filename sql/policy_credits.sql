@@ -5,7 +5,8 @@
 -- them (cost 0 checks, cost n spends n, used up: usage_exceeded), together
 -- with the key's named limits and its tenant's, all or nothing; the refill
 -- rule (apikeys_internal._credits_state at explicit times, and verify after
--- a refill); apikeys.key_usage shows them, pending charges included.
+-- a refill); apikeys.key_credits and apikeys.key_usage show them, pending
+-- charges included, to the tenants' roles only.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;

@@ -521,7 +521,9 @@ BEGIN
       FROM apikeys.credential c
       LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
       LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true
-      LEFT JOIN LATERAL apikeys_internal._credits_now(c, clock_timestamp()) cr ON true
+      -- only keys with credits pay for the call (a one-time filter)
+      LEFT JOIN LATERAL (SELECT * FROM apikeys_internal._credits_now(c, clock_timestamp()) n
+                          WHERE c.credits IS NOT NULL) cr ON true
      WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
