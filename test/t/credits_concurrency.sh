@@ -8,9 +8,10 @@
 #   3. 8 keys of 50 credits each under a tenant limit of 300 an hour (400
 #      credits in all): exactly 300 pass, and the keys' spent credits add up
 #      to 300 (a call the tenant refuses spends no credit).
-#   4. top-ups during use: a key with 100 credits; one script in five adds
-#      5 credits instead of verifying.  Successes never exceed 100 plus what
-#      was added, and key_usage's spent + left = balance = 100 + added.
+#   4. top-ups during use: a key with 100 credits; one script in ten adds
+#      a credit instead of verifying (about 80 in all, so the credits run out
+#      while top-ups go on).  Successes never exceed 100 plus what was added,
+#      and key_usage's spent + left = balance = 100 + added.
 #
 # Own cluster: tmp/t_credits, port 54389; stopped on exit.  Exit 0 = pass.
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
@@ -105,14 +106,14 @@ got=$(passed gamma)
 [ "$(usage gamma)" = "400|300|100" ] || die "key_usage balance|spent|left = '$(usage gamma)', expected 400|300|100"
 ok "exactly 300 passed; the keys spent 300 credits, 100 left"
 
-echo "== 4. top-ups of 5 during use of 100 credits"
+echo "== 4. top-ups of 1 during use of 100 credits"
 keys delta 1 100
 topup=$DIR/topup.sql
 cat >"$topup" <<-SQL
-INSERT INTO added SELECT 5 FROM k WHERE k.tenant = 'delta' AND apikeys.apikey_add_credits(k.key_id, 5) IS NOT NULL;
+INSERT INTO added SELECT 1 FROM k WHERE k.tenant = 'delta' AND apikeys.apikey_add_credits(k.key_id, 1) IS NOT NULL;
 SQL
 chmod a+r "$topup"
-run_bench "$(script four delta 1 1)@4" "$topup@1"
+run_bench "$(script four delta 1 1)@9" "$topup@1"
 got=$(passed delta)
 added=$(qa -c "SELECT coalesce(sum(amount), 0) FROM added")
 [ "$added" -gt 0 ] || die "no top-up ran"
