@@ -802,7 +802,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		if (has_limits)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("limits_unavailable: this key has a rate limit or usage cap, but apikeys is not loaded through shared_preload_libraries"),
+					 errmsg("limits_unavailable: this key has limits (rate limit, usage cap, credits or named limits), but apikeys is not loaded through shared_preload_libraries"),
 					 errdetail("Limits are kept in shared memory; without it they cannot be enforced."),
 					 errhint("Add apikeys to shared_preload_libraries in postgresql.conf and restart the server.")));
 		return V_VALID;
