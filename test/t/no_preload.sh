@@ -105,7 +105,7 @@ got=$(qa -c "SELECT code FROM apikeys.apikey_verify('$KEY_CAP')")
 ok "key after its cap was removed: valid"
 
 got=$(qa -c "SELECT count(*) FROM apikeys.key_usage")
-[ "$got" = 4 ] || die "apikeys.key_usage has $got rows, expected 4"
+[ "$got" = 5 ] || die "apikeys.key_usage has $got rows, expected 5"
 got=$(qa -c "SELECT coalesce(sum(total), 0) FROM apikeys.verifications")
 [ "$got" = 0 ] || die "apikeys.verifications totals $got without shared memory, expected 0"
 ok "apikeys.key_usage and apikeys.verifications readable"
