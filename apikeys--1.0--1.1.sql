@@ -4606,6 +4606,555 @@ SELECT r.*, clock_timestamp() OPERATOR(pg_catalog.-) r.last_flush_at AS flush_la
   FROM apikeys_internal._runtime() r;
 
 ------------------------------------------------------------------------------
+-- 1.1: credits with refill (src/sql/10_schema.sql, 70_policies_usage.sql,
+-- 50_rls_grants.sql, 80_postgrest.sql): credential's credit columns,
+-- apikey_set_credits, apikey_add_credits, apikey_subtract_credits, view
+-- key_credits; apikey_set_policy refuses a cap on a key with credits;
+-- key_usage reports credits; grant_tenant grants the new functions and view
+-- (and roles granted before get them); the PostgREST role check knows the
+-- new reader.
+------------------------------------------------------------------------------
+ALTER TABLE apikeys.credential
+    ADD COLUMN credits                 bigint CHECK (credits >= 0),
+    ADD COLUMN credits_at              timestamptz,
+    ADD COLUMN credits_since           timestamptz,
+    ADD COLUMN credits_refill          bigint CHECK (credits_refill > 0),
+    ADD COLUMN credits_refill_interval interval CHECK (credits_refill_interval >= '1 second' AND credits_refill_interval <= '366 days'),
+    ADD COLUMN credits_refill_day      integer CHECK (credits_refill_day BETWEEN 1 AND 31);
+
+------------------------------------------------------------------------------
+-- Credits: remaining uses of a key, with an optional refill (Unkey-style).
+-- The balance (credential.credits, as of credits_at) belongs to the tables:
+-- set, add and subtract are transactional row updates (audited as
+-- key_updated).  What verify spends belongs to shared memory, counted as a
+-- usage cap's uses are (apikeys.usage.used, period_start = the spending
+-- start: the last set, or the last refill), so a top-up never races a
+-- charge: remaining = balance - spent.  A refill replaces the balance with
+-- the refill amount and starts a new spending period.  A key has credits or
+-- a usage cap, never both; used up, verify answers usage_exceeded for both
+-- (src/verdicts.h).
+------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._credits_state(credits bigint, credits_at timestamptz,
+        credits_since timestamptz, refill bigint, refill_interval interval, refill_day integer,
+        now timestamptz, OUT period_start timestamptz, OUT balance bigint, OUT next_refill timestamptz)
+    RETURNS record
+    LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_credits_state_sql';
+REVOKE ALL ON FUNCTION apikeys_internal._credits_state(bigint, timestamptz, timestamptz, bigint, interval, integer, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._credits_state(bigint, timestamptz, timestamptz, bigint, interval, integer, timestamptz) IS 'A key''s credits at a time, as verify computes them: start of the spending period, balance of the period, next refill (NULL: none).';
+
+CREATE FUNCTION apikeys_internal._pending_credits(INOUT key_id uuid, OUT used bigint, OUT period_start timestamptz)
+    RETURNS record
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_pending_credits';
+REVOKE ALL ON FUNCTION apikeys_internal._pending_credits(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._pending_credits(uuid) IS 'Credits a key spent as shared memory holds them (used) and the spending period they count in; NULLs without an entry or for a key the caller cannot see.';
+
+-- A key's credits at time t (the caller's one clock read): balance of the
+-- period, spent in it (shared memory if it holds the period, else the
+-- flushed row), remaining, next refill; no row for a key without credits.
+CREATE FUNCTION apikeys_internal._credits_now(k apikeys.credential, t timestamptz, OUT balance bigint, OUT spent bigint,
+        OUT remaining bigint, OUT period_start timestamptz, OUT next_refill timestamptz)
+    RETURNS record
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.balance, x.spent, GREATEST(s.balance OPERATOR(pg_catalog.-) x.spent, 0),
+           s.period_start, s.next_refill
+      FROM apikeys_internal._credits_state(k.credits, k.credits_at, k.credits_since, k.credits_refill,
+                                           k.credits_refill_interval, k.credits_refill_day, t) s
+     CROSS JOIN LATERAL (
+        SELECT CASE WHEN p.period_start OPERATOR(pg_catalog.=) s.period_start THEN p.used
+                    WHEN p.period_start OPERATOR(pg_catalog.>) s.period_start THEN 0
+                    ELSE COALESCE((SELECT u.used FROM apikeys.usage u
+                                    WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id
+                                      AND u.period_start OPERATOR(pg_catalog.=) s.period_start), 0)
+               END AS spent
+          FROM (SELECT NULL) one
+          LEFT JOIN apikeys_internal._pending_credits(k.key_id) p ON true) x
+     WHERE k.credits IS NOT NULL
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal._credits_now(apikeys.credential, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._credits_now(apikeys.credential, timestamptz) IS 'A key''s credits at a time (balance, spent, remaining, period start, next refill), pending charges included; no row without credits.';
+
+CREATE FUNCTION apikeys_internal.apikey_set_credits(
+    key_id          uuid,
+    credits         bigint,
+    refill_amount   bigint DEFAULT NULL,
+    refill_interval interval DEFAULT NULL,
+    refill_day      integer DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_set_credits');
+    t timestamptz := clock_timestamp();
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_set_credits');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_set_credits', k.key_id);
+    IF credits IS NULL AND (refill_amount IS NOT NULL OR refill_interval IS NOT NULL OR refill_day IS NOT NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill: a refill needs credits',
+            HINT = 'Pass credits NULL alone to remove the key''s credits.';
+    END IF;
+    IF credits OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: credits must be 0 or more';
+    END IF;
+    IF refill_amount IS NOT NULL AND refill_amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_amount: refill_amount must be positive';
+    END IF;
+    IF (refill_amount IS NULL) OPERATOR(pg_catalog.<>) (refill_interval IS NULL AND refill_day IS NULL)
+       OR (refill_interval IS NOT NULL AND refill_day IS NOT NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill: a refill takes a refill_amount and exactly one of refill_interval, refill_day';
+    END IF;
+    IF refill_interval IS NOT NULL AND (refill_interval OPERATOR(pg_catalog.<) '1 second'
+            OR refill_interval OPERATOR(pg_catalog.>) '366 days'
+            OR date_part('month', refill_interval) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', refill_interval) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM refill_interval) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM refill_interval))) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_interval: refill_interval must be whole seconds from 1 second to 366 days (in days, not months)',
+            HINT = 'For a monthly refill pass refill_day.';
+    END IF;
+    IF refill_day IS NOT NULL AND refill_day NOT BETWEEN 1 AND 31 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_day: refill_day must be between 1 and 31',
+            HINT = 'A month shorter than refill_day refills on its last day.';
+    END IF;
+    IF credits IS NOT NULL AND k.usage_limit IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_conflict: key %s has a usage cap', k.key_id),
+            HINT = 'A key has credits or a usage cap: remove the cap with apikey_set_policy first (a cap per period is credits that refill).';
+    END IF;
+    UPDATE apikeys.credential c SET
+        credits                 = apikey_set_credits.credits,
+        credits_at              = CASE WHEN apikey_set_credits.credits IS NOT NULL THEN t END,
+        credits_since           = CASE WHEN apikey_set_credits.credits IS NOT NULL THEN t END,
+        credits_refill          = apikey_set_credits.refill_amount,
+        credits_refill_interval = apikey_set_credits.refill_interval,
+        credits_refill_day      = apikey_set_credits.refill_day,
+        updated_at              = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_set_credits', 'Set (replace) a key''s credits: remaining uses, with an optional refill (refill_amount every refill_interval, or on refill_day of each month) that replaces the remaining uses; credits NULL removes them. Spending starts anew.');
+
+-- add (amount > 0) or subtract (amount < 0) credits of key k, now
+CREATE FUNCTION apikeys_internal._change_credits(key_id uuid, amount bigint, action text)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, action);
+    t timestamptz := clock_timestamp();
+    n record;
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, action);
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, action, k.key_id);
+    IF amount IS NULL OR amount OPERATOR(pg_catalog.=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    IF k.credits IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_not_set: key %s has no credits', k.key_id),
+            HINT = 'Give it credits with apikey_set_credits first.';
+    END IF;
+    -- the row is locked: the balance read here is the latest, and stays so;
+    -- it is the balance at t, when the new one is written (a refill after
+    -- t replaces it)
+    n := apikeys_internal._credits_now(k, t);
+    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) (9223372036854775807 OPERATOR(pg_catalog.-) n.balance) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid_credits: key %s would have more than 9223372036854775807 credits', k.key_id);
+    END IF;
+    IF amount OPERATOR(pg_catalog.<) 0 AND (OPERATOR(pg_catalog.-) amount) OPERATOR(pg_catalog.>) n.remaining THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('insufficient_credits: key %s has %s credits left, cannot subtract %s',
+                             k.key_id, n.remaining, OPERATOR(pg_catalog.-) amount),
+            HINT = 'Subtract at most the remaining credits, or set them with apikey_set_credits.';
+    END IF;
+    -- the period's balance (a refill since the last write included) plus the change
+    UPDATE apikeys.credential c SET
+        credits    = n.balance OPERATOR(pg_catalog.+) amount,
+        credits_at = t,
+        updated_at = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    RETURN n.remaining OPERATOR(pg_catalog.+) amount;
+END;
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal._change_credits(uuid, bigint, text) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._change_credits(uuid, bigint, text) IS 'Add (amount > 0) or subtract (amount < 0) credits of a key under its row lock; returns the credits left (pending charges counted).';
+
+CREATE FUNCTION apikeys_internal.apikey_add_credits(key_id uuid, amount bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    RETURN apikeys_internal._change_credits(key_id, amount, 'key_add_credits');
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_add_credits', 'Add credits to a key (a top-up, until the next refill replaces them); returns the credits left.');
+
+CREATE FUNCTION apikeys_internal.apikey_subtract_credits(key_id uuid, amount bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    RETURN apikeys_internal._change_credits(key_id, OPERATOR(pg_catalog.-) amount, 'key_subtract_credits');
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_subtract_credits', 'Subtract credits from a key, at most those left (insufficient_credits otherwise); returns the credits left.');
+
+-- Rows of apikeys.key_credits: the visible tenants' keys with credits, what
+-- is left of them now (pending charges included) and their refill
+-- (apikeys.tenants explains why a reader function).
+CREATE FUNCTION apikeys_internal.read_key_credits()
+    RETURNS TABLE (key_id uuid, tenant text, name text, credits bigint, spent bigint, remaining bigint,
+                   period_start timestamptz, next_refill timestamptz, refill_amount bigint,
+                   refill_interval interval, refill_day integer, credits_at timestamptz)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('read');
+    t timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name, cr.balance, cr.spent, cr.remaining, cr.period_start, cr.next_refill,
+           c.credits_refill, c.credits_refill_interval, c.credits_refill_day, c.credits_at
+      FROM apikeys.credential c
+     CROSS JOIN LATERAL apikeys_internal._credits_now(c, t) cr
+     WHERE c.credits IS NOT NULL AND (v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v));
+END;
+$$;
+SELECT apikeys_internal.publish('read_key_credits', 'Rows of apikeys.key_credits: the keys with credits of the tenants the caller may read.');
+CREATE VIEW apikeys.key_credits WITH (security_invoker = true) AS
+SELECT * FROM apikeys.read_key_credits();
+COMMENT ON VIEW apikeys.key_credits IS 'Per key with credits: the credits of the current refill period, spent, left (pending charges included), the refill.';
+COMMENT ON COLUMN apikeys.key_credits.key_id IS 'The key.';
+COMMENT ON COLUMN apikeys.key_credits.tenant IS 'The key''s tenant.';
+COMMENT ON COLUMN apikeys.key_credits.name IS 'The key''s name.';
+COMMENT ON COLUMN apikeys.key_credits.credits IS 'Credits of the current period: as last set, added or subtracted, or the refill amount once a refill came after that.';
+COMMENT ON COLUMN apikeys.key_credits.spent IS 'Credits verifications spent in the current period (flushed or still in shared memory).';
+COMMENT ON COLUMN apikeys.key_credits.remaining IS 'Credits left: credits - spent, at least 0.';
+COMMENT ON COLUMN apikeys.key_credits.period_start IS 'Start of the current period: the last set, or the last refill after it.';
+COMMENT ON COLUMN apikeys.key_credits.next_refill IS 'When the next refill replaces what is left; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_amount IS 'Credits a refill gives; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.key_credits.refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+COMMENT ON COLUMN apikeys.key_credits.credits_at IS 'When the credits were last set, added or subtracted.';
+
+COMMENT ON COLUMN apikeys.credential.credits IS 'Credits: the balance of remaining uses as of credits_at (before the uses since); NULL: none. apikey_set_credits.';
+COMMENT ON COLUMN apikeys.credential.credits_at IS 'When the credits balance was last written (set, add, subtract); a refill after it replaces the balance.';
+COMMENT ON COLUMN apikeys.credential.credits_since IS 'When the credits were last set: uses count against them from here (and anew from each refill).';
+COMMENT ON COLUMN apikeys.credential.credits_refill IS 'Credits a refill sets the balance to; NULL: no refill.';
+COMMENT ON COLUMN apikeys.credential.credits_refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.credential.credits_refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+
+CREATE OR REPLACE FUNCTION apikeys_internal.apikey_set_policy(
+    key_id       uuid,
+    allowed_ips  cidr[] DEFAULT NULL,
+    rate_limit   integer DEFAULT NULL,
+    rate_window  interval DEFAULT '1 minute',
+    usage_limit  bigint DEFAULT NULL,
+    usage_period interval DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_set_policy');
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_set_policy');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_set_policy', k.key_id);
+    -- one dimension first: array_position() refuses a multidimensional array
+    IF allowed_ips IS NOT NULL AND (array_ndims(allowed_ips) OPERATOR(pg_catalog.>) 1
+                                    OR cardinality(allowed_ips) NOT BETWEEN 1 AND 16
+                                    OR CASE WHEN array_ndims(allowed_ips) OPERATOR(pg_catalog.>) 1 THEN true
+                                            ELSE array_position(allowed_ips, NULL) IS NOT NULL END) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_allowed_ips: allowed_ips must be a one-dimensional array of 1 to 16 networks and no NULL',
+            HINT = 'Pass NULL to allow every address.';
+    END IF;
+    IF rate_limit IS NOT NULL AND rate_limit OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_rate_limit: rate_limit must be positive',
+            HINT = 'Pass NULL for no rate limit.';
+    END IF;
+    IF rate_limit IS NOT NULL AND (rate_window IS NULL
+            OR rate_window OPERATOR(pg_catalog.<) '1 second'
+            OR rate_window OPERATOR(pg_catalog.>) '1 day'
+            OR date_part('month', rate_window) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_rate_window: rate_window must be between 1 second and 1 day';
+    END IF;
+    IF usage_limit IS NOT NULL AND usage_limit OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_usage_limit: usage_limit must be positive',
+            HINT = 'Pass NULL for no usage cap.';
+    END IF;
+    IF usage_period IS NOT NULL AND (usage_limit IS NULL
+            OR usage_period OPERATOR(pg_catalog.<) '1 second'
+            OR usage_period OPERATOR(pg_catalog.>) '366 days'
+            OR date_part('month', usage_period) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
+    END IF;
+    IF usage_limit IS NOT NULL AND k.credits IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_conflict: key %s has credits', k.key_id),
+            HINT = 'A key has credits or a usage cap: remove the credits with apikey_set_credits(key_id, NULL) first.';
+    END IF;
+    UPDATE apikeys.credential c SET
+        allowed_ips  = apikey_set_policy.allowed_ips,
+        rate_limit   = apikey_set_policy.rate_limit,
+        rate_window  = CASE WHEN apikey_set_policy.rate_limit IS NULL THEN NULL ELSE apikey_set_policy.rate_window END,
+        usage_limit  = apikey_set_policy.usage_limit,
+        usage_period = apikey_set_policy.usage_period,
+        updated_at   = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys_internal.read_key_usage()
+    RETURNS TABLE (key_id uuid, tenant text, name text, last_used_at timestamptz, usage_limit bigint,
+                   used bigint, usage_remaining bigint, valid bigint, disabled bigint, revoked bigint,
+                   expired bigint, tenant_inactive bigint, ip_not_allowed bigint,
+                   insufficient_scope bigint, rate_limited bigint, usage_exceeded bigint,
+                   flushed_at timestamptz, has_unflushed boolean)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('read');
+    -- each verdict's index in _pending_usage's counts, from the library's
+    -- list (a constant once the plan is made: force_custom_plan)
+    ix jsonb := (SELECT jsonb_object_agg(d.name, d.code OPERATOR(pg_catalog.+) 1)
+                   FROM apikeys_internal.verdicts() d);
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name,
+           GREATEST(u.last_used_at, p.last_used_at) AS last_used_at,
+           -- credits: the balance of the period (used + usage_remaining)
+           COALESCE(c.usage_limit, cr.balance) AS usage_limit,
+           CASE WHEN c.credits IS NOT NULL THEN cr.spent ELSE COALESCE(p.used, u.used, 0) END AS used,
+           CASE WHEN c.usage_limit IS NOT NULL
+                THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0)
+                ELSE cr.remaining END AS usage_remaining,
+           COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'valid')::integer], 0) AS valid,
+           COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'disabled')::integer], 0) AS disabled,
+           COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'revoked')::integer], 0) AS revoked,
+           COALESCE(u.count_expired, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'expired')::integer], 0) AS expired,
+           COALESCE(u.count_tenant_inactive, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'tenant_inactive')::integer], 0) AS tenant_inactive,
+           COALESCE(u.count_ip_not_allowed, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'ip_not_allowed')::integer], 0) AS ip_not_allowed,
+           COALESCE(u.count_insufficient_scope, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'insufficient_scope')::integer], 0) AS insufficient_scope,
+           COALESCE(u.count_rate_limited, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'rate_limited')::integer], 0) AS rate_limited,
+           COALESCE(u.count_usage_exceeded, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'usage_exceeded')::integer], 0) AS usage_exceeded,
+           u.flushed_at,
+           p.key_id IS NOT NULL AND (p.counts OPERATOR(pg_catalog.<>) array_fill(0::bigint, ARRAY[cardinality(p.counts)])) AS has_unflushed
+      FROM apikeys.credential c
+      LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
+      LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true
+      -- only keys with credits pay for the call (a one-time filter)
+      LEFT JOIN LATERAL (SELECT * FROM apikeys_internal._credits_now(c, clock_timestamp()) n
+                          WHERE c.credits IS NOT NULL) cr ON true
+     WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys_internal.grant_tenant(role_name name, tenant text, privilege text DEFAULT 'manage') RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM apikeys_internal._check_privilege(privilege), apikeys_internal._check_role(role_name),
+            apikeys_internal._check_tenant_id(tenant);   -- STRICT: NULL is every tenant
+    IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) grant_tenant.tenant) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    END IF;
+    INSERT INTO apikeys.role_tenant (role_name, tenant, privilege)
+    VALUES (grant_tenant.role_name, grant_tenant.tenant, grant_tenant.privilege)
+    ON CONFLICT DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
+    -- the views, never the tables (see the readers above) ...
+    EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
+                   ' apikeys.tenant_grants, apikeys.key_usage, apikeys.key_credits TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_tenants(), apikeys.read_keys(),'
+                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(), apikeys.read_key_credits(),'
+                   ' apikeys.audit_log_page(text, bigint, integer, uuid),'
+                   ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
+    -- ... but for global roles, who see every row anyway
+    IF tenant IS NULL THEN
+        EXECUTE format('GRANT SELECT ON apikeys.tenant, apikeys.credential, apikeys.audit,'
+                       ' apikeys.role_tenant, apikeys.usage TO %I', role_name);
+        EXECUTE format('GRANT SELECT (key_id, hint, created_at, valid_until) ON apikeys.secret TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION'
+            ' apikeys.apikey_create(text, text, text[], timestamptz, text, jsonb, text),'
+            ' apikeys.apikey_create_many(text, text[], text[], timestamptz, text),'
+            ' apikeys.apikey_rotate(uuid, interval), apikeys.apikey_revoke(uuid, text),'
+            ' apikeys.apikey_disable(uuid), apikeys.apikey_enable(uuid),'
+            ' apikeys.apikey_update(uuid, text, text, text[], timestamptz, jsonb),'
+            ' apikeys.apikey_delete(uuid), apikeys.apikey_verify(text, text[], inet),'
+            ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
+            ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_set_credits(uuid, bigint, bigint, interval, integer),'
+            ' apikeys.apikey_add_credits(uuid, bigint), apikeys.apikey_subtract_credits(uuid, bigint) TO %I', role_name);
+    END IF;
+    IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'
+            ' apikeys.tenant_update(text, text, boolean), apikeys.tenant_delete(text, boolean),'
+            ' apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
+    END IF;
+    PERFORM apikeys_internal._grant_scope_privileges(role_name, tenant, privilege);   -- 1.1
+    -- legacy key formats and import (45_legacy.sql)
+    EXECUTE format('GRANT SELECT ON apikeys.key_formats, apikeys.legacy_keys TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_key_formats(), apikeys.read_legacy_keys() TO %I', role_name);
+    IF tenant IS NULL THEN
+        EXECUTE format('GRANT SELECT ON apikeys.key_format TO %I', role_name);
+    END IF;
+    IF privilege OPERATOR(pg_catalog.=) 'manage' THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION'
+            ' apikeys.key_format_register(text, text, text, integer, text, text, integer, text, text, text),'
+            ' apikeys.key_format_drop(text, text),'
+            ' apikeys.apikey_import(text, text, text, text, text[], timestamptz, jsonb, timestamptz, text, text,'
+            '                       timestamptz, text, integer, interval, timestamptz, text, text),'
+            ' apikeys.apikey_import_rows(text, text, apikeys.legacy_key[], text, bigint),'
+            ' apikeys.apikey_import_many(text, text, text, text) TO %I', role_name);
+    END IF;
+END;
+$$;
+CREATE OR REPLACE FUNCTION apikeys_internal._role_confinement_scan(role oid) RETURNS text
+    LANGUAGE sql STABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+AS $$
+WITH rel AS (
+    SELECT c.oid, c.relkind, c.relrowsecurity,
+           c.relkind = 'v' AND EXISTS (SELECT 1 FROM pg_options_to_table(c.reloptions) o
+                                        WHERE o.option_name = 'security_invoker' AND o.option_value::boolean)
+               AS invoker_view
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+), extra AS (
+    -- the privileges role holds on each relation beyond PUBLIC's
+    SELECT rel.*,
+           CASE WHEN rel.relkind = 'S' THEN
+               array(SELECT p FROM unnest('{UPDATE}'::text[]) p
+                      WHERE has_sequence_privilege(role, rel.oid, p)
+                        AND NOT has_sequence_privilege('public', rel.oid, p))
+           ELSE
+               array(SELECT p FROM unnest('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) p
+                      WHERE has_any_column_privilege(role, rel.oid, p)
+                        AND NOT has_any_column_privilege('public', rel.oid, p))
+               || array(SELECT p FROM unnest('{DELETE,TRUNCATE,TRIGGER}'::text[]) p
+                         WHERE has_table_privilege(role, rel.oid, p)
+                           AND NOT has_table_privilege('public', rel.oid, p))
+           END AS privs
+      FROM rel
+), reasons AS (
+    SELECT 1 AS o, format('holds %s on %s %s, whose rows row-level security does not confine',
+                          array_to_string(e.privs, ', '),
+                          CASE e.relkind WHEN 'v' THEN 'view (without security_invoker)'
+                                         WHEN 'm' THEN 'materialized view'
+                                         WHEN 'f' THEN 'foreign table'
+                                         ELSE 'table (without row-level security)' END,
+                          e.oid::regclass) AS why
+      FROM extra e
+     WHERE cardinality(e.privs) > 0 AND e.relkind <> 'S'
+       AND NOT (e.relkind IN ('r', 'p') AND e.relrowsecurity) AND NOT e.invoker_view
+    UNION ALL
+    SELECT 2, format('holds %s on %s, which row-level security does not restrict',
+                     array_to_string(array(SELECT p FROM unnest(e.privs) p
+                                            WHERE p IN ('TRUNCATE', 'TRIGGER', 'REFERENCES')), ', '),
+                     e.oid::regclass)
+      FROM extra e
+     WHERE e.privs && '{TRUNCATE,TRIGGER,REFERENCES}' AND e.relkind <> 'S'
+    UNION ALL
+    SELECT 3, format('holds UPDATE (setval) on sequence %s', e.oid::regclass)
+      FROM extra e
+     WHERE e.relkind = 'S' AND cardinality(e.privs) > 0
+    UNION ALL
+    SELECT 4, format('may execute %s %s, which PUBLIC may not',
+                     CASE WHEN p.prosecdef THEN 'SECURITY DEFINER function' ELSE 'function' END,
+                     p.oid::regprocedure)
+      FROM pg_proc p
+     WHERE (p.prosecdef OR p.pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace))
+       AND p.oid NOT IN ('apikeys.pre_request()'::regprocedure, 'apikeys.postgrest_gate()'::regprocedure,
+                         'apikeys.current_tenant()'::regprocedure, 'apikeys.current_key_id()'::regprocedure)
+       -- the readers behind the views answer only about the caller's own tenants
+       AND NOT (p.pronamespace = 'apikeys'::regnamespace
+                AND p.proname IN ('read_keys', 'read_tenants', 'read_key_usage', 'read_vault_secrets',
+                                  'read_audit', 'read_grants', 'audit_log_page', 'read_scopes',
+                                  'read_key_formats', 'read_legacy_keys', 'read_key_credits'))
+       AND has_function_privilege(role, p.oid, 'EXECUTE')
+       AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
+    UNION ALL
+    SELECT 5, format('may create objects in schema %s, which PUBLIC may not', n.oid::regnamespace)
+      FROM pg_namespace n
+     WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+       AND has_schema_privilege(role, n.oid, 'CREATE')
+       AND NOT has_schema_privilege('public', n.oid, 'CREATE')
+    UNION ALL
+    SELECT 6, 'may create schemas in this database, which PUBLIC may not'
+     WHERE has_database_privilege(role, current_database(), 'CREATE')
+       AND NOT has_database_privilege('public', current_database(), 'CREATE')
+)
+SELECT why FROM reasons ORDER BY o, why LIMIT 1
+$$;
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'apikeys.apikey_set_limits(uuid, apikeys.named_limit[])'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_set_credits(uuid, bigint, bigint, interval, integer),'
+                       ' apikeys.apikey_add_credits(uuid, bigint), apikeys.apikey_subtract_credits(uuid, bigint) TO %s', r.grantee);
+    END LOOP;
+    -- who may read key_usage may read key_credits
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid OPERATOR(pg_catalog.=) 'apikeys.key_usage'::pg_catalog.regclass
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT ON apikeys.key_credits TO %s', r.grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_key_credits() TO %s', r.grantee);
+    END LOOP;
+END;
+$$;
+
+------------------------------------------------------------------------------
 -- Last, as at the end of a fresh install (src/sql/90_privileges.sql, the
 -- same statements): nothing the sections above created is for PUBLIC, or for
 -- a role the installing role's default privileges name.  publish() revokes

@@ -98,6 +98,7 @@ typedef struct ApikeysCatalog
 	Oid			usage_rel;
 	Oid			usage_pkey;
 	int16		credential_limits;	/* column "limits" (1.1), 0: none (1.0) */
+	int16		credential_credits; /* column "credits" (1.1), 0: none (1.0); credits_at .. credits_refill_day follow it */
 	int16		tenant_limits;
 } ApikeysCatalog;
 

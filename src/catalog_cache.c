@@ -115,6 +115,7 @@ apikeys_catalog(void)
 	/* named limits (1.1): found by name; the 1.0 schema has none */
 	catalog.credential_limits = get_attnum(catalog.credential_rel, "limits");
 	catalog.tenant_limits = get_attnum(catalog.tenant_rel, "limits");
+	catalog.credential_credits = get_attnum(catalog.credential_rel, "credits");
 
 	catalog_valid = true;
 	return &catalog;

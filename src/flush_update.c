@@ -84,8 +84,7 @@ updated_row(HeapTuple old, TupleDesc desc, const FlushItem *it, TimestampTz now)
 		values[Anum_usage_used - 1] = Int64GetDatum(it->used);
 		nulls[Anum_usage_used - 1] = false;
 		values[Anum_usage_period_start - 1] =
-			TimestampTzGetDatum(it->period * (int64) it->period_s * USECS_PER_SEC);
-		nulls[Anum_usage_period_start - 1] = it->period_s == 0;
+			TimestampTzGetDatum(apikeys_flush_period_start(it, &nulls[Anum_usage_period_start - 1]));
 	}
 	for (int c = 0; c < apikeys_flush_ncounted; c++)
 	{

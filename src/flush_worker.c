@@ -538,8 +538,7 @@ write_batch_sql(FlushItem *items, int n)
 		last_null[k] = items[k].last_used_at == 0;
 		used[k] = Int64GetDatum(items[k].used);
 		used_null[k] = !items[k].has_used;
-		pstart[k] = TimestampTzGetDatum(items[k].period * (int64) items[k].period_s * USECS_PER_SEC);
-		pstart_null[k] = !items[k].has_used || items[k].period_s == 0;
+		pstart[k] = TimestampTzGetDatum(apikeys_flush_period_start(&items[k], &pstart_null[k]));
 	}
 	argtypes[0] = UUIDARRAYOID;
 	args[0] = PointerGetDatum(construct_array(keys, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));

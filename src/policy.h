@@ -36,6 +36,36 @@ typedef struct LimitSpec
 	int32		window_s;
 } LimitSpec;
 
+/*
+ * A key's credits (credential.credits ..; apikey_set_credits): a balance of
+ * uses written by management functions (set, add, subtract) at `at`, and
+ * spent by verify in shared memory.  Spending is counted per period: from
+ * `since` (the last set), and anew at each refill, which replaces the
+ * balance with `refill` (every refill_s seconds aligned to 2000-01-01 UTC,
+ * or on day refill_day of each month, 00:00 UTC, the month's last day when
+ * it is shorter).
+ */
+typedef struct CreditsSpec
+{
+	int64		credits;		/* balance at `at`; -1: the key has no credits */
+	TimestampTz at;				/* when the balance was written */
+	TimestampTz since;			/* the last set: spending counts from here */
+	int64		refill;			/* 0: no refill */
+	int32		refill_s;		/* refill interval in seconds, or 0 */
+	int16		refill_day;		/* refill day of the month 1..31, or 0 */
+} CreditsSpec;
+
+/* What a key's credits are at a time (apikeys_credits_state). */
+typedef struct CreditsState
+{
+	TimestampTz period_start;	/* uses charged from here on count */
+	int64		balance;		/* credits of the period (before its uses) */
+	TimestampTz next_refill;	/* DT_NOEND: no refill */
+} CreditsState;
+
+extern void apikeys_credits_state(const CreditsSpec *spec, TimestampTz now,
+								  CreditsState *st);
+
 typedef struct KeyPolicy
 {
 	pg_uuid_t	key_id;
@@ -47,6 +77,7 @@ typedef struct KeyPolicy
 	int32		rate_window_s;
 	int64		usage_limit;	/* 0: none */
 	int32		usage_period_s; /* 0: lifetime */
+	CreditsSpec credits;		/* credits.credits -1: none (never with usage_limit) */
 	int16		nkey_limits;
 	int16		ntenant_limits;
 	LimitSpec	key_limits[POLICY_MAX_LIMITS];

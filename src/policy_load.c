@@ -73,6 +73,34 @@ apikeys_interval_seconds(Datum d)
 	return (int32) Max(Min(s, PG_INT32_MAX), 1);
 }
 
+/*
+ * A key's credits (1.1): columns credits, credits_at, credits_since,
+ * credits_refill, credits_refill_interval, credits_refill_day, in this
+ * order from attnum `first`.  credits NULL: none (out->credits stays -1).
+ */
+static void
+load_credits(HeapTuple tuple, TupleDesc desc, AttrNumber first, CreditsSpec *out)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, first, desc, &isnull);
+
+	if (isnull || desc->natts < first + 5)
+		return;
+	out->credits = DatumGetInt64(d);
+	d = heap_getattr(tuple, first + 1, desc, &isnull);
+	out->at = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+	d = heap_getattr(tuple, first + 2, desc, &isnull);
+	out->since = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+	d = heap_getattr(tuple, first + 3, desc, &isnull);
+	out->refill = isnull ? 0 : DatumGetInt64(d);
+	d = heap_getattr(tuple, first + 4, desc, &isnull);
+	out->refill_s = isnull ? 0 : apikeys_interval_seconds(d);
+	d = heap_getattr(tuple, first + 5, desc, &isnull);
+	out->refill_day = isnull ? 0 : (int16) DatumGetInt32(d);
+	if (out->refill_s == 0 && out->refill_day == 0)
+		out->refill = 0;
+}
+
 static void
 load_cidrs(Datum d, KeyPolicy *p)
 {
@@ -304,6 +332,10 @@ apikeys_policy_load(const uint8 *digest, KeyPolicy *p, uint64 generation)
 		if (!isnull)
 			p->nkey_limits = apikeys_load_limits(d, p->key_limits);
 	}
+	memset(&p->credits, 0, sizeof(p->credits));
+	p->credits.credits = -1;
+	if (cat->credential_credits > 0)
+		load_credits(tuple, desc, cat->credential_credits, &p->credits);
 	table_close(rel, AccessShareLock);
 
 	p->tenant_active = tenant_active(p->tenant, snapshot, generation, p);

@@ -171,7 +171,7 @@ typedef struct UsageEntry
 	RateState	named[POLICY_MAX_LIMITS];	/* the key's (or tenant's) named limits */
 	int64		usage_period;	/* index of the usage period `used` counts */
 	int64		used;			/* uses charged in it (authoritative once loaded) */
-	int32		usage_period_s; /* period length, 0: lifetime */
+	int32		usage_period_s; /* period length, 0: lifetime, -1: credits (usage_period: a time) */
 	TimestampTz last_used_at;
 	int64		counts_pending[VERDICT_COUNT];
 	int64		counts_inflight[VERDICT_COUNT];
@@ -253,10 +253,24 @@ typedef struct FlushItem
 	bool		has_used;
 	int64		used;
 	int64		period;
-	int32		period_s;
+	int32		period_s;		/* -1: credits, period is a time */
 	TimestampTz last_used_at;
 	int64		counts[VERDICT_COUNT];
 } FlushItem;
+
+/*
+ * apikeys.usage.period_start of an item's `used`: a cap's period (index x
+ * length; NULL for a lifetime cap), or a credits entry's spending start
+ * (period_s -1: period is that time).
+ */
+static inline TimestampTz
+apikeys_flush_period_start(const FlushItem *it, bool *isnull)
+{
+	*isnull = !it->has_used || it->period_s == 0;
+	if (it->period_s < 0)
+		return (TimestampTz) it->period;
+	return it->period * (int64) it->period_s * USECS_PER_SEC;
+}
 
 /* outcomes that have a column in apikeys.usage, in column order */
 extern const VerdictCode apikeys_flush_counted[];

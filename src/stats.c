@@ -367,3 +367,101 @@ apikeys_runtime(PG_FUNCTION_ARGS)
 #undef U64
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
+
+/*
+ * apikeys_internal._pending_credits(key_id): the credits a key spent in
+ * shared memory (used) and the spending period they count in
+ * (period_start), or NULL (no entry, the entry does not count credits, or
+ * a key the caller cannot see: key_visible).  Shared memory owns the
+ * spent count of a key in use; apikeys.usage holds it as of the last flush.
+ */
+PG_FUNCTION_INFO_V1(apikeys_pending_credits);
+Datum
+apikeys_pending_credits(PG_FUNCTION_ARGS)
+{
+	UsageKey	key;
+	UsageEntry *e;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	uint32		set,
+					hash;
+	LWLock	   *lock;
+	bool		found = false;
+
+	if (PG_ARGISNULL(0) || apikeys_shared == NULL)
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!key_visible(fcinfo, PG_GETARG_UUID_P(0)))
+		PG_RETURN_NULL();
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.key_id, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+	hash = slot_hash(&apikeys_usage_table, &key);
+	set = slot_set(&apikeys_usage_table, hash);
+	lock = slot_lock(&apikeys_usage_table, set);
+	LWLockAcquire(lock, LW_SHARED);
+	e = (UsageEntry *) slot_find(&apikeys_usage_table, hash, &key);
+	if (e)
+	{
+		SpinLockAcquire(&e->mutex);
+		if (e->base_loaded && e->usage_period_s < 0)
+		{
+			values[1] = Int64GetDatum(e->used);
+			values[2] = TimestampTzGetDatum((TimestampTz) e->usage_period);
+			found = true;
+		}
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(lock);
+	if (!found)
+		PG_RETURN_NULL();
+	/* (key_id, used, period_start): key_id is INOUT */
+	Assert(desc->natts == 3);
+	values[0] = PG_GETARG_DATUM(0);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * apikeys_internal._credits_state(credits, at, since, refill,
+ * refill_interval, refill_day, now): what apikeys_credits_state says of a
+ * key's credit columns at `now` (period_start, balance, next_refill; NULL
+ * next_refill without refill), so that SQL computes as verify charges.
+ * NULL when credits is NULL.
+ */
+PG_FUNCTION_INFO_V1(apikeys_credits_state_sql);
+Datum
+apikeys_credits_state_sql(PG_FUNCTION_ARGS)
+{
+	CreditsSpec c;
+	CreditsState st;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(6))
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	c.credits = PG_GETARG_INT64(0);
+	c.at = PG_ARGISNULL(1) ? DT_NOBEGIN : PG_GETARG_TIMESTAMPTZ(1);
+	c.since = PG_ARGISNULL(2) ? DT_NOBEGIN : PG_GETARG_TIMESTAMPTZ(2);
+	c.refill = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT64(3);
+	c.refill_s = PG_ARGISNULL(4) ? 0 : apikeys_interval_seconds(PG_GETARG_DATUM(4));
+	c.refill_day = PG_ARGISNULL(5) ? 0 : (int16) PG_GETARG_INT32(5);
+	if (c.credits < 0 || c.refill < 0 || c.refill_day < 0 || c.refill_day > 31)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_credits: credits and refill must be 0 or more, refill_day 1 to 31"),
+				 errdetail("apikeys.credential's CHECK constraints allow no other values.")));
+	if (c.refill_s == 0 && c.refill_day == 0)
+		c.refill = 0;
+	apikeys_credits_state(&c, PG_GETARG_TIMESTAMPTZ(6), &st);
+	values[0] = TimestampTzGetDatum(st.period_start);
+	values[1] = Int64GetDatum(st.balance);
+	values[2] = TimestampTzGetDatum(st.next_refill);
+	nulls[2] = st.next_refill == DT_NOEND;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}

@@ -8,7 +8,11 @@
  * aligned to the epoch, or the key's lifetime); it starts from
  * apikeys.usage and the flush worker writes it back every turn.  A crash
  * loses what was charged since the last flush (at most apikeys.flush_interval
- * of traffic): those uses can be spent again.  Counts per outcome and last
+ * of traffic): those uses can be spent again.  Credits (policy.h
+ * CreditsSpec) are charged the same way: a cap whose period starts at the
+ * last set or refill and whose size is the period's balance, so they have
+ * the cap's crash rule; the balance itself is a table row, written only by
+ * apikey_set_credits, _add_ and _subtract_.  Counts per outcome and last
  * use are added to apikeys.usage by the flush worker within
  * apikeys.usage_write_delay (sooner when a set fills up), so a key in steady
  * use costs one row write per delay, not one per turn.
@@ -23,6 +27,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "miscadmin.h"
+#include "utils/datetime.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/snapmgr.h"
@@ -425,7 +430,75 @@ period_index(int32 period_s, TimestampTz t)
 	return period_s > 0 ? t / ((int64) period_s * USECS_PER_SEC) : 0;
 }
 
-/* uses already charged in this period, from apikeys.usage */
+/* days in month m (1..12) of year y */
+static int
+month_days(int y, int m)
+{
+	return day_tab[isleap(y)][m - 1];
+}
+
+/* day `day` (clamped to the month's length) of month m of year y, 00:00 UTC */
+static TimestampTz
+month_day(int y, int m, int day)
+{
+	while (m < 1)
+		m += 12, y--;
+	while (m > 12)
+		m -= 12, y++;
+	return (TimestampTz) (date2j(y, m, Min(day, month_days(y, m))) - POSTGRES_EPOCH_JDATE) *
+		USECS_PER_DAY;
+}
+
+/*
+ * What a key's credits are at `now` (policy.h): the start of the refill
+ * period holding now (DT_NOBEGIN without refill), the period's spending
+ * start (that or the last set, whichever is later), its balance (the
+ * refill amount once a refill passed since the balance was written), and
+ * the next refill.  The one definition: verify charges by it and the SQL
+ * functions and views read it (apikeys_internal._credits_state).
+ */
+void
+apikeys_credits_state(const CreditsSpec *c, TimestampTz now, CreditsState *st)
+{
+	TimestampTz boundary = DT_NOBEGIN;
+
+	Assert(c->credits >= 0);
+	Assert(c->refill >= 0 && c->refill_s >= 0 && c->refill_day >= 0 && c->refill_day <= 31);
+	st->next_refill = DT_NOEND;
+	if (c->refill > 0 && c->refill_s > 0)
+	{
+		int64		len = (int64) c->refill_s * USECS_PER_SEC;
+		int64		q = now / len - (now % len < 0 ? 1 : 0);	/* floor */
+
+		boundary = q * len;
+		st->next_refill = boundary + len;
+	}
+	else if (c->refill > 0 && c->refill_day > 0 &&
+			 !TIMESTAMP_NOT_FINITE(now))
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+
+		if (timestamp2tm(now, NULL, &tm, &fsec, NULL, NULL) == 0)
+		{
+			boundary = month_day(tm.tm_year, tm.tm_mon, c->refill_day);
+			if (boundary > now)
+			{
+				st->next_refill = boundary;
+				boundary = month_day(tm.tm_year, tm.tm_mon - 1, c->refill_day);
+			}
+			else
+				st->next_refill = month_day(tm.tm_year, tm.tm_mon + 1, c->refill_day);
+		}
+	}
+	st->period_start = Max(boundary, c->since);
+	st->balance = (c->refill > 0 && boundary > c->at) ? c->refill : c->credits;
+}
+
+/*
+ * uses already charged in this period, from apikeys.usage; for credits,
+ * `period` is the spending start (the row's period_start must be it)
+ */
 static int64
 load_used(const KeyPolicy *p, int64 period)
 {
@@ -443,8 +516,10 @@ load_used(const KeyPolicy *p, int64 period)
 	{
 		Datum		start = heap_getattr(tuple, Anum_usage_period_start, desc, &isnull);
 
-		if (p->usage_period_s == 0 ||
-			(!isnull && period_index(p->usage_period_s, DatumGetTimestampTz(start)) == period))
+		if (p->credits.credits >= 0 ?
+			(!isnull && DatumGetTimestampTz(start) == period) :
+			(p->usage_period_s == 0 ||
+			 (!isnull && period_index(p->usage_period_s, DatumGetTimestampTz(start)) == period)))
 		{
 			Datum		d = heap_getattr(tuple, Anum_usage_used, desc, &isnull);
 
@@ -689,15 +764,33 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	VerdictCode code = V_VALID;
 	LimitReport lr;
 	int64		period = period_index(p->usage_period_s, now);
+	int64		cap = p->usage_limit;	/* uses of this period, 0: uncounted */
+	int32		period_s = p->usage_period_s;	/* -1: credits (period: a time) */
 	int64		base = 0;
 	int64		tenant_slices[POLICY_MAX_LIMITS];
 	bool		tenant_charged = false;
 	bool		rate_ok = true;
 	bool		cap_ok;
-	bool		has_limits = p->rate_limit > 0 || p->usage_limit > 0 ||
+	bool		credits = p->credits.credits >= 0;
+	bool		has_limits = p->rate_limit > 0 || p->usage_limit > 0 || credits ||
 		p->nkey_limits > 0 || p->ntenant_limits > 0;
 
 	Assert(cost >= 0);
+	if (credits)
+	{
+		/*
+		 * Credits are a cap whose period is the spending period (from the
+		 * last set or refill) and whose size is the balance: same charging,
+		 * flushing and crash rule as a cap.  A balance of 0 is refused as a
+		 * cap of 0 would be.
+		 */
+		CreditsState cs;
+
+		apikeys_credits_state(&p->credits, now, &cs);
+		period = cs.period_start;
+		cap = cs.balance;
+		period_s = -1;
+	}
 	rv->limit = 0;
 	rv->remaining = 0;
 	rv->reset = 0;
@@ -709,7 +802,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		if (has_limits)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("limits_unavailable: this key has a rate limit or usage cap, but apikeys is not loaded through shared_preload_libraries"),
+					 errmsg("limits_unavailable: this key has limits (rate limit, usage cap, credits or named limits), but apikeys is not loaded through shared_preload_libraries"),
 					 errdetail("Limits are kept in shared memory; without it they cannot be enforced."),
 					 errhint("Add apikeys to shared_preload_libraries in postgresql.conf and restart the server.")));
 		return V_VALID;
@@ -732,12 +825,13 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	}
 
 	/* read the stored use count once per entry and period, outside locks */
-	if (p->usage_limit > 0)
+	if (p->usage_limit > 0 || credits)
 	{
 		bool		need;
 
 		SpinLockAcquire(&e->mutex);
-		need = !e->base_loaded || e->usage_period != period;
+		need = !e->base_loaded || e->usage_period != period ||
+			(e->usage_period_s < 0) != credits;
 		SpinLockRelease(&e->mutex);
 		if (need)
 		{
@@ -753,12 +847,32 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	}
 
 	SpinLockAcquire(&e->mutex);
-	if (p->usage_limit > 0 && (!e->base_loaded || e->usage_period != period))
+	if (credits && e->base_loaded && e->usage_period_s < 0 && e->usage_period > period)
 	{
-		/* a new period starts from zero; a first look starts from the table */
-		e->used = (e->base_loaded && e->usage_period != period) ? 0 : base;
+		/*
+		 * Another backend already charges in a later period: a refill it
+		 * reached first (its clock read came a little later), or a set this
+		 * backend's policy does not see yet.  Spend in the entry's period,
+		 * never go back to an earlier one, with the balance of that period.
+		 */
+		CreditsState later;
+
+		apikeys_credits_state(&p->credits, (TimestampTz) e->usage_period, &later);
+		period = e->usage_period;
+		cap = later.balance;
+	}
+	else if ((p->usage_limit > 0 || credits) &&
+			 (!e->base_loaded || e->usage_period != period ||
+			  (e->usage_period_s < 0) != credits))
+	{
+		/*
+		 * a new period of the same kind starts from zero; a first look (or a
+		 * key that changed between cap and credits) starts from the table
+		 */
+		e->used = (e->base_loaded && e->usage_period != period &&
+				   (e->usage_period_s < 0) == credits) ? 0 : base;
 		e->usage_period = period;
-		e->usage_period_s = p->usage_period_s;
+		e->usage_period_s = period_s;
 		e->base_loaded = true;
 	}
 	if (p->rate_limit > 0)
@@ -768,7 +882,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 			code = V_RATE_LIMITED;
 	}
 	/* a call over the cap is not a success: the windows are not charged */
-	cap_ok = p->usage_limit <= 0 || e->used + Max(cost, 1) <= p->usage_limit;
+	cap_ok = (p->usage_limit <= 0 && !credits) || e->used + Max(cost, 1) <= cap;
 	/* the named limits last: they charge themselves if all else passed */
 	if (p->nkey_limits > 0 &&
 		!check_named(e, p->key_limits, p->nkey_limits, "key", now, cost,
@@ -780,14 +894,14 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	if (code == V_VALID && cost > 0)
 	{
 		/* every check passed: charge the rest, and say what is left */
-		e->used += p->usage_limit > 0 ? cost : 0;
+		e->used += (p->usage_limit > 0 || credits) ? cost : 0;
 		if (p->rate_limit > 0)
 			limit_charge(&e->rate, p->rate_limit, now, cost, &lr);
 	}
 	if (p->rate_limit > 0)
 		add_row("key", rate_limit_name, rate_ok, &lr);
-	if (p->usage_limit > 0)
-		rv->usage_remaining = Max(p->usage_limit - e->used, 0);
+	if (p->usage_limit > 0 || credits)
+		rv->usage_remaining = Max(cap - e->used, 0);
 	count_locked(e, code, now);
 	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);

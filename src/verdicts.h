@@ -19,6 +19,11 @@
  *                in key_usage), in list order.  Verdicts without a key
  *                (malformed, not_found) have nothing to count against.
  *   http_status  what the PostgREST gate answers.
+ *
+ * usage_exceeded is also the verdict of a key whose credits are used up
+ * (or fewer than the cost): a key has a usage cap or credits, never both,
+ * so the key's settings say which, and clients and the gate (429) treat
+ * both alike, as a rate limit's refusal is one verdict for every limit.
  */
 #ifndef APIKEYS_VERDICTS_H
 #define APIKEYS_VERDICTS_H

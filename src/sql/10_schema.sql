@@ -102,7 +102,14 @@ CREATE TABLE apikeys.credential (
     CHECK ((status = 'revoked') = (revoked_at IS NOT NULL)),
     CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
     -- the key's named limits; apikey_set_limits()
-    limits         apikeys.named_limit[] NOT NULL DEFAULT '{}'
+    limits         apikeys.named_limit[] NOT NULL DEFAULT '{}',
+    -- credits (apikey_set_credits; NULL: none), after the columns above
+    credits                 bigint CHECK (credits >= 0),
+    credits_at              timestamptz,
+    credits_since           timestamptz,
+    credits_refill          bigint CHECK (credits_refill > 0),
+    credits_refill_interval interval CHECK (credits_refill_interval >= '1 second' AND credits_refill_interval <= '366 days'),
+    credits_refill_day      integer CHECK (credits_refill_day BETWEEN 1 AND 31)
 );
 CREATE INDEX credential_tenant_idx ON apikeys.credential (tenant, created_at);
 COMMENT ON TABLE apikeys.credential IS 'API keys: the identity (key_id) that survives rotation, with name, scopes, expiry and status.';

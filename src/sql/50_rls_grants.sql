@@ -144,9 +144,9 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %I', role_name);
     -- the views, never the tables (see the readers above) ...
     EXECUTE format('GRANT SELECT ON apikeys.tenants, apikeys.keys, apikeys.audit_log,'
-                   ' apikeys.tenant_grants, apikeys.key_usage TO %I', role_name);
+                   ' apikeys.tenant_grants, apikeys.key_usage, apikeys.key_credits TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.read_tenants(), apikeys.read_keys(),'
-                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(),'
+                   ' apikeys.read_audit(), apikeys.read_grants(), apikeys.read_key_usage(), apikeys.read_key_credits(),'
                    ' apikeys.audit_log_page(text, bigint, integer, uuid),'
                    ' apikeys.current_tenant(), apikeys.current_key_id() TO %I', role_name);
     -- ... but for global roles, who see every row anyway
@@ -166,6 +166,8 @@ BEGIN
             ' apikeys.apikey_set_policy(uuid, cidr[], integer, interval, bigint, interval) TO %I', role_name);
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_verify(text, text[], inet, integer),'
             ' apikeys.last_verify_limits(), apikeys.apikey_set_limits(uuid, apikeys.named_limit[]) TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apikey_set_credits(uuid, bigint, bigint, interval, integer),'
+            ' apikeys.apikey_add_credits(uuid, bigint), apikeys.apikey_subtract_credits(uuid, bigint) TO %I', role_name);
     END IF;
     IF tenant IS NULL AND privilege OPERATOR(pg_catalog.=) 'manage' THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.tenant_create(text, text),'

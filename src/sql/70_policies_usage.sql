@@ -79,6 +79,11 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
     END IF;
+    IF usage_limit IS NOT NULL AND k.credits IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_conflict: key %s has credits', k.key_id),
+            HINT = 'A key has credits or a usage cap: remove the credits with apikey_set_credits(key_id, NULL) first.';
+    END IF;
     UPDATE apikeys.credential c SET
         allowed_ips  = apikey_set_policy.allowed_ips,
         rate_limit   = apikey_set_policy.rate_limit,
@@ -176,6 +181,250 @@ END;
 $$;
 SELECT apikeys_internal.publish('tenant_set_limits', 'Set (replace) a tenant''s named limits, shared by all its keys: up to 3 of (name, max_uses, per); NULL removes them. Global administrators only.');
 
+------------------------------------------------------------------------------
+-- Credits: remaining uses of a key, with an optional refill (Unkey-style).
+-- The balance (credential.credits, as of credits_at) belongs to the tables:
+-- set, add and subtract are transactional row updates (audited as
+-- key_updated).  What verify spends belongs to shared memory, counted as a
+-- usage cap's uses are (apikeys.usage.used, period_start = the spending
+-- start: the last set, or the last refill), so a top-up never races a
+-- charge: remaining = balance - spent.  A refill replaces the balance with
+-- the refill amount and starts a new spending period.  A key has credits or
+-- a usage cap, never both; used up, verify answers usage_exceeded for both
+-- (src/verdicts.h).
+------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._credits_state(credits bigint, credits_at timestamptz,
+        credits_since timestamptz, refill bigint, refill_interval interval, refill_day integer,
+        now timestamptz, OUT period_start timestamptz, OUT balance bigint, OUT next_refill timestamptz)
+    RETURNS record
+    LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_credits_state_sql';
+REVOKE ALL ON FUNCTION apikeys_internal._credits_state(bigint, timestamptz, timestamptz, bigint, interval, integer, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._credits_state(bigint, timestamptz, timestamptz, bigint, interval, integer, timestamptz) IS 'A key''s credits at a time, as verify computes them: start of the spending period, balance of the period, next refill (NULL: none).';
+
+CREATE FUNCTION apikeys_internal._pending_credits(INOUT key_id uuid, OUT used bigint, OUT period_start timestamptz)
+    RETURNS record
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_pending_credits';
+REVOKE ALL ON FUNCTION apikeys_internal._pending_credits(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._pending_credits(uuid) IS 'Credits a key spent as shared memory holds them (used) and the spending period they count in; NULLs without an entry or for a key the caller cannot see.';
+
+-- A key's credits at time t (the caller's one clock read): balance of the
+-- period, spent in it (shared memory if it holds the period, else the
+-- flushed row), remaining, next refill; no row for a key without credits.
+CREATE FUNCTION apikeys_internal._credits_now(k apikeys.credential, t timestamptz, OUT balance bigint, OUT spent bigint,
+        OUT remaining bigint, OUT period_start timestamptz, OUT next_refill timestamptz)
+    RETURNS record
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.balance, x.spent, GREATEST(s.balance OPERATOR(pg_catalog.-) x.spent, 0),
+           s.period_start, s.next_refill
+      FROM apikeys_internal._credits_state(k.credits, k.credits_at, k.credits_since, k.credits_refill,
+                                           k.credits_refill_interval, k.credits_refill_day, t) s
+     CROSS JOIN LATERAL (
+        SELECT CASE WHEN p.period_start OPERATOR(pg_catalog.=) s.period_start THEN p.used
+                    WHEN p.period_start OPERATOR(pg_catalog.>) s.period_start THEN 0
+                    ELSE COALESCE((SELECT u.used FROM apikeys.usage u
+                                    WHERE u.key_id OPERATOR(pg_catalog.=) k.key_id
+                                      AND u.period_start OPERATOR(pg_catalog.=) s.period_start), 0)
+               END AS spent
+          FROM (SELECT NULL) one
+          LEFT JOIN apikeys_internal._pending_credits(k.key_id) p ON true) x
+     WHERE k.credits IS NOT NULL
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal._credits_now(apikeys.credential, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._credits_now(apikeys.credential, timestamptz) IS 'A key''s credits at a time (balance, spent, remaining, period start, next refill), pending charges included; no row without credits.';
+
+CREATE FUNCTION apikeys_internal.apikey_set_credits(
+    key_id          uuid,
+    credits         bigint,
+    refill_amount   bigint DEFAULT NULL,
+    refill_interval interval DEFAULT NULL,
+    refill_day      integer DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, 'key_set_credits');
+    t timestamptz := clock_timestamp();
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, 'key_set_credits');
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, 'key_set_credits', k.key_id);
+    IF credits IS NULL AND (refill_amount IS NOT NULL OR refill_interval IS NOT NULL OR refill_day IS NOT NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill: a refill needs credits',
+            HINT = 'Pass credits NULL alone to remove the key''s credits.';
+    END IF;
+    IF credits OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: credits must be 0 or more';
+    END IF;
+    IF refill_amount IS NOT NULL AND refill_amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_amount: refill_amount must be positive';
+    END IF;
+    IF (refill_amount IS NULL) OPERATOR(pg_catalog.<>) (refill_interval IS NULL AND refill_day IS NULL)
+       OR (refill_interval IS NOT NULL AND refill_day IS NOT NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill: a refill takes a refill_amount and exactly one of refill_interval, refill_day';
+    END IF;
+    IF refill_interval IS NOT NULL AND (refill_interval OPERATOR(pg_catalog.<) '1 second'
+            OR refill_interval OPERATOR(pg_catalog.>) '366 days'
+            OR date_part('month', refill_interval) OPERATOR(pg_catalog.<>) 0
+            OR date_part('year', refill_interval) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM refill_interval) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM refill_interval))) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_interval: refill_interval must be whole seconds from 1 second to 366 days (in days, not months)',
+            HINT = 'For a monthly refill pass refill_day.';
+    END IF;
+    IF refill_day IS NOT NULL AND refill_day NOT BETWEEN 1 AND 31 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_refill_day: refill_day must be between 1 and 31',
+            HINT = 'A month shorter than refill_day refills on its last day.';
+    END IF;
+    IF credits IS NOT NULL AND k.usage_limit IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_conflict: key %s has a usage cap', k.key_id),
+            HINT = 'A key has credits or a usage cap: remove the cap with apikey_set_policy first (a cap per period is credits that refill).';
+    END IF;
+    UPDATE apikeys.credential c SET
+        credits                 = apikey_set_credits.credits,
+        credits_at              = CASE WHEN apikey_set_credits.credits IS NOT NULL THEN t END,
+        credits_since           = CASE WHEN apikey_set_credits.credits IS NOT NULL THEN t END,
+        credits_refill          = apikey_set_credits.refill_amount,
+        credits_refill_interval = apikey_set_credits.refill_interval,
+        credits_refill_day      = apikey_set_credits.refill_day,
+        updated_at              = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_set_credits', 'Set (replace) a key''s credits: remaining uses, with an optional refill (refill_amount every refill_interval, or on refill_day of each month) that replaces the remaining uses; credits NULL removes them. Spending starts anew.');
+
+-- add (amount > 0) or subtract (amount < 0) credits of key k, now
+CREATE FUNCTION apikeys_internal._change_credits(key_id uuid, amount bigint, action text)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k apikeys.credential := apikeys_internal._lock_key(key_id, action);
+    t timestamptz := clock_timestamp();
+    n record;
+BEGIN
+    PERFORM apikeys_internal._require_not_revoked(k, action);
+    PERFORM apikeys_internal._require_active_tenant(k.tenant, action, k.key_id);
+    IF amount IS NULL OR amount OPERATOR(pg_catalog.=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    IF k.credits IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('credits_not_set: key %s has no credits', k.key_id),
+            HINT = 'Give it credits with apikey_set_credits first.';
+    END IF;
+    -- the row is locked: the balance read here is the latest, and stays so;
+    -- it is the balance at t, when the new one is written (a refill after
+    -- t replaces it)
+    n := apikeys_internal._credits_now(k, t);
+    IF amount OPERATOR(pg_catalog.>) 0 AND amount OPERATOR(pg_catalog.>) (9223372036854775807 OPERATOR(pg_catalog.-) n.balance) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid_credits: key %s would have more than 9223372036854775807 credits', k.key_id);
+    END IF;
+    IF amount OPERATOR(pg_catalog.<) 0 AND (OPERATOR(pg_catalog.-) amount) OPERATOR(pg_catalog.>) n.remaining THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('insufficient_credits: key %s has %s credits left, cannot subtract %s',
+                             k.key_id, n.remaining, OPERATOR(pg_catalog.-) amount),
+            HINT = 'Subtract at most the remaining credits, or set them with apikey_set_credits.';
+    END IF;
+    -- the period's balance (a refill since the last write included) plus the change
+    UPDATE apikeys.credential c SET
+        credits    = n.balance OPERATOR(pg_catalog.+) amount,
+        credits_at = t,
+        updated_at = now()
+     WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
+    RETURN n.remaining OPERATOR(pg_catalog.+) amount;
+END;
+$$;
+REVOKE ALL ON FUNCTION apikeys_internal._change_credits(uuid, bigint, text) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._change_credits(uuid, bigint, text) IS 'Add (amount > 0) or subtract (amount < 0) credits of a key under its row lock; returns the credits left (pending charges counted).';
+
+CREATE FUNCTION apikeys_internal.apikey_add_credits(key_id uuid, amount bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    RETURN apikeys_internal._change_credits(key_id, amount, 'key_add_credits');
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_add_credits', 'Add credits to a key (a top-up, until the next refill replaces them); returns the credits left.');
+
+CREATE FUNCTION apikeys_internal.apikey_subtract_credits(key_id uuid, amount bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF amount OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_credits: amount must be positive';
+    END IF;
+    RETURN apikeys_internal._change_credits(key_id, OPERATOR(pg_catalog.-) amount, 'key_subtract_credits');
+END;
+$$;
+SELECT apikeys_internal.publish('apikey_subtract_credits', 'Subtract credits from a key, at most those left (insufficient_credits otherwise); returns the credits left.');
+
+-- Rows of apikeys.key_credits: the visible tenants' keys with credits, what
+-- is left of them now (pending charges included) and their refill
+-- (apikeys.tenants explains why a reader function).
+CREATE FUNCTION apikeys_internal.read_key_credits()
+    RETURNS TABLE (key_id uuid, tenant text, name text, credits bigint, spent bigint, remaining bigint,
+                   period_start timestamptz, next_refill timestamptz, refill_amount bigint,
+                   refill_interval interval, refill_day integer, credits_at timestamptz)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL RESTRICTED ROWS 100
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('read');
+    t timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    SELECT c.key_id, c.tenant, c.name, cr.balance, cr.spent, cr.remaining, cr.period_start, cr.next_refill,
+           c.credits_refill, c.credits_refill_interval, c.credits_refill_day, c.credits_at
+      FROM apikeys.credential c
+     CROSS JOIN LATERAL apikeys_internal._credits_now(c, t) cr
+     WHERE c.credits IS NOT NULL AND (v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v));
+END;
+$$;
+SELECT apikeys_internal.publish('read_key_credits', 'Rows of apikeys.key_credits: the keys with credits of the tenants the caller may read.');
+CREATE VIEW apikeys.key_credits WITH (security_invoker = true) AS
+SELECT * FROM apikeys.read_key_credits();
+COMMENT ON VIEW apikeys.key_credits IS 'Per key with credits: the credits of the current refill period, spent, left (pending charges included), the refill.';
+COMMENT ON COLUMN apikeys.key_credits.key_id IS 'The key.';
+COMMENT ON COLUMN apikeys.key_credits.tenant IS 'The key''s tenant.';
+COMMENT ON COLUMN apikeys.key_credits.name IS 'The key''s name.';
+COMMENT ON COLUMN apikeys.key_credits.credits IS 'Credits of the current period: as last set, added or subtracted, or the refill amount once a refill came after that.';
+COMMENT ON COLUMN apikeys.key_credits.spent IS 'Credits verifications spent in the current period (flushed or still in shared memory).';
+COMMENT ON COLUMN apikeys.key_credits.remaining IS 'Credits left: credits - spent, at least 0.';
+COMMENT ON COLUMN apikeys.key_credits.period_start IS 'Start of the current period: the last set, or the last refill after it.';
+COMMENT ON COLUMN apikeys.key_credits.next_refill IS 'When the next refill replaces what is left; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_amount IS 'Credits a refill gives; NULL: no refill.';
+COMMENT ON COLUMN apikeys.key_credits.refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.key_credits.refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+COMMENT ON COLUMN apikeys.key_credits.credits_at IS 'When the credits were last set, added or subtracted.';
+
+COMMENT ON COLUMN apikeys.credential.credits IS 'Credits: the balance of remaining uses as of credits_at (before the uses since); NULL: none. apikey_set_credits.';
+COMMENT ON COLUMN apikeys.credential.credits_at IS 'When the credits balance was last written (set, add, subtract); a refill after it replaces the balance.';
+COMMENT ON COLUMN apikeys.credential.credits_since IS 'When the credits were last set: uses count against them from here (and anew from each refill).';
+COMMENT ON COLUMN apikeys.credential.credits_refill IS 'Credits a refill sets the balance to; NULL: no refill.';
+COMMENT ON COLUMN apikeys.credential.credits_refill_interval IS 'Refill every interval (aligned to 2000-01-01 UTC); NULL: monthly or none.';
+COMMENT ON COLUMN apikeys.credential.credits_refill_day IS 'Refill on this day of each month at 00:00 UTC (a shorter month: its last day); NULL: by interval or none.';
+
 -- The limits the last apikey_verify or authenticate of this session checked.
 CREATE FUNCTION apikeys.last_verify_limits(OUT scope text, OUT name text, OUT max_uses integer,
                                            OUT remaining integer, OUT reset timestamptz,
@@ -252,10 +501,12 @@ BEGIN
     RETURN QUERY
     SELECT c.key_id, c.tenant, c.name,
            GREATEST(u.last_used_at, p.last_used_at) AS last_used_at,
-           c.usage_limit,
-           COALESCE(p.used, u.used, 0) AS used,
+           -- credits: the balance of the period (used + usage_remaining)
+           COALESCE(c.usage_limit, cr.balance) AS usage_limit,
+           CASE WHEN c.credits IS NOT NULL THEN cr.spent ELSE COALESCE(p.used, u.used, 0) END AS used,
            CASE WHEN c.usage_limit IS NOT NULL
-                THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0) END AS usage_remaining,
+                THEN GREATEST(c.usage_limit OPERATOR(pg_catalog.-) COALESCE(p.used, u.used, 0), 0)
+                ELSE cr.remaining END AS usage_remaining,
            COALESCE(u.count_valid, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'valid')::integer], 0) AS valid,
            COALESCE(u.count_disabled, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'disabled')::integer], 0) AS disabled,
            COALESCE(u.count_revoked, 0) OPERATOR(pg_catalog.+) COALESCE(p.counts[(ix OPERATOR(pg_catalog.->>) 'revoked')::integer], 0) AS revoked,
@@ -270,6 +521,9 @@ BEGIN
       FROM apikeys.credential c
       LEFT JOIN apikeys.usage u ON u.key_id OPERATOR(pg_catalog.=) c.key_id
       LEFT JOIN LATERAL apikeys_internal._pending_usage(c.key_id) p ON true
+      -- only keys with credits pay for the call (a one-time filter)
+      LEFT JOIN LATERAL (SELECT * FROM apikeys_internal._credits_now(c, clock_timestamp()) n
+                          WHERE c.credits IS NOT NULL) cr ON true
      WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;

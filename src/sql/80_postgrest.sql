@@ -320,7 +320,7 @@ WITH rel AS (
        AND NOT (p.pronamespace = 'apikeys'::regnamespace
                 AND p.proname IN ('read_keys', 'read_tenants', 'read_key_usage', 'read_vault_secrets',
                                   'read_audit', 'read_grants', 'audit_log_page', 'read_scopes',
-                                  'read_key_formats', 'read_legacy_keys'))
+                                  'read_key_formats', 'read_legacy_keys', 'read_key_credits'))
        AND has_function_privilege(role, p.oid, 'EXECUTE')
        AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
     UNION ALL

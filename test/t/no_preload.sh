@@ -2,7 +2,7 @@
 # test/t/no_preload.sh - apikeys without shared_preload_libraries.
 #
 # Keys without limits verify as usual (no shared memory needed); a key with a
-# rate limit or a usage cap cannot be enforced, so apikey_verify raises
+# rate limit, a usage cap or credits cannot be enforced, so apikey_verify raises
 # SQLSTATE 55000 (object_not_in_prerequisite_state) with a message starting
 # "limits_unavailable:" instead of answering valid.  apikeys.runtime shows
 # preloaded = f.
@@ -64,6 +64,8 @@ IFS='|' read -r ID_CAP KEY_CAP < <(qa -c "SELECT key_id, api_key FROM apikeys.ap
 qa -c "SELECT apikeys.apikey_set_policy('$ID_IP', allowed_ips => '{10.0.0.0/8}')" >/dev/null
 qa -c "SELECT apikeys.apikey_set_policy('$ID_RATE', rate_limit => 10)" >/dev/null
 qa -c "SELECT apikeys.apikey_set_policy('$ID_CAP', usage_limit => 10)" >/dev/null
+IFS='|' read -r ID_CRED KEY_CRED < <(qa -c "SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'credits')")
+qa -c "SELECT apikeys.apikey_set_credits('$ID_CRED', 10)" >/dev/null
 
 got=$(qa -c 'SELECT preloaded FROM apikeys.runtime')
 [ "$got" = f ] || die "apikeys.runtime.preloaded = '$got', expected f"
@@ -85,6 +87,10 @@ ok "IP allowlist (no shared memory needed): valid / ip_not_allowed"
 
 expect_limits_unavailable "$KEY_RATE" "rate-limited key"
 expect_limits_unavailable "$KEY_CAP" "usage-capped key"
+expect_limits_unavailable "$KEY_CRED" "key with credits"
+got=$(qa -c "SELECT credits || '|' || spent || '|' || remaining FROM apikeys.key_credits WHERE key_id = '$ID_CRED'")
+[ "$got" = "10|0|10" ] || die "key_credits without preload: '$got', expected 10|0|10"
+ok "key_credits without preload: 10 credits, none spent"
 
 # a rejection decided before the limits still answers (no error)
 qa -c "SELECT apikeys.apikey_disable('$ID_RATE')" >/dev/null
@@ -99,7 +105,7 @@ got=$(qa -c "SELECT code FROM apikeys.apikey_verify('$KEY_CAP')")
 ok "key after its cap was removed: valid"
 
 got=$(qa -c "SELECT count(*) FROM apikeys.key_usage")
-[ "$got" = 4 ] || die "apikeys.key_usage has $got rows, expected 4"
+[ "$got" = 5 ] || die "apikeys.key_usage has $got rows, expected 5"
 got=$(qa -c "SELECT coalesce(sum(total), 0) FROM apikeys.verifications")
 [ "$got" = 0 ] || die "apikeys.verifications totals $got without shared memory, expected 0"
 ok "apikeys.key_usage and apikeys.verifications readable"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test/t/restart_crash.sh - usage caps across a clean restart and a crash.
+# test/t/restart_crash.sh - usage caps and credits across a clean restart
+# and a crash.
 #
 # A key with usage_limit 100 (lifetime):
 #   30 verifies, wait past the flush interval, 10 more (pending in shared
@@ -12,6 +13,11 @@
 #   An uncapped key verified just before the crash has at most its one count
 #   in apikeys.usage afterwards: a count waits at most usage_write_delay
 #   (60 s), so it is usually lost, as documented, or was swept just before.
+#   A key with 100 credits goes through the same steps, with a top-up of 50
+#   before the crash: the same rule holds for its spent credits (40 after
+#   the clean restart, 40..45 after the crash), the top-up (a committed row)
+#   is never lost, and verifying until usage_exceeded gives exactly the
+#   credits key_usage says are left.
 #   apikeys.runtime: preloaded = t, flush_errors = 0.
 #
 # Own cluster: tmp/t_restart, port 54383; stopped on exit.  Exit 0 = pass.
@@ -39,15 +45,17 @@ ok() { echo "ok: $*"; }
 qa() { cluster_psql "$NAME" "$PORT" -d postgres -qAt "$@"; }
 pg_ctl_do() { as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w "$@" >/dev/null; }
 
-# verify_n N: verify $KEY N times (one call per row), print "code:count ..." sorted
+# verify_n N [KEY]: verify KEY ($KEY) N times (one call per row), print "code:count ..." sorted
 verify_n() {
 	qa -c "SELECT string_agg(code || ':' || n, ' ' ORDER BY code) FROM (
 	         SELECT (v).code, count(*) AS n FROM (
-	           SELECT apikeys.apikey_verify('$KEY') AS v FROM generate_series(1, $1) OFFSET 0) s
+	           SELECT apikeys.apikey_verify('${2:-$KEY}') AS v FROM generate_series(1, $1) OFFSET 0) s
 	         GROUP BY 1) t"
 }
-used() { qa -c "SELECT used FROM apikeys.key_usage WHERE key_id = '$ID'"; }
-stored_used() { qa -c "SELECT coalesce(used, -1) FROM apikeys.usage WHERE key_id = '$ID'"; }
+used() { qa -c "SELECT used FROM apikeys.key_usage WHERE key_id = '${1:-$ID}'"; }
+stored_used() { qa -c "SELECT coalesce(used, -1) FROM apikeys.usage WHERE key_id = '${1:-$ID}'"; }
+# the credits key in key_usage: balance|spent|left
+credits() { qa -c "SELECT usage_limit || '|' || used || '|' || usage_remaining FROM apikeys.key_usage WHERE key_id = '$IDC'"; }
 
 cluster_start "$NAME" "$PORT" "shared_preload_libraries = 'apikeys'" \
 	"apikeys.flush_interval = '${FLUSH_MS}ms'"
@@ -55,17 +63,23 @@ qa -c 'CREATE EXTENSION apikeys CASCADE' >/dev/null
 qa -c "SELECT apikeys.tenant_create('acme')" >/dev/null
 IFS='|' read -r ID KEY < <(qa -c "SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'capped')")
 qa -c "SELECT apikeys.apikey_set_policy('$ID', usage_limit => 100)" >/dev/null
+IFS='|' read -r IDC KEYC < <(qa -c "SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'credits')")
+qa -c "SELECT apikeys.apikey_set_credits('$IDC', 100)" >/dev/null
 
 echo "== 30 verifies, flush, 10 more, clean restart"
 got=$(verify_n 30); [ "$got" = "valid:30" ] || die "30 verifies gave '$got'"
+got=$(verify_n 30 "$KEYC"); [ "$got" = "valid:30" ] || die "30 verifies of the credits key gave '$got'"
 for i in $(seq 1 40); do
-	[ "$(stored_used)" = 30 ] && break
+	[ "$(stored_used)" = 30 ] && [ "$(stored_used "$IDC")" = 30 ] && break
 	sleep 0.1
 done
 [ "$(stored_used)" = 30 ] || die "apikeys.usage.used is '$(stored_used)' 4 s after 30 verifies, expected 30"
-ok "flushed: apikeys.usage.used = 30"
+[ "$(stored_used "$IDC")" = 30 ] || die "apikeys.usage.used of the credits key is '$(stored_used "$IDC")' 4 s after 30 verifies, expected 30"
+ok "flushed: apikeys.usage.used = 30 (cap and credits)"
 got=$(verify_n 10); [ "$got" = "valid:10" ] || die "10 more verifies gave '$got'"
+got=$(verify_n 10 "$KEYC"); [ "$got" = "valid:10" ] || die "10 more verifies of the credits key gave '$got'"
 [ "$(used)" = 40 ] || die "key_usage.used is '$(used)' after 40 verifies"
+[ "$(credits)" = "100|40|60" ] || die "key_usage of the credits key is '$(credits)' after 40 verifies, expected 100|40|60"
 pg_ctl_do stop -m fast || die "pg_ctl stop -m fast failed"
 pg_ctl_do start || { tail -n 20 "$DIR/server.log"; die "restart after a clean stop failed"; }
 got=$(stored_used)
@@ -73,7 +87,8 @@ got=$(stored_used)
 [ "$(used)" = 40 ] || die "after a clean restart key_usage.used = '$(used)', expected 40"
 got=$(qa -c "SELECT valid FROM apikeys.key_usage WHERE key_id = '$ID'")
 [ "$got" = 40 ] || die "after a clean restart key_usage.valid = '$got', expected 40"
-ok "clean restart: used = 40, valid = 40"
+[ "$(credits)" = "100|40|60" ] || die "after a clean restart the credits key is '$(credits)', expected 100|40|60"
+ok "clean restart: used = 40, valid = 40; credits 60 left of 100"
 
 echo "== 5 more, then a crash (pg_ctl stop -m immediate)"
 # Start the flush worker with another (uncapped) key and wait for it, so
@@ -86,13 +101,21 @@ for i in $(seq 1 100); do
 	sleep 0.05
 done
 sleep 0.3
+got=$(qa -c "SELECT apikeys.apikey_add_credits('$IDC', 50)")
+[ "$got" = 110 ] || die "a top-up of 50 to 60 credits left says '$got' left, expected 110"
 got=$(verify_n 5); [ "$got" = "valid:5" ] || die "5 verifies after the restart gave '$got'"
+got=$(verify_n 5 "$KEYC"); [ "$got" = "valid:5" ] || die "5 verifies of the credits key after the restart gave '$got'"
 pg_ctl_do stop -m immediate || die "pg_ctl stop -m immediate failed"
 pg_ctl_do start || { tail -n 20 "$DIR/server.log"; die "the server did not come back after a crash"; }
 U=$(used)
 [ -n "$U" ] && [ "$U" -ge 40 ] && [ "$U" -le 45 ] ||
 	die "after a crash key_usage.used = '$U', expected 40..45"
 ok "after the crash: used = $U (lost $((45 - U)) uses charged since the last flush)"
+IFS='|' read -r CB CU CL < <(credits)
+[ "$CB" = 150 ] || die "after a crash the credits key's balance is '$CB', expected 150 (the committed top-up)"
+[ -n "$CU" ] && [ "$CU" -ge 40 ] && [ "$CU" -le 45 ] || die "after a crash the credits key's spent credits are '$CU', expected 40..45"
+[ "$CL" = $((150 - CU)) ] || die "after a crash the credits key has '$CL' left with $CU spent of 150"
+ok "after the crash: credits balance 150 (top-up kept), spent $CU (lost $((45 - CU)) charged since the last flush), $CL left"
 got=$(qa -c "SELECT count(*) || ' ' || coalesce(sum(valid), 0) FROM apikeys.key_usage k JOIN apikeys.usage u USING (key_id) WHERE key_id = '$ID2'")
 # Its one count is written within usage_write_delay at the latest (the worker
 # sweeps a slice of the table each turn), so it may have been written before
@@ -116,6 +139,18 @@ for i in $(seq 1 40); do
 	sleep 0.1
 done
 [ "$(stored_used)" = 100 ] || die "apikeys.usage.used is '$(stored_used)' at the cap after 4 s, expected 100"
+
+echo "== the credits hold: exactly $CL more valid"
+got=$(verify_n 200 "$KEYC")
+[ "$got" = "usage_exceeded:$((200 - CL)) valid:$CL" ] ||
+	die "200 verifies of the credits key with $CL left gave '$got', expected 'usage_exceeded:$((200 - CL)) valid:$CL'"
+[ "$(credits)" = "150|150|0" ] || die "the credits key used up is '$(credits)' in key_usage, expected 150|150|0"
+for i in $(seq 1 40); do
+	[ "$(stored_used "$IDC")" = 150 ] && break
+	sleep 0.1
+done
+[ "$(stored_used "$IDC")" = 150 ] || die "apikeys.usage.used of the credits key is '$(stored_used "$IDC")' after 4 s, expected 150"
+ok "credits: $CL valid, then usage_exceeded; 150 spent of 150"
 
 got=$(qa -c 'SELECT preloaded, flush_errors FROM apikeys.runtime')
 [ "$got" = "t|0" ] || die "apikeys.runtime preloaded|flush_errors = '$got', expected 't|0'"
