@@ -39,6 +39,10 @@ SELECT CASE c.relkind WHEN 'r' THEN 'table' ELSE 'view' END, c.relnamespace::reg
 UNION ALL
 SELECT 'type', t.typnamespace::regnamespace::text, t.oid::regtype::text, 'pg_catalog.pg_type'::regclass, t.oid, 0
   FROM members m JOIN pg_catalog.pg_type t ON m.classid = 'pg_catalog.pg_type'::regclass AND t.oid = m.objid
+ -- the types CREATE TYPE made: not a table's or view's row type, nor an
+ -- array type made with its element (PostgreSQL 17 records those as members)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = t.typrelid AND r.relkind <> 'c')
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid)
 UNION ALL
 SELECT 'function', p.pronamespace::regnamespace::text, p.oid::regprocedure::text,
        'pg_catalog.pg_proc'::regclass, p.oid, 0
@@ -53,6 +57,7 @@ SELECT 'column', c.relnamespace::regnamespace::text,
   JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN t.oid IS NOT NULL THEN t.typrelid
                                             WHEN m.classid = 'pg_catalog.pg_class'::regclass THEN m.objid END
                             AND c.relkind IN ('r', 'v', 'c')
+                            AND (t.oid IS NULL OR c.relkind = 'c')
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- 1. objects without a comment
