@@ -385,6 +385,14 @@ SELECT pg_temp.left_of(:'d_key', 'GET like /api/v1/%', ARRAY[('reads', 5000, '1 
 SELECT apikeys.tenant_set_limits('initech', ARRAY[('t', 1000, '1 hour')]::apikeys.named_limit[]);
 SELECT pg_temp.left_of(:'i_key', 'POST exact /api/v1/exports', ARRAY[('exports', 25, '1 hour')]::apikeys.named_limit[]);
 SELECT pg_temp.left_of(:'i_key', 'GET exact /api/v1/stats', ARRAY[('stats2', 1000, '1 hour')]::apikeys.named_limit[]);
+-- the gate's entry point refuses what the gate never passes: route limits
+-- without their route, a cost that is NULL or negative
+SELECT apikeys_internal._authenticate_route(:'i_key', NULL, NULL, NULL, ARRAY[('x', 1, '1 hour')]::apikeys.named_limit[], 1);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT apikeys_internal._authenticate_route(:'i_key', NULL, NULL, 'GET exact /x', NULL, -1);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT apikeys_internal._authenticate_route(:'i_key', NULL, NULL, 'GET exact /x', NULL, NULL);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 ------------------------------------------------------------------------------
 -- Which route's limits: the most specific matching route that has limits

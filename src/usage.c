@@ -13,6 +13,9 @@
  * apikeys.usage_write_delay (sooner when a set fills up), so a key in steady
  * use costs one row write per delay, not one per turn.
  *
+ * A PostgREST route's limits (apikeys.postgrest_route.limits) are counted per
+ * key and route in an entry of their own ("Route limits" below).
+ *
  * Tenants share the table fairly: each entry records its key's tenant (a
  * hash), and a tenant's entries beyond apikeys.tenant_share of a set give
  * way to other tenants' keys (claim_entry), so one tenant's many keys cannot
@@ -667,6 +670,7 @@ void
 apikeys_usage_set_route(const LimitSpec *specs, int n, const char *route, size_t route_len)
 {
 	Assert(n >= 0 && n <= POLICY_MAX_LIMITS);
+	Assert(n == 0 || route != NULL);
 	route_nspecs = n;
 	if (n == 0)
 		return;
@@ -708,6 +712,7 @@ charge_route(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, boo
 	LWLock	   *lock;
 	bool		ok;
 
+	Assert(route_nspecs > 0);
 	*charged = false;
 	*no_room = false;
 	if ((e = route_entry(p, now, &lock)) == NULL)

@@ -591,7 +591,8 @@ apikeys_authenticate_route_1_1(PG_FUNCTION_ARGS)
 		if (PG_ARGISNULL(3))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid_route: route limits need the route they belong to")));
+					 errmsg("invalid_route: route limits need the route they belong to"),
+					 errhint("Pass the route's identity (\"method match path\"), as apikeys.postgrest_gate() does.")));
 		route = PG_GETARG_TEXT_PP(3);
 	}
 	apikeys_usage_set_route(specs, n, route ? VARDATA_ANY(route) : NULL,
