@@ -103,7 +103,9 @@ SELECT apikeys.postgrest_route_set_limits('POST', '/api/v1/exports', ARRAY[('exp
 -- the table checks the same when written directly
 INSERT INTO apikeys.postgrest_route (method, path, limits) VALUES ('PUT', '/api/v1/x', ARRAY[('x', 1, '1 month')]::apikeys.named_limit[]);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set VERBOSITY terse
 INSERT INTO apikeys.postgrest_route (method, path, cost) VALUES ('PUT', '/api/v1/x', -5);
+\set VERBOSITY default
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT method, path, match, limits, cost FROM apikeys.postgrest_route ORDER BY path, method;
 SELECT count(*) AS route_changes FROM apikeys.audit WHERE action LIKE 'postgrest_route%';
@@ -124,9 +126,12 @@ INSERT INTO apikeys.postgrest_route (method, path, limits) VALUES ('POST', '/api
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT * FROM apikeys.postgrest_route;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
--- nor charge or read route state past the gate
+-- nor charge or read route state past the gate (terse: the error's
+-- position would show the key)
+\set VERBOSITY terse
 SELECT apikeys_internal._authenticate_route(:'g_key', NULL, NULL, 'POST exact /api/v1/chantiers',
                                             ARRAY[('create', 100, '1 day')]::apikeys.named_limit[], 0);
+\set VERBOSITY default
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT * FROM apikeys.postgrest_gate();
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
@@ -259,7 +264,8 @@ SELECT r.status, r.figures, r.detail -> 'headers' ? 'WWW-Authenticate' AS www_au
        abs((r.detail -> 'headers' ->> 'X-RateLimit-Reset')::bigint - extract(epoch FROM clock_timestamp())
            - (r.detail -> 'headers' ->> 'Retry-After')::int) <= 2 AS reset_is_retry_after_from_now
   FROM pg_temp.pgrst('GET', '/api/v1/stats', :'a_key') r;
--- the refused read charged nothing else: the catch-all counts one more
+-- the stats reads, refused or not, never charged the catch-all's 'reads'
+-- (one route's limits per request): one more read of chantiers is its 3rd
 SELECT r.figures FROM pg_temp.pgrst('GET', '/api/v1/chantiers', :'a_key') r;
 COMMIT;
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
