@@ -4618,6 +4618,7 @@ ALTER TABLE apikeys.postgrest_route
     ADD COLUMN cost integer NOT NULL DEFAULT 1 CHECK (cost BETWEEN 0 AND 1000000);
 COMMENT ON COLUMN apikeys.postgrest_route.limits IS 'The route''s own limits, up to 3 of (name, max_uses, per), each kept per key (apikeys.postgrest_route_set_limits).';
 COMMENT ON COLUMN apikeys.postgrest_route.cost IS 'Units a request charges to each limit it meets (key, tenant, route) and to the usage cap; 0 checks only.';
+COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex), and the route''s own limits (per key) and cost. Superuser-only.';
 
 -- authenticate() for the gate, charging cost (0: check only) to the key's
 -- and tenant's limits and to the route's limits, kept per key and route

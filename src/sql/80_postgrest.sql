@@ -67,7 +67,7 @@ CREATE TABLE apikeys.postgrest_route (
     CONSTRAINT postgrest_route_anonymous_without_scopes
         CHECK (NOT (allow_anonymous AND cardinality(required_scopes) > 0))
 );
-COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex). Superuser-only.';
+COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex), and the route''s own limits (per key) and cost. Superuser-only.';
 
 -- Role for the request's query, chosen from the key.  Each of tenant, key_id
 -- and scope that is not NULL must match (scope: the key holds it); the
