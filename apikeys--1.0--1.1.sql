@@ -5155,6 +5155,382 @@ END;
 $$;
 
 ------------------------------------------------------------------------------
+-- Route limits (PostgREST): a route's own limits, per key, and its cost
+-- (src/sql/80_postgrest.sql): two columns at the end of postgrest_route,
+-- apikeys_internal._authenticate_route(), postgrest_route_set_limits(), and
+-- the gate that charges them.
+------------------------------------------------------------------------------
+
+ALTER TABLE apikeys.postgrest_route
+    ADD COLUMN limits apikeys.named_limit[] NOT NULL DEFAULT '{}'
+               CHECK (apikeys_internal.check_limits(limits) IS NOT NULL),
+    ADD COLUMN cost integer NOT NULL DEFAULT 1 CHECK (cost BETWEEN 0 AND 1000000);
+COMMENT ON COLUMN apikeys.postgrest_route.limits IS 'The route''s own limits, up to 3 of (name, max_uses, per), each kept per key (apikeys.postgrest_route_set_limits).';
+COMMENT ON COLUMN apikeys.postgrest_route.cost IS 'Units a request charges to each limit it meets (key, tenant, route) and to the usage cap; 0 checks only.';
+COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex), and the route''s own limits (per key) and cost. Superuser-only.';
+
+-- authenticate() for the gate, charging cost (0: check only) to the key's
+-- and tenant's limits and to the route's limits, kept per key and route
+-- (route: the route's identity, "method match path"), in one
+-- all-or-nothing pass (src/usage.c, "Route limits").  Not granted to anyone.
+CREATE FUNCTION apikeys_internal._authenticate_route(api_key text, required_scopes text[], client_addr inet,
+                                                     route text, route_limits apikeys.named_limit[],
+                                                     cost integer)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate_route_1_1';
+COMMENT ON FUNCTION apikeys_internal._authenticate_route IS 'apikeys.authenticate() with a cost and a PostgREST route''s own limits (per key and route), charged all or nothing with the key''s and tenant''s (the gate''s).';
+
+-- Set (replace) a route's limits and cost.  Superuser-only, like the route
+-- table (SECURITY INVOKER: the caller must be able to update it); the change
+-- is audited by the table's trigger (postgrest_route_changed).  A limit
+-- that keeps its name keeps its state (a new per or max_uses applies to
+-- what was counted), a new name starts from nothing, a removed one is
+-- forgotten.
+CREATE FUNCTION apikeys.postgrest_route_set_limits(method text, path text, limits apikeys.named_limit[],
+                                                   cost integer DEFAULT 1, match text DEFAULT 'exact')
+    RETURNS apikeys.postgrest_route
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v         apikeys.named_limit[];
+    rt        apikeys.postgrest_route;
+    too_small record;
+BEGIN
+    IF cost IS NULL OR cost < 0 OR cost > 1000000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_cost: cost must be from 0 to 1000000',
+            HINT = '0 checks the limits without charging them; the default is 1.';
+    END IF;
+    v := apikeys_internal.check_limits(limits);
+    -- a cost no route limit could ever hold would refuse every request
+    SELECT x.name, x.max_uses INTO too_small FROM unnest(v) x
+     WHERE x.max_uses < postgrest_route_set_limits.cost ORDER BY x.max_uses LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid_cost: cost %s is more than route limit "%s" allows (%s): every request would be refused',
+                             cost, too_small.name, too_small.max_uses),
+            HINT = 'Lower the cost or raise the limit''s max_uses.';
+    END IF;
+    UPDATE apikeys.postgrest_route x
+       SET limits = v, cost = postgrest_route_set_limits.cost
+     WHERE x.method = upper(postgrest_route_set_limits.method)
+       AND x.path = postgrest_route_set_limits.path
+       AND x.match = postgrest_route_set_limits.match
+    RETURNING * INTO rt;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('route_not_found: no route %s %s (%s) in apikeys.postgrest_route',
+                             upper(left(postgrest_route_set_limits.method, 16)),
+                             left(postgrest_route_set_limits.path, 200),
+                             left(postgrest_route_set_limits.match, 16)),
+            HINT = 'Add the route first: INSERT INTO apikeys.postgrest_route (method, path, ...).';
+    END IF;
+    RETURN rt;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.postgrest_route_set_limits IS 'Set (replace) a PostgREST route''s own limits (up to 3 of (name, max_uses, per), per key; NULL removes them) and its cost. Superuser-only; audited.';
+-- last_verify_limits() also reports the route's limits (scope 'route')
+COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits, the PostgREST route''s) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
+
+CREATE OR REPLACE FUNCTION apikeys.postgrest_gate(
+    OUT status           integer,   -- 200: let the request through
+    OUT message          text,      -- PGRST error message (JSON)
+    OUT detail           text,      -- PGRST error detail (JSON)
+    OUT response_headers jsonb,     -- on 200: [{"name": "value"}, ...]
+    OUT set_role         name)      -- on 200: role to switch to, or NULL
+    RETURNS record
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg        apikeys.postgrest_setting;
+    lim        record := apikeys_internal._postgrest_limits();
+    raw_method text := coalesce(current_setting('request.method', true), '');
+    raw_path   text := coalesce(current_setting('request.path', true), '');
+    raw_hdrs   text := nullif(current_setting('request.headers', true), '');
+    stage      text;
+    bad        text;        -- why the request cannot be read (400)
+    req_method text;
+    req_path   text;
+    headers    jsonb;
+    api_key    text;
+    need       text[];
+    n_routes   integer;
+    path_known boolean;
+    anonymous  boolean;
+    any_tenant boolean;
+    v          apikeys.verification;
+    hdrs       jsonb := '{}';
+    rl_hdrs    jsonb := '[]';
+    code       text;
+    msg        text;
+    details    text;
+    hint       text;
+    reason     text;        -- for the log line only
+    wait_s     bigint;
+    per        interval;
+    r          pg_catalog.pg_roles;
+    route_id   text;        -- the route whose limits and cost apply, or NULL
+    route_lims apikeys.named_limit[];
+    route_cost integer;
+    lim_scope  text;
+    lim_name   text;
+    lim_per    text;
+BEGIN
+    SELECT * INTO cfg FROM apikeys.postgrest_setting;
+    IF NOT FOUND THEN
+        cfg := ROW(true, '{x-api-key,apikey,authorization}', 'api', true, true, false, NULL);
+    END IF;
+
+    -- Read the request: bounded, and any error in it (bad JSON, nesting too
+    -- deep, \u0000, invalid UTF-8 once percent-decoded, ...) is a 400.
+    BEGIN
+        stage := 'request.method';
+        IF octet_length(raw_method) > lim.max_method OR raw_method !~ '^[A-Za-z]*$' THEN
+            bad := format('request.method is not an HTTP method (letters only, at most %s)', lim.max_method);
+        ELSIF octet_length(raw_path) > lim.max_path THEN
+            bad := format('request.path is longer than %s bytes', lim.max_path);
+        ELSIF octet_length(raw_hdrs) > lim.max_headers THEN
+            bad := format('request.headers is longer than %s bytes', lim.max_headers);
+        ELSE
+            req_method := upper(raw_method);
+            stage := 'request.path';
+            req_path := apikeys.postgrest_normalize_path(raw_path);
+            stage := 'request.headers';
+            headers := raw_hdrs::jsonb;
+            IF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+                bad := 'request.headers is not a JSON object';
+            ELSIF EXISTS (SELECT 1 FROM jsonb_each(headers) e WHERE jsonb_typeof(e.value) NOT IN ('string', 'null')) THEN
+                bad := 'request.headers has a value that is not a string';   -- (null: no such header)
+            ELSIF EXISTS (SELECT 1 FROM jsonb_each_text(headers) e WHERE octet_length(e.value) > lim.max_header_value) THEN
+                bad := format('a header value is longer than %s bytes', lim.max_header_value);
+            ELSE
+                -- routes that match this request, and whether any matches its path
+                stage := 'routes';
+                WITH p AS (
+                    SELECT rt.method, rt.required_scopes, rt.allow_anonymous
+                      FROM apikeys.postgrest_route rt
+                     WHERE CASE rt.match WHEN 'exact' THEN req_path = rt.path
+                                         WHEN 'like'  THEN req_path LIKE rt.path
+                                         ELSE req_path ~ rt.path END),
+                m AS (
+                    SELECT p.* FROM p
+                     WHERE p.method = '*' OR p.method = req_method OR (p.method = 'GET' AND req_method = 'HEAD'))
+                SELECT (SELECT count(*) FROM m), (SELECT bool_and(m.allow_anonymous) FROM m),
+                       array(SELECT DISTINCT s FROM m, unnest(m.required_scopes) s ORDER BY s),
+                       EXISTS (SELECT 1 FROM p)
+                  INTO n_routes, anonymous, need, path_known;
+                -- the most specific matching route that sets limits or a
+                -- cost: exact, then like, then regex; its own method, then
+                -- GET for HEAD, then *; the longest pattern; then by name
+                SELECT rt.method || ' ' || rt.match || ' ' || rt.path, rt.limits, rt.cost
+                  INTO route_id, route_lims, route_cost
+                  FROM apikeys.postgrest_route rt
+                 WHERE (cardinality(rt.limits) > 0 OR rt.cost <> 1)
+                   AND (rt.method = '*' OR rt.method = req_method OR (rt.method = 'GET' AND req_method = 'HEAD'))
+                   AND CASE rt.match WHEN 'exact' THEN req_path = rt.path
+                                     WHEN 'like'  THEN req_path LIKE rt.path
+                                     ELSE req_path ~ rt.path END
+                 ORDER BY array_position('{exact,like,regex}'::text[], rt.match),
+                          array_position(ARRAY[req_method, 'GET', '*'], rt.method),
+                          char_length(rt.path) DESC, rt.path
+                 LIMIT 1;
+                stage := 'key';
+                api_key := apikeys_internal._postgrest_key(headers, cfg.key_headers);
+            END IF;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        bad := CASE stage
+               WHEN 'request.path' THEN 'request.path is not valid UTF-8 once percent-decoded'
+               WHEN 'request.headers' THEN 'request.headers is not valid JSON'
+               WHEN 'routes' THEN 'request.path cannot be matched against the routes'
+               ELSE 'the API key header cannot be read' END;
+        reason := SQLSTATE || ' ' || left(SQLERRM, 200);
+    END;
+
+    IF bad IS NOT NULL THEN
+        status := 400;
+        code := 'apikeys.bad_request';
+        msg := 'The request cannot be read';
+        details := bad;
+        reason := coalesce(reason, bad);
+    ELSIF n_routes = 0 AND path_known AND NOT cfg.allow_unlisted_methods THEN
+        -- routes list this path for other methods only: refused whoever asks
+        status := 403;
+        code := 'apikeys.method_not_allowed';
+        msg := 'This method is not allowed on this path';
+        hint := 'apikeys.postgrest_route lists this path for other methods only.';
+    ELSE
+        IF n_routes = 0 THEN
+            anonymous := NOT cfg.require_key;
+        END IF;
+
+        IF api_key IS NULL THEN
+            IF anonymous THEN
+                status := 200;
+                RETURN;
+            END IF;
+            status := 401;
+            code := 'apikeys.missing';
+            msg := 'API key required';
+            hint := 'Send the API key in one of these headers: '
+                    || array_to_string(array(SELECT CASE x WHEN 'authorization' THEN 'Authorization: Bearer'
+                                                           WHEN 'x-api-key' THEN 'X-API-Key'
+                                                           ELSE x END
+                                               FROM unnest(cfg.key_headers) WITH ORDINALITY AS u(x, i)
+                                              ORDER BY i), ', ') || '.';
+            hdrs := jsonb_build_object('WWW-Authenticate', format('Bearer realm="%s"', cfg.realm));
+        ELSE
+            -- the key's, its tenant's and the route's limits, all or nothing
+            v := apikeys_internal._authenticate_route(api_key, CASE WHEN cardinality(need) > 0 THEN need END,
+                                                      NULL, route_id, route_lims, coalesce(route_cost, 1));
+
+            IF v.rate_limit IS NOT NULL AND cfg.rate_limit_headers THEN
+                rl_hdrs := jsonb_build_array(
+                    jsonb_build_object('X-RateLimit-Limit', v.rate_limit::text),
+                    jsonb_build_object('X-RateLimit-Remaining', greatest(v.rate_remaining, 0)::text),
+                    jsonb_build_object('X-RateLimit-Reset', ceil(extract(epoch FROM v.rate_reset))::bigint::text));
+            END IF;
+
+            IF v.valid THEN
+                -- the role mapped from the key, if any
+                SELECT m.role_name, (m.tenant IS NULL AND m.key_id IS NULL) INTO set_role, any_tenant
+                  FROM apikeys.postgrest_role_map m
+                 WHERE (m.tenant IS NULL OR m.tenant = v.tenant)
+                   AND (m.key_id IS NULL OR m.key_id = v.key_id)
+                   AND (m.scope IS NULL OR m.scope = ANY (v.scopes))
+                 ORDER BY m.priority DESC, (m.key_id IS NOT NULL) DESC, (m.scope IS NOT NULL) DESC,
+                          (m.tenant IS NOT NULL) DESC, m.role_name
+                 LIMIT 1;
+                IF set_role IS NOT NULL THEN
+                    SELECT * INTO r FROM pg_catalog.pg_roles x WHERE x.rolname = set_role;
+                    IF NOT FOUND THEN
+                        code := 'apikeys.role_missing';
+                        msg := 'The role mapped to this API key does not exist';
+                        hint := 'Fix apikeys.postgrest_role_map.';
+                    ELSIF r.rolsuper OR r.rolbypassrls THEN
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key is a superuser or bypasses row-level security';
+                        hint := 'Map keys to ordinary roles in apikeys.postgrest_role_map.';
+                    ELSIF apikeys_internal._role_skips_rls(r.oid) THEN
+                        -- an owner's queries skip RLS unless it is forced: the key's
+                        -- tenant binding would not restrict them
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key owns a table whose row-level security does not apply to its owner';
+                        hint := 'ALTER TABLE ... FORCE ROW LEVEL SECURITY on the tables that role owns (or inherits), or map keys to a role that owns none.';
+                    ELSIF any_tenant AND apikeys.postgrest_role_confinement(set_role) IS NOT NULL THEN
+                        -- a row for keys of any tenant (whose scopes each tenant
+                        -- chooses) may name only a role RLS confines to the tenant
+                        reason := apikeys.postgrest_role_confinement(set_role);
+                        code := 'apikeys.role_unsafe';
+                        msg := 'The role mapped to this API key by a mapping for every tenant is not confined to the key''s tenant';
+                        hint := 'Set the mapping''s tenant or key_id in apikeys.postgrest_role_map, or see apikeys.postgrest_role_confinement().';
+                    ELSIF NOT pg_has_role(session_user, r.oid, 'MEMBER') THEN
+                        code := 'apikeys.role_not_allowed';
+                        msg := 'The database connection may not switch to the role mapped to this API key';
+                        hint := format('GRANT %I TO %I (as for PostgREST''s own roles).', set_role, session_user);
+                    END IF;
+                END IF;
+                IF code IS NULL THEN
+                    status := 200;
+                    response_headers := rl_hdrs;
+                    RETURN;
+                END IF;
+                -- a server misconfiguration, not the client's fault
+                status := 500;
+                reason := format('role %s: %s', set_role, coalesce(reason, code));
+                set_role := NULL;
+            ELSE
+                code := 'apikeys.' || v.code;
+                -- the status from the library's list (src/verdicts.h); 401 for
+                -- a code it does not know
+                status := coalesce((SELECT d.http_status FROM apikeys_internal.verdicts() d
+                                     WHERE d.name = v.code), 401);
+                CASE v.code
+                WHEN 'malformed' THEN
+                    msg := 'API key is malformed';
+                WHEN 'not_found' THEN
+                    msg := 'API key is not valid';
+                WHEN 'disabled' THEN
+                    msg := 'API key is disabled';
+                WHEN 'revoked' THEN
+                    msg := 'API key has been revoked';
+                WHEN 'expired' THEN
+                    msg := 'API key has expired';
+                WHEN 'tenant_inactive' THEN
+                    msg := 'The tenant of this API key is inactive';
+                WHEN 'ip_not_allowed' THEN
+                    msg := 'Requests from this address are not allowed with this API key';
+                WHEN 'insufficient_scope' THEN
+                    msg := 'API key lacks a scope this request requires';
+                    details := 'Required scopes: ' || array_to_string(need, ' ');
+                    hdrs := jsonb_build_object('WWW-Authenticate',
+                        format('Bearer realm="%s", error="insufficient_scope", scope="%s"',
+                               cfg.realm, array_to_string(need, ' ')));
+                WHEN 'rate_limited' THEN
+                    msg := 'Rate limit exceeded';
+                    wait_s := greatest(ceil(extract(epoch FROM v.rate_reset - clock_timestamp())), 1);
+                    hdrs := jsonb_build_object('Retry-After', wait_s::text);
+                    SELECT l.scope, l.name INTO lim_scope, lim_name
+                      FROM apikeys.last_verify_limits() l WHERE l.tightest;
+                    IF lim_scope = 'route' THEN
+                        -- the route's limit that refused, its window in
+                        -- words whatever the session's IntervalStyle
+                        SELECT CASE WHEN s % 3600 = 0 THEN (s / 3600) || ' h'
+                                    WHEN s % 60 = 0 THEN (s / 60) || ' min'
+                                    ELSE s || ' s' END
+                          INTO lim_per
+                          FROM (SELECT extract(epoch FROM x.per)::bigint AS s
+                                  FROM unnest(route_lims) x WHERE x.name = lim_name) w;
+                        details := format('At most %s requests per %s on this route (route limit "%s").',
+                                          v.rate_limit, lim_per, lim_name);
+                    ELSE
+                        details := format('At most %s requests per window.', v.rate_limit);
+                    END IF;
+                    hint := 'Retry after the number of seconds in the Retry-After header.';
+                WHEN 'usage_exceeded' THEN
+                    msg := 'Usage limit exceeded';
+                    -- periods are aligned to 2000-01-01 UTC, like the C code
+                    SELECT c.usage_period INTO per FROM apikeys.credential c WHERE c.key_id = v.key_id;
+                    IF per IS NOT NULL THEN
+                        wait_s := greatest(ceil(extract(epoch FROM
+                            ('2000-01-01 00:00:00+00'::timestamptz
+                             + (floor(extract(epoch FROM clock_timestamp() - '2000-01-01 00:00:00+00'::timestamptz)
+                                      / extract(epoch FROM per)) + 1) * per)
+                            - clock_timestamp())), 1);
+                        hdrs := jsonb_build_object('Retry-After', wait_s::text);
+                        details := 'The usage cap resets at the end of its period.';
+                        hint := 'Retry after the number of seconds in the Retry-After header.';
+                    ELSE
+                        details := 'The usage cap does not reset.';
+                    END IF;
+                ELSE
+                    msg := 'API key is not valid';
+                END CASE;
+                IF status = 401 THEN
+                    hdrs := jsonb_build_object('WWW-Authenticate',
+                        format('Bearer realm="%s", error="invalid_token"', cfg.realm));
+                END IF;
+                -- the rate-limit figures, when verify got that far
+                SELECT hdrs || coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                  INTO hdrs FROM jsonb_array_elements(rl_hdrs) a, jsonb_each(a.value) e;
+            END IF;
+        END IF;
+    END IF;
+
+    PERFORM apikeys_internal._postgrest_log_denied(status, substr(code, 9), v.tenant, v.key_id,
+                                          raw_method, raw_path, reason);
+    IF status = 500 THEN
+        hdrs := '{}';
+    END IF;
+    message := json_build_object('code', code, 'message', msg, 'details', details, 'hint', hint)::text;
+    detail := json_build_object('status', status, 'headers', hdrs)::text;
+END;
+$$;
+
+------------------------------------------------------------------------------
 -- Last, as at the end of a fresh install (src/sql/90_privileges.sql, the
 -- same statements): nothing the sections above created is for PUBLIC, or for
 -- a role the installing role's default privileges name.  publish() revokes

@@ -234,7 +234,7 @@ extern VerdictCode apikeys_usage_charge(const KeyPolicy *policy, TimestampTz now
 /* One limit the last verification checked (apikeys.last_verify_limits()). */
 typedef struct LimitRow
 {
-	const char *scope;			/* "key" or "tenant" */
+	const char *scope;			/* "key", "tenant" or "route" */
 	char		name[LIMIT_NAME_LEN];
 	bool		passed;
 	bool		tightest;		/* the one in the rate_* columns */
@@ -242,6 +242,8 @@ typedef struct LimitRow
 } LimitRow;
 
 extern int	apikeys_last_limits(const LimitRow **rows);
+extern void apikeys_usage_set_route(const LimitSpec *specs, int n, const char *route,
+									size_t route_len);
 extern void apikeys_last_limits_reset(void);
 extern void apikeys_usage_count(const KeyPolicy *policy, VerdictCode code,
 								TimestampTz now);

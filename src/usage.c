@@ -17,6 +17,9 @@
  * apikeys.usage_write_delay (sooner when a set fills up), so a key in steady
  * use costs one row write per delay, not one per turn.
  *
+ * A PostgREST route's limits (apikeys.postgrest_route.limits) are counted per
+ * key and route in an entry of their own ("Route limits" below).
+ *
  * Tenants share the table fairly: each entry records its key's tenant (a
  * hash), and a tenant's entries beyond apikeys.tenant_share of a set give
  * way to other tenants' keys (claim_entry), so one tenant's many keys cannot
@@ -569,9 +572,9 @@ no_room_for_limits(void)
 /*
  * What the last verification in this backend said about each limit it
  * checked (apikeys.last_verify_limits()): the key's rate limit, its named
- * limits, its tenant's.  Reset by every verification that gets this far.
+ * limits, its tenant's, the PostgREST route's.  Reset by every verification that gets this far.
  */
-static LimitRow last_rows[1 + 2 * POLICY_MAX_LIMITS];
+static LimitRow last_rows[1 + 3 * POLICY_MAX_LIMITS];
 static int	last_nrows = 0;
 
 int
@@ -724,6 +727,110 @@ refund_tenant(const KeyPolicy *p, TimestampTz now, int32 cost, const int64 *slic
 }
 
 /*
+ * Route limits (apikeys.postgrest_route.limits, 1.1): the limits a PostgREST
+ * route charges per key, set by apikeys_authenticate_route_1_1 for the one
+ * verification it makes and cleared after it, error or not.  Their state is
+ * an entry of its own per key and route, keyed on an id made from the
+ * extension's instance, the key id and the route's identity (SHA-256,
+ * variant bits zero like the tenant entries, so it never meets a key's
+ * entry), held like a key's entry (its tenant's share, evictable by the
+ * tenant's own keys once written); it is never counted or flushed.
+ */
+static LimitSpec route_specs[POLICY_MAX_LIMITS];
+static int	route_nspecs = 0;
+static uint8 route_digest[APIKEYS_DIGEST_LEN];	/* SHA-256 of the route's identity */
+
+/* The route limits of the next verification (n = 0: none). */
+void
+apikeys_usage_set_route(const LimitSpec *specs, int n, const char *route, size_t route_len)
+{
+	Assert(n >= 0 && n <= POLICY_MAX_LIMITS);
+	Assert(n == 0 || route != NULL);
+	route_nspecs = n;
+	if (n == 0)
+		return;
+	memcpy(route_specs, specs, n * sizeof(LimitSpec));
+	apikeys_sha256(route, route_len, route_digest);
+}
+
+/* The entry of the route limits of p's key (see usage_entry_of). */
+static UsageEntry *
+route_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
+{
+	uint8		digest[APIKEYS_DIGEST_LEN];
+	StringInfoData buf;
+	UsageKey	key;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "apikeys route limits:%u:", apikeys_catalog()->credential_rel);
+	appendBinaryStringInfo(&buf, (const char *) p->key_id.data, UUID_LEN);
+	appendBinaryStringInfo(&buf, (const char *) route_digest, sizeof(route_digest));
+	apikeys_sha256(buf.data, buf.len, digest);
+	pfree(buf.data);
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(key.key_id.data, digest, UUID_LEN);
+	key.key_id.data[8] &= 0x3f;		/* variant 0: never a generated key id */
+	return usage_entry_of(&key, p->tenant, false, now, lock);
+}
+
+/*
+ * Check and charge the route limits for p's key (one spinlock hold), as
+ * charge_tenant does.  False: one refused, nothing charged; *no_room: no
+ * entry could be had for them.
+ */
+static bool
+charge_route(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, bool *charged,
+			 bool *no_room)
+{
+	UsageEntry *e;
+	LWLock	   *lock;
+	bool		ok;
+
+	Assert(route_nspecs > 0);
+	*charged = false;
+	*no_room = false;
+	if ((e = route_entry(p, now, &lock)) == NULL)
+	{
+		*no_room = true;
+		return false;
+	}
+	SpinLockAcquire(&e->mutex);
+	ok = check_named(e, route_specs, route_nspecs, "route", now, cost, cost > 0, slices);
+	e->hdr.last_use = now;
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(lock);
+	*charged = ok && cost > 0;
+	return ok;
+}
+
+/* Take back the route charges of a refused call (as refund_tenant). */
+static void
+refund_route(const KeyPolicy *p, TimestampTz now, int32 cost, const int64 *slices)
+{
+	UsageEntry *e;
+	LWLock	   *lock;
+
+	if ((e = route_entry(p, now, &lock)) == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	for (int i = 0; i < route_nspecs; i++)
+	{
+		RateState  *st = named_state(e, route_specs, route_nspecs, i);
+		int32	   *c = &st->counts[slices[i] % LIMIT_RING];
+
+		if (slices[i] >= 0 && st->slice - slices[i] < LIMIT_RING && *c >= cost)
+			*c -= cost;
+	}
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(lock);
+	for (int i = 0; i < last_nrows; i++)
+		if (strcmp(last_rows[i].scope, "route") == 0)
+			last_rows[i].report.remaining = Min(last_rows[i].report.remaining + cost,
+												last_rows[i].report.limit);
+}
+
+/*
  * The tightest of the limits checked, for today's rate_* columns and the
  * X-RateLimit-* headers: a refusing limit (the one that frees last: only
  * then does the call pass), else the one with the fewest remaining.
@@ -769,11 +876,14 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	int64		base = 0;
 	int64		tenant_slices[POLICY_MAX_LIMITS];
 	bool		tenant_charged = false;
+	int64		route_slices[POLICY_MAX_LIMITS];
+	bool		route_charged = false;
+	bool		route_no_room;
 	bool		rate_ok = true;
 	bool		cap_ok;
 	bool		credits = p->credits.credits >= 0;
 	bool		has_limits = p->rate_limit > 0 || p->usage_limit > 0 || credits ||
-		p->nkey_limits > 0 || p->ntenant_limits > 0;
+		p->nkey_limits > 0 || p->ntenant_limits > 0 || route_nspecs > 0;
 
 	Assert(cost >= 0);
 	if (credits)
@@ -812,6 +922,25 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		!charge_tenant(p, now, cost, tenant_slices, &tenant_charged))
 		code = V_RATE_LIMITED;
 
+	/* the route's limits: charged only if the tenant's passed */
+	if (route_nspecs > 0 && code == V_VALID &&
+		!charge_route(p, now, cost, route_slices, &route_charged, &route_no_room))
+	{
+		if (route_no_room)
+		{
+			/* no entry for them: take back the tenant's charges, then refuse */
+			if (tenant_charged)
+				refund_tenant(p, now, cost, tenant_slices);
+			no_room_for_limits();
+		}
+		code = V_RATE_LIMITED;
+		if (tenant_charged)
+		{
+			refund_tenant(p, now, cost, tenant_slices);
+			tenant_charged = false;
+		}
+	}
+
 	e = usage_entry(p, now, &lock);
 	if (e == NULL)
 	{
@@ -819,6 +948,8 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		{
 			if (tenant_charged)
 				refund_tenant(p, now, cost, tenant_slices);
+			if (route_charged)
+				refund_route(p, now, cost, route_slices);
 			no_room_for_limits();
 		}
 		return code;
@@ -841,6 +972,8 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 			{
 				if (tenant_charged)
 					refund_tenant(p, now, cost, tenant_slices);
+				if (route_charged)
+					refund_route(p, now, cost, route_slices);
 				no_room_for_limits();
 			}
 		}
@@ -909,6 +1042,8 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 
 	if (code != V_VALID && tenant_charged)
 		refund_tenant(p, now, cost, tenant_slices);
+	if (code != V_VALID && route_charged)
+		refund_route(p, now, cost, route_slices);
 	pick_tightest(rv);
 	apikeys_flush_worker_wake(MyDatabaseId);
 	return code;

@@ -28,6 +28,7 @@
 #include "utils/typcache.h"
 #include "access/detoast.h"
 
+#include "caller.h"
 #include "legacy_format.h"
 #include "miscadmin.h"
 #include "tenant_context.h"
@@ -562,4 +563,48 @@ Datum
 apikeys_authenticate(PG_FUNCTION_ARGS)
 {
 	return verify_common(fcinfo, true, -1);
+}
+
+/*
+ * apikeys_internal._authenticate_route(api_key, required_scopes,
+ * client_addr, route, route_limits, cost) (1.1): authenticate() for the
+ * PostgREST gate, charging cost (0: check only) to the key's and tenant's
+ * limits and to route_limits (apikeys.named_limit[], the route's own, kept
+ * per key and route: route is the route's identity) in the same
+ * all-or-nothing pass.  No route limits: authenticate() with a cost.
+ */
+PG_FUNCTION_INFO_V1(apikeys_authenticate_route_1_1);
+Datum
+apikeys_authenticate_route_1_1(PG_FUNCTION_ARGS)
+{
+	LimitSpec	specs[POLICY_MAX_LIMITS];
+	int			n = 0;
+	text	   *route = NULL;
+	volatile Datum result = (Datum) 0;	/* set inside PG_TRY */
+
+	/* before verifying: a maintenance run charges no limit and binds nothing */
+	apikeys_refuse_restricted("apikeys.authenticate");
+	if (!PG_ARGISNULL(4))
+		n = apikeys_load_limits(PG_GETARG_DATUM(4), specs);
+	if (n > 0)
+	{
+		if (PG_ARGISNULL(3))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid_route: route limits need the route they belong to"),
+					 errhint("Pass the route's identity (\"method match path\"), as apikeys.postgrest_gate() does.")));
+		route = PG_GETARG_TEXT_PP(3);
+	}
+	apikeys_usage_set_route(specs, n, route ? VARDATA_ANY(route) : NULL,
+							route ? VARSIZE_ANY_EXHDR(route) : 0);
+	PG_TRY();
+	{
+		result = verify_common(fcinfo, true, 5);
+	}
+	PG_FINALLY();
+	{
+		apikeys_usage_set_route(NULL, 0, NULL, 0);
+	}
+	PG_END_TRY();
+	return result;
 }

@@ -431,7 +431,7 @@ CREATE FUNCTION apikeys.last_verify_limits(OUT scope text, OUT name text, OUT ma
                                            OUT passed boolean, OUT tightest boolean)
     RETURNS SETOF record
     LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 7 AS 'MODULE_PATHNAME', 'apikeys_last_verify_limits';
-COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
+COMMENT ON FUNCTION apikeys.last_verify_limits() IS 'Each limit (key rate_limit, key and tenant named limits, the PostgREST route''s) the last verification of this session checked: what remains, when it resets, which one the rate_* columns report.';
 
 ------------------------------------------------------------------------------
 -- Observability

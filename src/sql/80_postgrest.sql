@@ -56,13 +56,18 @@ CREATE TABLE apikeys.postgrest_route (
     allow_anonymous boolean NOT NULL DEFAULT false,
     description     text CHECK (char_length(description) <= 2000),
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- 1.1: the route's own limits, per key (postgrest_route_set_limits),
+    -- and what a request charges to every limit it meets
+    limits          apikeys.named_limit[] NOT NULL DEFAULT '{}'
+                    CHECK (apikeys_internal.check_limits(limits) IS NOT NULL),
+    cost            integer NOT NULL DEFAULT 1 CHECK (cost BETWEEN 0 AND 1000000),
     PRIMARY KEY (method, path, match),
     -- a bad regular expression fails here, not in a request
     CONSTRAINT postgrest_route_regex_valid CHECK (match <> 'regex' OR ('' ~ path) IS NOT NULL),
     CONSTRAINT postgrest_route_anonymous_without_scopes
         CHECK (NOT (allow_anonymous AND cardinality(required_scopes) > 0))
 );
-COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex). Superuser-only.';
+COMMENT ON TABLE apikeys.postgrest_route IS 'Scopes required by apikeys.pre_request() per request.method and request.path (exact, LIKE or regex), and the route''s own limits (per key) and cost. Superuser-only.';
 
 -- Role for the request's query, chosen from the key.  Each of tenant, key_id
 -- and scope that is not NULL must match (scope: the key holds it); the
@@ -374,6 +379,69 @@ END;
 $$;
 COMMENT ON FUNCTION apikeys.postgrest_role_confinement IS 'Why a role may not be mapped for keys of any tenant in apikeys.postgrest_role_map (NULL: row-level security confines it to the key''s tenant).';
 
+-- authenticate() for the gate, charging cost (0: check only) to the key's
+-- and tenant's limits and to the route's limits, kept per key and route
+-- (route: the route's identity, "method match path"), in one
+-- all-or-nothing pass (src/usage.c, "Route limits").  Not granted to anyone.
+CREATE FUNCTION apikeys_internal._authenticate_route(api_key text, required_scopes text[], client_addr inet,
+                                                     route text, route_limits apikeys.named_limit[],
+                                                     cost integer)
+    RETURNS apikeys.verification
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate_route_1_1';
+COMMENT ON FUNCTION apikeys_internal._authenticate_route IS 'apikeys.authenticate() with a cost and a PostgREST route''s own limits (per key and route), charged all or nothing with the key''s and tenant''s (the gate''s).';
+
+-- Set (replace) a route's limits and cost.  Superuser-only, like the route
+-- table (SECURITY INVOKER: the caller must be able to update it); the change
+-- is audited by the table's trigger (postgrest_route_changed).  A limit
+-- that keeps its name keeps its state (a new per or max_uses applies to
+-- what was counted), a new name starts from nothing, a removed one is
+-- forgotten.
+CREATE FUNCTION apikeys.postgrest_route_set_limits(method text, path text, limits apikeys.named_limit[],
+                                                   cost integer DEFAULT 1, match text DEFAULT 'exact')
+    RETURNS apikeys.postgrest_route
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v         apikeys.named_limit[];
+    rt        apikeys.postgrest_route;
+    too_small record;
+BEGIN
+    IF cost IS NULL OR cost < 0 OR cost > 1000000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_cost: cost must be from 0 to 1000000',
+            HINT = '0 checks the limits without charging them; the default is 1.';
+    END IF;
+    v := apikeys_internal.check_limits(limits);
+    -- a cost no route limit could ever hold would refuse every request
+    SELECT x.name, x.max_uses INTO too_small FROM unnest(v) x
+     WHERE x.max_uses < postgrest_route_set_limits.cost ORDER BY x.max_uses LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid_cost: cost %s is more than route limit "%s" allows (%s): every request would be refused',
+                             cost, too_small.name, too_small.max_uses),
+            HINT = 'Lower the cost or raise the limit''s max_uses.';
+    END IF;
+    UPDATE apikeys.postgrest_route x
+       SET limits = v, cost = postgrest_route_set_limits.cost
+     WHERE x.method = upper(postgrest_route_set_limits.method)
+       AND x.path = postgrest_route_set_limits.path
+       AND x.match = postgrest_route_set_limits.match
+    RETURNING * INTO rt;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('route_not_found: no route %s %s (%s) in apikeys.postgrest_route',
+                             upper(left(postgrest_route_set_limits.method, 16)),
+                             left(postgrest_route_set_limits.path, 200),
+                             left(postgrest_route_set_limits.match, 16)),
+            HINT = 'Add the route first: INSERT INTO apikeys.postgrest_route (method, path, ...).';
+    END IF;
+    RETURN rt;
+END;
+$$;
+COMMENT ON FUNCTION apikeys.postgrest_route_set_limits IS 'Set (replace) a PostgREST route''s own limits (up to 3 of (name, max_uses, per), per key; NULL removes them) and its cost. Superuser-only; audited.';
+
 -- Bounds on what the gate reads from PostgREST's settings (docs/postgrest.md,
 -- "Bad requests").  Anything longer is a 400 apikeys.bad_request, read no
 -- further.
@@ -467,6 +535,12 @@ DECLARE
     wait_s     bigint;
     per        interval;
     r          pg_catalog.pg_roles;
+    route_id   text;        -- the route whose limits and cost apply, or NULL
+    route_lims apikeys.named_limit[];
+    route_cost integer;
+    lim_scope  text;
+    lim_name   text;
+    lim_per    text;
 BEGIN
     SELECT * INTO cfg FROM apikeys.postgrest_setting;
     IF NOT FOUND THEN
@@ -511,6 +585,21 @@ BEGIN
                        array(SELECT DISTINCT s FROM m, unnest(m.required_scopes) s ORDER BY s),
                        EXISTS (SELECT 1 FROM p)
                   INTO n_routes, anonymous, need, path_known;
+                -- the most specific matching route that sets limits or a
+                -- cost: exact, then like, then regex; its own method, then
+                -- GET for HEAD, then *; the longest pattern; then by name
+                SELECT rt.method || ' ' || rt.match || ' ' || rt.path, rt.limits, rt.cost
+                  INTO route_id, route_lims, route_cost
+                  FROM apikeys.postgrest_route rt
+                 WHERE (cardinality(rt.limits) > 0 OR rt.cost <> 1)
+                   AND (rt.method = '*' OR rt.method = req_method OR (rt.method = 'GET' AND req_method = 'HEAD'))
+                   AND CASE rt.match WHEN 'exact' THEN req_path = rt.path
+                                     WHEN 'like'  THEN req_path LIKE rt.path
+                                     ELSE req_path ~ rt.path END
+                 ORDER BY array_position('{exact,like,regex}'::text[], rt.match),
+                          array_position(ARRAY[req_method, 'GET', '*'], rt.method),
+                          char_length(rt.path) DESC, rt.path
+                 LIMIT 1;
                 stage := 'key';
                 api_key := apikeys_internal._postgrest_key(headers, cfg.key_headers);
             END IF;
@@ -557,7 +646,9 @@ BEGIN
                                               ORDER BY i), ', ') || '.';
             hdrs := jsonb_build_object('WWW-Authenticate', format('Bearer realm="%s"', cfg.realm));
         ELSE
-            v := apikeys.authenticate(api_key, CASE WHEN cardinality(need) > 0 THEN need END, NULL);
+            -- the key's, its tenant's and the route's limits, all or nothing
+            v := apikeys_internal._authenticate_route(api_key, CASE WHEN cardinality(need) > 0 THEN need END,
+                                                      NULL, route_id, route_lims, coalesce(route_cost, 1));
 
             IF v.rate_limit IS NOT NULL AND cfg.rate_limit_headers THEN
                 rl_hdrs := jsonb_build_array(
@@ -645,7 +736,22 @@ BEGIN
                     msg := 'Rate limit exceeded';
                     wait_s := greatest(ceil(extract(epoch FROM v.rate_reset - clock_timestamp())), 1);
                     hdrs := jsonb_build_object('Retry-After', wait_s::text);
-                    details := format('At most %s requests per window.', v.rate_limit);
+                    SELECT l.scope, l.name INTO lim_scope, lim_name
+                      FROM apikeys.last_verify_limits() l WHERE l.tightest;
+                    IF lim_scope = 'route' THEN
+                        -- the route's limit that refused, its window in
+                        -- words whatever the session's IntervalStyle
+                        SELECT CASE WHEN s % 3600 = 0 THEN (s / 3600) || ' h'
+                                    WHEN s % 60 = 0 THEN (s / 60) || ' min'
+                                    ELSE s || ' s' END
+                          INTO lim_per
+                          FROM (SELECT extract(epoch FROM x.per)::bigint AS s
+                                  FROM unnest(route_lims) x WHERE x.name = lim_name) w;
+                        details := format('At most %s requests per %s on this route (route limit "%s").',
+                                          v.rate_limit, lim_per, lim_name);
+                    ELSE
+                        details := format('At most %s requests per window.', v.rate_limit);
+                    END IF;
                     hint := 'Retry after the number of seconds in the Retry-After header.';
                 WHEN 'usage_exceeded' THEN
                     msg := 'Usage limit exceeded';

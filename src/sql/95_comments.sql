@@ -228,6 +228,8 @@ COMMENT ON COLUMN apikeys.postgrest_route.required_scopes IS 'Scopes a key must 
 COMMENT ON COLUMN apikeys.postgrest_route.allow_anonymous IS 'Whether a matching request may come without a key (only without required scopes).';
 COMMENT ON COLUMN apikeys.postgrest_route.description IS 'Free text (at most 2000 characters), or NULL.';
 COMMENT ON COLUMN apikeys.postgrest_route.created_at IS 'When the route was added.';
+COMMENT ON COLUMN apikeys.postgrest_route.limits IS 'The route''s own limits, up to 3 of (name, max_uses, per), each kept per key (apikeys.postgrest_route_set_limits).';
+COMMENT ON COLUMN apikeys.postgrest_route.cost IS 'Units a request charges to each limit it meets (key, tenant, route) and to the usage cap; 0 checks only.';
 
 COMMENT ON COLUMN apikeys.postgrest_role_map.tenant IS 'Keys of this tenant only; NULL: any tenant.';
 COMMENT ON COLUMN apikeys.postgrest_role_map.key_id IS 'This key only; NULL: any key.';
