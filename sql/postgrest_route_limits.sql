@@ -443,6 +443,22 @@ SELECT v.method, v.path, r.figures
   FROM (VALUES (1, 'HEAD', '/api/v2/m'), (2, 'GET', '/api/v2/m')) v(n, method, path),
        LATERAL pg_temp.pgrst(v.method, v.path, :'g_key', v.n) r
  ORDER BY v.n;
+-- a specific route with only a cost (no limits) is the route charged, so
+-- it shadows a catch-all's limits: its requests charge no route limit
+INSERT INTO apikeys.postgrest_route (method, path, match, limits) VALUES
+    ('GET', '/api/v3/%', 'like', ARRAY[('catch_all', 5, '1 hour')]::apikeys.named_limit[]);
+INSERT INTO apikeys.postgrest_route (method, path, match, cost) VALUES ('GET', '/api/v3/cheap', 'exact', 0);
+SELECT v.method, v.path, r.figures
+  FROM (VALUES (1, 'GET', '/api/v3/other'), (2, 'GET', '/api/v3/cheap'), (3, 'GET', '/api/v3/cheap'),
+               (4, 'GET', '/api/v3/other')) v(n, method, path),
+       LATERAL pg_temp.pgrst(v.method, v.path, :'g_key', v.n) r
+ ORDER BY v.n;
+-- with a cost of 1 and no limits the specific route is no longer chosen:
+-- the catch-all's limit counts its requests
+UPDATE apikeys.postgrest_route SET cost = 1 WHERE path = '/api/v3/cheap';
+SELECT v.method, v.path, r.figures
+  FROM (VALUES (1, 'GET', '/api/v3/cheap')) v(n, method, path),
+       LATERAL pg_temp.pgrst(v.method, v.path, :'g_key', v.n) r;
 
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
