@@ -16,7 +16,7 @@
  * transaction raises "tuple concurrently updated": the turn fails and its
  * counts are kept for the next one, as with any other flush error.
  */
-#include "shmem.h"
+#include "flush.h"
 
 #include "access/genam.h"
 #include "access/heapam.h"

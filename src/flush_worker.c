@@ -12,7 +12,7 @@
  * for connected workers).  On a hot standby nothing can be written: counts
  * are dropped and only rate limits, kept in memory, apply.
  */
-#include "shmem.h"
+#include "flush.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"

@@ -3,6 +3,9 @@
  * (apikeys.verifications, apikeys.key_usage, apikeys.runtime).
  */
 #include "shmem.h"
+#include "policy_cache.h"
+#include "usage.h"
+#include "usage_entry.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"

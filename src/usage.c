@@ -26,6 +26,8 @@
  * make another tenant's limits unavailable or reset its rate windows.
  */
 #include "shmem.h"
+#include "usage.h"
+#include "usage_entry.h"
 
 #include "access/htup_details.h"
 #include "access/table.h"
