@@ -221,11 +221,10 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 		for (int w = 0; w < SLOT_WAYS; w++)
 		{
 			UsageEntry *e = (UsageEntry *) slot_entry(t, set, w);
-			uint32		bit = 1U << w;
-			FlushItem  *it;
 
 			/* still in flight from an earlier turn: its marks wait for it */
-			if (!(mask & bit) || !e->hdr.used || e->key.dbid != dbid || e->flushing)
+			if (!(mask & (1U << w)) || !e->hdr.used || e->key.dbid != dbid ||
+				usage_entry_in_flight(e))
 				continue;
 			if (list->n >= TURN_MAX_ITEMS)
 				break;
@@ -234,34 +233,9 @@ collect(Oid dbid, pg_atomic_uint32 *marks, uint32 from, uint32 to, FlushList *li
 				list->cap *= 2;
 				list->items = repalloc(list->items, sizeof(FlushItem) * list->cap);
 			}
-			SpinLockAcquire(&e->mutex);
-			if (!e->dirty)
-			{
-				/* taken by the other pass of this turn: drop a stale mark */
-				pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
-				pg_atomic_fetch_and_u32(&apikeys_usage_urgent[set], ~bit);
-				SpinLockRelease(&e->mutex);
-				continue;
-			}
-			it = &list->items[list->n++];
-			it->key = e->key;
-			it->has_used = e->base_loaded;
-			it->used = e->used;
-			it->period = e->usage_period;
-			it->period_s = e->usage_period_s;
-			it->last_used_at = e->last_used_at;
-			for (int i = 0; i < VERDICT_COUNT; i++)
-			{
-				it->counts[i] = e->counts_pending[i];
-				e->counts_inflight[i] += e->counts_pending[i];
-				e->counts_pending[i] = 0;
-			}
-			e->dirty = false;
-			e->urgent_marked = false;
-			e->flushing = true;
-			pg_atomic_fetch_and_u32(&apikeys_usage_dirty[set], ~bit);
-			pg_atomic_fetch_and_u32(&apikeys_usage_urgent[set], ~bit);
-			SpinLockRelease(&e->mutex);
+			/* false: taken by the other pass of this turn (its stale mark dropped) */
+			if (usage_entry_collect(e, &list->items[list->n]))
+				list->n++;
 		}
 		LWLockRelease(lock);
 	}
@@ -326,30 +300,7 @@ settle(FlushItem *items, int n, bool ok)
 		LWLockAcquire(lock, LW_SHARED);
 		e = (UsageEntry *) slot_find(t, hash, &items[k].key);
 		if (e)
-		{
-			SpinLockAcquire(&e->mutex);
-			for (int i = 0; i < VERDICT_COUNT; i++)
-			{
-				e->counts_inflight[i] = Max(e->counts_inflight[i] - items[k].counts[i], 0);
-				if (!ok)
-					e->counts_pending[i] += items[k].counts[i];
-			}
-			if (!ok && !e->dirty)
-			{
-				Size		idx = slot_index(t, &e->hdr);
-
-				e->dirty = true;
-				pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
-				if (items[k].has_used && !e->urgent_marked)
-				{
-					e->urgent_marked = true;
-					pg_atomic_fetch_or_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], 1U << (idx % SLOT_WAYS));
-				}
-			}
-			e->flushing = false;
-			e->inflight_xid = InvalidTransactionId;
-			SpinLockRelease(&e->mutex);
-		}
+			usage_entry_settle(e, &items[k], ok);
 		LWLockRelease(lock);
 	}
 }
@@ -372,11 +323,7 @@ stamp_inflight(FlushItem *items, int n, TransactionId xid)
 		LWLockAcquire(lock, LW_SHARED);
 		e = (UsageEntry *) slot_find(t, hash, &items[k].key);
 		if (e)
-		{
-			SpinLockAcquire(&e->mutex);
-			e->inflight_xid = xid;
-			SpinLockRelease(&e->mutex);
-		}
+			usage_entry_stamp(e, xid);
 		LWLockRelease(lock);
 	}
 }

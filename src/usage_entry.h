@@ -1,10 +1,18 @@
 /*
- * usage_entry.h - the usage table (shared memory, a slot_table.c table):
- * per-key limit state and the counts on their way to apikeys.usage.
+ * usage_entry.h - the usage table (shared memory, a slot_table.c table) and
+ * the life of the counts its entries hold, from a verify's count to
+ * apikeys.usage (usage_entry.c, which documents the states).
  *
  * Locking protocol: the partition lock of an entry's set shared to find the
- * entry, then the entry's spinlock to read or change its counters;
- * exclusive to create or evict entries (only flushed ones are evicted).
+ * entry, then the entry's spinlock to read or change its fields; exclusive
+ * to create or evict entries (only flushed ones are evicted).  Each function
+ * below says which of the two it expects.
+ *
+ * The fields of an entry's counts' life (counts_pending, counts_inflight,
+ * dirty, flushing, urgent_marked, inflight_xid) and the marks
+ * (apikeys_usage_dirty, apikeys_usage_urgent) are changed by usage_entry.c
+ * only, and read there only but for the marks, which the flush worker scans
+ * to find marked sets.
  */
 #ifndef APIKEYS_USAGE_ENTRY_H
 #define APIKEYS_USAGE_ENTRY_H
@@ -16,7 +24,7 @@
 #include "access/transam.h"
 #include "port/atomics.h"
 #include "storage/spin.h"
-#include "utils/snapmgr.h"
+#include "utils/snapshot.h"
 
 typedef struct UsageKey
 {
@@ -39,6 +47,7 @@ typedef struct UsageEntry
 	int64		used;			/* uses charged in it (authoritative once loaded) */
 	int32		usage_period_s; /* period length, 0: lifetime, -1: credits (usage_period: a time) */
 	TimestampTz last_used_at;
+	/* the counts' life: usage_entry.c's alone */
 	int64		counts_pending[VERDICT_COUNT];
 	int64		counts_inflight[VERDICT_COUNT];
 	bool		dirty;			/* something to flush */
@@ -55,26 +64,13 @@ extern SlotTable apikeys_usage_table;
  * (apikeys_usage_dirty, written within usage_write_delay), and those to
  * write at the next turn (apikeys_usage_urgent: a usage cap's count, and the
  * entries of sets that filled up).  Set by verify, cleared by the worker
- * when it takes the counts; a stale bit is dropped then.
+ * when it takes the counts; a stale bit is dropped then.  Written through
+ * usage_entry.c only.
  */
 extern pg_atomic_uint32 *apikeys_usage_dirty;
 extern pg_atomic_uint32 *apikeys_usage_urgent;
 
-/*
- * Are an entry's in-flight counts already in apikeys.usage as `snapshot`
- * sees it?  Readers add them otherwise, so a count is seen once whether the
- * reader's snapshot is before, during or after the flush's commit.
- */
-static inline bool
-apikeys_inflight_visible(TransactionId inflight_xid, Snapshot snapshot)
-{
-	/* may read the commit log: never call it under the entry's spinlock */
-	return TransactionIdIsValid(inflight_xid) &&
-		!XidInMVCCSnapshot(inflight_xid, snapshot) &&
-		TransactionIdDidCommit(inflight_xid);
-}
-
-/* What one entry gives one flush: the figures to write. */
+/* What one entry gives one flush (usage_entry_collect): the figures to write. */
 typedef struct FlushItem
 {
 	UsageKey	key;
@@ -85,5 +81,41 @@ typedef struct FlushItem
 	TimestampTz last_used_at;
 	int64		counts[VERDICT_COUNT];
 } FlushItem;
+
+/*
+ * An entry's counts as a reader copied them under the spinlock, to be
+ * merged outside it (usage_entry_visible_counts reads the commit log).
+ */
+typedef struct UsageEntryCounts
+{
+	int64		pending[VERDICT_COUNT];
+	int64		inflight[VERDICT_COUNT];
+	TransactionId xid;
+} UsageEntryCounts;
+
+/*
+ * The life of an entry's counts (usage_entry.c).  Locks each expects:
+ *   P  the partition lock of the entry's set, any mode
+ *   X  that lock exclusive (then no one holds the entry's spinlock)
+ *   S  the entry's spinlock too (the caller changes other fields in the hold)
+ * collect, stamp and settle take the spinlock themselves; in_flight reads
+ * without it (exact for the database's flush worker, see there).
+ */
+extern void usage_entry_count(UsageEntry *e, VerdictCode code, bool urgent);	/* P S */
+extern bool usage_entry_in_flight(const UsageEntry *e);	/* P */
+extern bool usage_entry_collect(UsageEntry *e, FlushItem *it);	/* P */
+extern void usage_entry_stamp(UsageEntry *e, TransactionId xid);	/* P */
+extern void usage_entry_settle(UsageEntry *e, const FlushItem *it, bool written);	/* P */
+extern bool usage_entry_unsettled(const UsageEntry *e);	/* X */
+extern bool usage_entry_has_pending(const UsageEntry *e);	/* X */
+extern bool usage_entry_evictable(const UsageEntry *e, bool lossy);	/* X */
+extern int64 usage_entry_evict(UsageEntry *e);	/* X */
+extern void usage_entry_release(UsageEntry *e);	/* X */
+extern void usage_entry_read_counts(const UsageEntry *e, UsageEntryCounts *c);	/* P S */
+/* no lock: */
+extern void usage_entry_visible_counts(const UsageEntryCounts *c, Snapshot snapshot,
+									   int64 counts[VERDICT_COUNT]);
+extern bool usage_marks_hurry(uint32 set);
+extern int64 usage_entries_dirty(void);
 
 #endif
