@@ -1,7 +1,7 @@
 /*
  * flush_worker.h - the per-database background workers that write usage
- * figures from shared memory to apikeys.usage (flush_worker.c), and what
- * they share with the rest of apikeys.
+ * figures from shared memory to apikeys.usage (flush.h), as the rest of
+ * apikeys sees them: their slots in shared memory and their entry points.
  *
  * Locking protocol: ApikeysShared.db_mutex (a spinlock) protects the slots
  * of the databases with a worker (ApikeysShared.dbs).

@@ -401,6 +401,11 @@ tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	return usage_entry_of(&key, p->tenant, true, now, lock);
 }
 
+/*
+ * The usage period holding t for periods of period_s seconds aligned to the
+ * epoch (0: a lifetime cap, one period), so entries and rows compare periods
+ * by index.
+ */
 static int64
 period_index(int32 period_s, TimestampTz t)
 {
@@ -545,6 +550,7 @@ no_room_for_limits(void)
 static LimitRow last_rows[1 + 3 * POLICY_MAX_LIMITS];
 static int	last_nrows = 0;
 
+/* The last verification's limit rows, for apikeys.last_verify_limits() (stats.c). */
 int
 apikeys_last_limits(const LimitRow **rows)
 {
@@ -562,6 +568,7 @@ apikeys_last_limits_reset(void)
 /* the key's rate limit (apikey_set_policy), by name, NUL-padded */
 static const char rate_limit_name[LIMIT_NAME_LEN] = "rate_limit";
 
+/* Report one limit checked by this verification (apikeys.last_verify_limits()). */
 static LimitRow *
 add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
 {
@@ -1017,6 +1024,10 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	return code;
 }
 
+/*
+ * Count a verdict reached before the limits (a refused key, a bad scope) for
+ * apikeys.usage, so a key's refusals are counted as its successes are.
+ */
 void
 apikeys_usage_count(const KeyPolicy *p, VerdictCode code, TimestampTz now)
 {

@@ -1,24 +1,12 @@
 /*
- * flush_worker.c - write usage figures from shared memory to apikeys.usage.
- *
- * One dynamic background worker per database with tracked keys, started by
- * the first verify that finds none running.  Each turn (flush_interval) it
- * moves the pending counts of its database's dirty entries that are due
- * (see collect) to "in flight", writes them (rows that exist are updated in
- * place, flush_update.c; new ones through INSERT ... ON CONFLICT), and on
- * success forgets the in-flight counts; on failure it puts them back.  It
- * flushes once more on SIGTERM (clean shutdown), and exits after a minute
- * with nothing to do, so it does not hold its database (DROP DATABASE waits
- * for connected workers).  On a hot standby nothing can be written: counts
- * are dropped and only rate limits, kept in memory, apply.
+ * flush_loop.c - the flush worker's life (flush.h): its main loop, latch
+ * waits and signals, the timing of turns, and each turn's collect, write
+ * and settle of its database's counts; its exit.
  */
 #include "flush.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -26,158 +14,14 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/lmgr.h"
-#include "storage/proc.h"
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
-#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #define IDLE_EXIT_MS 60000
-
-/* the verdicts with a column in apikeys.usage, in column order (verdicts.h) */
-const VerdictCode apikeys_flush_counted[] = {
-#define COUNTED_CODE_IF(e, name, counted, http) IF_COUNTED_##counted(e)
-#define IF_COUNTED_true(e) e,
-#define IF_COUNTED_false(e)
-	APIKEYS_VERDICTS(COUNTED_CODE_IF)
-#undef COUNTED_CODE_IF
-#undef IF_COUNTED_true
-#undef IF_COUNTED_false
-};
-const int	apikeys_flush_ncounted = lengthof(apikeys_flush_counted);
-StaticAssertDecl(lengthof(apikeys_flush_counted) == VERDICT_NCOUNTED,
-				 "counted verdicts disagree");
-
-/* a slot no worker holds or is starting (a start lost for 10 s counts as none) */
-static bool
-slot_idle(const FlushDbSlot *slot, TimestampTz now)
-{
-	return slot->worker_pid == 0 &&
-		(!slot->starting || now - slot->start_requested >= 10000 * (int64) 1000);
-}
-
-/*
- * The slot of dbid, created when asked (NULL: all taken).  A worker frees
- * its slot when it exits (flush_exit); when none is free, an idle slot of
- * another database is taken over: its database gets a new one at its next
- * verify.  So the APIKEYS_MAX_FLUSH_DBS limit is on databases with a worker
- * at the same time, not on databases ever served.  Callers recheck
- * slot->dbid under db_mutex before acting on it.
- */
-static FlushDbSlot *
-db_slot(Oid dbid, bool create)
-{
-	static Oid	cached_db = InvalidOid;
-	static int	cached_idx = -1;
-	FlushDbSlot *found = NULL;
-	TimestampTz now = 0;
-
-	if (cached_idx >= 0 && cached_db == dbid &&
-		apikeys_shared->dbs[cached_idx].dbid == dbid)
-		return &apikeys_shared->dbs[cached_idx];
-	if (create)
-		now = GetCurrentTimestamp();
-
-	SpinLockAcquire(&apikeys_shared->db_mutex);
-	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found; i++)
-		if (apikeys_shared->dbs[i].dbid == dbid)
-		{
-			found = &apikeys_shared->dbs[i];
-			cached_idx = i;
-		}
-	for (int pass = 0; pass < 2 && !found && create; pass++)
-		for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS && !found; i++)
-		{
-			FlushDbSlot *s = &apikeys_shared->dbs[i];
-
-			if (pass == 0 ? s->dbid == InvalidOid : slot_idle(s, now))
-			{
-				found = s;
-				found->dbid = dbid;
-				found->worker_pid = 0;
-				found->starting = false;
-				found->start_requested = 0;
-				cached_idx = i;
-			}
-		}
-	SpinLockRelease(&apikeys_shared->db_mutex);
-	cached_db = found ? dbid : InvalidOid;
-	return found;
-}
-
-/*
- * Sets filled up with unwritten entries and were marked urgent (usage.c):
- * wake every worker now rather than at the end of its interval (the entries
- * may be any database's).
- */
-void
-apikeys_flush_worker_hurry(void)
-{
-	for (int i = 0; i < APIKEYS_MAX_FLUSH_DBS; i++)
-	{
-		pid_t		pid = apikeys_shared->dbs[i].worker_pid;	/* unlocked: a hint */
-		PGPROC	   *proc;
-
-		if (pid != 0 && (proc = BackendPidGetProc(pid)) != NULL)
-			SetLatch(&proc->procLatch);
-	}
-}
-
-/* Make sure a flush worker runs for dbid; cheap when one does. */
-void
-apikeys_flush_worker_wake(Oid dbid)
-{
-	FlushDbSlot *slot = db_slot(dbid, true);
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	bool		start = false;
-	TimestampTz now;
-
-	/* pg_upgrade's servers run no workers; the new cluster starts them */
-	if (slot == NULL || slot->worker_pid != 0 || IsBinaryUpgrade)
-		return;
-	/*
-	 * At most one attempt a second (registering takes a global lock), and a
-	 * start that never reported back (the worker died before connecting) is
-	 * given up after ten seconds.
-	 */
-	now = GetCurrentTimestamp();
-	SpinLockAcquire(&apikeys_shared->db_mutex);
-	if (slot->dbid == dbid && slot->worker_pid == 0 &&
-		(now < slot->start_requested ||
-		 now - slot->start_requested >= (slot->starting ? 10000 : 1000) * (int64) 1000))
-	{
-		start = slot->starting = true;
-		slot->start_requested = now;
-	}
-	SpinLockRelease(&apikeys_shared->db_mutex);
-	if (!start)
-		return;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apikeys");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apikeys_flush_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "apikeys usage flush (db %u)", dbid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "apikeys usage flush");
-	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
-	worker.bgw_notify_pid = 0;
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-	{
-		SpinLockAcquire(&apikeys_shared->db_mutex);
-		if (slot->dbid == dbid)
-			slot->starting = false;
-		SpinLockRelease(&apikeys_shared->db_mutex);
-	}
-}
 
 typedef struct FlushList
 {
@@ -347,6 +191,10 @@ typedef struct WrittenBatch
 
 static List *written = NIL;
 
+/*
+ * A committed batch waits in `written` (worker memory, outliving the turn's
+ * context) until retire_written settles it.
+ */
 static void
 keep_written(FlushItem *items, int n, TransactionId xid)
 {
@@ -390,149 +238,12 @@ retire_written(bool all)
 	}
 }
 
-/*
- * One statement per batch: one unique-index probe per key (ON CONFLICT).
- * Keys are unique within a batch (one shared entry per key).  used is NULL
- * for keys without a usage cap: the stored figure is then left alone.
- * Rows of keys deleted meanwhile are skipped.  The count columns, one per
- * counted verdict in list order, come from verdicts.h; the statement is
- * built once per worker.  Every name and type is qualified: the worker also
- * pins search_path (apikeys_flush_main).
- */
-#define FLUSH_NARGS (4 + VERDICT_NCOUNTED)
-
-static const char *
-flush_sql(void)
-{
-	static char *sql = NULL;
-	StringInfoData cols,
-				unnests,
-				aliases,
-				sets;
-	int			c = 0;
-
-	if (sql != NULL)
-		return sql;
-	initStringInfo(&cols);
-	initStringInfo(&unnests);
-	initStringInfo(&aliases);
-	initStringInfo(&sets);
-	for (int v = 0; v < VERDICT_COUNT; v++)
-	{
-		const char *name = apikeys_verdicts[v].name;
-
-		if (!apikeys_verdicts[v].counted)
-			continue;
-		c++;
-		appendStringInfo(&cols, ", count_%s", name);
-		appendStringInfo(&unnests, ", pg_catalog.unnest($%d::pg_catalog.int8[])", 4 + c);
-		appendStringInfo(&aliases, ", c%d", c);
-		appendStringInfo(&sets, "   count_%s = u.count_%s OPERATOR(pg_catalog.+) excluded.count_%s,",
-						 name, name, name);
-	}
-	Assert(c == VERDICT_NCOUNTED);
-	sql = MemoryContextStrdup(TopMemoryContext, psprintf(
-		"INSERT INTO apikeys.usage AS u (key_id, last_used_at, used, period_start%s)"
-		" SELECT t.* FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),"
-		"       pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.timestamptz[])%s)"
-		"       AS t(k, l, ug, ps%s)"
-		"  WHERE EXISTS (SELECT 1 FROM apikeys.credential c WHERE c.key_id OPERATOR(pg_catalog.=) t.k)"
-		" ON CONFLICT (key_id) DO UPDATE SET"
-		"   last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
-		"   used = COALESCE(excluded.used, u.used),"
-		"   period_start = CASE WHEN excluded.used IS NULL THEN u.period_start ELSE excluded.period_start END,"
-		"%s"
-		"   flushed_at = pg_catalog.now()",
-		cols.data, unnests.data, aliases.data, sets.data));
-	pfree(cols.data);
-	pfree(unnests.data);
-	pfree(aliases.data);
-	pfree(sets.data);
-	return sql;
-}
-
-static ArrayType *
-int8_array(Datum *values, bool *nulls, int n)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	return construct_md_array(values, nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
-}
-
-/* Insert or update the rows of items through SQL; true on success. */
-static bool
-write_batch_sql(FlushItem *items, int n)
-{
-	Oid			argtypes[FLUSH_NARGS];
-	Datum		args[FLUSH_NARGS];
-	Datum	   *keys = palloc(sizeof(Datum) * n);
-	Datum	   *last = palloc(sizeof(Datum) * n);
-	Datum	   *used = palloc(sizeof(Datum) * n);
-	Datum	   *pstart = palloc(sizeof(Datum) * n);
-	bool	   *last_null = palloc(sizeof(bool) * n);
-	bool	   *used_null = palloc(sizeof(bool) * n);
-	bool	   *pstart_null = palloc(sizeof(bool) * n);
-	Datum	   *counts = palloc(sizeof(Datum) * n);
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int			rc;
-
-	for (int k = 0; k < n; k++)
-	{
-		keys[k] = UUIDPGetDatum(&items[k].key.key_id);
-		last[k] = TimestampTzGetDatum(items[k].last_used_at);
-		last_null[k] = items[k].last_used_at == 0;
-		used[k] = Int64GetDatum(items[k].used);
-		used_null[k] = !items[k].has_used;
-		pstart[k] = TimestampTzGetDatum(apikeys_flush_period_start(&items[k], &pstart_null[k]));
-	}
-	argtypes[0] = UUIDARRAYOID;
-	args[0] = PointerGetDatum(construct_array(keys, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	argtypes[1] = TIMESTAMPTZARRAYOID;
-	args[1] = PointerGetDatum(construct_md_array(last, last_null, 1, dims, lbs, TIMESTAMPTZOID, 8,
-												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	argtypes[2] = INT8ARRAYOID;
-	args[2] = PointerGetDatum(int8_array(used, used_null, n));
-	argtypes[3] = TIMESTAMPTZARRAYOID;
-	args[3] = PointerGetDatum(construct_md_array(pstart, pstart_null, 1, dims, lbs, TIMESTAMPTZOID, 8,
-												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int c = 0; c < apikeys_flush_ncounted; c++)
-	{
-		for (int k = 0; k < n; k++)
-			counts[k] = Int64GetDatum(items[k].counts[apikeys_flush_counted[c]]);
-		argtypes[4 + c] = INT8ARRAYOID;
-		args[4 + c] = PointerGetDatum(int8_array(counts, NULL, n));
-		counts = palloc(sizeof(Datum) * n);
-	}
-
-	rc = SPI_execute_with_args(flush_sql(), FLUSH_NARGS, argtypes, args, NULL, false, 0);
-	return rc == SPI_OK_INSERT;
-}
-
-/*
- * Write one batch inside the caller's transaction: rows that exist are
- * updated in place (flush_update.c), the rest go through SQL.
- */
-static bool
-write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n)
-{
-	bool	   *done = palloc(sizeof(bool) * n);
-	int			updated = apikeys_flush_update_existing(usage_rel, usage_pkey, items, n, done);
-	FlushItem  *rest;
-	int			m = 0;
-
-	if (updated == n)
-		return true;
-	rest = palloc(sizeof(FlushItem) * (n - updated));
-	for (int k = 0; k < n; k++)
-		if (!done[k])
-			rest[m++] = items[k];
-	return write_batch_sql(rest, m);
-}
-
 static volatile sig_atomic_t got_sigterm = false;
 
+/*
+ * SIGTERM (shutdown, DROP DATABASE, an administrator): the loop ends at its
+ * next look, and flushes once more before exiting rather than dying mid-turn.
+ */
 static void
 flush_sigterm(SIGNAL_ARGS)
 {
@@ -541,48 +252,6 @@ flush_sigterm(SIGNAL_ARGS)
 	got_sigterm = true;
 	SetLatch(MyLatch);
 	errno = save_errno;
-}
-
-typedef enum FlushTarget
-{
-	TARGET_READY,				/* tables locked: write */
-	TARGET_GONE,				/* extension dropped: the counts have no home */
-	TARGET_BUSY					/* someone holds a conflicting lock: retry */
-} FlushTarget;
-
-/*
- * Lock the relations the flush touches, without waiting.  The
- * worker must never queue behind DROP EXTENSION (or ALTER, TRUNCATE...):
- * DROP locks the extension's objects one by one in catalog order, so a
- * waiting worker holding one of them deadlocks it.  Once all are locked
- * nothing else the statement needs can be taken away, and the existence
- * check after the lock sees a DROP that committed meanwhile.
- */
-static FlushTarget
-lock_flush_target(Oid *usage_out, Oid *usage_pkey_out)
-{
-	Oid			nsp,
-				usage,
-				usage_pkey,
-				credential;
-
-	if (!OidIsValid(get_extension_oid("apikeys", true)) ||
-		!OidIsValid(nsp = get_namespace_oid(APIKEYS_SCHEMA, true)) ||
-		!OidIsValid(usage = get_relname_relid("usage", nsp)) ||
-		!OidIsValid(usage_pkey = get_relname_relid("usage_pkey", nsp)) ||
-		!OidIsValid(credential = get_relname_relid("credential", nsp)))
-		return TARGET_GONE;
-	if (!ConditionalLockRelationOid(usage, RowExclusiveLock) ||
-		!ConditionalLockRelationOid(usage_pkey, RowExclusiveLock) ||
-		!ConditionalLockRelationOid(credential, AccessShareLock))
-		return TARGET_BUSY;		/* locks go at the transaction's end */
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(usage)) ||
-		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(usage_pkey)) ||
-		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(credential)))
-		return TARGET_GONE;
-	*usage_out = usage;
-	*usage_pkey_out = usage_pkey;
-	return TARGET_READY;
 }
 
 /* The turn is settled: flush_exit has nothing left of it; free its memory. */
@@ -633,9 +302,9 @@ flush_once(Oid dbid, bool all)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
-		target = lock_flush_target(&usage, &usage_pkey);
+		target = flush_lock_target(&usage, &usage_pkey);
 		if (target == TARGET_READY)
-			ok = write_batch(usage, usage_pkey, (FlushItem *) items, n);
+			ok = flush_write_batch(usage, usage_pkey, (FlushItem *) items, n);
 		if (ok && TransactionIdIsValid(xid = GetCurrentTransactionIdIfAny()))
 		{
 			turn_xid = xid;
@@ -719,7 +388,6 @@ static void
 flush_exit(int code, Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	FlushDbSlot *slot = db_slot(dbid, false);
 	TimestampTz now = GetCurrentTimestamp();
 
 	/*
@@ -727,19 +395,7 @@ flush_exit(int code, Datum arg)
 	 * one (collecting), a partition lock held.
 	 */
 	LWLockReleaseAll();
-	if (slot)
-	{
-		SpinLockAcquire(&apikeys_shared->db_mutex);
-		if (slot->dbid == dbid && slot->worker_pid == MyProcPid)
-		{
-			slot->worker_pid = 0;
-			slot->starting = false;
-			/* one that died young keeps its start time: no crash loop */
-			if (now - slot->start_requested >= 1000 * (int64) 1000)
-				slot->start_requested = 0;
-		}
-		SpinLockRelease(&apikeys_shared->db_mutex);
-	}
+	flush_slot_release(dbid, now);
 	AbortOutOfAnyTransaction();
 	if (turn.items != NULL)
 	{
@@ -759,11 +415,15 @@ flush_exit(int code, Datum arg)
 		apikeys_flush_worker_wake(dbid);
 }
 
+/*
+ * The worker's entry point (registered by apikeys_flush_worker_wake, one per
+ * database, dbid in arg): set up a session that cannot be led astray or kept
+ * waiting, take the database's slot, then turn until idle or told to stop.
+ */
 void
 apikeys_flush_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	FlushDbSlot *slot;
 	TimestampTz last_work = GetCurrentTimestamp();
 	TimestampTz next_turn;
 
@@ -788,27 +448,9 @@ apikeys_flush_main(Datum arg)
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
-	/*
-	 * A start given up as lost may have come through late: one worker only.
-	 * The slot may have been freed and taken over meanwhile: look again.
-	 */
-	for (;;)
-	{
-		if ((slot = db_slot(dbid, true)) == NULL)
-			proc_exit(0);
-		SpinLockAcquire(&apikeys_shared->db_mutex);
-		if (slot->dbid == dbid)
-			break;
-		SpinLockRelease(&apikeys_shared->db_mutex);
-	}
-	if (slot->worker_pid != 0 && slot->worker_pid != MyProcPid)
-	{
-		SpinLockRelease(&apikeys_shared->db_mutex);
+	/* one worker per database: a late start of a second one ends here */
+	if (!flush_slot_claim(dbid))
 		proc_exit(0);
-	}
-	slot->worker_pid = MyProcPid;
-	slot->starting = false;
-	SpinLockRelease(&apikeys_shared->db_mutex);
 	before_shmem_exit(flush_exit, ObjectIdGetDatum(dbid));
 
 	/*
