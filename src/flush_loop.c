@@ -127,7 +127,9 @@ collect_turn(Oid dbid, bool all, int *n_out)
 
 /*
  * After the write: forget (ok) or restore (failed) the in-flight counts.
- * Entries in flight are not evicted (usage.c), so each is still there.
+ * An entry in flight is evicted only once its flush committed
+ * (usage_entry_evictable), so one not found had its counts written; the one
+ * found may be a later entry of the same key (usage_entry_settle).
  */
 static void
 settle(FlushItem *items, int n, bool ok)
