@@ -6,6 +6,7 @@
 
 #include "caller.h"
 #include "shmem.h"
+#include "inval_stamps.h"
 #include "tenant_context.h"
 
 PG_MODULE_MAGIC;

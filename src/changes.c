@@ -23,7 +23,7 @@
  * key refused.  PREPARE TRANSACTION of a marked transaction is refused: the
  * commit would happen where no callback runs.
  */
-#include "shmem.h"
+#include "inval_stamps.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"

@@ -12,11 +12,11 @@
  * Used only where nobody could tell the difference: the table has no
  * triggers, rules or CHECK constraints and no index but its primary key, and
  * its columns are the ones this file knows.  Otherwise, and for keys without a row yet, the SQL
- * statement does the work (flush_worker.c).  A row changed by a concurrent
+ * statement does the work (flush_writer.c).  A row changed by a concurrent
  * transaction raises "tuple concurrently updated": the turn fails and its
  * counts are kept for the next one, as with any other flush error.
  */
-#include "shmem.h"
+#include "flush.h"
 
 #include "access/genam.h"
 #include "access/heapam.h"

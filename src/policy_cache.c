@@ -18,7 +18,8 @@
  * Time-dependent checks (expiry, rotation grace) are made at lookup.  A
  * full set replaces its least recently used entry (slot_table.c).
  */
-#include "shmem.h"
+#include "inval_stamps.h"
+#include "policy_cache.h"
 
 #include "miscadmin.h"
 

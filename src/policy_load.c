@@ -11,7 +11,7 @@
  * transaction that has committed is refused even inside an older REPEATABLE
  * READ transaction, and the shared cache (policy_cache.c) relies on it.
  */
-#include "shmem.h"
+#include "policy.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"

@@ -7,6 +7,8 @@
  * it.  PostgreSQL 15 moved space requests to shmem_request_hook.
  */
 #include "shmem.h"
+#include "policy_cache.h"
+#include "usage_entry.h"
 
 #include "miscadmin.h"
 #include "storage/ipc.h"

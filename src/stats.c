@@ -3,6 +3,9 @@
  * (apikeys.verifications, apikeys.key_usage, apikeys.runtime).
  */
 #include "shmem.h"
+#include "policy_cache.h"
+#include "usage.h"
+#include "usage_entry.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -11,6 +14,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
 
 /* Set up a set-returning function's tuplestore (InitMaterializedSRF, 15+). */
@@ -262,9 +266,8 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 					hash;
 	LWLock	   *lock;
 	bool		found = false;
-	int64		pending[VERDICT_COUNT],
-				inflight[VERDICT_COUNT];
-	TransactionId xid = InvalidTransactionId;
+	UsageEntryCounts entry_counts;
+	int64		visible[VERDICT_COUNT];
 
 	if (PG_ARGISNULL(0) || apikeys_shared == NULL)
 		PG_RETURN_NULL();
@@ -288,9 +291,7 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 		nulls[1] = e->last_used_at == 0;
 		values[2] = Int64GetDatum(e->used);
 		nulls[2] = !e->base_loaded;
-		memcpy(pending, e->counts_pending, sizeof(pending));
-		memcpy(inflight, e->counts_inflight, sizeof(inflight));
-		xid = e->inflight_xid;
+		usage_entry_read_counts(e, &entry_counts);
 		SpinLockRelease(&e->mutex);
 		found = true;
 	}
@@ -298,10 +299,11 @@ apikeys_pending_usage(PG_FUNCTION_ARGS)
 	if (!found)
 		PG_RETURN_NULL();
 	/* in flight: counted here unless this snapshot already sees the flush */
-	if (apikeys_inflight_visible(xid, ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot()))
-		memset(inflight, 0, sizeof(inflight));
+	usage_entry_visible_counts(&entry_counts,
+							   ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(),
+							   visible);
 	for (int i = 0; i < VERDICT_COUNT; i++)
-		counts[i] = Int64GetDatum(pending[i] + inflight[i]);
+		counts[i] = Int64GetDatum(visible[i]);
 
 	values[0] = PG_GETARG_DATUM(0);
 	values[3] = PointerGetDatum(construct_array(counts, VERDICT_COUNT, INT8OID, 8,
@@ -332,13 +334,7 @@ apikeys_runtime(PG_FUNCTION_ARGS)
 	{
 		cache_used = slot_count_used(&apikeys_policy_table);
 		usage_used = slot_count_used(&apikeys_usage_table);
-		for (uint32 set = 0; set < apikeys_usage_table.nsets; set++)
-			for (int w = 0; w < SLOT_WAYS; w++)
-			{
-				UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, set, w);
-
-				dirty += (e->hdr.used && e->dirty) ? 1 : 0;
-			}
+		dirty = usage_entries_dirty();
 		SpinLockAcquire(&apikeys_shared->db_mutex);
 		for (int d = 0; d < APIKEYS_MAX_FLUSH_DBS; d++)
 			workers += apikeys_shared->dbs[d].worker_pid != 0;

@@ -34,7 +34,7 @@
  * Without shared memory (not preloaded) there is no cache: both hooks only
  * chain.
  */
-#include "shmem.h"
+#include "inval_stamps.h"
 
 #include "access/htup_details.h"
 #include "access/relation.h"

@@ -26,6 +26,8 @@
  * make another tenant's limits unavailable or reset its rate windows.
  */
 #include "shmem.h"
+#include "usage.h"
+#include "usage_entry.h"
 
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -89,17 +91,6 @@ share_ways(void)
 }
 
 /*
- * Has the flush that took this entry's counts committed (they are in
- * apikeys.usage)?  Reads the commit log: partition lock held, entry's
- * spinlock not (no one else holds it under the exclusive lock).
- */
-static bool
-flush_committed(const UsageEntry *e)
-{
-	return TransactionIdIsValid(e->inflight_xid) && TransactionIdDidCommit(e->inflight_xid);
-}
-
-/*
  * Rank every way of the key's sets for a claim by tenant `tenant` (see
  * above); lossy: whether entries with unwritten counts may be ranked.
  */
@@ -139,11 +130,9 @@ rank_ways(uint32 hash, uint32 tenant, TimestampTz now, bool lossy,
 
 			if (!e[w]->hdr.used)
 				continue;		/* free ways go first anyway (slot_choose) */
-			if (e[w]->flushing)
-				rank = reclaim && (lossy || !e[w]->dirty) && flush_committed(e[w]) ?
-					(e[w]->dirty ? RANK_LOSSY : RANK_IN_FLIGHT) : RANK_KEEP;
-			else if (e[w]->dirty)
-				rank = reclaim && lossy ? RANK_LOSSY : RANK_KEEP;
+			if (usage_entry_unsettled(e[w]))
+				rank = reclaim && usage_entry_evictable(e[w], lossy) ?
+					(usage_entry_has_pending(e[w]) ? RANK_LOSSY : RANK_IN_FLIGHT) : RANK_KEEP;
 			else if (open && e[w]->tenant_limits)
 				rank = RANK_KEEP;	/* a tenant's shared window: never reset */
 			else if (open)
@@ -172,19 +161,12 @@ claim_entry(uint32 hash, const UsageKey *key, uint32 tenant, TimestampTz now, bo
 		return NULL;
 	if (e->hdr.used)
 	{
-		Size		idx = slot_index(&apikeys_usage_table, &e->hdr);
-		uint32		bit = 1U << (idx % SLOT_WAYS);
-		int64		lost = 0;
+		int64		lost;
 
 		pg_atomic_fetch_add_u64(&apikeys_shared->usage_evictions, 1);
-		if (e->dirty)
-		{
-			for (int i = 0; i < VERDICT_COUNT; i++)
-				lost += e->counts_pending[i];
+		lost = usage_entry_evict(e);
+		if (lost > 0)
 			pg_atomic_fetch_add_u64(&apikeys_shared->tracking_dropped, lost);
-			pg_atomic_fetch_and_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], ~bit);
-			pg_atomic_fetch_and_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], ~bit);
-		}
 	}
 	slot_take(&apikeys_usage_table, hash, key, &e->hdr);
 	e->tenant_hash = tenant;
@@ -261,13 +243,10 @@ forget_dropped_databases(uint32 hash, Oid *dbids, int *ndbs)
 			for (int w = 0; w < SLOT_WAYS; w++)
 			{
 				UsageEntry *e = (UsageEntry *) slot_entry(&apikeys_usage_table, sets[i], w);
-				uint32		bit = 1U << w;
 
-				if (!e->hdr.used || e->key.dbid != dbids[k] || e->flushing)
+				if (!e->hdr.used || e->key.dbid != dbids[k] || usage_entry_in_flight(e))
 					continue;
-				slot_release(&apikeys_usage_table, &e->hdr);
-				pg_atomic_fetch_and_u32(&apikeys_usage_dirty[sets[i]], ~bit);
-				pg_atomic_fetch_and_u32(&apikeys_usage_urgent[sets[i]], ~bit);
+				usage_entry_release(e);
 				freed = true;
 			}
 		LWLockRelease(lock);
@@ -292,12 +271,7 @@ hurry_sets(uint32 hash, const Oid *dbids, int ndbs)
 	bool		news = false;
 
 	for (int i = 0; i < nsets; i++)
-	{
-		uint32		dirty = pg_atomic_read_u32(&apikeys_usage_dirty[sets[i]]);
-		uint32		before = pg_atomic_fetch_or_u32(&apikeys_usage_urgent[sets[i]], dirty);
-
-		news |= (dirty & ~before) != 0;
-	}
+		news |= usage_marks_hurry(sets[i]);
 	if (news)
 		apikeys_flush_worker_hurry();
 	for (int i = 0; i < ndbs; i++)
@@ -427,6 +401,11 @@ tenant_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
 	return usage_entry_of(&key, p->tenant, true, now, lock);
 }
 
+/*
+ * The usage period holding t for periods of period_s seconds aligned to the
+ * epoch (0: a lifetime cap, one period), so entries and rows compare periods
+ * by index.
+ */
 static int64
 period_index(int32 period_s, TimestampTz t)
 {
@@ -533,23 +512,17 @@ load_used(const KeyPolicy *p, int64 period)
 	return used;
 }
 
+/*
+ * Count a verdict in e for apikeys.usage (spinlock held): a key with a
+ * usage cap's figure (base_loaded) is written at the next turn, since its
+ * `used` is what a crash would lose.
+ */
 static void
 count_locked(UsageEntry *e, VerdictCode code, TimestampTz now)
 {
-	Size		idx = slot_index(&apikeys_usage_table, &e->hdr);
-	uint32		bit = 1U << (idx % SLOT_WAYS);
-
-	e->counts_pending[code]++;
 	if (code == V_VALID)
 		e->last_used_at = now;
-	if (!e->dirty)
-		pg_atomic_fetch_or_u32(&apikeys_usage_dirty[idx / SLOT_WAYS], bit);
-	if (e->base_loaded && !e->urgent_marked)
-	{
-		pg_atomic_fetch_or_u32(&apikeys_usage_urgent[idx / SLOT_WAYS], bit);
-		e->urgent_marked = true;
-	}
-	e->dirty = true;
+	usage_entry_count(e, code, e->base_loaded);
 }
 
 /*
@@ -577,6 +550,7 @@ no_room_for_limits(void)
 static LimitRow last_rows[1 + 3 * POLICY_MAX_LIMITS];
 static int	last_nrows = 0;
 
+/* The last verification's limit rows, for apikeys.last_verify_limits() (stats.c). */
 int
 apikeys_last_limits(const LimitRow **rows)
 {
@@ -594,6 +568,7 @@ apikeys_last_limits_reset(void)
 /* the key's rate limit (apikey_set_policy), by name, NUL-padded */
 static const char rate_limit_name[LIMIT_NAME_LEN] = "rate_limit";
 
+/* Report one limit checked by this verification (apikeys.last_verify_limits()). */
 static LimitRow *
 add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
 {
@@ -1049,6 +1024,10 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	return code;
 }
 
+/*
+ * Count a verdict reached before the limits (a refused key, a bad scope) for
+ * apikeys.usage, so a key's refusals are counted as its successes are.
+ */
 void
 apikeys_usage_count(const KeyPolicy *p, VerdictCode code, TimestampTz now)
 {

@@ -4,7 +4,7 @@
  * Everything that depends on the set of verdicts follows from this list:
  * the VerdictCode enum and apikeys_verdict_names (policy.h, verify.c), the
  * outcome counters and apikeys.verifications (stats.c), the columns the
- * flush worker writes to apikeys.usage and their order (flush_worker.c,
+ * flush worker writes to apikeys.usage and their order (flush_writer.c,
  * flush_update.c), and apikeys_internal.verdicts(), through which the SQL
  * side (apikeys.key_usage, the PostgREST gate's HTTP status) reads the same
  * list.  Test policy_verdicts fails when apikeys.usage, key_usage or the

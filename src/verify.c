@@ -15,6 +15,9 @@
  * standbys.  A bad key never raises: the verdict says why.
  */
 #include "shmem.h"
+#include "inval_stamps.h"
+#include "policy_cache.h"
+#include "usage.h"
 
 #include "access/htup_details.h"
 #include "access/xlog.h"
