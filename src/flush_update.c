@@ -100,6 +100,10 @@ updated_row(HeapTuple old, TupleDesc desc, const FlushItem *it, TimestampTz now)
 	return tup;
 }
 
+/*
+ * Replace a usage row in place of its old version; a version that is not
+ * heap-only needs its own entry in the key index.
+ */
 static void
 update_row(Relation rel, Relation index, IndexInfo *ii, HeapTuple old, HeapTuple tup)
 {

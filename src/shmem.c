@@ -32,6 +32,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/* The bytes all of apikeys' shared state needs, from the sizing settings. */
 Size
 apikeys_shmem_size(void)
 {
@@ -43,6 +44,7 @@ apikeys_shmem_size(void)
 	return size;
 }
 
+/* Ask the postmaster for our shared memory and LWLocks (two tables' partitions). */
 static void
 apikeys_shmem_request(void)
 {
@@ -54,6 +56,11 @@ apikeys_shmem_request(void)
 	RequestNamedLWLockTranche("apikeys", 2 * SLOT_PARTITIONS);
 }
 
+/*
+ * Attach to (and, the first time, initialize) the shared root, both slot
+ * tables and the usage marks; under AddinShmemInitLock so that only one
+ * process initializes them.
+ */
 static void
 apikeys_shmem_startup(void)
 {
@@ -104,6 +111,7 @@ apikeys_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* At preload: define the sizing settings and install the shared memory hooks. */
 void
 apikeys_shmem_init(void)
 {
