@@ -129,7 +129,8 @@ collect_turn(Oid dbid, bool all, int *n_out)
  * After the write: forget (ok) or restore (failed) the in-flight counts.
  * An entry in flight is evicted only once its flush committed
  * (usage_entry_evictable), so one not found had its counts written; the one
- * found may be a later entry of the same key (usage_entry_settle).
+ * found may be a later entry of the same key, which usage_entry_settle
+ * leaves alone.
  */
 static void
 settle(FlushItem *items, int n, bool ok)
@@ -169,7 +170,7 @@ stamp_inflight(FlushItem *items, int n, TransactionId xid)
 		LWLockAcquire(lock, LW_SHARED);
 		e = (UsageEntry *) slot_find(t, hash, &items[k].key);
 		if (e)
-			usage_entry_stamp(e, xid);
+			usage_entry_stamp(e, &items[k], xid);
 		LWLockRelease(lock);
 	}
 }

@@ -92,6 +92,7 @@ apikeys_shmem_startup(void)
 		pg_atomic_init_u64(&apikeys_shared->flushed_rows, 0);
 		pg_atomic_init_u64(&apikeys_shared->flush_errors, 0);
 		pg_atomic_init_u64(&apikeys_shared->last_flush_at, 0);
+		pg_atomic_init_u64(&apikeys_shared->collects, 0);
 		SpinLockInit(&apikeys_shared->db_mutex);
 	}
 

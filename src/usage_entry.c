@@ -4,7 +4,7 @@
  * entry's database collects, writes and settles, readers merge, eviction
  * forgets.  No other file reads or changes the fields involved
  * (counts_pending, counts_inflight, dirty, flushing, urgent_marked,
- * inflight_xid) or writes the marks (apikeys_usage_dirty/_urgent).
+ * inflight_xid, inflight_collect) or writes the marks (apikeys_usage_dirty/_urgent).
  *
  * States, by (dirty, flushing):
  *
@@ -33,23 +33,29 @@
  *            tell whether their snapshot sees the counts (usage_entry_stamp)
  *   settle   in flight/both -> clean/pending: written, the flush's counts
  *            leave counts_inflight; not written, they go back to
- *            counts_pending, marked again (usage_entry_settle)
+ *            counts_pending, marked again (usage_entry_settle).  Only the
+ *            collect that took them settles them: a written batch is
+ *            settled up to 10 s after its commit, and by then its entry may
+ *            have been evicted and its key taken by a new entry, whose own
+ *            counts a later collect may have in flight
  *   evict    any evictable -> gone: the entry goes to another key, its
  *            pending counts are lost (usage_entry_evict), or its database
  *            is gone (usage_entry_release); in flight only once the flush
  *            committed, never for a dropped database
  *
  * Invariants, asserted at each transition: dirty exactly when a pending
- * count is not zero; no count below zero.  A settle finds its entry by key,
- * so it may meet another entry of the same key (the first was evicted once
- * its flush committed): counts_inflight is then clamped at zero, and
- * nothing is asserted of counts_inflight against flushing.
+ * count is not zero; no count below zero; a settle takes from
+ * counts_inflight no more than its collect put there.  Stamp and settle
+ * find their entry by key and act only when it is in flight for their
+ * collect (inflight_collect, a number no other collect in the server's life
+ * has): another entry of the same key is left alone.
  *
  * Readers add the in-flight counts their snapshot does not see yet
  * (usage_entry_visible_counts), so a count is seen once whether the
  * reader's snapshot is before, during or after the flush's commit.
  */
 #include "usage_entry.h"
+#include "shmem.h"
 
 #include "storage/lwlock.h"
 #include "utils/snapmgr.h"
@@ -179,6 +185,8 @@ usage_entry_collect(UsageEntry *e, FlushItem *it)
 	it->period = e->usage_period;
 	it->period_s = e->usage_period_s;
 	it->last_used_at = e->last_used_at;
+	it->collect = pg_atomic_add_fetch_u64(&apikeys_shared->collects, 1);
+	e->inflight_collect = it->collect;
 	for (int i = 0; i < VERDICT_COUNT; i++)
 	{
 		it->counts[i] = e->counts_pending[i];
@@ -195,18 +203,33 @@ usage_entry_collect(UsageEntry *e, FlushItem *it)
 }
 
 /*
- * Name the transaction writing e's in-flight counts (stamp), before it
- * commits, so readers can tell whether their snapshot sees them (stats.c)
- * and eviction whether they are written.  Partition lock held, spinlock not.
+ * Is e in flight for the collect that filled `it`?  Not when e is a later
+ * entry of its key (see settle).  Spinlock held, or the partition lock
+ * held by the database's flush worker (the only one that changes these).
+ */
+static inline bool
+taken_by(const UsageEntry *e, const FlushItem *it)
+{
+	return e->flushing && e->inflight_collect == it->collect;
+}
+
+/*
+ * Name the transaction writing the in-flight counts `it` took from e
+ * (stamp), before it commits, so readers can tell whether their snapshot
+ * sees them (stats.c) and eviction whether they are written.  Partition
+ * lock held, spinlock not.
  */
 void
-usage_entry_stamp(UsageEntry *e, TransactionId xid)
+usage_entry_stamp(UsageEntry *e, const FlushItem *it, TransactionId xid)
 {
 	Assert(LWLockHeldByMe(entry_lock(e)));
 	Assert(TransactionIdIsValid(xid));
 
 	SpinLockAcquire(&e->mutex);
-	e->inflight_xid = xid;
+	/* not committed yet, so not evictable: the entry is the collect's */
+	Assert(taken_by(e, it));
+	if (taken_by(e, it))
+		e->inflight_xid = xid;
 	SpinLockRelease(&e->mutex);
 }
 
@@ -215,9 +238,9 @@ usage_entry_stamp(UsageEntry *e, TransactionId xid)
  * be written by a later turn (not written), the counts `it` took.  A count
  * put back is marked again, urgent when it was a usage cap's figure, unless
  * the entry was dirty anyway (counted meanwhile: marked then).  Entries in
- * flight are not evicted until their flush committed, but the one found by
- * key may then be a later entry of the same key: counts_inflight never goes
- * below zero.  Partition lock held, spinlock not.
+ * flight are not evicted until their flush committed, so one that is not
+ * in flight for this collect is a later entry of the same key, holding
+ * counts of its own: left as it is.  Partition lock held, spinlock not.
  */
 void
 usage_entry_settle(UsageEntry *e, const FlushItem *it, bool written)
@@ -227,10 +250,17 @@ usage_entry_settle(UsageEntry *e, const FlushItem *it, bool written)
 
 	SpinLockAcquire(&e->mutex);
 	Assert(counts_consistent(e));
+	if (!taken_by(e, it))
+	{
+		/* evicted after its flush committed: only a written batch is */
+		Assert(written);
+		SpinLockRelease(&e->mutex);
+		return;
+	}
 	for (int i = 0; i < VERDICT_COUNT; i++)
 	{
-		Assert(it->counts[i] >= 0);
-		e->counts_inflight[i] = Max(e->counts_inflight[i] - it->counts[i], 0);
+		Assert(it->counts[i] >= 0 && it->counts[i] <= e->counts_inflight[i]);
+		e->counts_inflight[i] -= it->counts[i];
 		if (!written)
 			e->counts_pending[i] += it->counts[i];
 	}
@@ -246,6 +276,7 @@ usage_entry_settle(UsageEntry *e, const FlushItem *it, bool written)
 	}
 	e->flushing = false;
 	e->inflight_xid = InvalidTransactionId;
+	e->inflight_collect = 0;
 	Assert(counts_consistent(e));
 	SpinLockRelease(&e->mutex);
 }

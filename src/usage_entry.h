@@ -9,7 +9,7 @@
  * below says which of the two it expects.
  *
  * The fields of an entry's counts' life (counts_pending, counts_inflight,
- * dirty, flushing, urgent_marked, inflight_xid) and the marks
+ * dirty, flushing, urgent_marked, inflight_xid, inflight_collect) and the marks
  * (apikeys_usage_dirty, apikeys_usage_urgent) are changed by usage_entry.c
  * only, and read there only but for the marks, which the flush worker scans
  * to find marked sets.
@@ -54,6 +54,7 @@ typedef struct UsageEntry
 	bool		flushing;		/* counts in flight: keep until settled */
 	bool		urgent_marked;	/* its bit is set in apikeys_usage_urgent */
 	TransactionId inflight_xid; /* the flush that wrote counts_inflight, or invalid */
+	uint64		inflight_collect;	/* the collect that took them (FlushItem.collect) */
 } UsageEntry;
 
 extern SlotTable apikeys_usage_table;
@@ -80,6 +81,7 @@ typedef struct FlushItem
 	int32		period_s;		/* -1: credits, period is a time */
 	TimestampTz last_used_at;
 	int64		counts[VERDICT_COUNT];
+	uint64		collect;		/* this collect's number, unique in the server's life */
 } FlushItem;
 
 /*
@@ -104,7 +106,7 @@ typedef struct UsageEntryCounts
 extern void usage_entry_count(UsageEntry *e, VerdictCode code, bool urgent);	/* P S */
 extern bool usage_entry_in_flight(const UsageEntry *e);	/* P */
 extern bool usage_entry_collect(UsageEntry *e, FlushItem *it);	/* P */
-extern void usage_entry_stamp(UsageEntry *e, TransactionId xid);	/* P */
+extern void usage_entry_stamp(UsageEntry *e, const FlushItem *it, TransactionId xid);	/* P */
 extern void usage_entry_settle(UsageEntry *e, const FlushItem *it, bool written);	/* P */
 extern bool usage_entry_unsettled(const UsageEntry *e);	/* X */
 extern bool usage_entry_has_pending(const UsageEntry *e);	/* X */
