@@ -8,6 +8,12 @@
 
 #include <string.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KEY_CRC32C_SSE42 1
+#include <cpuid.h>
+#include <nmmintrin.h>
+#endif
+
 static const char base58_alphabet[] =
 "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
@@ -54,8 +60,9 @@ base58_encode_fixed(const uint8_t *in, size_t inlen, char *out, size_t width)
 	}
 }
 
+/* CRC-32C a byte at a time through a table: any processor. */
 uint32_t
-key_crc32c(const uint8_t *data, size_t len)
+key_crc32c_portable(const uint8_t *data, size_t len)
 {
 	static uint32_t table[256];
 	static bool ready = false;
@@ -76,6 +83,52 @@ key_crc32c(const uint8_t *data, size_t len)
 	for (size_t i = 0; i < len; i++)
 		crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
 	return crc ^ 0xFFFFFFFFu;
+}
+
+#ifdef KEY_CRC32C_SSE42
+/* CRC-32C eight bytes at a time with SSE 4.2's crc32 instruction (same polynomial). */
+__attribute__((target("sse4.2")))
+static uint32_t
+key_crc32c_sse42(const uint8_t *data, size_t len)
+{
+	uint64_t	crc = 0xFFFFFFFFu;
+	size_t		i = 0;
+
+	for (; i + 8 <= len; i += 8)
+	{
+		uint64_t	word;
+
+		memcpy(&word, data + i, 8);
+		crc = _mm_crc32_u64(crc, word);
+	}
+	for (; i < len; i++)
+		crc = _mm_crc32_u8((uint32_t) crc, data[i]);
+	return (uint32_t) crc ^ 0xFFFFFFFFu;
+}
+#endif
+
+/*
+ * CRC-32C of data: with SSE 4.2 when the processor has it (the checksum of
+ * every verify), else through the table.  Chosen on first use.
+ */
+uint32_t
+key_crc32c(const uint8_t *data, size_t len)
+{
+	static uint32_t (*chosen) (const uint8_t *, size_t) = NULL;
+
+	if (chosen == NULL)
+	{
+		chosen = key_crc32c_portable;
+#ifdef KEY_CRC32C_SSE42
+		{
+			unsigned int a, b, c, d;
+
+			if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2))
+				chosen = key_crc32c_sse42;
+		}
+#endif
+	}
+	return chosen(data, len);
 }
 
 static void

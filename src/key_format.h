@@ -63,7 +63,12 @@ extern size_t key_format(const char *prefix, size_t prefix_len,
  */
 extern size_t key_hint(const char *key, size_t len, size_t prefix_len, char *out);
 
-/* CRC-32C (Castagnoli), as used by the checksum; exposed for tests. */
+/*
+ * CRC-32C (Castagnoli), as used by the checksum; exposed for tests, with the
+ * portable form the fast one (SSE 4.2, chosen when the processor has it)
+ * must agree with.
+ */
 extern uint32_t key_crc32c(const uint8_t *data, size_t len);
+extern uint32_t key_crc32c_portable(const uint8_t *data, size_t len);
 
 #endif							/* APIKEYS_KEY_FORMAT_H */
