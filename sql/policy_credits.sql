@@ -134,8 +134,20 @@ SELECT pg_temp.v(:'key1') AS spend_topped_up;
 SELECT apikeys.apikey_set_credits(:'k1', 2);
 SELECT pg_temp.u(:'k1');
 SELECT pg_temp.run(:'key1', 5) AS passed_of_5;
--- once flushed, apikeys.usage holds the spent credits of the period
-SELECT pg_sleep(0.5);
+-- once flushed, apikeys.usage holds the spent credits of the period (the
+-- worker writes a cap's figures within flush_interval; wait up to 20 s,
+-- committing at each look: a snapshot held all along would keep the
+-- worker's earlier write in flight, and the entry from being written again)
+DO $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        PERFORM 1 FROM apikeys.usage u JOIN apikeys.credential c USING (key_id)
+          WHERE c.name = 'one' AND c.tenant = 'acme' AND u.period_start = c.credits_since AND u.used = 2;
+        EXIT WHEN FOUND;
+        COMMIT;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
 SELECT u.used, u.period_start = c.credits_since AS period_is_the_set
   FROM apikeys.usage u JOIN apikeys.credential c USING (key_id) WHERE key_id = :'k1';
 SELECT pg_temp.u(:'k1');

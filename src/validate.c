@@ -6,6 +6,7 @@
  * repeated as CHECK constraints on the tables, as a second line.
  */
 #include "apikeys.h"
+#include "validate.h"
 
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
@@ -14,12 +15,6 @@
 #include "utils/timestamp.h"
 #include "fmgr.h"
 
-#define NAME_MAX_CHARS			200
-#define DESCRIPTION_MAX_CHARS	2000
-#define SCOPE_MAX_CHARS			64
-#define SCOPES_MAX				64
-#define TENANT_MAX_CHARS		63
-#define METADATA_MAX_BYTES		8192
 
 static void
 invalid(const char *code, const char *detail, const char *hint)
