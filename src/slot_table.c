@@ -88,12 +88,24 @@ slot_choose(const SlotTable *t, uint32 hash, const uint8 ranks[2 * SLOT_WAYS])
 	int			nsets = slot_sets_of(t, hash, sets);
 	SlotHeader *victim = NULL;
 	int			victim_rank = 0;
+	SlotHeader *free_way[2] = {NULL, NULL};
+	int			nfree[2] = {0, 0};
 
-	/* a free way, home first */
+	/*
+	 * A free way of the set with more of them, home on a tie: taking home
+	 * first would fill home sets as a Poisson draw does (at 2 / 3 full, one
+	 * home set in six overflows) until both sets of some keys are full,
+	 * while the less loaded of two choices keeps every set near the mean.
+	 */
 	for (int i = 0; i < nsets; i++)
-		for (int w = 0; w < SLOT_WAYS; w++)
+		for (int w = SLOT_WAYS - 1; w >= 0; w--)
 			if (!slot_entry(t, sets[i], w)->used)
-				return slot_entry(t, sets[i], w);
+			{
+				free_way[i] = slot_entry(t, sets[i], w);
+				nfree[i]++;
+			}
+	if (nfree[0] > 0 || nfree[1] > 0)
+		return nfree[1] > nfree[0] ? free_way[1] : free_way[0];
 	/* else the best-ranked used entry, least recently used among equals */
 	for (int i = 0; i < nsets; i++)
 		for (int w = 0; w < SLOT_WAYS; w++)

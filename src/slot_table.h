@@ -3,13 +3,15 @@
  *
  * A key may live in two sets of SLOT_WAYS entries: its home set, and an
  * alternative chosen by a second hash among the sets of the same lock
- * partition (so one lock covers both).  It goes home when there is room,
- * else to a free way of the alternative, else it replaces the least recently
- * used entry of the two that the caller allows to go.  With one set only,
- * about 8 % of the sets of a table sized 1.5 x its keys get more than
- * SLOT_WAYS keys and thrash while the table is two thirds empty; with two
- * choices that practically never happens.  Lookups read the home set's tags,
- * and the alternative's only when the key is not at home.  Constant time,
+ * partition (so one lock covers both).  It goes to the one of the two with
+ * more free ways (home on a tie), else it replaces the least recently used
+ * entry of the two that the caller allows to go.  With one set only, about
+ * 8 % of the sets of a table sized 1.5 x its keys get more than SLOT_WAYS
+ * keys and thrash while the table is a third empty; going home while there
+ * is room still left some keys with both sets full (78 of 20,000 keys at
+ * 2 / 3 full); the less loaded of two choices keeps every set near the mean.
+ * Lookups read the home set's tags, and the alternative's only when the key
+ * is not at home.  Constant time,
  * constant size, no allocation: what the verify path needs.  Each set also
  * has a line of SLOT_WAYS 32-bit hash tags, so a lookup reads one cache line
  * of tags and then only the entry whose tag matches, instead of SLOT_WAYS
@@ -124,7 +126,7 @@ extern SlotHeader *slot_claim(const SlotTable *t, uint32 hash, const void *key,
 
 /*
  * The entry a claim of the key would take, without taking it: a free way of
- * the home set, else of the alternative set, else among the used entries the
+ * whichever of its two sets has more (home on a tie), else among the used entries the
  * one with the highest rank (ranks[i * SLOT_WAYS + w] for way w of the i-th
  * set of slot_sets_of; 0: may not go), the least recently used among equals;
  * NULL when every rank is 0.  Partition lock exclusive.
