@@ -19,7 +19,7 @@ typedef struct PolicyCacheKey
 } PolicyCacheKey;
 
 /*
- * About 300 bytes an entry, so a cache can hold every key of a big
+ * About 450 bytes an entry, so a cache can hold every key of a big
  * installation: the fixed part of the policy, then its allowlist, tenant,
  * name and scopes packed in vardata.  Policies that do not fit (long names,
  * many scopes or networks) are not cached: they are read from the tables.

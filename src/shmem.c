@@ -121,12 +121,12 @@ apikeys_shmem_init(void)
 
 	DefineCustomIntVariable("apikeys.cache_entries",
 							"Secrets whose policies are cached in shared memory.",
-							"About 300 bytes each. Misses fall back to two index lookups.",
+							"About 450 bytes each. Misses fall back to two index lookups.",
 							&apikeys_cache_entries, 10000, 4, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.tracked_keys",
 							"Keys whose usage, rate-limit and cap state is kept in shared memory.",
-							"About 250 bytes each. Flushed entries are evicted when it is full.",
+							"About 520 bytes each. Flushed entries are evicted when it is full.",
 							&apikeys_tracked_keys, 50000, 100, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.flush_interval",
