@@ -318,7 +318,8 @@ RESET ROLE;
 SELECT credits FROM apikeys.credential WHERE key_id = :'k2';
 -- acme's admin sees acme's credits only
 SET ROLE regress_cr_acme;
-SELECT name, usage_limit, used, usage_remaining FROM apikeys.key_usage WHERE usage_limit IS NOT NULL ORDER BY name;
+-- (not 'four': it refills every 3 s, so its figures depend on the clock)
+SELECT name, usage_limit, used, usage_remaining FROM apikeys.key_usage WHERE usage_limit IS NOT NULL AND name <> 'four' ORDER BY name;
 SELECT name, credits, spent, remaining, refill_amount, refill_interval, refill_day IS NOT NULL AS monthly, next_refill IS NOT NULL AS refills
   FROM apikeys.key_credits WHERE name <> 'four' ORDER BY name;
 SELECT apikeys.apikey_add_credits(:'k2', 2) AS acme_admin_adds;
