@@ -119,7 +119,7 @@ apikeys_credential_valid(PG_FUNCTION_ARGS)
 	}
 	if (HAS(A_SCOPES) && cardinality_of(PG_GETARG_DATUM(A_SCOPES)) > SCOPES_MAX)
 		violated("credential_scopes_check", "A key has at most 64 scopes.");
-	if (HAS(A_METADATA) && !JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(A_METADATA)))
+	if (HAS(A_METADATA) && !jsonb_is_object(PG_GETARG_JSONB_P(A_METADATA)))
 		violated("credential_metadata_check", "Metadata is a JSON object.");
 	if (HAS(A_STATUS))
 	{

@@ -188,7 +188,7 @@ apikeys_check_metadata(Datum metadata)
 {
 	Jsonb	   *jb = DatumGetJsonbP(metadata);
 
-	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+	if (!jsonb_is_object(jb))
 		invalid("invalid_metadata", "metadata must be a JSON object", NULL);
 	if (VARSIZE(jb) > METADATA_MAX_BYTES)
 		invalid("invalid_metadata", "metadata must be at most 8 kB", NULL);

@@ -15,4 +15,13 @@
 #define TENANT_MAX_CHARS		63
 #define METADATA_MAX_BYTES		8192
 
+#include "utils/jsonb.h"
+
+/* Is jb a JSON object (what a key's metadata must be)?  A scalar's root is an array. */
+static inline bool
+jsonb_is_object(const Jsonb *jb)
+{
+	return JB_ROOT_IS_OBJECT(jb) && !JB_ROOT_IS_SCALAR(jb);
+}
+
 #endif							/* APIKEYS_VALIDATE_H */
