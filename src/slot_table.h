@@ -9,7 +9,8 @@
  * 8 % of the sets of a table sized 1.5 x its keys get more than SLOT_WAYS
  * keys and thrash while the table is a third empty; going home while there
  * is room still left some keys with both sets full (72 to 78 of 20,000 keys
- * at 2 / 3 full; now 0, at times 1); the less loaded of two choices keeps every set near the mean.
+ * at 2 / 3 full); the less loaded of two choices keeps every set near the
+ * mean (0 of them, at times 1).
  * Lookups read the home set's tags, and the alternative's only when the key
  * is not at home.  Constant time,
  * constant size, no allocation: what the verify path needs.  Each set also
