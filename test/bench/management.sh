@@ -25,6 +25,7 @@
 # autovacuum at work, a checkpoint, the CPUs idle (as test/bench/run.sh;
 # BENCH_IDLE_WAIT=0 skips waiting for idle CPUs on a shared machine).
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
+source "$ROOT/test/bench/bench_lib.sh"
 
 SECS=${BENCH_SECONDS:-10}
 COUNTS=${BENCH_CLIENT_COUNTS:-"1 2 4 8 16"}
@@ -91,20 +92,6 @@ quiet() {
 	psql_b -c "CHECKPOINT"
 	idle_machine
 }
-# idle_machine: wait (BENCH_IDLE_WAIT seconds, 120, at most) until the CPUs
-# are 95 % idle over 2 s
-idle_machine() {
-	local a b i
-	for i in $(seq 1 $(( ${BENCH_IDLE_WAIT:-120} / 2 ))); do
-		a=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-		sleep 2
-		b=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-		awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
-			exit !((y[1] - x[1]) >= 0.95 * (y[2] - x[2])) }' && return 0
-	done
-	[ "${BENCH_IDLE_WAIT:-120}" -lt 2 ] || echo "warning: the machine did not become idle" >&2
-}
-
 # pgbench_tps SCRIPT CLIENTS: one run, prints tps ("failed" if pgbench failed)
 pgbench_tps() {
 	local out

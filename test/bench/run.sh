@@ -15,6 +15,7 @@
 # apikeys.tenant_share = 1 lets it hold the whole usage table (with limits on
 # every key, the default half would refuse keys as limits_unavailable).
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
+source "$ROOT/test/bench/bench_lib.sh"
 
 KEYS=${BENCH_KEYS:-1000000}
 SECS=${BENCH_SECONDS:-10}
@@ -33,30 +34,13 @@ build_install
 # 1.5 x left some keys without one (limits_unavailable).
 SLOTS=$(( KEYS * 3 / 2 ))
 TRACKED=$(( KEYS * 3 ))
-# Huge pages, as PostgreSQL recommends for a shared memory this size: 2 MB
-# pages are reserved for the run (vm.nr_hugepages, root only) and given back
-# after.  With 4 kB pages every new backend takes a page fault for each page
-# of the cache it touches, and misses the TLB on most lookups: about 10 %
-# of the random-key run.  BENCH_HUGE_PAGES=0: plain pages.
-HUGE="huge_pages = off"
-OLD_HUGE=
-if [ "${BENCH_HUGE_PAGES:-1}" = 1 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
-	OLD_HUGE=$(cat /proc/sys/vm/nr_hugepages)
-	sb_mb=$(echo "$SHARED_BUFFERS" | awk '/GB$/ {print $0 * 1024; next} {print $0 + 0}')
-	# about 550 B per cache slot and per usage entry (apikeys.runtime.shmem_bytes)
-	need=$(( OLD_HUGE + sb_mb / 2 + (SLOTS + TRACKED) * 550 / 2097152 + 256 ))
-	echo "$need" > /proc/sys/vm/nr_hugepages
-	if [ "$(cat /proc/sys/vm/nr_hugepages)" = "$need" ]; then
-		HUGE="huge_pages = on"
-	else
-		echo "$OLD_HUGE" > /proc/sys/vm/nr_hugepages
-		OLD_HUGE=
-	fi
-fi
+# Huge pages, as PostgreSQL recommends for a shared memory this size (about
+# 550 B per cache slot and per usage entry: apikeys.runtime.shmem_bytes).
+huge_pages_on "$SHARED_BUFFERS" $(( (SLOTS + TRACKED) * 550 ))
 say "shared memory: $HUGE"
 finish() {
 	cluster_stop $NAME
-	[ -z "$OLD_HUGE" ] || echo "$OLD_HUGE" > /proc/sys/vm/nr_hugepages
+	huge_pages_off
 }
 trap finish EXIT
 cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "shared_buffers = '$SHARED_BUFFERS'" "fsync = on" \
@@ -127,21 +111,6 @@ quiet() {
 	done
 	psql_b -c "ALTER SYSTEM RESET apikeys.usage_write_delay" -c "SELECT pg_reload_conf()" -c "CHECKPOINT" >/dev/null
 	idle_machine
-}
-
-# idle_machine: wait (2 minutes at most) until the CPUs are 95 % idle over
-# 2 seconds: the kernel may still be writing back or compacting memory after
-# a load, and that lands on whichever run comes next
-idle_machine() {
-	local a b
-	for i in $(seq 1 60); do
-		a=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-		sleep 2
-		b=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-		awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
-			exit !((y[1] - x[1]) >= 0.95 * (y[2] - x[2])) }' && return 0
-	done
-	echo "warning: the machine did not become idle" >&2
 }
 
 fixed_script() {
