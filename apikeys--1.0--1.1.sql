@@ -3561,7 +3561,7 @@ BEGIN
     IF n OPERATOR(pg_catalog.=) 0 THEN
         RETURN '{}';
     END IF;
-    ids := ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n));
+    ids := ARRAY(SELECT apikeys_internal._key_id() FROM generate_series(1, n));
 
     BEGIN
         -- one statement: credentials (the main insert) first, then their
@@ -4660,6 +4660,15 @@ ALTER TABLE apikeys.credential
         name, description, prefix, scopes, metadata, status, revoked_at, revoked_reason,
         allowed_ips, rate_limit, rate_window, usage_limit, usage_period, credits,
         credits_refill, credits_refill_interval, credits_refill_day));
+
+------------------------------------------------------------------------------
+-- New key ids: time-ordered UUIDs (version 7), so that the indexes on key_id
+-- take new keys on their rightmost page instead of a random one (src/key_id.c).
+CREATE FUNCTION apikeys_internal._key_id() RETURNS uuid
+    LANGUAGE C VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_key_id';
+COMMENT ON FUNCTION apikeys_internal._key_id() IS 'A new key id: a time-ordered UUID (RFC 9562 version 7).';
+REVOKE ALL ON FUNCTION apikeys_internal._key_id() FROM PUBLIC;
+ALTER TABLE apikeys.credential ALTER COLUMN key_id SET DEFAULT apikeys_internal._key_id();
 
 ------------------------------------------------------------------------------
 -- Credits: remaining uses of a key, with an optional refill (Unkey-style).

@@ -149,6 +149,7 @@ extern char *apikeys_check_prefix(text *prefix);
 extern void apikeys_require_active_tenant(const char *tenant, const char *action,
 										 Datum key_id);
 extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
+extern void apikeys_new_key_id(pg_uuid_t *u);
 
 /* scope_registry.c: refuse scopes the tenant's registry does not list (inside SPI_connect) */
 extern void apikeys_check_scope_registry(const char *tenant, ArrayType *scopes);

@@ -16,13 +16,13 @@ static SPIPlanPtr tenant_plan = NULL;
 static SPIPlanPtr credential_plans[2];	/* per apikeys_helper_version() */
 static const char *const credential_sql[2] = {
 	[APIKEYS_HELPER_1_1] = "INSERT INTO apikeys.credential"
-	" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
-	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
+	" (tenant, name, scopes, expires_at, description, metadata, prefix, key_id, created_by)"
+	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7, $8,"
 	" apikeys_internal._acting_role())"
 	" RETURNING key_id, created_at",
 	[APIKEYS_HELPER_1_0] = "INSERT INTO apikeys.credential"
-	" (tenant, name, scopes, expires_at, description, metadata, prefix, created_by)"
-	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7,"
+	" (tenant, name, scopes, expires_at, description, metadata, prefix, key_id, created_by)"
+	" VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'::pg_catalog.jsonb), $7, $8,"
 	" apikeys._acting_role())"
 	" RETURNING key_id, created_at",
 };
@@ -88,10 +88,11 @@ create_common(FunctionCallInfo fcinfo, bool registry)
 	int			version;
 	Datum		metadata = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
 	char	   *prefix = apikeys_check_prefix(PG_ARGISNULL(6) ? NULL : PG_GETARG_TEXT_PP(6));
-	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID,
-	TEXTOID, JSONBOID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[8] = {TEXTOID, TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID,
+	TEXTOID, JSONBOID, TEXTOID, UUIDOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	pg_uuid_t	new_id;
 	Datum		key_id;
 	TimestampTz created_at;
 	bool		isnull;
@@ -122,10 +123,12 @@ create_common(FunctionCallInfo fcinfo, bool registry)
 	values[5] = metadata;
 	nulls[5] = metadata ? ' ' : 'n';
 	values[6] = CStringGetTextDatum(prefix);
+	apikeys_new_key_id(&new_id);
+	values[7] = UUIDPGetDatum(&new_id);
 	/* created_by: the caller, not the definer */
 	version = apikeys_helper_version("_acting_role", 0, NULL);
 	apikeys_spi_run(&credential_plans[version], credential_sql[version],
-					7, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
+					8, argtypes, values, nulls, SPI_OK_INSERT_RETURNING);
 	/* a value, not a Datum: by reference on 32-bit, gone at SPI_finish */
 	created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	key_id = PointerGetDatum(SPI_palloc(sizeof(pg_uuid_t)));

@@ -35,19 +35,6 @@ static const char *const credential_sql[2] = {
 };
 static SPIPlanPtr secret_plan = NULL;
 
-/* A random version 4 UUID. */
-static void
-random_uuid(pg_uuid_t *u)
-{
-	if (!pg_strong_random(u->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("internal_error: could not generate a key id"),
-				 errdetail("pg_strong_random() failed.")));
-	u->data[6] = (u->data[6] & 0x0f) | 0x40;
-	u->data[8] = (u->data[8] & 0x3f) | 0x80;
-}
-
 /* The names, checked: NULL, an empty array, a NULL name or a bad one is an error. */
 static Datum *
 checked_names(ArrayType *names, int *n)
@@ -148,7 +135,7 @@ create_many_common(FunctionCallInfo fcinfo, bool registry)
 			bytea	   *digest = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
 
 			CHECK_FOR_INTERRUPTS();
-			random_uuid(&ids[i]);
+			apikeys_new_key_id(&ids[i]);
 			id_datums[i] = UUIDPGetDatum(&ids[i]);
 			apikeys_new_secret(prefix, strlen(prefix), &secrets[i]);
 			SET_VARSIZE(digest, VARHDRSZ + APIKEYS_DIGEST_LEN);

@@ -355,7 +355,7 @@ usage_entry(const KeyPolicy *p, TimestampTz now, LWLock **lock)
  * The entry holding the named limits of p's tenant, shared by all its keys:
  * keyed on an id made from the tenant's name and the extension's instance
  * (SHA-256), with the variant
- * bits zero, which no key id has (gen_random_uuid() makes RFC 4122 ids), so
+ * bits zero, which no key id has (key_id.c makes RFC 9562 ids), so
  * it never meets a key's entry.
  */
 static UsageEntry *

@@ -76,6 +76,13 @@ CREATE TABLE apikeys.tenant (
 );
 COMMENT ON TABLE apikeys.tenant IS 'Tenants: every API key belongs to one; an inactive tenant''s keys do not verify.';
 
+-- New key ids: time-ordered UUIDs (version 7), so that the indexes on key_id
+-- take new keys on their rightmost page instead of a random one (src/key_id.c).
+CREATE FUNCTION apikeys_internal._key_id() RETURNS uuid
+    LANGUAGE C VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_key_id';
+COMMENT ON FUNCTION apikeys_internal._key_id() IS 'A new key id: a time-ordered UUID (RFC 9562 version 7).';
+REVOKE ALL ON FUNCTION apikeys_internal._key_id() FROM PUBLIC;
+
 -- The bounds of a key row's fields (see apikeys.credential), in C: one call
 -- instead of eighteen SQL CHECK constraints, which PostgreSQL reads back and
 -- plans again for every statement that writes the table.
@@ -93,7 +100,7 @@ COMMENT ON FUNCTION apikeys_internal.credential_valid(text, text, text, text[], 
     IS 'apikeys.credential''s CHECK constraint: true, or an error naming the rule a key row breaks.';
 
 CREATE TABLE apikeys.credential (
-    key_id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    key_id         uuid PRIMARY KEY DEFAULT apikeys_internal._key_id(),
     tenant         text COLLATE "C" NOT NULL REFERENCES apikeys.tenant (tenant),
     name           text NOT NULL,
     description    text,

@@ -515,7 +515,7 @@ BEGIN
     IF n OPERATOR(pg_catalog.=) 0 THEN
         RETURN '{}';
     END IF;
-    ids := ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n));
+    ids := ARRAY(SELECT apikeys_internal._key_id() FROM generate_series(1, n));
 
     BEGIN
         -- one statement: credentials (the main insert) first, then their
