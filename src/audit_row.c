@@ -39,6 +39,7 @@
 #include "utils/tuplestore.h"
 #include "utils/xid8.h"
 
+#include "audit_detail.h"
 #include "caller.h"
 #include "tenant_context.h"
 
@@ -675,6 +676,9 @@ key_tenant(Datum k, char **tenant)
 	return found;
 }
 
+/* Columns never in a detail: a digest, a vault ciphertext, a master-key fingerprint. */
+static const char *const hidden[] = {"digest", "ciphertext", "key_fp"};
+
 /*
  * The audit row of one change to a row of table (desc its columns): ins,
  * upd or del, old (not for an insert) and new (not for a delete) the row's
@@ -687,7 +691,6 @@ static bool
 audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 			 HeapTuple oldtup, HeapTuple newtup, AuditChange *c)
 {
-	static const char *const hidden[] = {"digest", "ciphertext", "key_fp"};
 	bool		upd = !ins && !del;
 	Jsonb	   *fo = NULL,		/* to_jsonb(OLD), to_jsonb(NEW) */
 			   *fn = NULL,
@@ -775,9 +778,27 @@ audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 }
 
 /*
+ * The audit row of a credential or secret one INSERT statement added, as
+ * audit_change() makes it for an insert, its detail built by plan (made for
+ * the table's columns with the hidden ones left out).  False for a secret
+ * whose key is gone.
+ */
+static bool
+inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, AuditChange *c)
+{
+	char	   *tenant;
+
+	c->detail = audit_detail_new(plan, tuple, &tenant, &c->key_id);
+	c->tenant = tenant;
+	c->action = secret ? "secret_issued" : "key_created";
+	return !secret || key_tenant(c->key_id, (char **) &c->tenant);
+}
+
+/*
  * The audit rows of the rows one INSERT statement added (its transition
  * table, in the order they were added): one row alone as the row trigger
  * writes it, more in batches; for secrets, their keys' tenants read at once.
+ * Only credential and secret have this trigger.
  */
 static void
 audit_inserted(TriggerData *td)
@@ -786,12 +807,17 @@ audit_inserted(TriggerData *td)
 	int64		count = tuplestore_tuple_count(rows);
 	TupleDesc	desc = RelationGetDescr(td->tg_relation);
 	const char *table = RelationGetRelationName(td->tg_relation);
+	bool		secret = strcmp(table, "secret") == 0;
+	DetailPlan *plan;
 	TupleTableSlot *slot;
 	AuditBatch	b;
 	int			ptr;
 
+	if (!secret && strcmp(table, "credential") != 0)
+		elog(ERROR, "apikeys_audit_row_change: no statement trigger is made for apikeys.%s", table);
 	if (count == 0)
 		return;
+	plan = audit_detail_plan(desc, lengthof(hidden), hidden);
 	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	/* a read pointer of our own (other triggers may read the same table), rewound */
 	ptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
@@ -804,8 +830,7 @@ audit_inserted(TriggerData *td)
 
 		if (!tuplestore_gettupleslot(rows, true, false, slot))
 			elog(ERROR, "apikeys: transition table row missing");
-		if (audit_change(table, desc, true, false, NULL,
-						 ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+		if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
 			audit_insert(&c);
 	}
 	else
@@ -821,7 +846,7 @@ audit_inserted(TriggerData *td)
 									  ALLOCSET_DEFAULT_SIZES);
 		PG_TRY();
 		{
-			if (strcmp(table, "secret") == 0)
+			if (secret)
 			{
 				Datum	   *ids = palloc(sizeof(Datum) * count);
 				pg_uuid_t  *copies = palloc(sizeof(pg_uuid_t) * count);
@@ -855,8 +880,7 @@ audit_inserted(TriggerData *td)
 				AuditChange c;
 
 				CHECK_FOR_INTERRUPTS();
-				if (audit_change(table, desc, true, false, NULL,
-								 ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
 					batch_add(&b, &c);
 				MemoryContextSwitchTo(old);
 			}
