@@ -151,6 +151,9 @@ extern void apikeys_require_active_tenant(const char *tenant, const char *action
 extern void apikeys_insert_secret(Datum key_id, NewSecret *secret);
 extern void apikeys_new_key_id(pg_uuid_t *u);
 
+/* random_pool.c: strong random bytes, drawn from pg_strong_random() a block at a time */
+extern void apikeys_random_bytes(void *buf, size_t n);
+
 /* scope_registry.c: refuse scopes the tenant's registry does not list (inside SPI_connect) */
 extern void apikeys_check_scope_registry(const char *tenant, ArrayType *scopes);
 

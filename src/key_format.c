@@ -35,12 +35,13 @@ base58_digit(unsigned char c)
 }
 
 /*
- * Fixed-width big-endian base58: repeatedly divide the byte string by 58,
- * writing remainders from the right.  width must be large enough that the
- * quotient reaches zero (44 chars for 32 bytes, 6 for 4).
+ * Fixed-width big-endian base58, the plain way: repeatedly divide the byte
+ * string by 58, writing remainders from the right.  width must be large
+ * enough that the quotient reaches zero (44 chars for 32 bytes, 6 for 4).
+ * The reference the fast form below is checked against (fuzz target).
  */
-static void
-base58_encode_fixed(const uint8_t *in, size_t inlen, char *out, size_t width)
+void
+key_base58_portable(const uint8_t *in, size_t inlen, char *out, size_t width)
 {
 	uint8_t		num[KEY_BODY_BYTES];
 
@@ -57,6 +58,50 @@ base58_encode_fixed(const uint8_t *in, size_t inlen, char *out, size_t width)
 			rem = cur % 58;
 		}
 		out[pos - 1] = base58_alphabet[rem];
+	}
+}
+
+/* 58^5, the largest power of 58 below 2^32 */
+#define B58_POW5 656356768u
+
+/*
+ * The same digits, five at a time: the number as 32-bit limbs divided by
+ * 58^5 per pass (9 passes of 8 limbs for a key body instead of 44 of 32
+ * bytes), each remainder giving five digits.  Digit j is floor(n / 58^j)
+ * mod 58 either way, so the output is the portable form's.
+ */
+void
+key_base58(const uint8_t *in, size_t inlen, char *out, size_t width)
+{
+	uint32_t	limb[KEY_BODY_BYTES / 4];
+	size_t		nl = (inlen + 3) / 4;
+	size_t		first = inlen - 4 * (nl - 1);	/* bytes in the top limb */
+	size_t		pos = width;
+
+	for (size_t l = 0, b = 0; l < nl; l++)
+	{
+		uint32_t	v = 0;
+
+		for (size_t k = 0; k < (l == 0 ? first : 4); k++)
+			v = (v << 8) | in[b++];
+		limb[l] = v;
+	}
+	while (pos > 0)
+	{
+		uint64_t	rem = 0;
+
+		for (size_t l = 0; l < nl; l++)
+		{
+			uint64_t	cur = (rem << 32) | limb[l];
+
+			limb[l] = (uint32_t) (cur / B58_POW5);
+			rem = cur % B58_POW5;
+		}
+		for (int k = 0; k < 5 && pos > 0; k++)
+		{
+			out[--pos] = base58_alphabet[rem % 58];
+			rem /= 58;
+		}
 	}
 }
 
@@ -137,7 +182,7 @@ checksum_chars(const char *key, size_t len, char out[KEY_CHECKSUM_CHARS])
 	uint32_t	crc = key_crc32c((const uint8_t *) key, len);
 	uint8_t		be[4] = {crc >> 24, crc >> 16, crc >> 8, crc};
 
-	base58_encode_fixed(be, 4, out, KEY_CHECKSUM_CHARS);
+	key_base58(be, 4, out, KEY_CHECKSUM_CHARS);
 }
 
 bool
@@ -200,7 +245,7 @@ key_format(const char *prefix, size_t prefix_len,
 	memcpy(out, prefix, prefix_len);
 	pos = prefix_len;
 	out[pos++] = '_';
-	base58_encode_fixed(body, KEY_BODY_BYTES, out + pos, KEY_BODY_CHARS);
+	key_base58(body, KEY_BODY_BYTES, out + pos, KEY_BODY_CHARS);
 	pos += KEY_BODY_CHARS;
 	checksum_chars(out, pos, out + pos);
 	pos += KEY_CHECKSUM_CHARS;

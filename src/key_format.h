@@ -71,4 +71,12 @@ extern size_t key_hint(const char *key, size_t len, size_t prefix_len, char *out
 extern uint32_t key_crc32c(const uint8_t *data, size_t len);
 extern uint32_t key_crc32c_portable(const uint8_t *data, size_t len);
 
+/*
+ * Fixed-width big-endian base58 of inlen (at most KEY_BODY_BYTES) bytes in
+ * width characters; exposed for tests, with the plain byte-at-a-time form
+ * the fast one must agree with.
+ */
+extern void key_base58(const uint8_t *in, size_t inlen, char *out, size_t width);
+extern void key_base58_portable(const uint8_t *in, size_t inlen, char *out, size_t width);
+
 #endif							/* APIKEYS_KEY_FORMAT_H */

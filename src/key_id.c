@@ -36,11 +36,7 @@ apikeys_new_key_id(pg_uuid_t *u)
 	ms = ticks >> 12;
 	Assert(ms < ((uint64) 1 << 48));
 
-	if (!pg_strong_random(u->data + 8, UUID_LEN - 8))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("internal_error: could not generate a key id"),
-				 errdetail("pg_strong_random() failed.")));
+	apikeys_random_bytes(u->data + 8, UUID_LEN - 8);
 	for (int i = 0; i < 6; i++)
 		u->data[i] = (uint8) (ms >> (40 - 8 * i));
 	u->data[6] = 0x70 | (uint8) ((ticks >> 8) & 0x0f);	/* version 7 */

@@ -13,11 +13,7 @@ apikeys_new_secret(const char *prefix, size_t prefix_len, NewSecret *out)
 {
 	uint8		body[KEY_BODY_BYTES];
 
-	if (!pg_strong_random(body, sizeof(body)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("internal_error: could not generate random key material"),
-				 errdetail("pg_strong_random() failed.")));
+	apikeys_random_bytes(body, sizeof(body));
 
 	out->prefix_len = prefix_len;
 	out->key_len = key_format(prefix, prefix_len, body, out->key);

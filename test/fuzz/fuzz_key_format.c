@@ -116,6 +116,24 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	/* CRC-32C check value */
 	CHECK(key_crc32c((const uint8_t *) "123456789", 9) == 0xE3069283u);
 	CHECK(key_crc32c_portable((const uint8_t *) "123456789", 9) == 0xE3069283u);
+	/* base58 of the largest and smallest bodies, both ways */
+	{
+		uint8_t		ones[KEY_BODY_BYTES],
+					zeros[KEY_BODY_BYTES] = {0};
+		char		a[KEY_BODY_CHARS],
+					b[KEY_BODY_CHARS];
+
+		memset(ones, 0xFF, sizeof(ones));
+		key_base58(ones, KEY_BODY_BYTES, a, KEY_BODY_CHARS);
+		key_base58_portable(ones, KEY_BODY_BYTES, b, KEY_BODY_CHARS);
+		CHECK(memcmp(a, b, KEY_BODY_CHARS) == 0);
+		key_base58(zeros, KEY_BODY_BYTES, a, KEY_BODY_CHARS);
+		CHECK(memcmp(a, "11111111111111111111111111111111111111111111", KEY_BODY_CHARS) == 0);
+		for (int i = 0; i < KEY_BODY_BYTES; i++)
+			zeros[i] = (uint8_t) i;	/* 0x00 0x01 ... 0x1f, as Python's int.from_bytes gives it */
+		key_base58(zeros, KEY_BODY_BYTES, a, KEY_BODY_CHARS);
+		CHECK(memcmp(a, "111thX6LZfHDZZKUs92febYZhYRcXddmzfzF2NvTkPNE", KEY_BODY_CHARS) == 0);
+	}
 	return 0;
 }
 
@@ -127,6 +145,25 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* 0. the fast CRC (SSE 4.2 where there is one) agrees with the table's */
 	CHECK(key_crc32c(data, size) == key_crc32c_portable(data, size));
+	/* the fast base58 (five digits a pass) agrees with the plain one, for a body and a checksum */
+	if (size >= KEY_BODY_BYTES)
+	{
+		char		fast[KEY_BODY_CHARS],
+					plain[KEY_BODY_CHARS];
+
+		key_base58(data, KEY_BODY_BYTES, fast, KEY_BODY_CHARS);
+		key_base58_portable(data, KEY_BODY_BYTES, plain, KEY_BODY_CHARS);
+		CHECK(memcmp(fast, plain, KEY_BODY_CHARS) == 0);
+	}
+	if (size >= 4)
+	{
+		char		fast[KEY_CHECKSUM_CHARS],
+					plain[KEY_CHECKSUM_CHARS];
+
+		key_base58(data, 4, fast, KEY_CHECKSUM_CHARS);
+		key_base58_portable(data, 4, plain, KEY_CHECKSUM_CHARS);
+		CHECK(memcmp(fast, plain, KEY_CHECKSUM_CHARS) == 0);
+	}
 
 	/* 1. arbitrary bytes */
 	r = parse_exact((const char *) data, size, &plen);
