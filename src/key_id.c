@@ -9,8 +9,9 @@
  * of Unix time in milliseconds, the version, 12 bits of the millisecond's
  * fraction, the variant, 62 random bits (RFC 9562, method 3).  Ids made by
  * one backend strictly increase, even within one clock tick or when the
- * clock steps back.  The id shows when the key was made, to the
- * millisecond, as its created_at column does to whoever can read the key.
+ * clock steps back.  The id shows when the key was made (and which keys
+ * one call made) to whoever is shown it, a verifier too: the README's
+ * side channels say so.
  */
 #include "apikeys.h"
 
