@@ -63,19 +63,23 @@ units(const RateState *s)
 }
 
 /*
- * Fill report: what remains of limit after the units counted, and when that
- * grows enough: when `need` units fit if they do not now, else when it grows
- * at all (the oldest counted slice leaves the window; slice i is counted
- * until slice i + LIMIT_RING begins).  Nothing counted: the next slice.  A
- * need over the limit never fits: when everything counted has gone.
+ * Fill report from a state brought to now by limit_check (a copy, taken
+ * under the lock): what remains of limit after the units counted, and when
+ * that grows enough: when `need` units fit if they do not now, else when it
+ * grows at all (the oldest counted slice leaves the window; slice i is
+ * counted until slice i + LIMIT_RING begins).  Nothing counted: the next
+ * slice.  A need over the limit never fits: when everything counted has
+ * gone.  A refused call reports with need = its cost (when it would pass),
+ * a charged one with need = 1.
  */
-static void
-report_for(const RateState *s, int32 limit, int32 need, LimitReport *report)
+void
+limit_report(const RateState *s, int32 limit, int32 need, LimitReport *report)
 {
 	int64		len = slice_len(s->window_s);
 	int64		sum = units(s);
 	int64		want = Max((int64) need, limit - sum + 1);	/* free units wanted */
 
+	Assert(s->slice >= 0 && s->window_s > 0 && need >= 1);
 	report->limit = limit;
 	report->remaining = (int32) Max(limit - sum, 0);
 	if (sum == 0)
@@ -96,31 +100,23 @@ report_for(const RateState *s, int32 limit, int32 need, LimitReport *report)
 }
 
 /*
- * Would `cost` units pass now?  Brings the state to now and fills report
- * (for a refusal: when they would pass).  cost 0 asks whether one unit
- * would, charging nothing.
+ * Would `cost` units pass now?  Brings the state to now.  cost 0 asks
+ * whether one unit would, charging nothing.
  */
 bool
-limit_check(RateState *s, int32 limit, int32 window_s, TimestampTz now, int32 cost,
-			LimitReport *report)
+limit_check(RateState *s, int32 limit, int32 window_s, TimestampTz now, int32 cost)
 {
-	int32		need = Max(cost, 1);
-	bool		pass;
-
 	Assert(limit > 0 && window_s > 0 && cost >= 0);
 	advance(s, window_s, now);
-	pass = units(s) + need <= limit;
-	report_for(s, limit, need, report);
-	return pass;
+	return units(s) + Max(cost, 1) <= limit;
 }
 
 /* Charge cost units (after limit_check passed, same spinlock hold). */
 void
-limit_charge(RateState *s, int32 limit, TimestampTz now, int32 cost, LimitReport *report)
+limit_charge(RateState *s, int32 cost)
 {
 	Assert(s->slice >= 0 && cost >= 0);
 	s->counts[s->slice % LIMIT_RING] += cost;
-	report_for(s, limit, 1, report);
 }
 
 /* Is any unit still counted (evicting the state would forget it)? */

@@ -49,10 +49,15 @@ typedef struct LimitReport
 } LimitReport;
 
 extern void limit_init(RateState *s);
+/*
+ * check and charge run under the entry's spinlock and do no more than they
+ * must there; the report is made afterwards from a copy of the state
+ * (limit_report), so the figures cost no time under the lock.
+ */
 extern bool limit_check(RateState *s, int32 limit, int32 window_s, TimestampTz now,
-						int32 cost, LimitReport *report);
-extern void limit_charge(RateState *s, int32 limit, TimestampTz now, int32 cost,
-						 LimitReport *report);
+						int32 cost);
+extern void limit_charge(RateState *s, int32 cost);
+extern void limit_report(const RateState *s, int32 limit, int32 need, LimitReport *report);
 extern bool limit_open(const RateState *s, TimestampTz now);
 
 #endif

@@ -568,19 +568,56 @@ apikeys_last_limits_reset(void)
 /* the key's rate limit (apikey_set_policy), by name, NUL-padded */
 static const char rate_limit_name[LIMIT_NAME_LEN] = "rate_limit";
 
-/* Report one limit checked by this verification (apikeys.last_verify_limits()). */
-static LimitRow *
-add_row(const char *scope, const char *name, bool passed, const LimitReport *r)
+/*
+ * What a row's report is made from once the spinlock is released
+ * (rows_finish): the limit's state as the hold left it, and its name.
+ */
+typedef struct LimitSnap
 {
-	LimitRow   *row = &last_rows[last_nrows++];
+	RateState	state;
+	int32		limit;
+	int32		need;			/* 1 when charged, else the call's cost (>= 1) */
+	const char *name;			/* LIMIT_NAME_LEN bytes, NUL-padded */
+} LimitSnap;
+
+static LimitSnap last_snaps[lengthof(last_rows)];
+
+/*
+ * Note one limit checked by this verification (apikeys.last_verify_limits()),
+ * under the spinlock of the entry holding state: a copy of the state only,
+ * the row is finished by rows_finish after the lock is released.
+ */
+static void
+add_row(const char *scope, const char *name, bool passed, const RateState *state,
+		int32 limit, int32 need)
+{
+	LimitRow   *row = &last_rows[last_nrows];
+	LimitSnap  *snap = &last_snaps[last_nrows++];
 
 	Assert(last_nrows <= lengthof(last_rows));
 	row->scope = scope;
-	memcpy(row->name, name, sizeof(row->name));	/* LIMIT_NAME_LEN, NUL-padded */
 	row->passed = passed;
-	row->report = *r;
 	row->tightest = false;
-	return row;
+	snap->state = *state;
+	snap->limit = limit;
+	snap->need = need;
+	snap->name = name;
+}
+
+/*
+ * Finish the rows added since row `from`, outside any lock: their names and
+ * their figures (rate_window.h's limit_report, the costly part).
+ */
+static void
+rows_finish(int from)
+{
+	Assert(from >= 0 && from <= last_nrows);
+	for (int i = from; i < last_nrows; i++)
+	{
+		memcpy(last_rows[i].name, last_snaps[i].name, LIMIT_NAME_LEN);
+		limit_report(&last_snaps[i].state, last_snaps[i].limit, last_snaps[i].need,
+					 &last_rows[i].report);
+	}
 }
 
 /*
@@ -613,33 +650,36 @@ named_state(UsageEntry *e, const LimitSpec *specs, int n, int i)
 
 /*
  * Check the named limits specs[0..n) in e for cost (spinlock held), and
- * charge them all if all pass and charge is set; one row each.  *slices:
- * the slice each was charged in, for a refund.
+ * charge them all if all pass and charge is set; one row each (finished by
+ * the caller's rows_finish once the lock is released).  *slices: the slice
+ * each was charged in, for a refund.
  */
 static bool
 check_named(UsageEntry *e, const LimitSpec *specs, int n, const char *scope,
 			TimestampTz now, int32 cost, bool charge, int64 *slices)
 {
 	RateState  *st[POLICY_MAX_LIMITS];
-	LimitReport r[POLICY_MAX_LIMITS];
 	bool		ok[POLICY_MAX_LIMITS];
 	bool		all = true;
 
 	for (int i = 0; i < n; i++)
 	{
 		st[i] = named_state(e, specs, n, i);
-		ok[i] = limit_check(st[i], specs[i].max_uses, specs[i].window_s, now, cost, &r[i]);
+		ok[i] = limit_check(st[i], specs[i].max_uses, specs[i].window_s, now, cost);
 		all &= ok[i];
 	}
 	for (int i = 0; i < n; i++)
 	{
-		if (all && charge)
+		bool		charged = all && charge;
+
+		if (charged)
 		{
-			limit_charge(st[i], specs[i].max_uses, now, cost, &r[i]);
+			limit_charge(st[i], cost);
 			if (slices)
 				slices[i] = st[i]->slice;
 		}
-		add_row(scope, specs[i].name, ok[i], &r[i]);
+		add_row(scope, specs[i].name, ok[i], st[i], specs[i].max_uses,
+				charged ? 1 : Max(cost, 1));
 	}
 	return all;
 }
@@ -655,6 +695,7 @@ charge_tenant(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, bo
 	UsageEntry *e;
 	LWLock	   *lock;
 	bool		ok;
+	int			from = last_nrows;
 
 	*charged = false;
 	if ((e = tenant_entry(p, now, &lock)) == NULL)
@@ -665,6 +706,7 @@ charge_tenant(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, bo
 	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);
 	LWLockRelease(lock);
+	rows_finish(from);
 	*charged = ok && cost > 0;
 	return ok;
 }
@@ -761,6 +803,7 @@ charge_route(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, boo
 	UsageEntry *e;
 	LWLock	   *lock;
 	bool		ok;
+	int			from = last_nrows;
 
 	Assert(route_nspecs > 0);
 	*charged = false;
@@ -775,6 +818,7 @@ charge_route(const KeyPolicy *p, TimestampTz now, int32 cost, int64 *slices, boo
 	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);
 	LWLockRelease(lock);
+	rows_finish(from);
 	*charged = ok && cost > 0;
 	return ok;
 }
@@ -844,7 +888,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	UsageEntry *e;
 	LWLock	   *lock;
 	VerdictCode code = V_VALID;
-	LimitReport lr;
+	int			from;
 	int64		period = period_index(p->usage_period_s, now);
 	int64		cap = p->usage_limit;	/* uses of this period, 0: uncounted */
 	int32		period_s = p->usage_period_s;	/* -1: credits (period: a time) */
@@ -954,6 +998,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		}
 	}
 
+	from = last_nrows;
 	SpinLockAcquire(&e->mutex);
 	if (credits && e->base_loaded && e->usage_period_s < 0 && e->usage_period > period)
 	{
@@ -985,7 +1030,7 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 	}
 	if (p->rate_limit > 0)
 	{
-		rate_ok = limit_check(&e->rate, p->rate_limit, p->rate_window_s, now, cost, &lr);
+		rate_ok = limit_check(&e->rate, p->rate_limit, p->rate_window_s, now, cost);
 		if (!rate_ok && code == V_VALID)
 			code = V_RATE_LIMITED;
 	}
@@ -1004,16 +1049,18 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		/* every check passed: charge the rest, and say what is left */
 		e->used += (p->usage_limit > 0 || credits) ? cost : 0;
 		if (p->rate_limit > 0)
-			limit_charge(&e->rate, p->rate_limit, now, cost, &lr);
+			limit_charge(&e->rate, cost);
 	}
 	if (p->rate_limit > 0)
-		add_row("key", rate_limit_name, rate_ok, &lr);
+		add_row("key", rate_limit_name, rate_ok, &e->rate, p->rate_limit,
+				code == V_VALID && cost > 0 ? 1 : Max(cost, 1));
 	if (p->usage_limit > 0 || credits)
 		rv->usage_remaining = Max(cap - e->used, 0);
 	count_locked(e, code, now);
 	e->hdr.last_use = now;
 	SpinLockRelease(&e->mutex);
 	LWLockRelease(lock);
+	rows_finish(from);
 
 	if (code != V_VALID && tenant_charged)
 		refund_tenant(p, now, cost, tenant_slices);
