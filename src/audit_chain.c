@@ -48,7 +48,6 @@
 #include "utils/typcache.h"
 #include "utils/xid8.h"
 
-#include "audit_chain.h"
 #include "tenant_context.h"
 
 #define AUDIT_HASH_TAG "apikeys-audit-2"
@@ -60,8 +59,7 @@ static const char *const hashed_columns[] = {
 	"db_role", "session_role", "actor", "request_id", "client_addr",
 	"application_name", "txid", "detail", "prev_hash"
 };
-StaticAssertDecl(lengthof(hashed_columns) == AUDIT_N_HASHED, "hashed_columns and AUDIT_N_HASHED agree");
-#define N_HASHED AUDIT_N_HASHED
+#define N_HASHED lengthof(hashed_columns)
 
 /* A chain this transaction holds the lock of, and its head. */
 typedef struct ChainHead
@@ -217,8 +215,19 @@ append_value(StringInfo buf, Oid typid, Datum value, bool isnull)
 	}
 }
 
-/* Where the columns of apikeys.audit are (audit_chain.h). */
-void
+/* Where the columns are in a version of apikeys.audit. */
+typedef struct AuditLayout
+{
+	AttrNumber	hashed[N_HASHED];	/* in hashed_columns order */
+	AttrNumber	chain,
+				id,
+				at,
+				prev,
+				hash,
+				tenant;
+} AuditLayout;
+
+static void
 audit_layout(TupleDesc desc, AuditLayout *l)
 {
 	for (int i = 0; i < (int) N_HASHED; i++)
@@ -342,52 +351,6 @@ chain_head(Relation rel, const char *chain)
 }
 
 /*
- * Chain, number, link and hash one new row of rel (apikeys.audit), its
- * columns in values/nulls: the chain of its tenant, the next audit_id, the
- * clock time, the chain head's hash and the row's own.  Takes the chain's
- * lock for the rest of the transaction on its first row there.  The one
- * definition of a new row's chain fields: the trigger and the direct writer
- * (audit_insert.c) both call it.
- */
-void
-audit_chain_seal(Relation rel, const AuditLayout *l, Datum *values, bool *nulls)
-{
-	char	   *chain;
-	ChainHead  *head;
-	bytea	   *prev;
-	bytea	   *hash;
-	uint8		digest[APIKEYS_DIGEST_LEN];
-	TupleDesc	desc = RelationGetDescr(rel);
-
-	chain = nulls[l->tenant - 1] ? pstrdup("") : TextDatumGetCString(values[l->tenant - 1]);
-	head = chain_head(rel, chain);
-
-	prev = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
-	SET_VARSIZE(prev, VARHDRSZ + APIKEYS_DIGEST_LEN);
-	memcpy(VARDATA(prev), head->last_hash, APIKEYS_DIGEST_LEN);
-
-	values[l->chain - 1] = CStringGetTextDatum(chain);
-	nulls[l->chain - 1] = false;
-	values[l->id - 1] = Int64GetDatum(head->last_id + 1);
-	nulls[l->id - 1] = false;
-	values[l->at - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	nulls[l->at - 1] = false;
-	values[l->prev - 1] = PointerGetDatum(prev);
-	nulls[l->prev - 1] = false;
-
-	audit_values_hash(desc, l, values, nulls, digest);
-	hash = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
-	SET_VARSIZE(hash, VARHDRSZ + APIKEYS_DIGEST_LEN);
-	memcpy(VARDATA(hash), digest, APIKEYS_DIGEST_LEN);
-	values[l->hash - 1] = PointerGetDatum(hash);
-	nulls[l->hash - 1] = false;
-
-	head->last_id++;
-	memcpy(head->last_hash, digest, APIKEYS_DIGEST_LEN);
-	Assert(head->last_id > 0);
-}
-
-/*
  * BEFORE INSERT ON apikeys.audit: chain, number, link and hash the row.
  * Restored rows (pg_restore) keep the fields they carry.
  */
@@ -402,6 +365,11 @@ apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
 	AuditLayout *l;
 	Datum	   *values;
 	bool	   *nulls;
+	char	   *chain;
+	ChainHead  *head;
+	bytea	   *prev;
+	bytea	   *hash;
+	uint8		digest[APIKEYS_DIGEST_LEN];
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
@@ -426,13 +394,38 @@ apikeys_audit_chain_trigger(PG_FUNCTION_ARGS)
 	nulls = palloc(sizeof(bool) * desc->natts);
 	heap_deform_tuple(tup, desc, values, nulls);
 
-	audit_chain_seal(rel, l, values, nulls);
+	chain = nulls[l->tenant - 1] ? pstrdup("") : TextDatumGetCString(values[l->tenant - 1]);
+	head = chain_head(rel, chain);
+
+	prev = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+	SET_VARSIZE(prev, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(prev), head->last_hash, APIKEYS_DIGEST_LEN);
+
+	values[l->chain - 1] = CStringGetTextDatum(chain);
+	nulls[l->chain - 1] = false;
+	values[l->id - 1] = Int64GetDatum(head->last_id + 1);
+	nulls[l->id - 1] = false;
+	values[l->at - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[l->at - 1] = false;
+	values[l->prev - 1] = PointerGetDatum(prev);
+	nulls[l->prev - 1] = false;
+
+	audit_values_hash(desc, l, values, nulls, digest);
+	hash = palloc(VARHDRSZ + APIKEYS_DIGEST_LEN);
+	SET_VARSIZE(hash, VARHDRSZ + APIKEYS_DIGEST_LEN);
+	memcpy(VARDATA(hash), digest, APIKEYS_DIGEST_LEN);
+	values[l->hash - 1] = PointerGetDatum(hash);
+	nulls[l->hash - 1] = false;
 
 	/* formed once, keeping the identity fields of the tuple the executor gave */
 	tup = heap_form_tuple(desc, values, nulls);
 	tup->t_data->t_ctid = td->tg_trigtuple->t_data->t_ctid;
 	tup->t_self = td->tg_trigtuple->t_self;
 	tup->t_tableOid = td->tg_trigtuple->t_tableOid;
+
+	head->last_id++;
+	memcpy(head->last_hash, digest, APIKEYS_DIGEST_LEN);
+	Assert(head->last_id > 0);
 	return PointerGetDatum(tup);
 }
 

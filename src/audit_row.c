@@ -18,7 +18,6 @@
  * triggers and the constraints of apikeys.audit see it as any other insert.
  */
 #include "apikeys.h"
-#include "audit_chain.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -414,10 +413,6 @@ static const Oid audit_types[AUDIT_NCOLS] = {
 };
 #define AUDIT_COLUMNS "tenant, key_id, action, db_role, session_role, actor," \
 	" request_id, client_addr, application_name, txid, detail"
-static const char *const audit_column_names[AUDIT_NCOLS] = {
-	"tenant", "key_id", "action", "db_role", "session_role", "actor",
-	"request_id", "client_addr", "application_name", "txid", "detail"
-};
 
 /* What one change writes: an action, a tenant, a key id and a detail. */
 typedef struct AuditChange
@@ -519,10 +514,6 @@ typedef struct AuditBatch
 
 static SPIPlanPtr batch_plan = NULL;
 
-/*
- * Write the batch's rows: straight into the table when nothing could tell
- * the difference (audit_insert.c), else through SQL.
- */
 static void
 batch_write(AuditBatch *b)
 {
@@ -534,15 +525,6 @@ batch_write(AuditBatch *b)
 
 	if (b->n == 0)
 		return;
-	old = MemoryContextSwitchTo(b->cxt);
-	if (apikeys_audit_insert_direct(b->n, AUDIT_NCOLS, audit_column_names,
-									b->values, b->nulls))
-	{
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(b->cxt);
-		b->n = 0;
-		return;
-	}
 	old = MemoryContextSwitchTo(b->cxt);
 	for (int i = 0; i < AUDIT_NCOLS; i++)
 	{
