@@ -414,6 +414,13 @@ static const Oid audit_types[AUDIT_NCOLS] = {
 #define AUDIT_COLUMNS "tenant, key_id, action, db_role, session_role, actor," \
 	" request_id, client_addr, application_name, txid, detail"
 
+/*
+ * The actions of an inserted key and secret, named once: audit_change()
+ * (one row) and inserted_change() (a statement's rows) write the same.
+ */
+static const char action_key_created[] = "key_created";
+static const char action_secret_issued[] = "secret_issued";
+
 /* What one change writes: an action, a tenant, a key id and a detail. */
 typedef struct AuditChange
 {
@@ -725,7 +732,7 @@ audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 	else if (strcmp(table, "credential") == 0)
 	{
 		if (ins)
-			act = "key_created";
+			act = action_key_created;
 		else if (del)
 			act = "key_deleted";
 		else
@@ -748,7 +755,7 @@ audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 		if (!key_tenant(c->key_id, &t))
 			return false;		/* removed with its key: key_deleted says it */
 		c->tenant = t;
-		act = ins ? "secret_issued" : del ? "secret_retired" : "secret_grace_set";
+		act = ins ? action_secret_issued : del ? "secret_retired" : "secret_grace_set";
 	}
 	else if (strcmp(table, "vault_secret") == 0)
 	{
@@ -790,7 +797,7 @@ inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, AuditChange *c)
 
 	c->detail = audit_detail_new(plan, tuple, &tenant, &c->key_id);
 	c->tenant = tenant;
-	c->action = secret ? "secret_issued" : "key_created";
+	c->action = secret ? action_secret_issued : action_key_created;
 	return !secret || key_tenant(c->key_id, (char **) &c->tenant);
 }
 
