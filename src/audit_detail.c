@@ -329,3 +329,9 @@ audit_detail_new(DetailPlan *plan, HeapTuple tuple, char **tenant, Datum *key_id
 	pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
+
+AttrNumber
+audit_detail_key_id_attnum(const DetailPlan *plan)
+{
+	return plan->key_id_index >= 0 ? plan->key_id_index + 1 : InvalidAttrNumber;
+}

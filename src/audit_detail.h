@@ -20,4 +20,7 @@ extern DetailPlan *audit_detail_plan(TupleDesc desc, int nhidden, const char *co
  */
 extern Jsonb *audit_detail_new(DetailPlan *plan, HeapTuple tuple, char **tenant, Datum *key_id);
 
+/* The attribute number of the plan's uuid column "key_id", or InvalidAttrNumber. */
+extern AttrNumber audit_detail_key_id_attnum(const DetailPlan *plan);
+
 #endif

@@ -858,12 +858,8 @@ audit_inserted(TriggerData *td)
 				Datum	   *ids = palloc(sizeof(Datum) * count);
 				pg_uuid_t  *copies = palloc(sizeof(pg_uuid_t) * count);
 				int			n = 0;
-				AttrNumber	att = InvalidAttrNumber;
+				AttrNumber	att = audit_detail_key_id_attnum(plan);
 
-				for (int i = 0; i < desc->natts; i++)
-					if (!TupleDescAttr(desc, i)->attisdropped &&
-						strcmp(NameStr(TupleDescAttr(desc, i)->attname), "key_id") == 0)
-						att = i + 1;
 				while (att != InvalidAttrNumber &&
 					   tuplestore_gettupleslot(rows, true, false, slot))
 				{
