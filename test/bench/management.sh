@@ -24,6 +24,9 @@
 # code without apikey_create_many.  Each run starts after quiet(): no
 # autovacuum at work, a checkpoint, the CPUs idle (as test/bench/run.sh;
 # BENCH_IDLE_WAIT=0 skips waiting for idle CPUs on a shared machine).
+# BENCH_WAITS=1 also samples pg_stat_activity every 20 ms during each run
+# and prints the commonest wait events (Lock:advisory is a chain's lock:
+# writers of one tenant waiting for each other).
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
 source "$ROOT/test/bench/bench_lib.sh"
 
@@ -92,12 +95,32 @@ quiet() {
 	psql_b -c "CHECKPOINT"
 	idle_machine
 }
-# pgbench_tps SCRIPT CLIENTS: one run, prints tps ("failed" if pgbench failed)
+# sample_waits SECONDS OUT: what the pgbench backends wait on, every 20 ms
+# for SECONDS (one line per active backend and sample; CPU: not waiting)
+sample_waits() {
+	local end=$(( $(date +%s) + $1 ))
+	while [ "$(date +%s)" -lt "$end" ]; do
+		psql_b -At -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+		               WHERE application_name = 'pgbench' AND state = 'active'" || true
+		sleep 0.02
+	done >"$2"
+}
+# pgbench_tps SCRIPT CLIENTS: one run, prints tps ("failed" if pgbench failed);
+# with BENCH_WAITS=1 also the run's commonest wait events, on stderr
 pgbench_tps() {
-	local out
+	local out sampler=
 	quiet
+	if [ "${BENCH_WAITS:-0}" = 1 ]; then
+		sample_waits $(( SECS - 2 )) "$DIR/waits" &
+		sampler=$!
+	fi
 	out=$("$PGBIN/pgbench" -n -M prepared -c "$2" -j "$2" -T "$SECS" \
 		-h "$DIR" -p $PORT -U postgres -f "$1" postgres 2>&1)
+	if [ -n "$sampler" ]; then
+		wait "$sampler"
+		printf '    %s, %s clients, waits (samples of backends): %s\n' "$(basename "$1" .sql)" "$2" \
+			"$(sort "$DIR/waits" | uniq -c | sort -rn | head -n 5 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')" >&2
+	fi
 	if ! grep -q '^tps' <<<"$out" || grep -q 'aborted' <<<"$out"; then
 		echo "$out" | tail -n 5 >&2
 		echo failed
