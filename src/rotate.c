@@ -98,28 +98,32 @@ apikey_rotate(PG_FUNCTION_ARGS)
 						 "key_expired: API key %s has expired", key_text);
 	apikeys_require_active_tenant(tenant, "key_rotate", key_id);
 
-	apikeys_spi_run(&purge_plan,
-					"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1"
-					" AND valid_until OPERATOR(pg_catalog.<=) pg_catalog.now()",
-					1, uuid_type, values, NULL, SPI_OK_DELETE);
-	if (grace_zero)
-		apikeys_spi_run(&kill_plan,
-						"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1",
-						1, uuid_type, values, NULL, SPI_OK_DELETE);
-	else
-		apikeys_spi_run(&grace_plan,
-						"UPDATE apikeys.secret s"
-						" SET valid_until = LEAST(pg_catalog.now() OPERATOR(pg_catalog.+) $2,"
-						"   COALESCE(c.expires_at, 'infinity'))"
-						" FROM apikeys.credential c"
-						" WHERE c.key_id OPERATOR(pg_catalog.=) s.key_id"
-						"   AND s.key_id OPERATOR(pg_catalog.=) $1 AND s.valid_until IS NULL",
-						2, grace_types, values, NULL, SPI_OK_UPDATE);
-
-	/* the plaintext is wiped from this frame whether or not we get through */
+	/*
+	 * the plaintext is wiped from this frame whether or not we get through;
+	 * minted before the first write, so that the audit chain's lock, taken
+	 * by that write's audit row and held to commit, waits for no minting
+	 */
 	PG_TRY();
 	{
 		apikeys_new_secret(prefix, strlen(prefix), &secret);
+
+		apikeys_spi_run(&purge_plan,
+						"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1"
+						" AND valid_until OPERATOR(pg_catalog.<=) pg_catalog.now()",
+						1, uuid_type, values, NULL, SPI_OK_DELETE);
+		if (grace_zero)
+			apikeys_spi_run(&kill_plan,
+							"DELETE FROM apikeys.secret WHERE key_id OPERATOR(pg_catalog.=) $1",
+							1, uuid_type, values, NULL, SPI_OK_DELETE);
+		else
+			apikeys_spi_run(&grace_plan,
+							"UPDATE apikeys.secret s"
+							" SET valid_until = LEAST(pg_catalog.now() OPERATOR(pg_catalog.+) $2,"
+							"   COALESCE(c.expires_at, 'infinity'))"
+							" FROM apikeys.credential c"
+							" WHERE c.key_id OPERATOR(pg_catalog.=) s.key_id"
+							"   AND s.key_id OPERATOR(pg_catalog.=) $1 AND s.valid_until IS NULL",
+							2, grace_types, values, NULL, SPI_OK_UPDATE);
 		apikeys_insert_secret(key_id, &secret);
 
 		apikeys_spi_run(&touch_plan,
