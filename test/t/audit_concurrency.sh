@@ -46,8 +46,12 @@ audit_load_setup
 SCRIPTS=$(audit_load_scripts)
 
 echo "== $CLIENTS clients x $PER_CLIENT management transactions over 9 tenants (one hot)"
+# one pgbench thread (-j 1, the 12 clients multiplexed): pgbench's per-script
+# counts, compared below with public.ops, are shared by its threads without
+# a lock ("XXX could use a mutex here, but we choose not to"), and with two
+# threads one update was seen lost (per-script counts summing to 1199 of 1200)
 # shellcheck disable=SC2086  # $SCRIPTS is a list of -f arguments
-if ! "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -t "$PER_CLIENT" $SCRIPTS \
+if ! "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 1 -t "$PER_CLIENT" $SCRIPTS \
 		-h "$DIR" -p "$PORT" -U postgres postgres >"$DIR/pgbench.log" 2>&1; then
 	cat "$DIR/pgbench.log"
 	die "pgbench failed (a management call raised, or a client was aborted)"
