@@ -1,7 +1,7 @@
 /*
  * rate_window.c - the sliding-window limit of rate_window.h: check, charge, and the
- * figures reported for it.  The caller holds the spinlock of the entry the
- * state lives in.
+ * figures reported for it.  Check and charge run under the spinlock of the
+ * entry the state lives in; the report is made from a copy, with no lock.
  */
 #include "rate_window.h"
 
