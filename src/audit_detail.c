@@ -330,6 +330,7 @@ audit_detail_new(DetailPlan *plan, HeapTuple tuple, char **tenant, Datum *key_id
 	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
 
+/* Where the plan's key_id column is: the secrets' batch reads it before the details. */
 AttrNumber
 audit_detail_key_id_attnum(const DetailPlan *plan)
 {

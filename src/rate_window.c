@@ -64,22 +64,23 @@ units(const RateState *s)
 
 /*
  * Fill report from a state brought to now by limit_check (a copy, taken
- * under the lock): what remains of limit after the units counted, and when
- * that grows enough: when `need` units fit if they do not now, else when it
- * grows at all (the oldest counted slice leaves the window; slice i is
- * counted until slice i + LIMIT_RING begins).  Nothing counted: the next
- * slice.  A need over the limit never fits: when everything counted has
- * gone.  A refused call reports with need = its cost (when it would pass),
- * a charged one with need = 1.
+ * under the lock), for a call of `cost` that was charged or not: what
+ * remains of limit after the units counted, and when that grows enough.
+ * For a call not charged (refused, or cost 0): when its cost (at least one
+ * unit) would fit; for a charged one: when one more unit would.  That is
+ * when the oldest slice whose units must leave does (slice i is counted
+ * until slice i + LIMIT_RING begins); nothing counted: the next slice; a
+ * need over the limit never fits: when everything counted has gone.
  */
 void
-limit_report(const RateState *s, int32 limit, int32 need, LimitReport *report)
+limit_report(const RateState *s, int32 limit, int32 cost, bool charged, LimitReport *report)
 {
+	int32		need = charged ? 1 : Max(cost, 1);
 	int64		len = slice_len(s->window_s);
 	int64		sum = units(s);
 	int64		want = Max((int64) need, limit - sum + 1);	/* free units wanted */
 
-	Assert(s->slice >= 0 && s->window_s > 0 && need >= 1);
+	Assert(s->slice >= 0 && s->window_s > 0 && cost >= 0);
 	report->limit = limit;
 	report->remaining = (int32) Max(limit - sum, 0);
 	if (sum == 0)

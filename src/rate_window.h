@@ -57,7 +57,8 @@ extern void limit_init(RateState *s);
 extern bool limit_check(RateState *s, int32 limit, int32 window_s, TimestampTz now,
 						int32 cost);
 extern void limit_charge(RateState *s, int32 cost);
-extern void limit_report(const RateState *s, int32 limit, int32 need, LimitReport *report);
+extern void limit_report(const RateState *s, int32 limit, int32 cost, bool charged,
+						 LimitReport *report);
 extern bool limit_open(const RateState *s, TimestampTz now);
 
 #endif

@@ -576,7 +576,8 @@ typedef struct LimitSnap
 {
 	RateState	state;
 	int32		limit;
-	int32		need;			/* 1 when charged, else the call's cost (>= 1) */
+	int32		cost;			/* the call's */
+	bool		charged;		/* cost was charged to it */
 	const char *name;			/* LIMIT_NAME_LEN bytes, NUL-padded */
 } LimitSnap;
 
@@ -589,7 +590,7 @@ static LimitSnap last_snaps[lengthof(last_rows)];
  */
 static void
 add_row(const char *scope, const char *name, bool passed, const RateState *state,
-		int32 limit, int32 need)
+		int32 limit, int32 cost, bool charged)
 {
 	LimitRow   *row = &last_rows[last_nrows];
 	LimitSnap  *snap = &last_snaps[last_nrows++];
@@ -600,7 +601,8 @@ add_row(const char *scope, const char *name, bool passed, const RateState *state
 	row->tightest = false;
 	snap->state = *state;
 	snap->limit = limit;
-	snap->need = need;
+	snap->cost = cost;
+	snap->charged = charged;
 	snap->name = name;
 }
 
@@ -615,8 +617,8 @@ rows_finish(int from)
 	for (int i = from; i < last_nrows; i++)
 	{
 		memcpy(last_rows[i].name, last_snaps[i].name, LIMIT_NAME_LEN);
-		limit_report(&last_snaps[i].state, last_snaps[i].limit, last_snaps[i].need,
-					 &last_rows[i].report);
+		limit_report(&last_snaps[i].state, last_snaps[i].limit, last_snaps[i].cost,
+					 last_snaps[i].charged, &last_rows[i].report);
 	}
 }
 
@@ -678,8 +680,7 @@ check_named(UsageEntry *e, const LimitSpec *specs, int n, const char *scope,
 			if (slices)
 				slices[i] = st[i]->slice;
 		}
-		add_row(scope, specs[i].name, ok[i], st[i], specs[i].max_uses,
-				charged ? 1 : Max(cost, 1));
+		add_row(scope, specs[i].name, ok[i], st[i], specs[i].max_uses, cost, charged);
 	}
 	return all;
 }
@@ -1052,8 +1053,8 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 			limit_charge(&e->rate, cost);
 	}
 	if (p->rate_limit > 0)
-		add_row("key", rate_limit_name, rate_ok, &e->rate, p->rate_limit,
-				code == V_VALID && cost > 0 ? 1 : Max(cost, 1));
+		add_row("key", rate_limit_name, rate_ok, &e->rate, p->rate_limit, cost,
+				code == V_VALID && cost > 0);
 	if (p->usage_limit > 0 || credits)
 		rv->usage_remaining = Max(cap - e->used, 0);
 	count_locked(e, code, now);
