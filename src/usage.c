@@ -878,6 +878,35 @@ pick_tightest(RateVerdict *rv)
 }
 
 /*
+ * load_used, taking back the tenant's and the route's charges (made before
+ * it) when reading the table fails (a lock timeout, a cancel): shared memory
+ * does not roll back, so an error caught by a savepoint would otherwise leave
+ * them spent for a call that was never answered.  No LWLock is held here.
+ */
+static int64
+load_used_or_refund(const KeyPolicy *p, int64 period, TimestampTz now, int32 cost,
+					bool tenant_charged, const int64 *tenant_slices,
+					bool route_charged, const int64 *route_slices)
+{
+	int64		used = 0;
+
+	PG_TRY();
+	{
+		used = load_used(p, period);
+	}
+	PG_CATCH();
+	{
+		if (tenant_charged)
+			refund_tenant(p, now, cost, tenant_slices);
+		if (route_charged)
+			refund_route(p, now, cost, route_slices);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return used;
+}
+
+/*
  * The limits of a key whose other checks passed: its tenant's named limits
  * (shared entry), then under its own entry's spinlock its rate limit, named
  * limits and usage cap; charged cost (0: checked only) only when all pass.
@@ -987,7 +1016,8 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		if (need)
 		{
 			LWLockRelease(lock);
-			base = load_used(p, period);
+			base = load_used_or_refund(p, period, now, cost, tenant_charged, tenant_slices,
+									   route_charged, route_slices);
 			if ((e = usage_entry(p, now, &lock)) == NULL)
 			{
 				if (tenant_charged)

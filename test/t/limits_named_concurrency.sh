@@ -12,6 +12,10 @@
 #      tokens of the successes add up to at most 200 and more than 195.
 #   4. the key's own limit binds when it is the tighter: 'own' 10 per key,
 #      tenant 1000: exactly 10 per key.
+#   5. a verification that fails after its tenant's limits were charged (its
+#      read of the key's stored credits times out on a lock, the error caught
+#      by a savepoint) gives the tenant's charge back: three such failures and
+#      one success leave 9 of 10 (shared memory does not roll back).
 # The windows are an hour long: no call leaves them during a run.
 #
 # Own cluster: tmp/t_named_limits, port 54388; stopped on exit.  Exit 0 = pass.
@@ -108,6 +112,53 @@ run_bench "$(script four delta 1)"
 got=$(qa -c "SELECT sum(u.valid), min(u.valid), max(u.valid) FROM apikeys.key_usage u JOIN k USING (key_id) WHERE k.tenant = 'delta'")
 [ "$got" = "80|10|10" ] || die "per-key limit 10 over 8 keys: key_usage sum|min|max = '$got', expected '80|10|10'"
 ok "exactly 10 per key"
+
+echo "== 5. failed verifications give their tenant charges back"
+keys eps "ARRAY[('all', 10, '1 hour')]" "NULL"
+qa -c "SELECT apikeys.apikey_set_credits(key_id, 100) FROM k WHERE tenant = 'eps' AND n = 1" >/dev/null
+# the verifying session opens its catalog with a first verification (of a
+# key without credits), then has another session take apikeys.usage (\!), so
+# its next verification's read of the stored credits waits, and times out
+cat >"$DIR/locker.sh" <<-SH
+	"$PGBIN/psql" -X -qAt -h "$DIR" -p $PORT -U postgres -d postgres \\
+	  -c "BEGIN" -c "LOCK TABLE apikeys.usage IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(3)" -c "COMMIT" >/dev/null &
+	for _ in \$(seq 1 100); do
+	  [ "\$("$PGBIN/psql" -X -qAt -h "$DIR" -p $PORT -U postgres -d postgres -c "SELECT count(*) FROM pg_locks
+	     WHERE relation = 'apikeys.usage'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ] && exit 0
+	  sleep 0.05
+	done
+	exit 1
+SH
+got=$(qa -f - 2>&1 <<SQL
+SELECT (apikeys.apikey_verify(api_key)).code IS NOT NULL FROM k WHERE tenant = 'delta' AND n = 1;
+\\! bash $DIR/locker.sh
+SET lock_timeout = '200ms';
+DO \$\$
+DECLARE
+    caught integer := 0;
+BEGIN
+    FOR i IN 1..3 LOOP
+        BEGIN
+            PERFORM apikeys.apikey_verify((SELECT api_key FROM k WHERE tenant = 'eps' AND n = 1));
+        EXCEPTION WHEN lock_not_available THEN
+            caught := caught + 1;
+        END;
+    END LOOP;
+    RAISE NOTICE 'caught %', caught;
+END \$\$;
+SQL
+)
+case "$got" in *"caught 3"*) ;; *) die "three verifications under the lock: '$got', expected three lock timeouts caught" ;; esac
+# the locker's transaction ends after its sleep
+for _ in $(seq 1 100); do
+	[ "$(qa -c "SELECT count(*) FROM pg_locks WHERE relation = 'apikeys.usage'::regclass AND mode = 'AccessExclusiveLock'")" = 0 ] && break
+	sleep 0.1
+done
+got=$(qa -c "SELECT (apikeys.apikey_verify(api_key)).code FROM k WHERE tenant = 'eps' AND n = 1" \
+	-c "SELECT remaining FROM apikeys.last_verify_limits() WHERE scope = 'tenant'")
+[ "$got" = "valid
+9" ] || die "after three failed verifications and one success: '$got', expected valid and 9 of the tenant's 10 left"
+ok "the failed verifications were given back (9 of 10 left)"
 
 got=$(qa -c "SELECT flush_errors, tracking_dropped FROM apikeys.runtime")
 [ "$got" = "0|0" ] || die "apikeys.runtime flush_errors|tracking_dropped = '$got', expected '0|0'"
