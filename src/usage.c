@@ -878,6 +878,22 @@ pick_tightest(RateVerdict *rv)
 }
 
 /*
+ * Whether e (spinlock held, or a racy first look) already counts a later
+ * period of the same kind than `period`: a call whose clock read is older
+ * than another backend's (it read the clock, then spent time on its
+ * arguments) must spend in the entry's period, never take it back to an
+ * earlier one, which would start that earlier period anew from zero and
+ * then the later one again: a fresh cap each time.
+ */
+static bool
+entry_period_later(const UsageEntry *e, bool credits, int32 period_s, int64 period)
+{
+	if (!e->base_loaded || e->usage_period <= period)
+		return false;
+	return credits ? e->usage_period_s < 0 : (period_s > 0 && e->usage_period_s == period_s);
+}
+
+/*
  * load_used, taking back the tenant's and the route's charges (made before
  * it) when reading the table fails (a lock timeout, a cancel): shared memory
  * does not roll back, so an error caught by a savepoint would otherwise leave
@@ -1010,8 +1026,9 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 		bool		need;
 
 		SpinLockAcquire(&e->mutex);
-		need = !e->base_loaded || e->usage_period != period ||
-			(e->usage_period_s < 0) != credits;
+		need = (!e->base_loaded || e->usage_period != period ||
+				(e->usage_period_s < 0) != credits) &&
+			!entry_period_later(e, credits, period_s, period);
 		SpinLockRelease(&e->mutex);
 		if (need)
 		{
@@ -1031,19 +1048,22 @@ apikeys_usage_charge(const KeyPolicy *p, TimestampTz now, int32 cost, RateVerdic
 
 	from = last_nrows;
 	SpinLockAcquire(&e->mutex);
-	if (credits && e->base_loaded && e->usage_period_s < 0 && e->usage_period > period)
+	if (entry_period_later(e, credits, period_s, period))
 	{
 		/*
-		 * Another backend already charges in a later period: a refill it
-		 * reached first (its clock read came a little later), or a set this
-		 * backend's policy does not see yet.  Spend in the entry's period,
-		 * never go back to an earlier one, with the balance of that period.
+		 * Another backend already charges in a later period: a new period
+		 * or refill it reached first (its clock read came later), or a
+		 * credits set this backend's policy does not see yet.  Spend in the
+		 * entry's period, with its cap or that period's balance.
 		 */
-		CreditsState later;
+		if (credits)
+		{
+			CreditsState later;
 
-		apikeys_credits_state(&p->credits, (TimestampTz) e->usage_period, &later);
+			apikeys_credits_state(&p->credits, (TimestampTz) e->usage_period, &later);
+			cap = later.balance;
+		}
 		period = e->usage_period;
-		cap = later.balance;
 	}
 	else if ((p->usage_limit > 0 || credits) &&
 			 (!e->base_loaded || e->usage_period != period ||

@@ -13,7 +13,10 @@
 #      leaves the window) it is retried once with a fresh key.
 #   3. rate_limit 5 and usage_limit 2: calls rejected as usage_exceeded do not
 #      use up the rate window (it counts successes).
-#   4. DROP EXTENSION with counts pending: the flush worker does not fail on
+#   4. usage_limit 5 per 1-second period, verified for 4 s by a plain client
+#      and two whose huge required_scopes array makes them reach the cap with
+#      an older clock read: at most 5 valid per period the run touched.
+#   5. DROP EXTENSION with counts pending: the flush worker does not fail on
 #      the schema left behind (apikeys.runtime.flush_errors stays 0).
 #
 # Own cluster: tmp/t_limits, port 54380; stopped on exit.  Exit 0 = pass.
@@ -168,6 +171,35 @@ case $got in
 		ok "usage_exceeded calls leave rate_remaining alone" ;;
 	*) echo "calls straddled a day boundary ($got); check skipped" ;;
 esac
+
+# --- 4. a per-period cap against calls whose clock read is older ------------
+# A verification reads the clock once, then checks its arguments: a call with
+# a huge required_scopes array reaches the cap seconds' fractions later,
+# with the clock of the period before.  It must spend in the period the key
+# already counts, not take it back to the earlier one (which started that
+# period anew, and then the next one again: a fresh cap each time).
+echo "== usage_limit 5 per second, one plain client and two slow ones for 4 s"
+IFS='|' read -r PER_ID PER_KEY < <(qa -c "SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'periodic', ARRAY['read'])")
+qa -c "SELECT apikeys.apikey_set_policy('$PER_ID', usage_limit => 5, usage_period => '1 second')" \
+   -c "CREATE TABLE outcome_p (valid boolean)" >/dev/null
+echo "INSERT INTO outcome_p SELECT (apikeys.apikey_verify('$PER_KEY')).valid;" >"$DIR/fast.sql"
+echo "INSERT INTO outcome_p SELECT (apikeys.apikey_verify('$PER_KEY', array_fill('read'::text, ARRAY[2000000]))).valid;" >"$DIR/slow.sql"
+chmod a+r "$DIR/fast.sql" "$DIR/slow.sql"
+t0=$(qa -c "SELECT floor(extract(epoch FROM clock_timestamp()))")
+"$PGBIN/pgbench" -n -M prepared -c 2 -j 2 -T 4 -f "$DIR/slow.sql" -h "$DIR" -p "$PORT" -U postgres postgres >"$DIR/slow.log" 2>&1 &
+slow=$!
+"$PGBIN/pgbench" -n -M prepared -c 1 -j 1 -T 4 -f "$DIR/fast.sql" -h "$DIR" -p "$PORT" -U postgres postgres >"$DIR/fast.log" 2>&1 ||
+	{ cat "$DIR/fast.log"; die "pgbench (plain calls) failed"; }
+wait "$slow" || { cat "$DIR/slow.log"; die "pgbench (slow calls) failed"; }
+t1=$(qa -c "SELECT floor(extract(epoch FROM clock_timestamp()))")
+got=$(qa -c "SELECT count(*) FILTER (WHERE valid), count(*) FROM outcome_p")
+valid=${got%|*}
+calls=${got#*|}
+bound=$(( 5 * (t1 - t0 + 1) ))
+[ "$valid" -le "$bound" ] ||
+	die "usage_limit 5 per second over $((t1 - t0 + 1)) periods: $valid of $calls calls valid, at most $bound allowed"
+[ "$valid" -gt 0 ] || die "usage_limit 5 per second: no call of $calls was valid"
+ok "$valid of $calls calls valid over $((t1 - t0 + 1)) one-second periods (at most $bound)"
 
 got=$(qa -c "SELECT preloaded, flush_errors, tracking_dropped FROM apikeys.runtime")
 [ "$got" = "t|0|0" ] || die "apikeys.runtime preloaded|flush_errors|tracking_dropped = '$got', expected 't|0|0'"
