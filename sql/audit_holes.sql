@@ -41,16 +41,21 @@ END
 $$;
 -- A superuser rewriting history consistently: move a chain's rows from
 -- from_id on back `days` days and re-hash the chain (only audit_head() kept
--- outside shows it).  Purge anchors are left where they are: their cutoff
--- must stay a day older than themselves.
+-- outside shows it), as if they were written that much earlier.  A purge
+-- anchor moves with the cutoff it records (the row it records stays, as
+-- its hash must), so it stays a day younger than its cutoff and no younger
+-- than the rows after it.
 CREATE PROCEDURE pg_temp.age_chain(c text, days integer, from_id bigint DEFAULT 1) LANGUAGE plpgsql AS $$
 DECLARE
     a apikeys.audit;
     prev bytea;
 BEGIN
     CALL pg_temp.triggers(false);
-    UPDATE apikeys.audit SET at = at - make_interval(days => days)
-     WHERE chain = c AND audit_id >= from_id AND action <> 'audit_purged';
+    UPDATE apikeys.audit SET at = at - make_interval(days => days),
+                             detail = CASE WHEN action = 'audit_purged'
+                                           THEN jsonb_set(detail, '{cutoff}', to_jsonb((detail->>'cutoff')::timestamptz - make_interval(days => days)))
+                                           ELSE detail END
+     WHERE chain = c AND audit_id >= from_id;
     SELECT decode(p.detail->>'last_purged_hash', 'hex') INTO prev FROM apikeys.audit p
      WHERE p.chain = c AND p.action = 'audit_purged' ORDER BY p.audit_id DESC LIMIT 1;
     prev := coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000');
@@ -82,7 +87,7 @@ SELECT apikeys.audit_purge('1 mon -29 days') AS one_day_in_disguise_purges_nothi
 ------------------------------------------------------------------------------
 -- 2. Purging a whole chain leaves it checkable, and purgeable again
 ------------------------------------------------------------------------------
-CALL pg_temp.age_chain('globex', 10);
+CALL pg_temp.age_chain('globex', 20);
 SELECT ok FROM apikeys.audit_check();
 SELECT apikeys.audit_purge('1 day') AS purged;
 SELECT chain, audit_id, action FROM apikeys.audit WHERE chain = 'globex' ORDER BY audit_id;
@@ -90,7 +95,7 @@ SELECT ok, rows_checked, first_bad_chain, problem FROM apikeys.audit_check();
 -- the chain goes on, and a second purge of all of it works as well
 SELECT key_id AS gk FROM apikeys.apikey_create('globex', 'after the purge') \gset
 SELECT ok FROM apikeys.audit_check();
-CALL pg_temp.age_chain('globex', 10, 3);
+CALL pg_temp.age_chain('globex', 10, 2);
 SELECT apikeys.audit_purge('1 day') AS purged_again;
 SELECT chain, audit_id, action, (detail->>'last_purged_id')::bigint AS last_purged_id
   FROM apikeys.audit WHERE chain = 'globex' ORDER BY audit_id;

@@ -10,7 +10,11 @@
 --      audit_log and audit_log_page rightly hide;
 --   3. a superuser replaces apikeys_internal._changed() in place (same OID): the
 --      trigger guard still counts the triggers as firing, so a revoke by
---      UPDATE never retires the cached policy and the key stays valid.
+--      UPDATE never retires the cached policy and the key stays valid;
+--   4. as 1, but the anchor records the whole deleted row and is dated a
+--      day after it, so the day rule holds: audit_check() said ok (the
+--      anchor is now refused while it is dated after the check, and for
+--      ever once a row dated before it follows it).
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;
@@ -76,9 +80,51 @@ SELECT (apikeys.apikey_verify(k.api_key)).code,
        (SELECT c.status FROM apikeys.credential c WHERE c.key_id = k.key_id)
   FROM public.ck k;
 
+-- 4. a purge anchor dated a day after the seconds-old row it "purged"
+SELECT tenant FROM apikeys.tenant_create('forge');
+CREATE ROLE regress_review_forge_auditor;
+SELECT apikeys.grant_tenant('regress_review_forge_auditor', 'forge', 'audit');
+SELECT count(*) FROM apikeys.apikey_create_many('forge', ARRAY['a', 'b']);
+CREATE FUNCTION pg_temp.forge_anchor(anchor_at interval) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    x apikeys.audit;
+    n bigint;
+BEGIN
+    -- the newest row but one is "purged"; the newest stays
+    SELECT * INTO x FROM apikeys.audit WHERE chain = 'forge' ORDER BY audit_id DESC OFFSET 1 LIMIT 1;
+    ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+    DELETE FROM apikeys.audit WHERE chain = 'forge' AND audit_id <= x.audit_id;
+    PERFORM apikeys_internal._audit_write('audit_purged', 'forge', NULL, jsonb_build_object(
+        'rows', x.audit_id, 'older_than', interval '1 day', 'cutoff', x.at + interval '1 microsecond',
+        'last_purged_id', x.audit_id, 'last_purged_hash', encode(x.row_hash, 'hex'),
+        'last_purged_row', to_jsonb(x)));
+    SELECT max(audit_id) INTO n FROM apikeys.audit WHERE chain = 'forge';
+    UPDATE apikeys.audit SET at = x.at + anchor_at WHERE chain = 'forge' AND audit_id = n;
+    UPDATE apikeys.audit a SET row_hash = apikeys_internal._audit_hash(a) WHERE chain = 'forge' AND audit_id = n;
+    ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+    RETURN n;
+END $$;
+SELECT pg_temp.forge_anchor(interval '1 day 1 second') AS anchor_id \gset
+SET ROLE regress_review_forge_auditor;
+-- wanted: not ok, the anchor named
+SELECT ok, first_bad_chain, first_bad_id = :anchor_id AS at_anchor, problem FROM apikeys.audit_check();
+RESET ROLE;
+-- the same anchor dated a minute ago (the day rule now fails) and a row after
+-- it dated an hour ago: refused for its date first
+SELECT count(*) FROM apikeys.apikey_create_many('forge', ARRAY['c']);
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+UPDATE apikeys.audit SET at = now() - interval '1 minute' WHERE chain = 'forge' AND audit_id = :anchor_id;
+UPDATE apikeys.audit SET at = now() - interval '1 hour' WHERE chain = 'forge' AND audit_id > :anchor_id;
+UPDATE apikeys.audit a SET row_hash = apikeys_internal._audit_hash(a) WHERE chain = 'forge';
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SET ROLE regress_review_forge_auditor;
+SELECT ok, problem FROM apikeys.audit_check();
+RESET ROLE;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
-DROP OWNED BY regress_review_auditor, regress_review_new_auditor;
+DROP OWNED BY regress_review_auditor, regress_review_new_auditor, regress_review_forge_auditor;
 DROP ROLE regress_review_auditor;
 DROP ROLE regress_review_new_auditor;
+DROP ROLE regress_review_forge_auditor;
