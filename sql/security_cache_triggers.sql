@@ -2,7 +2,8 @@
 -- security_cache_triggers: a superuser who changes key rows while the
 -- _changed triggers do not fire (ALTER TABLE ... DISABLE TRIGGER USER or
 -- ALL, a trigger enabled only on origin under session_replication_role =
--- replica, a dropped trigger, COPY and TRUNCATE with them disabled) still
+-- replica, a dropped trigger, COPY and TRUNCATE with them disabled, an
+-- ALTER COLUMN ... TYPE ... USING that rewrites the rows) still
 -- retires the shared policy cache at commit: a NEW session sees the
 -- revoke, the deleted secret and the inactive tenant, never the cached
 -- "valid" (src/trigger_guard.c).
@@ -171,6 +172,24 @@ END $$;
 SELECT public.restore_always();
 \c
 SELECT * FROM public.codes() WHERE n = 'initech';
+
+-- 8. ALTER TABLE ... ALTER COLUMN ... TYPE ... USING rewrites the rows with
+-- no trigger and no executor: a revoke that way, then a new session.
+CREATE TABLE public.k8 AS SELECT c.key_id, c.api_key FROM apikeys.apikey_create('acme', 'rewrite') c;
+GRANT SELECT ON public.k8 TO PUBLIC;
+SELECT key_id AS k8 FROM public.k8 \gset
+SELECT (apikeys.apikey_verify(api_key)).code FROM public.k8;
+SELECT cache_hits AS h0 FROM apikeys.runtime \gset
+SELECT (apikeys.apikey_verify(api_key)).code, (SELECT cache_hits - :h0 FROM apikeys.runtime) AS cached
+  FROM public.k8;
+ALTER TABLE apikeys.credential
+    ALTER COLUMN status TYPE text USING (CASE WHEN key_id = :'k8' THEN 'revoked' ELSE status END),
+    ALTER COLUMN revoked_at TYPE timestamptz USING (CASE WHEN key_id = :'k8' THEN now() ELSE revoked_at END);
+\c
+-- wanted: key_revoked, as the row says
+SELECT (apikeys.apikey_verify(k.api_key)).code, c.status
+  FROM public.k8 k JOIN apikeys.credential c USING (key_id);
+DROP TABLE public.k8;
 
 -- With the triggers back, a revoke retires only its own key (no regression
 -- to "everything" for ordinary changes).

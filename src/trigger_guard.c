@@ -17,8 +17,10 @@
  *                   the same rule as trigger.c's TriggerEnabled).  Plans
  *                   without result relations (apikey_verify, every read)
  *                   return after one pointer test; writes compare OIDs.
- *   ProcessUtility  TRUNCATE of one of them; ALTER TABLE ... ENABLE/DISABLE
- *                   TRIGGER, CREATE TRIGGER and DROP TRIGGER on one (the
+ *   ProcessUtility  TRUNCATE of one of them; any ALTER TABLE of one (ENABLE/
+ *                   DISABLE TRIGGER, or ALTER COLUMN ... TYPE ... USING,
+ *                   which rewrites its rows past every trigger and the
+ *                   executor), CREATE TRIGGER and DROP TRIGGER on one (the
  *                   simple safe rule: whatever the triggers missed while
  *                   they were changed, e.g. logical replication's apply
  *                   worker, which runs no executor hooks, is retired when
@@ -311,7 +313,13 @@ utility_key_rel(Node *parsetree, bool *trigger_ddl)
 			{
 				AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
 
-				return alters_triggers(stmt) ? key_rangevar(stmt->relation) : InvalidOid;
+				/*
+				 * every ALTER TABLE: besides trigger changes, a column's
+				 * TYPE ... USING (or a DROP and ADD of a column) rewrites
+				 * the rows with no trigger and no executor
+				 */
+				*trigger_ddl = alters_triggers(stmt);
+				return key_rangevar(stmt->relation);
 			}
 		case T_CreateTrigStmt:
 			return key_rangevar(((CreateTrigStmt *) parsetree)->relation);
