@@ -1507,9 +1507,10 @@ BEGIN
             OR rate_window OPERATOR(pg_catalog.<) '1 second'
             OR rate_window OPERATOR(pg_catalog.>) '1 day'
             OR date_part('month', rate_window) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM rate_window) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM rate_window))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_rate_window: rate_window must be between 1 second and 1 day';
+            MESSAGE = 'invalid_rate_window: rate_window must be whole seconds from 1 second to 1 day';
     END IF;
     IF usage_limit IS NOT NULL AND usage_limit OPERATOR(pg_catalog.<=) 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -1520,9 +1521,10 @@ BEGIN
             OR usage_period OPERATOR(pg_catalog.<) '1 second'
             OR usage_period OPERATOR(pg_catalog.>) '366 days'
             OR date_part('month', usage_period) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM usage_period) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM usage_period))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
+            MESSAGE = 'invalid_usage_period: usage_period must be whole seconds from 1 second to 366 days (in days, not months) and needs a usage_limit';
     END IF;
     UPDATE apikeys.credential c SET
         allowed_ips  = apikey_set_policy.allowed_ips,
@@ -3465,8 +3467,9 @@ AS $$
                 WHEN k.rate_window IS NULL THEN interval '1 minute'
                 WHEN k.rate_window OPERATOR(pg_catalog.>=) '1 second' AND k.rate_window OPERATOR(pg_catalog.<=) '1 day'
                      AND date_part('month', k.rate_window) OPERATOR(pg_catalog.=) 0
-                     AND date_part('year', k.rate_window) OPERATOR(pg_catalog.=) 0 THEN k.rate_window
-                ELSE apikeys_internal._import_fail('22023', 'invalid_rate_window: rate_window must be between 1 second and 1 day')::interval END,
+                     AND date_part('year', k.rate_window) OPERATOR(pg_catalog.=) 0
+                     AND extract(epoch FROM k.rate_window) OPERATOR(pg_catalog.=) trunc(extract(epoch FROM k.rate_window)) THEN k.rate_window
+                ELSE apikeys_internal._import_fail('22023', 'invalid_rate_window: rate_window must be whole seconds from 1 second to 1 day')::interval END,
            CASE WHEN k.hint IS NULL THEN f.prefix OPERATOR(pg_catalog.||) '...'
                 WHEN char_length(k.hint) BETWEEN 1 AND 64 AND k.hint OPERATOR(pg_catalog.!~) '[[:cntrl:]]' THEN k.hint
                 ELSE apikeys_internal._import_fail('22023', 'invalid_hint: hint must be 1 to 64 characters without control characters') END,
@@ -4964,9 +4967,10 @@ BEGIN
             OR rate_window OPERATOR(pg_catalog.<) '1 second'
             OR rate_window OPERATOR(pg_catalog.>) '1 day'
             OR date_part('month', rate_window) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM rate_window) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM rate_window))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_rate_window: rate_window must be between 1 second and 1 day';
+            MESSAGE = 'invalid_rate_window: rate_window must be whole seconds from 1 second to 1 day';
     END IF;
     IF usage_limit IS NOT NULL AND usage_limit OPERATOR(pg_catalog.<=) 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -4977,9 +4981,10 @@ BEGIN
             OR usage_period OPERATOR(pg_catalog.<) '1 second'
             OR usage_period OPERATOR(pg_catalog.>) '366 days'
             OR date_part('month', usage_period) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM usage_period) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM usage_period))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
+            MESSAGE = 'invalid_usage_period: usage_period must be whole seconds from 1 second to 366 days (in days, not months) and needs a usage_limit';
     END IF;
     IF usage_limit IS NOT NULL AND k.credits IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',

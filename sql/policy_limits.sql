@@ -47,7 +47,17 @@ SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, rate_limit => 5,
 SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, usage_limit => 0)', :'k'));
 SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, usage_period => %L)', :'k', '1 day'));
 SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, usage_limit => 5, usage_period => %L)', :'k', '1 month'));
+SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, rate_limit => 5, rate_window => %L)', :'k', '1.9 seconds'));
+SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, usage_limit => 5, usage_period => %L)', :'k', '1 hour 0.5 seconds'));
 SELECT pg_temp.err(format('SELECT apikeys.apikey_set_policy(%L, cidr => NULL)', :'k'));
+-- a fractional window a 1.0 key may hold (written here by hand) is enforced
+-- as the next whole second, never the one below: 1.5 s is 2 s
+CREATE TABLE pg_temp.frac AS SELECT key_id, api_key FROM apikeys.apikey_create('acme', 'fractional window');
+UPDATE apikeys.credential SET rate_limit = 1, rate_window = '1.5 seconds' WHERE key_id = (SELECT key_id FROM pg_temp.frac);
+SELECT v.code, extract(epoch FROM v.rate_reset - clock_timestamp()) BETWEEN 1.5 AND 2.5 AS resets_in_2s
+  FROM pg_temp.frac f, LATERAL apikeys.apikey_verify(f.api_key) v;
+SELECT (apikeys.apikey_verify(api_key)).code AS second_call FROM pg_temp.frac;
+SELECT apikeys.apikey_delete(key_id) FROM pg_temp.frac;
 
 -- IP allowlist: IPv4 and IPv6 networks; the argument names the client
 SELECT apikeys.apikey_set_policy(:'k', allowed_ips => '{10.0.0.0/8,192.168.1.7/32,2001:db8::/32}');

@@ -70,6 +70,13 @@ apikeys_interval_seconds(Datum d)
 	int64		s = iv->time / USECS_PER_SEC + (int64) iv->day * SECS_PER_DAY +
 		(int64) iv->month * DAYS_PER_MONTH * SECS_PER_DAY;
 
+	/*
+	 * A fraction of a second counts as a whole one (1.9 s is 2 s, never 1):
+	 * the functions take whole seconds only, but a 1.0 key may hold a
+	 * fraction, and its window must not be enforced shorter than it says.
+	 */
+	if (iv->time % USECS_PER_SEC > 0)
+		s++;
 	return (int32) Max(Min(s, PG_INT32_MAX), 1);
 }
 

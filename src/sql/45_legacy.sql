@@ -403,8 +403,9 @@ AS $$
                 WHEN k.rate_window IS NULL THEN interval '1 minute'
                 WHEN k.rate_window OPERATOR(pg_catalog.>=) '1 second' AND k.rate_window OPERATOR(pg_catalog.<=) '1 day'
                      AND date_part('month', k.rate_window) OPERATOR(pg_catalog.=) 0
-                     AND date_part('year', k.rate_window) OPERATOR(pg_catalog.=) 0 THEN k.rate_window
-                ELSE apikeys_internal._import_fail('22023', 'invalid_rate_window: rate_window must be between 1 second and 1 day')::interval END,
+                     AND date_part('year', k.rate_window) OPERATOR(pg_catalog.=) 0
+                     AND extract(epoch FROM k.rate_window) OPERATOR(pg_catalog.=) trunc(extract(epoch FROM k.rate_window)) THEN k.rate_window
+                ELSE apikeys_internal._import_fail('22023', 'invalid_rate_window: rate_window must be whole seconds from 1 second to 1 day')::interval END,
            CASE WHEN k.hint IS NULL THEN f.prefix OPERATOR(pg_catalog.||) '...'
                 WHEN char_length(k.hint) BETWEEN 1 AND 64 AND k.hint OPERATOR(pg_catalog.!~) '[[:cntrl:]]' THEN k.hint
                 ELSE apikeys_internal._import_fail('22023', 'invalid_hint: hint must be 1 to 64 characters without control characters') END,

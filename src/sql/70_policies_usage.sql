@@ -62,9 +62,10 @@ BEGIN
             OR rate_window OPERATOR(pg_catalog.<) '1 second'
             OR rate_window OPERATOR(pg_catalog.>) '1 day'
             OR date_part('month', rate_window) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', rate_window) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM rate_window) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM rate_window))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_rate_window: rate_window must be between 1 second and 1 day';
+            MESSAGE = 'invalid_rate_window: rate_window must be whole seconds from 1 second to 1 day';
     END IF;
     IF usage_limit IS NOT NULL AND usage_limit OPERATOR(pg_catalog.<=) 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -75,9 +76,10 @@ BEGIN
             OR usage_period OPERATOR(pg_catalog.<) '1 second'
             OR usage_period OPERATOR(pg_catalog.>) '366 days'
             OR date_part('month', usage_period) OPERATOR(pg_catalog.<>) 0
-            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0) THEN
+            OR date_part('year', usage_period) OPERATOR(pg_catalog.<>) 0
+            OR extract(epoch FROM usage_period) OPERATOR(pg_catalog.<>) trunc(extract(epoch FROM usage_period))) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'invalid_usage_period: usage_period must be between 1 second and 366 days (in days, not months) and needs a usage_limit';
+            MESSAGE = 'invalid_usage_period: usage_period must be whole seconds from 1 second to 366 days (in days, not months) and needs a usage_limit';
     END IF;
     IF usage_limit IS NOT NULL AND k.credits IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
