@@ -373,11 +373,59 @@ SELECT apikeys.key_format_drop('acme', 'ac');
 SELECT pg_temp.err($$SELECT apikeys.key_format_register(NULL, 'glob', 'gl_', 30, 'hex')$$) AS acme_global;
 RESET ROLE;
 
+-- ATTACK: a tenant's legacy table whose columns carry the tenant's code.
+-- (a) a column of the tenant's own type, whose cast to json (what the import
+-- converts rows with) the tenant wrote: imported by a superuser, the cast ran
+-- as the superuser.  Refused before any row is read; the tenant's code never
+-- runs.  (b) a row-level policy calling the tenant's code, imported by a
+-- global admin the policy applies to: refused (row_security is off in the
+-- import), the policy never runs.
+CREATE SCHEMA il_acme AUTHORIZATION regress_il_acme;
+CREATE ROLE regress_il_global;
+SELECT apikeys.grant_tenant('regress_il_global', NULL);
+SET ROLE regress_il_acme;
+CREATE TABLE il_acme.ran (who name, super boolean);
+GRANT INSERT ON il_acme.ran TO PUBLIC;
+GRANT USAGE ON SCHEMA il_acme TO PUBLIC;
+CREATE FUNCTION il_acme.spy() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO il_acme.ran SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+    RETURN true;
+END $$;
+CREATE TYPE il_acme.label AS ENUM ('legacy one');
+CREATE FUNCTION il_acme.label_json(il_acme.label) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM il_acme.spy();
+    RETURN to_json($1::text);
+END $$;
+CREATE CAST (il_acme.label AS json) WITH FUNCTION il_acme.label_json(il_acme.label);
+CREATE TABLE il_acme.api_keys (id int, key_hash text, label il_acme.label);
+INSERT INTO il_acme.api_keys VALUES (1, encode(digest('tk_' || repeat('c', 64), 'sha256'), 'hex'), 'legacy one');
+CREATE TABLE il_acme.rls_keys (id int, key_hash text);
+INSERT INTO il_acme.rls_keys VALUES (2, encode(digest('tk_' || repeat('d', 64), 'sha256'), 'hex'));
+ALTER TABLE il_acme.rls_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY watch ON il_acme.rls_keys USING (il_acme.spy());
+GRANT SELECT ON il_acme.api_keys, il_acme.rls_keys TO PUBLIC;
+RESET ROLE;
+SELECT pg_temp.err($$SELECT apikeys.apikey_import_many('acme', 'tk',
+    'SELECT key_hash AS digest, label AS name, id::text AS source_id FROM il_acme.api_keys')$$) AS own_type;
+SELECT * FROM apikeys.import_query_columns('SELECT key_hash AS digest, label AS name FROM il_acme.api_keys');
+SET ROLE regress_il_global;
+SELECT pg_temp.err($$SELECT apikeys.apikey_import_many('acme', 'tk',
+    'SELECT key_hash AS digest, ''rls'' AS name FROM il_acme.rls_keys')$$) AS policy;
+RESET ROLE;
+SELECT count(*) AS tenant_code_ran FROM il_acme.ran;
+-- the importer converts the column in its query, where it can be read
+SELECT apikeys.apikey_import_many('acme', 'tk',
+    'SELECT key_hash AS digest, label::text AS name, id::text AS source_id FROM il_acme.api_keys') AS imported;
+SELECT (apikeys.apikey_verify('tk_' || repeat('c', 64))).code, count(*) AS tenant_code_ran FROM il_acme.ran;
+DROP SCHEMA il_acme CASCADE;
+
 SELECT ok, problem FROM apikeys.audit_check();
 
 DROP TABLE public.tk_keys, public.kpg_keys, public.kh_keys;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
 RESET client_min_messages;
-DROP OWNED BY regress_il_acme, regress_il_globex;
-DROP ROLE regress_il_acme, regress_il_globex;
+DROP OWNED BY regress_il_acme, regress_il_globex, regress_il_global;
+DROP ROLE regress_il_acme, regress_il_globex, regress_il_global;

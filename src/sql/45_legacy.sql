@@ -628,6 +628,14 @@ END;
 $$;
 SELECT apikeys_internal.publish('apikey_import_rows', 'Import an array of legacy keys (up to 1,000,000), all or nothing; returns how many.');
 
+-- The columns an import query returns (parse analysis only: nothing runs),
+-- and whether each type is built in (src/import_query.c).  Callable by
+-- anyone: it says only what the caller's own query would return.
+CREATE FUNCTION apikeys.import_query_columns(query text, OUT name text, OUT type text, OUT built_in boolean)
+    RETURNS SETOF record
+    LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_import_columns';
+COMMENT ON FUNCTION apikeys.import_query_columns(text) IS 'The result columns of a query for apikey_import_many (parse analysis only), and whether each type is built in (apikey_import_many imports only those).';
+
 -- The bulk form.  Not an entry point of its own but a SECURITY INVOKER
 -- function: the query runs with the caller's rights and search_path, as if
 -- the caller ran it, and only its rows reach the apikey_import_rows entry
@@ -640,6 +648,9 @@ CREATE FUNCTION apikeys.apikey_import_many(
     digest_encoding text DEFAULT 'hex')
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE
+    -- a row-level policy of the queried table would run its owner's code as
+    -- the caller: such a table is refused instead (an error, no policy run)
+    SET row_security = off
 AS $$
 DECLARE
     batch apikeys.legacy_key[] := '{}';
@@ -651,6 +662,16 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'invalid_import: query must not be NULL';
+    END IF;
+    -- a value of a type some role created is converted by that role's casts,
+    -- as the caller (src/import_query.c): only built-in types are read
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', pg_catalog.quote_ident(c.name), c.type), ', ')
+      INTO extra FROM apikeys.import_query_columns(query) c WHERE NOT c.built_in;
+    IF extra IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_import: the query has columns of types that are not built in: ' OPERATOR(pg_catalog.||) extra,
+            DETAIL = 'A value of a type some role created is converted by that role''s casts, which would run with your rights.',
+            HINT = 'Convert each in the query to a built-in type (for example label::text AS name), after checking with \dC that no role''s cast function would run.';
     END IF;
     FOR j IN EXECUTE 'SELECT pg_catalog.to_jsonb(q) FROM (' OPERATOR(pg_catalog.||) query OPERATOR(pg_catalog.||) E'\n) q' LOOP
         IF total OPERATOR(pg_catalog.=) 0 AND pg_catalog.cardinality(batch) OPERATOR(pg_catalog.=) 0 THEN
