@@ -57,10 +57,12 @@ typedef enum FlushTarget
 } FlushTarget;
 
 extern FlushTarget flush_lock_target(Oid *usage_out, Oid *usage_pkey_out);
-extern bool flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n);
+extern bool flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n,
+							  int *n_written);
 
 /* flush_update.c */
 extern int	apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey,
-										  const FlushItem *items, int n, bool *done);
+										  const FlushItem *items, int n, bool *done,
+										  bool *skipped);
 
 #endif

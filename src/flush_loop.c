@@ -281,6 +281,8 @@ flush_once(Oid dbid, bool all)
 	Oid			usage = InvalidOid,
 				usage_pkey = InvalidOid;
 	volatile TransactionId xid = InvalidTransactionId;
+	volatile int nw = 0;		/* items[0..nw) written; the rest held by others */
+	int			w = 0;
 
 	retire_written(false);
 	items = collect_turn(dbid, all, &n);
@@ -307,11 +309,14 @@ flush_once(Oid dbid, bool all)
 		pgstat_report_activity(STATE_RUNNING, "apikeys: flushing usage");
 		target = flush_lock_target(&usage, &usage_pkey);
 		if (target == TARGET_READY)
-			ok = flush_write_batch(usage, usage_pkey, (FlushItem *) items, n);
+		{
+			ok = flush_write_batch(usage, usage_pkey, (FlushItem *) items, n, &w);
+			nw = w;
+		}
 		if (ok && TransactionIdIsValid(xid = GetCurrentTransactionIdIfAny()))
 		{
 			turn_xid = xid;
-			stamp_inflight((FlushItem *) items, n, xid);
+			stamp_inflight((FlushItem *) items, nw, xid);
 		}
 		SPI_finish();
 		PopActiveSnapshot();
@@ -330,22 +335,31 @@ flush_once(Oid dbid, bool all)
 	MemoryContextSwitchTo(cxt);
 	/*
 	 * written: keep the in-flight counts until every snapshot sees them;
-	 * gone: forget the counts; busy or failed: back to pending
+	 * gone: forget the counts; busy or failed, or a row another transaction
+	 * held: back to pending
 	 */
-	if (ok && TransactionIdIsValid(xid))
-		keep_written((FlushItem *) items, n, xid);
+	if (!ok)
+		settle((FlushItem *) items, n, target == TARGET_GONE);
 	else
-		settle((FlushItem *) items, n, ok || target == TARGET_GONE);
+	{
+		Assert(nw >= 0 && nw <= n);
+		if (TransactionIdIsValid(xid))
+			keep_written((FlushItem *) items, nw, xid);
+		else
+			settle((FlushItem *) items, nw, true);
+		if (nw < n)
+			settle((FlushItem *) items + nw, n - nw, false);
+	}
 	last_turn_ok = ok || target == TARGET_GONE;
 	if (ok)
 	{
-		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, n);
+		pg_atomic_fetch_add_u64(&apikeys_shared->flushed_rows, nw);
 		pg_atomic_write_u64(&apikeys_shared->last_flush_at, (uint64) GetCurrentTimestamp());
 	}
 	else if (target == TARGET_READY)
 		pg_atomic_fetch_add_u64(&apikeys_shared->flush_errors, 1);
 	end_turn(old, cxt);
-	return ok ? n : 0;
+	return ok ? nw : 0;
 }
 
 /* Are entries of dbid waiting to be written? */

@@ -9,12 +9,16 @@
  * new index entry; here it is one index probe and one heap update, HOT when
  * the page has room (the table is created with fillfactor 70 for that).
  *
+ * A row that another transaction holds (an open apikey_delete, an UPDATE by
+ * hand) is not waited for: its key is skipped this turn and keeps its counts
+ * for the next one, so one tenant's open transaction cannot stop every
+ * other tenant's counts from being written (a wait would end in the
+ * worker's lock_timeout and fail the whole batch, every turn).
+ *
  * Used only where nobody could tell the difference: the table has no
  * triggers, rules or CHECK constraints and no index but its primary key, and
  * its columns are the ones this file knows.  Otherwise, and for keys without a row yet, the SQL
- * statement does the work (flush_writer.c).  A row changed by a concurrent
- * transaction raises "tuple concurrently updated": the turn fails and its
- * counts are kept for the next one, as with any other flush error.
+ * statement does the work (flush_writer.c).
  */
 #include "flush.h"
 
@@ -26,6 +30,7 @@
 #include "catalog/index.h"
 #include "catalog/pg_type.h"
 #include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
@@ -132,14 +137,35 @@ update_row(Relation rel, Relation index, IndexInfo *ii, HeapTuple old, HeapTuple
 }
 
 /*
- * Update the rows of the items that have one; done[k] tells which.  Returns
- * how many were updated; 0 with nothing done when the fast path does not
- * apply.  The caller holds RowExclusiveLock on the table and its index,
- * inside a transaction.
+ * Lock a usage row for its update without waiting: false when another
+ * transaction holds it (or changed it since the probe's snapshot).
+ */
+static bool
+lock_row_nowait(Relation rel, HeapTuple old)
+{
+	HeapTupleData locked;
+	Buffer		buffer;
+	TM_FailureData tmfd;
+	TM_Result	res;
+
+	locked.t_self = old->t_self;
+	res = heap_lock_tuple(rel, &locked, GetCurrentCommandId(true), LockTupleNoKeyExclusive,
+						  LockWaitSkip, false, &buffer, &tmfd);
+	if (BufferIsValid(buffer))
+		ReleaseBuffer(buffer);
+	return res == TM_Ok;
+}
+
+/*
+ * Update the rows of the items that have one; done[k] tells which, and
+ * skipped[k] which have a row another transaction holds (left alone).
+ * Returns how many were updated; 0 with nothing done when the fast path
+ * does not apply.  The caller holds RowExclusiveLock on the table and its
+ * index, inside a transaction.
  */
 int
 apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *items,
-							  int n, bool *done)
+							  int n, bool *done, bool *skipped)
 {
 	Relation	rel = table_open(usage_rel, RowExclusiveLock);
 	Relation	index = index_open(usage_pkey, RowExclusiveLock);
@@ -149,6 +175,7 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
 	int			updated = 0;
 
 	memset(done, 0, sizeof(bool) * n);
+	memset(skipped, 0, sizeof(bool) * n);
 	if (fast_path_applies(rel, index, ii))
 	{
 		for (int k = 0; k < n; k++)
@@ -160,6 +187,11 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
 
 			if (old == NULL)
 				continue;
+			if (!lock_row_nowait(rel, old))
+			{
+				skipped[k] = true;
+				continue;
+			}
 			update_row(rel, index, ii, old, updated_row(old, desc, &items[k], now));
 			done[k] = true;
 			updated++;

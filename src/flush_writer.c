@@ -154,23 +154,44 @@ write_batch_sql(FlushItem *items, int n)
 
 /*
  * Write one batch inside the caller's transaction: rows that exist are
- * updated in place (flush_update.c), the rest go through SQL.
+ * updated in place (flush_update.c), the rest go through SQL.  The items
+ * whose row another transaction holds are skipped: they are moved to the
+ * end, after the *n_written written ones, to be written at a later turn.
  */
 bool
-flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n)
+flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n, int *n_written)
 {
 	bool	   *done = palloc(sizeof(bool) * n);
-	int			updated = apikeys_flush_update_existing(usage_rel, usage_pkey, items, n, done);
-	FlushItem  *rest;
-	int			m = 0;
+	bool	   *skipped = palloc(sizeof(bool) * n);
+	int			updated PG_USED_FOR_ASSERTS_ONLY =
+		apikeys_flush_update_existing(usage_rel, usage_pkey, items, n, done, skipped);
+	FlushItem  *rest = palloc(sizeof(FlushItem) * n);
+	FlushItem  *held = palloc(sizeof(FlushItem) * n);
+	int			m = 0,
+				h = 0;
 
-	if (updated == n)
-		return true;
-	rest = palloc(sizeof(FlushItem) * (n - updated));
 	for (int k = 0; k < n; k++)
-		if (!done[k])
+	{
+		Assert(!(done[k] && skipped[k]));
+		if (skipped[k])
+			held[h++] = items[k];
+		else if (!done[k])
 			rest[m++] = items[k];
-	return write_batch_sql(rest, m);
+	}
+	Assert(updated + m + h == n);
+	/* written first (in place, then through SQL), the held ones last */
+	if (h > 0)
+	{
+		int			w = 0;
+
+		for (int k = 0; k < n; k++)
+			if (done[k])
+				items[w++] = items[k];
+		memcpy(items + w, rest, sizeof(FlushItem) * m);
+		memcpy(items + w + m, held, sizeof(FlushItem) * h);
+	}
+	*n_written = n - h;
+	return m == 0 || write_batch_sql(rest, m);
 }
 
 /*
