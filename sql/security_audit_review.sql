@@ -14,7 +14,10 @@
 --   4. as 1, but the anchor records the whole deleted row and is dated a
 --      day after it, so the day rule holds: audit_check() said ok (the
 --      anchor is now refused while it is dated after the check, and for
---      ever once a row dated before it follows it).
+--      ever once a row dated before it follows it);
+--   5. any role hashes a guessed tenant name as the audit chain's lock tag
+--      does and finds that lock in pg_locks (which shows every session's
+--      locks to everyone): the tenant exists and is being changed now.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;
@@ -120,6 +123,20 @@ ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
 SET ROLE regress_review_forge_auditor;
 SELECT ok, problem FROM apikeys.audit_check();
 RESET ROLE;
+
+-- 5. the chain lock of a guessed tenant name, looked for in pg_locks
+BEGIN;
+SELECT count(*) FROM apikeys.apikey_create_many('acme', ARRAY['locked']);
+SELECT count(*) AS chain_locks_held
+  FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 16725 AND pid = pg_backend_pid();
+-- wanted: 0 (the tag is salted with bytes drawn at server start)
+SELECT count(*) AS found_by_tenant_name
+  FROM pg_locks l,
+       (SELECT digest(convert_to('apikeys.audit.chain', 'UTF8') || '\x00'::bytea || convert_to('acme', 'UTF8'), 'sha256') AS d) h
+ WHERE l.locktype = 'advisory' AND l.objsubid = 16725
+   AND l.classid::bigint = ((get_byte(h.d, 0)::bigint << 24) | (get_byte(h.d, 1) << 16) | (get_byte(h.d, 2) << 8) | get_byte(h.d, 3))
+   AND l.objid::bigint = ((get_byte(h.d, 4)::bigint << 24) | (get_byte(h.d, 5) << 16) | (get_byte(h.d, 6) << 8) | get_byte(h.d, 7));
+ROLLBACK;
 
 DROP TABLE public.ck;
 SET client_min_messages = warning;

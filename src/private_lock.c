@@ -9,8 +9,14 @@
  * 64 bits of SHA-256 of what is locked (a vault slot, an audit chain), so
  * two things share a lock only by a hash collision: a needless wait, never
  * a wrong answer.
+ *
+ * pg_locks shows every lock to every role, so the hash is salted with bytes
+ * drawn at server start (shared memory): otherwise anyone could hash a
+ * guessed tenant name and watch pg_locks for the audit chain lock of that
+ * tenant, learning that it exists and when it is changed.  Without the
+ * library preloaded there is no shared memory, and the tags are unsalted.
  */
-#include "apikeys.h"
+#include "shmem.h"
 
 #include "miscadmin.h"
 #include "storage/lock.h"
@@ -22,7 +28,18 @@ apikeys_private_lock(uint16 kind, const char *data, size_t len)
 	uint8		digest[APIKEYS_DIGEST_LEN];
 
 	Assert(kind != 1 && kind != 2);
-	apikeys_sha256(data, len, digest);
+	if (apikeys_shmem_ready())
+	{
+		size_t		salt = sizeof(apikeys_shared->lock_salt);
+		char	   *buf = palloc(salt + len);
+
+		memcpy(buf, apikeys_shared->lock_salt, salt);
+		memcpy(buf + salt, data, len);
+		apikeys_sha256(buf, salt + len, digest);
+		pfree(buf);
+	}
+	else
+		apikeys_sha256(data, len, digest);
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
 						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
 						 ((uint32) digest[2] << 8) | digest[3],

@@ -94,6 +94,10 @@ apikeys_shmem_startup(void)
 		pg_atomic_init_u64(&apikeys_shared->last_flush_at, 0);
 		pg_atomic_init_u64(&apikeys_shared->collects, 0);
 		SpinLockInit(&apikeys_shared->db_mutex);
+		if (!pg_strong_random(apikeys_shared->lock_salt, sizeof(apikeys_shared->lock_salt)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random bytes for apikeys' lock tags")));
 	}
 
 	slot_table_init(&apikeys_policy_table, "apikeys policy cache", apikeys_cache_entries,

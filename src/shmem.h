@@ -41,6 +41,7 @@ typedef struct ApikeysShared
 	pg_atomic_uint64 flush_errors;
 	pg_atomic_uint64 last_flush_at;	/* TimestampTz, 0: never */
 	pg_atomic_uint64 collects;	/* the last collect's number (usage_entry_collect) */
+	uint8		lock_salt[16];	/* random per server start: private_lock.c's tags */
 	slock_t		db_mutex;		/* protects dbs[] */
 	FlushDbSlot dbs[APIKEYS_MAX_FLUSH_DBS];
 	pg_atomic_uint64 key_stamps[APIKEYS_INVAL_BUCKETS];	/* last change, by key_id hash */
