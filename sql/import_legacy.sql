@@ -370,6 +370,12 @@ SELECT count(*) AS audited_refusals FROM apikeys.audit WHERE outcome <> 'success
 SET ROLE regress_il_acme;
 SELECT name FROM apikeys.key_format_register('acme', 'ac', 'acme_', 30, 'base58');
 SELECT apikeys.key_format_drop('acme', 'ac');
+-- at most 16 formats per tenant
+SELECT count(*) AS acme_formats FROM apikeys.key_formats WHERE tenant = 'acme';
+SELECT count(apikeys.key_format_register('acme', 'lim' || l, 'lim' || l || '_', 40, 'hex'))
+  FROM generate_series(1, 16 - (SELECT count(*)::integer FROM apikeys.key_formats WHERE tenant = 'acme')) l;
+SELECT pg_temp.err($$SELECT apikeys.key_format_register('acme', 'one_more', 'more_', 40, 'hex')$$) AS seventeenth;
+SELECT apikeys.key_format_drop('acme', name) FROM apikeys.key_formats WHERE tenant = 'acme' AND name LIKE 'lim%';
 SELECT pg_temp.err($$SELECT apikeys.key_format_register(NULL, 'glob', 'gl_', 30, 'hex')$$) AS acme_global;
 RESET ROLE;
 

@@ -111,8 +111,9 @@ extern void apikeys_audit_chain_init(void);
 /* private_lock.c: an ExclusiveLock to the end of the transaction, on a tag no SQL can form */
 #define APIKEYS_LOCK_VAULT_SLOT		0x5641	/* "VA" */
 #define APIKEYS_LOCK_AUDIT_CHAIN	0x4155	/* "AU" */
-#define APIKEYS_LOCK_KEY_FORMAT		0x4B46	/* "KF": one key length (legacy_format.c) */
+#define APIKEYS_LOCK_KEY_FORMAT		0x4B46	/* "KF": one key shape (legacy_format.c) */
 extern void apikeys_private_lock(uint16 kind, const char *data, size_t len);
+extern bool apikeys_private_lock_nowait(uint16 kind, const char *data, size_t len, int mode);
 
 /* digest.c */
 extern void apikeys_sha256(const char *data, size_t len,

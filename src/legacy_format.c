@@ -38,6 +38,7 @@
 #include "commands/trigger.h"
 #include "common/base64.h"
 #include "common/sha2.h"
+#include "storage/lockdefs.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -590,17 +591,40 @@ apikeys_key_format_changed(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikeys_internal._lock_key_length(integer): a transaction lock on one key
- * length, so that two registrations that could overlap check one after the
- * other.  The tag cannot be formed from SQL, so no role can hold it to block
- * others; registrations of other lengths never wait.
+ * apikeys_internal._lock_key_shape(key_length integer, prefix text): the
+ * locks that make two registrations that could overlap check one after the
+ * other, taken without waiting (an ERROR when another transaction holds one):
+ * a registration never waits for another tenant's open transaction.  Two
+ * formats of one length can overlap only when their literal prefixes agree
+ * on their common part, so formats whose prefixes have 3 characters or more
+ * (every tenant's) lock (length, the first 3) exclusively and the length
+ * shared; a shorter prefix (a global format's) locks the length
+ * exclusively.  Only the extension can form these tags (private_lock.c).
  */
-PG_FUNCTION_INFO_V1(apikeys_lock_key_length);
+PG_FUNCTION_INFO_V1(apikeys_lock_key_shape);
 Datum
-apikeys_lock_key_length(PG_FUNCTION_ARGS)
+apikeys_lock_key_shape(PG_FUNCTION_ARGS)
 {
 	int32		len = PG_GETARG_INT32(0);
+	text	   *prefix = PG_GETARG_TEXT_PP(1);
+	int			plen = VARSIZE_ANY_EXHDR(prefix);
+	char		shape[sizeof(int32) + 3];
+	bool		ok;
 
-	apikeys_private_lock(APIKEYS_LOCK_KEY_FORMAT, (const char *) &len, sizeof(len));
+	memcpy(shape, &len, sizeof(len));
+	if (plen >= 3)
+	{
+		memcpy(shape + sizeof(len), VARDATA_ANY(prefix), 3);
+		ok = apikeys_private_lock_nowait(APIKEYS_LOCK_KEY_FORMAT, shape, sizeof(len), ShareLock) &&
+			apikeys_private_lock_nowait(APIKEYS_LOCK_KEY_FORMAT, shape, sizeof(shape), ExclusiveLock);
+	}
+	else
+		ok = apikeys_private_lock_nowait(APIKEYS_LOCK_KEY_FORMAT, shape, sizeof(len), ExclusiveLock);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("format_registration_busy: another transaction is registering a format of keys of this length and prefix"),
+				 errdetail("Registrations of formats that could overlap are checked one at a time."),
+				 errhint("Retry when that transaction has ended.")));
 	PG_RETURN_VOID();
 }

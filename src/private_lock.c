@@ -21,10 +21,10 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 
-void
-apikeys_private_lock(uint16 kind, const char *data, size_t len)
+/* The tag of (kind, data): 64 bits of its salted SHA-256, and kind. */
+static void
+private_tag(LOCKTAG *tag, uint16 kind, const char *data, size_t len)
 {
-	LOCKTAG		tag;
 	uint8		digest[APIKEYS_DIGEST_LEN];
 
 	Assert(kind != 1 && kind != 2);
@@ -40,11 +40,35 @@ apikeys_private_lock(uint16 kind, const char *data, size_t len)
 	}
 	else
 		apikeys_sha256(data, len, digest);
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
 						 ((uint32) digest[0] << 24) | ((uint32) digest[1] << 16) |
 						 ((uint32) digest[2] << 8) | digest[3],
 						 ((uint32) digest[4] << 24) | ((uint32) digest[5] << 16) |
 						 ((uint32) digest[6] << 8) | digest[7],
 						 kind);
+}
+
+/* Take the lock of (kind, data) exclusively, waiting: held to commit. */
+void
+apikeys_private_lock(uint16 kind, const char *data, size_t len)
+{
+	LOCKTAG		tag;
+
+	private_tag(&tag, kind, data, len);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Take the lock of (kind, data) in mode (ShareLock or ExclusiveLock)
+ * without waiting: false when another transaction holds it in a
+ * conflicting mode.  Held to commit.
+ */
+bool
+apikeys_private_lock_nowait(uint16 kind, const char *data, size_t len, int mode)
+{
+	LOCKTAG		tag;
+
+	Assert(mode == ShareLock || mode == ExclusiveLock);
+	private_tag(&tag, kind, data, len);
+	return LockAcquire(&tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }

@@ -86,9 +86,9 @@ CREATE FUNCTION apikeys_internal._sha512(bytea) RETURNS bytea
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'apikeys_sha512_sql';
 COMMENT ON FUNCTION apikeys_internal._sha512(bytea) IS 'The SHA-512 apikey_verify computes for SHA-512 formats (for tests).';
 
-CREATE FUNCTION apikeys_internal._lock_key_length(integer) RETURNS void
-    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_key_length';
-COMMENT ON FUNCTION apikeys_internal._lock_key_length(integer) IS 'Serialize format registrations of one key length until commit.';
+CREATE FUNCTION apikeys_internal._lock_key_shape(integer, text) RETURNS void
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_key_shape';
+COMMENT ON FUNCTION apikeys_internal._lock_key_shape(integer, text) IS 'Serialize registrations of formats that could overlap (one key length and prefix), until commit, without waiting: format_registration_busy.';
 
 CREATE FUNCTION apikeys_internal._key_format_changed() RETURNS trigger
     LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_key_format_changed';
@@ -272,8 +272,16 @@ BEGIN
     f.created_by := apikeys_internal._acting_role();
     f.created_at := now();
 
-    -- one registration per key length at a time: the overlap check holds at commit
-    PERFORM apikeys_internal._lock_key_length(key_length);
+    -- one registration per key shape at a time, never waiting for another
+    -- transaction: the overlap check holds at commit
+    PERFORM apikeys_internal._lock_key_shape(key_length, prefix);
+    -- a tenant's formats are few: each holds a shape others cannot register
+    IF tenant IS NOT NULL AND (SELECT count(*) FROM apikeys.key_format g
+                                WHERE g.tenant OPERATOR(pg_catalog.=) f.tenant) OPERATOR(pg_catalog.>=) 16 THEN
+        RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
+            MESSAGE = format('format_limit: tenant "%s" has 16 formats, the most a tenant may have', tenant),
+            HINT = 'Drop a format whose keys are gone (apikeys.key_format_drop) first.';
+    END IF;
     IF EXISTS (SELECT 1 FROM apikeys.key_format g
                 WHERE g.tenant IS NOT DISTINCT FROM f.tenant AND g.name OPERATOR(pg_catalog.=) f.name) THEN
         RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
