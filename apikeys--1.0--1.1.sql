@@ -4035,8 +4035,6 @@ REVOKE ALL ON FUNCTION apikeys.apikey_import_many(text, text, text, text),
     apikeys.apikey_import_rows(text, text, apikeys.legacy_key[], text, bigint),
     apikeys.read_key_formats(), apikeys.read_legacy_keys() FROM PUBLIC;
 REVOKE ALL ON apikeys.key_format, apikeys.legacy_secret, apikeys.key_formats, apikeys.legacy_keys FROM PUBLIC;
--- apikey_import_many (invoker code) asks it about its caller's own query.
-GRANT EXECUTE ON FUNCTION apikeys.import_query_columns(text) TO PUBLIC;
 -- <<< legacy key formats and import
 
 ------------------------------------------------------------------------------
@@ -5646,6 +5644,8 @@ GRANT EXECUTE ON FUNCTION apikeys.current_tenant(), apikeys.current_key_id() TO 
 -- The row-level policies call this for any role granted SELECT on a table;
 -- it answers only about the caller.
 GRANT EXECUTE ON FUNCTION apikeys.visible_tenants(text) TO PUBLIC;
+-- apikey_import_many (invoker code) asks it about its caller's own query.
+GRANT EXECUTE ON FUNCTION apikeys.import_query_columns(text) TO PUBLIC;
 
 -- Default privileges (ALTER DEFAULT PRIVILEGES) of the role running this
 -- script, or of the extension's owner, give other roles the objects the

@@ -137,23 +137,35 @@ update_row(Relation rel, Relation index, IndexInfo *ii, HeapTuple old, HeapTuple
 }
 
 /*
- * Lock a usage row for its update without waiting: false when another
- * transaction holds it (or changed it since the probe's snapshot).
+ * Is the usage row at tid free to update, with no other transaction
+ * holding it (a lock, an update or delete in progress)?  The same test
+ * heap_update makes before it would wait (HeapTupleSatisfiesUpdate), made
+ * under a share lock of the buffer and written nowhere: a row that another
+ * transaction takes between this test and the update is waited for once
+ * (that turn fails and is retried), and skipped from the next turn on.
  */
 static bool
-lock_row_nowait(Relation rel, HeapTuple old)
+row_free(Relation rel, ItemPointer tid)
 {
-	HeapTupleData locked;
-	Buffer		buffer;
-	TM_FailureData tmfd;
-	TM_Result	res;
+	Buffer		buffer = ReadBuffer(rel, ItemPointerGetBlockNumber(tid));
+	Page		page;
+	ItemId		lp;
+	HeapTupleData tuple;
+	bool		free_now = false;
 
-	locked.t_self = old->t_self;
-	res = heap_lock_tuple(rel, &locked, GetCurrentCommandId(true), LockTupleNoKeyExclusive,
-						  LockWaitSkip, false, &buffer, &tmfd);
-	if (BufferIsValid(buffer))
-		ReleaseBuffer(buffer);
-	return res == TM_Ok;
+	LockBuffer(buffer, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buffer);
+	lp = PageGetItemId(page, ItemPointerGetOffsetNumber(tid));
+	if (ItemIdIsNormal(lp))
+	{
+		tuple.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+		tuple.t_len = ItemIdGetLength(lp);
+		tuple.t_self = *tid;
+		tuple.t_tableOid = RelationGetRelid(rel);
+		free_now = HeapTupleSatisfiesUpdate(&tuple, GetCurrentCommandId(false), buffer) == TM_Ok;
+	}
+	UnlockReleaseBuffer(buffer);
+	return free_now;
 }
 
 /*
@@ -187,7 +199,7 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
 
 			if (old == NULL)
 				continue;
-			if (!lock_row_nowait(rel, old))
+			if (!row_free(rel, &old->t_self))
 			{
 				skipped[k] = true;
 				continue;
