@@ -376,6 +376,14 @@ SELECT count(apikeys.key_format_register('acme', 'lim' || l, 'lim' || l || '_', 
   FROM generate_series(1, 16 - (SELECT count(*)::integer FROM apikeys.key_formats WHERE tenant = 'acme')) l;
 SELECT pg_temp.err($$SELECT apikeys.key_format_register('acme', 'one_more', 'more_', 40, 'hex')$$) AS seventeenth;
 SELECT apikeys.key_format_drop('acme', name) FROM apikeys.key_formats WHERE tenant = 'acme' AND name LIKE 'lim%';
+-- and at most 16 registrations per transaction (each keeps its shape until
+-- the transaction ends): registering and dropping over and over is refused
+BEGIN;
+SELECT count(*) FROM generate_series(1, 16) l,
+       LATERAL (SELECT apikeys.key_format_register('acme', 'churn', 'ch' || l || '_', 40, 'hex'),
+                       apikeys.key_format_drop('acme', 'churn')) x;
+SELECT pg_temp.err($$SELECT apikeys.key_format_register('acme', 'churn', 'churn_', 40, 'hex')$$) AS seventeenth_in_one_transaction;
+ROLLBACK;
 SELECT pg_temp.err($$SELECT apikeys.key_format_register(NULL, 'glob', 'gl_', 30, 'hex')$$) AS acme_global;
 RESET ROLE;
 

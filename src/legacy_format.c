@@ -34,6 +34,7 @@
 #include "access/table.h"
 #include "access/heapam.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "common/base64.h"
@@ -601,6 +602,21 @@ apikeys_key_format_changed(PG_FUNCTION_ARGS)
  * shared; a shorter prefix (a global format's) locks the length
  * exclusively.  Only the extension can form these tags (private_lock.c).
  */
+#define SHAPE_LOCKS_PER_XACT 16	/* the formats a tenant may have */
+
+static int	shape_locks = 0;		/* taken by this transaction */
+static bool shape_callback = false;
+
+/* Transaction end: the shape locks are gone. */
+static void
+shape_locks_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		shape_locks = 0;
+}
+
 PG_FUNCTION_INFO_V1(apikeys_lock_key_shape);
 Datum
 apikeys_lock_key_shape(PG_FUNCTION_ARGS)
@@ -610,6 +626,25 @@ apikeys_lock_key_shape(PG_FUNCTION_ARGS)
 	int			plen = VARSIZE_ANY_EXHDR(prefix);
 	char		shape[sizeof(int32) + 3];
 	bool		ok;
+
+	/*
+	 * A transaction that registers and drops formats over and over would
+	 * hold a shape lock for each, and so keep other tenants from those
+	 * shapes while it stays open: as many registrations per transaction as
+	 * a tenant may have formats.
+	 */
+	if (!shape_callback)
+	{
+		RegisterXactCallback(shape_locks_xact_callback, NULL);
+		shape_callback = true;
+	}
+	if (shape_locks >= SHAPE_LOCKS_PER_XACT)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("format_limit: at most %d format registrations per transaction", SHAPE_LOCKS_PER_XACT),
+				 errdetail("Each registration keeps its key shape from other registrations until the transaction ends."),
+				 errhint("Commit, then register the next formats.")));
+	shape_locks++;
 
 	memcpy(shape, &len, sizeof(len));
 	if (plen >= 3)
