@@ -17,7 +17,9 @@
 --      ever once a row dated before it follows it);
 --   5. any role hashes a guessed tenant name as the audit chain's lock tag
 --      does and finds that lock in pg_locks (which shows every session's
---      locks to everyone): the tenant exists and is being changed now.
+--      locks to everyone): the tenant exists and is being changed now;
+--   6. a purge anchor without a cutoff: its day rule compared NULLs, which
+--      did not fail, and seconds-old rows were hidden behind it.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;
@@ -138,10 +140,30 @@ SELECT count(*) AS found_by_tenant_name
    AND l.objid::bigint = ((get_byte(h.d, 4)::bigint << 24) | (get_byte(h.d, 5) << 16) | (get_byte(h.d, 6) << 8) | get_byte(h.d, 7));
 ROLLBACK;
 
+-- 6. an anchor with no cutoff, for rows seconds old
+SELECT tenant FROM apikeys.tenant_create('nocut');
+CREATE ROLE regress_review_nocut_auditor;
+SELECT apikeys.grant_tenant('regress_review_nocut_auditor', 'nocut', 'audit');
+SELECT count(*) FROM apikeys.apikey_create_many('nocut', ARRAY['young']);
+SELECT max(audit_id) AS nocut_last FROM apikeys.audit WHERE chain = 'nocut' \gset
+SELECT apikeys_internal._audit_write('audit_purged', 'nocut', NULL, jsonb_build_object(
+    'rows', a.audit_id, 'last_purged_id', a.audit_id, 'last_purged_hash', encode(a.row_hash, 'hex'),
+    'last_purged_row', to_jsonb(a)))
+  FROM apikeys.audit a WHERE chain = 'nocut' AND audit_id = :nocut_last;
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+DELETE FROM apikeys.audit WHERE chain = 'nocut' AND audit_id <= :nocut_last;
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SET ROLE regress_review_nocut_auditor;
+-- wanted: not ok, at the anchor
+SELECT ok, first_bad_id = :nocut_last + 1 AS at_anchor, problem FROM apikeys.audit_check();
+RESET ROLE;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
-DROP OWNED BY regress_review_auditor, regress_review_new_auditor, regress_review_forge_auditor;
+DROP OWNED BY regress_review_auditor, regress_review_new_auditor, regress_review_forge_auditor,
+    regress_review_nocut_auditor;
 DROP ROLE regress_review_auditor;
 DROP ROLE regress_review_new_auditor;
 DROP ROLE regress_review_forge_auditor;
+DROP ROLE regress_review_nocut_auditor;

@@ -312,13 +312,15 @@ BEGIN
             END;
             next_id := (anchor.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint OPERATOR(pg_catalog.+) 1;
             next_prev := decode(anchor.detail OPERATOR(pg_catalog.->>) 'last_purged_hash', 'hex');
-            IF purged.audit_id IS NULL OR purged.chain IS DISTINCT FROM c
-               OR purged.audit_id OPERATOR(pg_catalog.<>) (next_id OPERATOR(pg_catalog.-) 1)
-               OR purged.row_hash IS DISTINCT FROM next_prev
-               OR apikeys_internal._audit_hash(purged) IS DISTINCT FROM next_prev
-               OR NOT (purged.at OPERATOR(pg_catalog.<) (anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz)
-               OR NOT ((anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz
-                       OPERATOR(pg_catalog.<=) (anchor.at OPERATOR(pg_catalog.-) interval '1 day')) THEN
+            -- every part must hold (IS NOT TRUE): a missing field is a NULL
+            -- comparison, which must not pass for a true one
+            IF (purged.audit_id IS NOT NULL AND purged.chain OPERATOR(pg_catalog.=) c
+                AND purged.audit_id OPERATOR(pg_catalog.=) (next_id OPERATOR(pg_catalog.-) 1)
+                AND purged.row_hash OPERATOR(pg_catalog.=) next_prev
+                AND apikeys_internal._audit_hash(purged) OPERATOR(pg_catalog.=) next_prev
+                AND purged.at OPERATOR(pg_catalog.<) (anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz
+                AND (anchor.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz
+                    OPERATOR(pg_catalog.<=) (anchor.at OPERATOR(pg_catalog.-) interval '1 day')) IS NOT TRUE THEN
                 ok := false;
                 first_bad_chain := c;
                 first_bad_id := anchor.audit_id;
