@@ -189,6 +189,19 @@ ALTER TABLE apikeys.credential
 -- wanted: key_revoked, as the row says
 SELECT (apikeys.apikey_verify(k.api_key)).code, c.status
   FROM public.k8 k JOIN apikeys.credential c USING (key_id);
+-- the same through a parent the credential table was attached to: its
+-- ALTER TABLE recurses into apikeys.credential
+SELECT c.key_id AS k9, c.api_key AS key9 FROM apikeys.apikey_create('acme', 'inherited') c \gset
+CREATE TABLE public.p8 (key_id uuid, status text);
+ALTER TABLE apikeys.credential INHERIT public.p8;
+SELECT (apikeys.apikey_verify(:'key9')).code;
+SELECT (apikeys.apikey_verify(:'key9')).code;
+ALTER TABLE public.p8 ALTER COLUMN status TYPE text USING (CASE WHEN key_id = :'k9' THEN 'disabled' ELSE status END);
+\c
+-- wanted: disabled, as the row says
+SELECT (apikeys.apikey_verify(:'key9')).code, (SELECT status FROM apikeys.credential WHERE key_id = :'k9');
+ALTER TABLE apikeys.credential NO INHERIT public.p8;
+DROP TABLE public.p8;
 DROP TABLE public.k8;
 
 -- With the triggers back, a revoke retires only its own key (no regression

@@ -42,6 +42,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
 #include "commands/extension.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
@@ -169,6 +170,30 @@ key_rangevar(RangeVar *rv)
 	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
 
 	return is_key_rel(cat, relid) ? relid : InvalidOid;
+}
+
+/*
+ * An ALTER TABLE of a table that has one of ours among its inheritors (a
+ * parent someone attached it to) recurses into it: the key table it
+ * reaches, else InvalidOid.
+ */
+static Oid
+key_rel_below(RangeVar *rv)
+{
+	const GuardCatalog *cat = guard_catalog();
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+	List	   *below;
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	if (!OidIsValid(relid) || !rv->inh || !has_subclass(relid))
+		return InvalidOid;
+	below = find_all_inheritors(relid, NoLock, NULL);
+	foreach(lc, below)
+		if (is_key_rel(cat, lfirst_oid(lc)))
+			found = lfirst_oid(lc);
+	list_free(below);
+	return found;
 }
 
 /*
@@ -319,7 +344,9 @@ utility_key_rel(Node *parsetree, bool *trigger_ddl)
 				 * the rows with no trigger and no executor
 				 */
 				*trigger_ddl = alters_triggers(stmt);
-				return key_rangevar(stmt->relation);
+				if (OidIsValid(relid = key_rangevar(stmt->relation)))
+					return relid;
+				return key_rel_below(stmt->relation);
 			}
 		case T_CreateTrigStmt:
 			return key_rangevar(((CreateTrigStmt *) parsetree)->relation);
