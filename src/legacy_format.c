@@ -602,6 +602,35 @@ apikeys_key_format_changed(PG_FUNCTION_ARGS)
  * shared; a shorter prefix (a global format's) locks the length
  * exclusively.  Only the extension can form these tags (private_lock.c).
  */
+/*
+ * apikeys_internal._lock_format_tenant(tenant text): one registration at a
+ * time per tenant (so that two of its transactions cannot both count its
+ * formats below the limit), taken without waiting: a tenant's concurrent
+ * registrations fail with format_registration_busy; other tenants are not
+ * concerned.
+ */
+PG_FUNCTION_INFO_V1(apikeys_lock_format_tenant);
+Datum
+apikeys_lock_format_tenant(PG_FUNCTION_ARGS)
+{
+	text	   *tenant = PG_GETARG_TEXT_PP(0);
+	StringInfoData buf;
+	bool		ok;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, "apikeys.key_format.tenant", sizeof("apikeys.key_format.tenant"));
+	appendBinaryStringInfo(&buf, VARDATA_ANY(tenant), VARSIZE_ANY_EXHDR(tenant));
+	ok = apikeys_private_lock_nowait(APIKEYS_LOCK_KEY_FORMAT, buf.data, buf.len, ExclusiveLock);
+	pfree(buf.data);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("format_registration_busy: another transaction is registering a format for this tenant"),
+				 errdetail("A tenant's registrations are checked against its format limit one at a time."),
+				 errhint("Retry when that transaction has ended.")));
+	PG_RETURN_VOID();
+}
+
 #define SHAPE_LOCKS_PER_XACT 16	/* the formats a tenant may have */
 
 static int	shape_locks = 0;		/* taken by this transaction */

@@ -89,6 +89,9 @@ COMMENT ON FUNCTION apikeys_internal._sha512(bytea) IS 'The SHA-512 apikey_verif
 CREATE FUNCTION apikeys_internal._lock_key_shape(integer, text) RETURNS void
     LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_key_shape';
 COMMENT ON FUNCTION apikeys_internal._lock_key_shape(integer, text) IS 'Serialize registrations of formats that could overlap (one key length and prefix), until commit, without waiting: format_registration_busy.';
+CREATE FUNCTION apikeys_internal._lock_format_tenant(text) RETURNS void
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_lock_format_tenant';
+COMMENT ON FUNCTION apikeys_internal._lock_format_tenant(text) IS 'Serialize one tenant''s format registrations (its format limit), until commit, without waiting: format_registration_busy.';
 
 CREATE FUNCTION apikeys_internal._key_format_changed() RETURNS trigger
     LANGUAGE C AS 'MODULE_PATHNAME', 'apikeys_key_format_changed';
@@ -276,6 +279,11 @@ BEGIN
     -- transaction: the overlap check holds at commit
     PERFORM apikeys_internal._lock_key_shape(key_length, prefix);
     -- a tenant's formats are few: each holds a shape others cannot register
+    -- (counted under the tenant's registration lock: two of its
+    -- transactions cannot both see room for one more)
+    IF tenant IS NOT NULL THEN
+        PERFORM apikeys_internal._lock_format_tenant(tenant);
+    END IF;
     IF tenant IS NOT NULL AND (SELECT count(*) FROM apikeys.key_format g
                                 WHERE g.tenant OPERATOR(pg_catalog.=) f.tenant) OPERATOR(pg_catalog.>=) 16 THEN
         RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
