@@ -158,6 +158,32 @@ SET ROLE regress_review_nocut_auditor;
 SELECT ok, first_bad_id = :nocut_last + 1 AS at_anchor, problem FROM apikeys.audit_check();
 RESET ROLE;
 
+-- 7. PREPARE TRANSACTION of an audited change that is not a key change
+-- (a format registration, a tenant's scope registry): the prepared
+-- transaction kept its chain and shape locks past a restart, where the new
+-- salt gave them other tags and they ordered nothing.  Refused now.
+BEGIN;
+SELECT (apikeys.key_format_register('nocut', 'prep', 'prp_', 40, 'hex')).name AS registered;
+PREPARE TRANSACTION 'apikeys_review_format';
+BEGIN;
+SELECT (apikeys.scope_define('nocut', 'read:prep')).tenant AS scope_defined;
+PREPARE TRANSACTION 'apikeys_review_scope';
+-- a transaction that took none of those locks still reaches PREPARE (and
+-- here its own refusal: max_prepared_transactions = 0)
+BEGIN;
+SELECT count(*) >= 0 AS read_only FROM apikeys.key_format;
+PREPARE TRANSACTION 'apikeys_review_plain';
+
+-- 8. a format registered in a REPEATABLE READ snapshot older than another
+-- tenant's registration of the same shape (the overlap check read the old
+-- snapshot; test/isolation/specs/format_register_nowait.spec plays the race)
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT (apikeys.key_format_register('nocut', 'rr', 'rrr_', 40, 'hex')).name AS registered;
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT (apikeys.key_format_register('nocut', 'ser', 'sss_', 40, 'hex')).name AS registered;
+ROLLBACK;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;

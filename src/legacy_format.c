@@ -675,6 +675,21 @@ apikeys_lock_key_shape(PG_FUNCTION_ARGS)
 				 errhint("Commit, then register the next formats.")));
 	shape_locks++;
 
+	/*
+	 * The overlap and limit checks that follow these locks read the formats
+	 * with the statement's snapshot: under REPEATABLE READ or SERIALIZABLE
+	 * that is the transaction's first one, which may predate formats other
+	 * transactions registered and committed since, and the checks would
+	 * pass two overlapping formats.  Only a fresh snapshot per statement
+	 * (READ COMMITTED) sees everything committed before the locks.
+	 */
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("format_registration_isolation: key formats can only be registered in READ COMMITTED transactions"),
+				 errdetail("A REPEATABLE READ or SERIALIZABLE transaction would check the registration against formats as they were when it began."),
+				 errhint("Register the format in a READ COMMITTED transaction (the default).")));
+
 	memcpy(shape, &len, sizeof(len));
 	if (plen >= 3)
 	{

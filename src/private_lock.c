@@ -15,11 +15,58 @@
  * guessed tenant name and watch pg_locks for the audit chain lock of that
  * tenant, learning that it exists and when it is changed.  Without the
  * library preloaded there is no shared memory, and the tags are unsalted.
+ *
+ * The salt is drawn again at every start, so a transaction holding these
+ * locks must not outlive the server: PREPARE TRANSACTION is refused once
+ * one was taken (a prepared transaction keeps its locks, under the old
+ * salt's tags, across a restart, where they would order nothing).
  */
 #include "shmem.h"
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+
+static bool xact_took_lock = false;	/* this transaction took one */
+static bool xact_callback_set = false;
+
+/* PREPARE of a transaction that took a private lock: refused. */
+static void
+private_lock_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (xact_took_lock)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("prepare_not_supported: cannot PREPARE a transaction that wrote audit rows or registered a key format"),
+						 errdetail("The locks that keep audit chains and format registrations in order do not survive a restart, and a prepared transaction does."),
+						 errhint("Commit apikeys changes directly, outside two-phase commit.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			xact_took_lock = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Remember that this transaction takes a private lock. */
+static void
+note_lock_taken(void)
+{
+	if (!xact_callback_set)
+	{
+		RegisterXactCallback(private_lock_xact_callback, NULL);
+		xact_callback_set = true;
+	}
+	xact_took_lock = true;
+}
 
 /* The tag of (kind, data): 64 bits of its salted SHA-256, and kind. */
 static void
@@ -54,6 +101,7 @@ apikeys_private_lock(uint16 kind, const char *data, size_t len)
 {
 	LOCKTAG		tag;
 
+	note_lock_taken();
 	private_tag(&tag, kind, data, len);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
@@ -69,6 +117,7 @@ apikeys_private_lock_nowait(uint16 kind, const char *data, size_t len, int mode)
 	LOCKTAG		tag;
 
 	Assert(mode == ShareLock || mode == ExclusiveLock);
+	note_lock_taken();
 	private_tag(&tag, kind, data, len);
 	return LockAcquire(&tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
