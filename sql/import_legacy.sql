@@ -424,6 +424,11 @@ RESET ROLE;
 SELECT pg_temp.err($$SELECT apikeys.apikey_import_many('acme', 'tk',
     'SELECT key_hash AS digest, label AS name, id::text AS source_id FROM il_acme.api_keys')$$) AS own_type;
 SELECT * FROM apikeys.import_query_columns('SELECT key_hash AS digest, label AS name FROM il_acme.api_keys');
+-- the same type inside a built-in pseudo-type (record, anyarray): to_jsonb
+-- of the record called the tenant's cast all the same
+SELECT pg_temp.err($$SELECT apikeys.apikey_import_many('acme', 'tk',
+    'SELECT key_hash AS digest, ''wrapped'' AS name, ROW(label) AS metadata FROM il_acme.api_keys')$$) AS own_type_in_a_record;
+SELECT * FROM apikeys.import_query_columns('SELECT ROW(label) AS metadata, ROW(1, ''x'') AS plain_record, ARRAY[1] AS ints, ''{}''::text[] AS scopes, histogram_bounds AS stats FROM il_acme.api_keys, pg_stats LIMIT 0');
 SET ROLE regress_il_global;
 SELECT pg_temp.err($$SELECT apikeys.apikey_import_many('acme', 'tk',
     'SELECT key_hash AS digest, ''rls'' AS name FROM il_acme.rls_keys')$$) AS policy;

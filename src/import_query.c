@@ -9,7 +9,7 @@
  * cast function its owner wrote, as the caller, who may be a superuser
  * reading a tenant's plain table.  So the import first asks the query's
  * result type (parse analysis only: nothing is executed) and refuses any
- * column whose type is not built in; the caller then writes the cast in the
+ * column whose type is not a built-in base type (or an array of one); the caller then writes the cast in the
  * query, where it can be read.  Built-in types cannot get new casts from
  * anyone but a superuser (CREATE CAST needs to own the source or target).
  */
@@ -19,8 +19,27 @@
 #include "access/transam.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/plancache.h"
+
+/*
+ * Is typid a built-in base type (or an array of one)?  Not a pseudo-type:
+ * record and anyarray are built in, but a record's fields or an anyarray's
+ * elements may be of any type, converted by their own casts.  Nor a
+ * built-in composite or domain: the query can convert those itself.
+ */
+static bool
+plain_built_in(Oid typid)
+{
+	Oid			elem;
+
+	if (typid >= FirstNormalObjectId || get_typtype(typid) != TYPTYPE_BASE)
+		return false;
+	elem = get_element_type(typid);
+	return !OidIsValid(elem) || plain_built_in(elem);
+}
 
 PG_FUNCTION_INFO_V1(apikeys_import_columns);
 
@@ -69,7 +88,7 @@ apikeys_import_columns(PG_FUNCTION_ARGS)
 			continue;
 		values[0] = CStringGetTextDatum(NameStr(att->attname));
 		values[1] = CStringGetTextDatum(format_type_be(att->atttypid));
-		values[2] = BoolGetDatum(att->atttypid < FirstNormalObjectId);
+		values[2] = BoolGetDatum(plain_built_in(att->atttypid));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	SPI_finish();
