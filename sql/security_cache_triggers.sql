@@ -213,6 +213,43 @@ SELECT cache_hits AS h0 FROM apikeys.runtime \gset
 SELECT * FROM public.codes();
 SELECT cache_hits - :h0 AS hits, cache_generation - :g0 AS generations FROM apikeys.runtime;
 
+-- 9. What no statement names: a TRUNCATE of a parent apikeys.secret was
+-- made to inherit from (it recurses into the secrets, with their TRUNCATE
+-- triggers disabled).  A new session's verify answered valid from the
+-- cached policy.  Then a table renamed away with an empty one put in its
+-- place: verify probed the new table with the old one's index (an error
+-- reading a block that does not exist); now extension_damaged says why.
+SELECT c.api_key AS key10 FROM apikeys.apikey_create('acme', 'truncated') c \gset
+CREATE TABLE public.p9 (digest bytea);
+ALTER TABLE apikeys.secret INHERIT public.p9;
+ALTER TABLE apikeys.secret DISABLE TRIGGER USER;
+\c
+SELECT (apikeys.apikey_verify(:'key10')).code;
+SELECT cache_hits AS h0 FROM apikeys.runtime \gset
+SELECT (apikeys.apikey_verify(:'key10')).code, (SELECT cache_hits - :h0 FROM apikeys.runtime) AS cached;
+TRUNCATE public.p9;
+\c
+-- wanted: not valid (no secret is left)
+SELECT (apikeys.apikey_verify(:'key10')).code, (SELECT count(*) FROM apikeys.secret) AS secrets;
+ALTER TABLE apikeys.secret NO INHERIT public.p9;
+DROP TABLE public.p9;
+SELECT public.restore_always();
+SELECT c.api_key AS key11 FROM apikeys.apikey_create('acme', 'renamed') c \gset
+\c
+SELECT (apikeys.apikey_verify(:'key11')).code;
+SELECT cache_hits AS h0 FROM apikeys.runtime \gset
+SELECT (apikeys.apikey_verify(:'key11')).code, (SELECT cache_hits - :h0 FROM apikeys.runtime) AS cached;
+ALTER TABLE apikeys.credential RENAME TO credential_away;
+CREATE TABLE apikeys.credential (LIKE apikeys.credential_away INCLUDING ALL);
+\c
+-- wanted: extension_damaged (apikeys.credential has no rows, nor its index)
+SELECT count(*) AS credentials FROM apikeys.credential;
+SELECT code = 'valid' AS verified_valid FROM apikeys.apikey_verify(:'key11');
+DROP TABLE apikeys.credential;
+ALTER TABLE apikeys.credential_away RENAME TO credential;
+\c
+SELECT (apikeys.apikey_verify(:'key11')).code;
+
 DROP FUNCTION public.restore_always();
 DROP FUNCTION public.codes();
 DROP FUNCTION public.cache_all();

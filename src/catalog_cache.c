@@ -10,6 +10,7 @@
 #include "apikeys.h"
 
 #include "access/table.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -50,6 +51,25 @@ lookup_rel(Oid nsp, const char *name)
 	return relid;
 }
 
+/*
+ * The index name of table relid, which must be an index of it: a table
+ * renamed away with another put in its place leaves the old one's index
+ * under the old name, and probing one table with another's index reads
+ * nonexistent blocks.
+ */
+static Oid
+lookup_index(Oid nsp, const char *name, Oid relid)
+{
+	Oid			indexid = lookup_rel(nsp, name);
+
+	if (IndexGetRelation(indexid, true) != relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: apikeys.%s is not an index of the table it is named for", name),
+				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
+	return indexid;
+}
+
 static void
 check_column(Oid relid, AttrNumber attnum, const char *expected)
 {
@@ -85,13 +105,13 @@ apikeys_catalog(void)
 				 errhint("Run CREATE EXTENSION apikeys in this database.")));
 
 	catalog.tenant_rel = lookup_rel(nsp, "tenant");
-	catalog.tenant_pkey = lookup_rel(nsp, "tenant_pkey");
+	catalog.tenant_pkey = lookup_index(nsp, "tenant_pkey", catalog.tenant_rel);
 	catalog.credential_rel = lookup_rel(nsp, "credential");
-	catalog.credential_pkey = lookup_rel(nsp, "credential_pkey");
+	catalog.credential_pkey = lookup_index(nsp, "credential_pkey", catalog.credential_rel);
 	catalog.secret_rel = lookup_rel(nsp, "secret");
-	catalog.secret_pkey = lookup_rel(nsp, "secret_pkey");
+	catalog.secret_pkey = lookup_index(nsp, "secret_pkey", catalog.secret_rel);
 	catalog.usage_rel = lookup_rel(nsp, "usage");
-	catalog.usage_pkey = lookup_rel(nsp, "usage_pkey");
+	catalog.usage_pkey = lookup_index(nsp, "usage_pkey", catalog.usage_rel);
 
 	check_column(catalog.tenant_rel, Anum_tenant_tenant, "tenant");
 	check_column(catalog.tenant_rel, Anum_tenant_active, "active");

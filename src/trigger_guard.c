@@ -26,7 +26,12 @@
  *                   worker, which runs no executor hooks, is retired when
  *                   they are changed back, and a WARNING says so when they
  *                   are left not ALWAYS); COPY FROM into one while the
- *                   trigger would not fire.
+ *                   trigger would not fire; and any other statement after
+ *                   which a table's name leads to another table or its rows
+ *                   live in another file (a TRUNCATE through a parent it was
+ *                   made to inherit from, a rename and a new table in its
+ *                   place, VACUUM FULL): the statements above are only the
+ *                   ways known to reach them, this is the net under them.
  *
  * The OIDs of the tables and of apikeys_internal._changed are looked up (never
  * raising: the library may be preloaded in databases without the
@@ -42,6 +47,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "commands/extension.h"
 #include "catalog/pg_language.h"
@@ -428,6 +434,61 @@ copy_missed_trigger(CopyStmt *stmt)
 	return !tracked;
 }
 
+/* What the name of each of our tables stands for: its OID and its file. */
+typedef struct KeyRelIdentity
+{
+	Oid			relid[N_KEY_RELS];	/* InvalidOid: no such table */
+	Oid			filenode[N_KEY_RELS];
+} KeyRelIdentity;
+
+/* The identity of our tables now (syscache lookups; never raises). */
+static void
+key_rel_identity(KeyRelIdentity *id)
+{
+	Oid			nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
+
+	for (int i = 0; i < N_KEY_RELS; i++)
+	{
+		HeapTuple	tup;
+
+		id->relid[i] = OidIsValid(nsp) ? get_relname_relid(key_rel_names[i], nsp) : InvalidOid;
+		id->filenode[i] = InvalidOid;
+		if (!OidIsValid(id->relid[i]))
+			continue;
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(id->relid[i]));
+		if (HeapTupleIsValid(tup))
+		{
+			id->filenode[i] = ((Form_pg_class) GETSTRUCT(tup))->relfilenode;
+			ReleaseSysCache(tup);
+		}
+	}
+}
+
+/*
+ * Statements that cannot replace or rewrite a table, asked about often
+ * (every transaction has two; poolers and drivers send SET and SHOW): not
+ * watched by the identity check.
+ */
+static bool
+never_rewrites(Node *parsetree)
+{
+	switch (nodeTag(parsetree))
+	{
+		case T_TransactionStmt:
+		case T_VariableSetStmt:
+		case T_VariableShowStmt:
+		case T_DiscardStmt:
+		case T_ListenStmt:
+		case T_UnlistenStmt:
+		case T_NotifyStmt:
+		case T_DeallocateStmt:
+		case T_PrepareStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
 /* ProcessUtility: mark before the statements above, check them after. */
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -438,9 +499,13 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	bool		watch = apikeys_shmem_ready() && IsTransactionState();
 	bool		trigger_ddl = false;
 	Oid			relid = InvalidOid;
+	bool		check_identity = watch && !never_rewrites(parsetree);
+	KeyRelIdentity before;
 
 	if (watch && OidIsValid(relid = utility_key_rel(parsetree, &trigger_ddl)))
 		apikeys_changes_note_all();
+	if (check_identity)
+		key_rel_identity(&before);
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
@@ -453,6 +518,15 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		warn_if_not_always(relid);
 	if (watch && IsA(parsetree, CopyStmt) && copy_missed_trigger((CopyStmt *) parsetree))
 		apikeys_changes_note_all();
+	/* a statement that ended the transaction (VACUUM, CALL) has its own */
+	if (check_identity && IsTransactionState())
+	{
+		KeyRelIdentity after;
+
+		key_rel_identity(&after);
+		if (memcmp(&before, &after, sizeof(before)) != 0)
+			apikeys_changes_note_all();
+	}
 }
 
 /* _PG_init: install both hooks (chained) and the invalidation callbacks. */
