@@ -482,23 +482,23 @@ BEGIN
         -- after a purge: start from the anchor, which must hold the whole
         -- newest purged row, hashing to what it says, at least a day older
         -- than the anchor itself (a forged anchor cannot name seconds-old rows)
-        -- and the anchor dated no later than the check and the row after it
-        -- (with 5 minutes for clock steps): an anchor dated a day ahead, to
-        -- pass the day rule, is refused until that day comes, and for ever
-        -- once a row follows it
+        -- and the anchor dated no later than the check and every row after
+        -- it (with 5 minutes for clock steps): an anchor dated a day ahead,
+        -- to pass the day rule, is refused until that day comes, and for
+        -- ever once a row of that day follows it (a forged row right after
+        -- it, dated as far ahead, does not hide the rows after that)
         SELECT * INTO anchor FROM apikeys.audit p
          WHERE p.chain OPERATOR(pg_catalog.=) c AND p.action OPERATOR(pg_catalog.=) 'audit_purged'
          ORDER BY p.audit_id DESC LIMIT 1;
         IF anchor.audit_id IS NOT NULL AND
            (anchor.at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) interval '5 minutes') OR
-            anchor.at OPERATOR(pg_catalog.>) (SELECT n.at OPERATOR(pg_catalog.+) interval '5 minutes' FROM apikeys.audit n
+            anchor.at OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(n.at) OPERATOR(pg_catalog.+) interval '5 minutes' FROM apikeys.audit n
                                                WHERE n.chain OPERATOR(pg_catalog.=) c
-                                                 AND n.audit_id OPERATOR(pg_catalog.>) anchor.audit_id
-                                               ORDER BY n.audit_id LIMIT 1)) THEN
+                                                 AND n.audit_id OPERATOR(pg_catalog.>) anchor.audit_id)) THEN
             ok := false;
             first_bad_chain := c;
             first_bad_id := anchor.audit_id;
-            problem := 'the purge anchor is dated after the check or the row that follows it';
+            problem := 'the purge anchor is dated after the check or a row that follows it';
             RETURN;
         END IF;
         IF anchor.audit_id IS NOT NULL THEN

@@ -126,6 +126,52 @@ SET ROLE regress_review_forge_auditor;
 SELECT ok, problem FROM apikeys.audit_check();
 RESET ROLE;
 
+-- the day after such an anchor's date it passed, when the row that follows
+-- it is forged with the same date: a real row after that, dated before the
+-- anchor (written during that day), went unnoticed (only the next row was
+-- compared).  Played in the past: an anchor 2 minutes old, the forged row
+-- at its date, a real change an hour older than both.
+SELECT tenant FROM apikeys.tenant_create('forge2');
+CREATE ROLE regress_review_forge2_auditor;
+SELECT apikeys.grant_tenant('regress_review_forge2_auditor', 'forge2', 'audit');
+SELECT count(*) FROM apikeys.apikey_create_many('forge2', ARRAY['a']);
+CREATE FUNCTION pg_temp.relink(ch text, from_id bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r apikeys.audit;
+    prev bytea;
+BEGIN
+    FOR r IN SELECT * FROM apikeys.audit WHERE chain = ch AND audit_id >= from_id ORDER BY audit_id LOOP
+        IF prev IS NOT NULL THEN
+            UPDATE apikeys.audit SET prev_hash = prev WHERE chain = ch AND audit_id = r.audit_id;
+        END IF;
+        UPDATE apikeys.audit a SET row_hash = apikeys_internal._audit_hash(a)
+         WHERE chain = ch AND audit_id = r.audit_id RETURNING row_hash INTO prev;
+    END LOOP;
+END $$;
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+UPDATE apikeys.audit SET at = now() - interval '3 days' WHERE chain = 'forge2';
+SELECT pg_temp.relink('forge2', 1);
+SELECT max(audit_id) AS f2_purged FROM apikeys.audit WHERE chain = 'forge2' \gset
+SELECT apikeys_internal._audit_write('audit_purged', 'forge2', NULL, jsonb_build_object(
+    'rows', x.audit_id, 'older_than', interval '1 day', 'cutoff', x.at + interval '1 microsecond',
+    'last_purged_id', x.audit_id, 'last_purged_hash', encode(x.row_hash, 'hex'),
+    'last_purged_row', to_jsonb(x)))
+  FROM apikeys.audit x WHERE chain = 'forge2' AND audit_id = :f2_purged;
+SELECT apikeys_internal._audit_write('key_updated', 'forge2', NULL, '{"forged": true}');
+DELETE FROM apikeys.audit WHERE chain = 'forge2' AND audit_id <= :f2_purged;
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SELECT count(*) FROM apikeys.apikey_create_many('forge2', ARRAY['real']);
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+UPDATE apikeys.audit SET at = now() - interval '2 minutes'
+ WHERE chain = 'forge2' AND audit_id IN (:f2_purged + 1, :f2_purged + 2);
+UPDATE apikeys.audit SET at = now() - interval '1 hour' WHERE chain = 'forge2' AND audit_id > :f2_purged + 2;
+SELECT pg_temp.relink('forge2', :f2_purged + 1);
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SET ROLE regress_review_forge2_auditor;
+-- wanted: not ok, the anchor named
+SELECT ok, first_bad_id = :f2_purged + 1 AS at_anchor, problem FROM apikeys.audit_check();
+RESET ROLE;
+
 -- 5. the chain lock of a guessed tenant name, looked for in pg_locks
 BEGIN;
 SELECT count(*) FROM apikeys.apikey_create_many('acme', ARRAY['locked']);
@@ -188,8 +234,9 @@ DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
 DROP OWNED BY regress_review_auditor, regress_review_new_auditor, regress_review_forge_auditor,
-    regress_review_nocut_auditor;
+    regress_review_nocut_auditor, regress_review_forge2_auditor;
 DROP ROLE regress_review_auditor;
 DROP ROLE regress_review_new_auditor;
 DROP ROLE regress_review_forge_auditor;
 DROP ROLE regress_review_nocut_auditor;
+DROP ROLE regress_review_forge2_auditor;
