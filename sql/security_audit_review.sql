@@ -218,7 +218,9 @@ PREPARE TRANSACTION 'apikeys_review_scope';
 -- here its own refusal: max_prepared_transactions = 0)
 BEGIN;
 SELECT count(*) >= 0 AS read_only FROM apikeys.key_format;
+\set VERBOSITY terse
 PREPARE TRANSACTION 'apikeys_review_plain';
+\set VERBOSITY default
 
 -- 8. a format registered in a REPEATABLE READ snapshot older than another
 -- tenant's registration of the same shape (the overlap check read the old
@@ -229,6 +231,20 @@ ROLLBACK;
 BEGIN ISOLATION LEVEL SERIALIZABLE;
 SELECT (apikeys.key_format_register('nocut', 'ser', 'sss_', 40, 'hex')).name AS registered;
 ROLLBACK;
+
+-- 9. an index named audit_pkey that is not the primary key: the chain's
+-- head was read through whatever index had that name (a text key compared
+-- with bigint entries: the server crashed).  The table's own primary key is
+-- used now, whatever its name.
+ALTER INDEX apikeys.audit_pkey RENAME TO audit_pkey_moved;
+CREATE INDEX audit_pkey ON apikeys.audit (audit_id);
+SELECT count(*) FROM apikeys.apikey_create_many('nocut', ARRAY['after the swap']);
+-- the new rows follow the chain's head
+SELECT count(*) AS linked FROM apikeys.audit a JOIN apikeys.audit b
+    ON b.chain = a.chain AND b.audit_id = a.audit_id - 1 AND a.prev_hash = b.row_hash
+ WHERE a.chain = 'nocut' AND a.audit_id > (SELECT max(audit_id) - 2 FROM apikeys.audit WHERE chain = 'nocut');
+DROP INDEX apikeys.audit_pkey;
+ALTER INDEX apikeys.audit_pkey_moved RENAME TO audit_pkey;
 
 DROP TABLE public.ck;
 SET client_min_messages = warning;

@@ -35,6 +35,13 @@
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
+/* RelationGetPrimaryKeyIndex gained deferrable_ok in PostgreSQL 18. */
+#if PG_VERSION_NUM >= 180000
+#define PRIMARY_KEY_INDEX_COMPAT(rel) RelationGetPrimaryKeyIndex((rel), false)
+#else
+#define PRIMARY_KEY_INDEX_COMPAT(rel) RelationGetPrimaryKeyIndex(rel)
+#endif
+
 /*
  * index_beginscan gained an instrumentation argument in PostgreSQL 18
  * (NULL: no EXPLAIN counters).

@@ -30,7 +30,9 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
@@ -280,23 +282,35 @@ lock_chain(const char *chain)
 static void
 read_head(Relation rel, const char *chain, ChainHead *head)
 {
-	Oid			indexid = get_relname_relid("audit_pkey", RelationGetNamespace(rel));
+	/* the table's own primary key, not an index found by name */
+	Oid			indexid = PRIMARY_KEY_INDEX_COMPAT(rel);
 	Relation	index;
 	Snapshot	snapshot;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	ScanKeyData key;
 	TupleDesc	desc = RelationGetDescr(rel);
+	bool		usable;
 
-	if (!OidIsValid(indexid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension_damaged: the primary key of apikeys.audit is missing"),
-				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
 	head->last_id = 0;
 	memset(head->last_hash, 0, APIKEYS_DIGEST_LEN);
-
-	index = index_open(indexid, AccessShareLock);
+	index = OidIsValid(indexid) ? index_open(indexid, AccessShareLock) : NULL;
+	/* a btree on exactly (chain, audit_id): the scan below assumes it */
+	usable = index != NULL && index->rd_rel->relam == BTREE_AM_OID &&
+		index->rd_index->indnkeyatts == 2 &&
+		index->rd_index->indkey.values[0] == audit_attnum(desc, "chain") &&
+		index->rd_index->indkey.values[1] == audit_attnum(desc, "audit_id") &&
+		heap_attisnull(index->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+		heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
+	if (!usable)
+	{
+		if (index != NULL)
+			index_close(index, AccessShareLock);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: the primary key of apikeys.audit is not (chain, audit_id)"),
+				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
+	}
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rel, NULL);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(chain));
