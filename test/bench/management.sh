@@ -24,6 +24,10 @@
 # code without apikey_create_many.  Each run starts after quiet(): no
 # autovacuum at work, a checkpoint, the CPUs idle (as test/bench/run.sh;
 # BENCH_IDLE_WAIT=0 skips waiting for idle CPUs on a shared machine).
+# BENCH_WAL=1 also prints, per run, the WAL each transaction wrote and how
+# its commits were flushed (pg_stat_wal, with track_wal_io_timing on):
+# records, bytes and full-page images per transaction, WAL syncs per
+# transaction (below 1: commits flushed together) and milliseconds per sync.
 # BENCH_WAITS=1 also samples pg_stat_activity every 20 ms during each run
 # and prints the commonest wait events (Lock:advisory is a chain's lock:
 # writers of one tenant waiting for each other).
@@ -41,7 +45,8 @@ DIR=$TMPDIR_APIKEYS/$NAME
 ensure_deps
 build_install
 trap 'cluster_stop $NAME' EXIT
-cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "fsync = on" "synchronous_commit = on" \
+WAL_TIMING="track_wal_io_timing = $([ "${BENCH_WAL:-0}" = 1 ] && echo on || echo off)"
+cluster_start $NAME $PORT "shared_preload_libraries = 'apikeys'" "fsync = on" "synchronous_commit = on" "$WAL_TIMING" \
 	"shared_buffers = '512MB'" "max_connections = 40" "max_wal_size = '4GB'"
 psql_b() { cluster_psql $NAME $PORT -q -d postgres "$@"; }
 
@@ -106,7 +111,8 @@ sample_waits() {
 	done >"$2"
 }
 # pgbench_tps SCRIPT CLIENTS: one run, prints tps ("failed" if pgbench failed);
-# with BENCH_WAITS=1 also the run's commonest wait events, on stderr
+# with BENCH_WAITS=1 also the run's commonest wait events, with BENCH_WAL=1
+# its WAL per transaction, on stderr
 pgbench_tps() {
 	local out sampler=
 	quiet
@@ -114,8 +120,17 @@ pgbench_tps() {
 		sample_waits $(( SECS - 2 )) "$DIR/waits" &
 		sampler=$!
 	fi
+	[ "${BENCH_WAL:-0}" = 1 ] && psql_b -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
 	out=$("$PGBIN/pgbench" -n -M prepared -c "$2" -j "$2" -T "$SECS" \
 		-h "$DIR" -p $PORT -U postgres -f "$1" postgres 2>&1)
+	if [ "${BENCH_WAL:-0}" = 1 ] && grep -q '^number of transactions actually processed' <<<"$out"; then
+		local n
+		n=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$out")
+		psql_b -At -c "SELECT format('    %s, %s clients, WAL per transaction: %s records, %s bytes, %s full pages, %s syncs, %s ms per sync',
+		                      '$(basename "$1" .sql)', $2, round(wal_records::numeric / $n, 1), round(wal_bytes / $n),
+		                      round(wal_fpi::numeric / $n, 2), round(wal_sync::numeric / $n, 2),
+		                      round((wal_sync_time / nullif(wal_sync, 0))::numeric, 3)) FROM pg_stat_wal" >&2
+	fi
 	if [ -n "$sampler" ]; then
 		wait "$sampler"
 		printf '    %s, %s clients, waits (samples of backends): %s\n' "$(basename "$1" .sql)" "$2" \
