@@ -250,6 +250,41 @@ ALTER TABLE apikeys.credential_away RENAME TO credential;
 \c
 SELECT (apikeys.apikey_verify(:'key11')).code;
 
+-- 10. A superuser points apikeys.secret at an empty file by writing
+-- pg_class itself (no DDL, no utility statement): a new session's verify
+-- answered valid from the cached policy.
+SELECT c.api_key AS key12 FROM apikeys.apikey_create('acme', 'refiled') c \gset
+CREATE TABLE public.empty_secret (LIKE apikeys.secret);
+SELECT relfilenode AS secret_file FROM pg_class WHERE oid = 'apikeys.secret'::regclass \gset
+\c
+SELECT (apikeys.apikey_verify(:'key12')).code;
+SELECT cache_hits AS h0 FROM apikeys.runtime \gset
+SELECT (apikeys.apikey_verify(:'key12')).code, (SELECT cache_hits - :h0 FROM apikeys.runtime) AS cached;
+UPDATE pg_class SET relfilenode = (SELECT relfilenode FROM pg_class WHERE oid = 'public.empty_secret'::regclass)
+ WHERE oid = 'apikeys.secret'::regclass;
+\c
+-- wanted: not valid (apikeys.secret reads an empty file, which its index
+-- does not describe: an error)
+SELECT count(*) AS secrets FROM apikeys.secret;
+CREATE FUNCTION pg_temp.code_or_error(k text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (apikeys.apikey_verify(k)).code;
+EXCEPTION WHEN others THEN
+    RETURN 'error ' || SQLSTATE;
+END $$;
+SELECT pg_temp.code_or_error(:'key12');
+UPDATE pg_class SET relfilenode = :secret_file WHERE oid = 'apikeys.secret'::regclass;
+\c
+SELECT (apikeys.apikey_verify(:'key12')).code;
+DROP TABLE public.empty_secret;
+
+-- 11. ATTACH PARTITION of a key table: rows inserted through the
+-- partitioned parent reached apikeys.secret without its statement
+-- triggers (no secret_issued audit row).  Refused.
+CREATE TABLE public.p11 (LIKE apikeys.secret) PARTITION BY LIST (key_id);
+ALTER TABLE public.p11 ATTACH PARTITION apikeys.secret DEFAULT;
+DROP TABLE public.p11;
+
 DROP FUNCTION public.restore_always();
 DROP FUNCTION public.codes();
 DROP FUNCTION public.cache_all();

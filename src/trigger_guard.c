@@ -17,6 +17,8 @@
  *                   the same rule as trigger.c's TriggerEnabled).  Plans
  *                   without result relations (apikey_verify, every read)
  *                   return after one pointer test; writes compare OIDs.
+ *                   A write to a system catalog (UPDATE pg_class by hand)
+ *                   counts as changing everything.
  *   ProcessUtility  TRUNCATE of one of them; any ALTER TABLE of one (ENABLE/
  *                   DISABLE TRIGGER, or ALTER COLUMN ... TYPE ... USING,
  *                   which rewrites its rows past every trigger and the
@@ -32,6 +34,7 @@
  *                   made to inherit from, a rename and a new table in its
  *                   place, VACUUM FULL): the statements above are only the
  *                   ways known to reach them, this is the net under them.
+ *                   ATTACH PARTITION of one of them is refused.
  *
  * The OIDs of the tables and of apikeys_internal._changed are looked up (never
  * raising: the library may be preloaded in databases without the
@@ -46,6 +49,7 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xact.h"
+#include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
@@ -250,7 +254,12 @@ changes_tracked(Relation rel, Oid changed_fn, bool always_only)
 	return always_only ? seen == (all | TRIGGER_TYPE_TRUNCATE) : (seen & all) == all;
 }
 
-/* Check a write plan's result relations (the executor holds their locks). */
+/*
+ * Check a write plan's result relations (the executor holds their locks).
+ * A write to a system catalog (a superuser's UPDATE pg_class, which can
+ * point a table at another file or another name without any DDL) retires
+ * everything too.
+ */
 static void
 check_write_plan(PlannedStmt *stmt)
 {
@@ -263,6 +272,11 @@ check_write_plan(PlannedStmt *stmt)
 		Relation	rel;
 		bool		tracked;
 
+		if (IsCatalogRelationOid(rte->relid))
+		{
+			apikeys_changes_note_all();
+			return;
+		}
 		if (!is_key_rel(cat, rte->relid))
 			continue;
 		rel = relation_open(rte->relid, NoLock);
@@ -489,6 +503,35 @@ never_rewrites(Node *parsetree)
 	}
 }
 
+/*
+ * ALTER TABLE ... ATTACH PARTITION of one of our tables: refused.  Rows
+ * inserted through the partitioned parent would be routed into it with
+ * none of its statement triggers (the audit of inserts) firing, and the
+ * parent's plans do not name it.
+ */
+static void
+refuse_key_partition(Node *parsetree)
+{
+	ListCell   *lc;
+
+	if (!IsA(parsetree, AlterTableStmt))
+		return;
+	foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+		Oid			relid;
+
+		if (cmd->subtype != AT_AttachPartition)
+			continue;
+		relid = key_rangevar(((PartitionCmd *) cmd->def)->name);
+		if (OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("key_table_partition: apikeys.%s cannot become a partition", get_rel_name(relid)),
+					 errdetail("Rows routed into it through a partitioned table would not be audited.")));
+	}
+}
+
 /* ProcessUtility: mark before the statements above, check them after. */
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -502,6 +545,8 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	bool		check_identity = watch && !never_rewrites(parsetree);
 	KeyRelIdentity before;
 
+	if (watch)
+		refuse_key_partition(parsetree);
 	if (watch && OidIsValid(relid = utility_key_rel(parsetree, &trigger_ddl)))
 		apikeys_changes_note_all();
 	if (check_identity)
