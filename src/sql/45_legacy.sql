@@ -218,9 +218,15 @@ DECLARE
 BEGIN
     PERFORM apikeys_internal._check_tenant_id(tenant);   -- NULL: a global format
     PERFORM apikeys_internal._authorize(tenant, 'key_format_register');
-    IF tenant IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) key_format_register.tenant) THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+    -- the tenant row held (FOR KEY SHARE) to commit: a tenant_delete that
+    -- ran meanwhile would miss this format and leave it to a tenant later
+    -- created under the same id
+    IF tenant IS NOT NULL THEN
+        PERFORM 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) key_format_register.tenant FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+                MESSAGE = format('tenant_not_found: tenant "%s" does not exist', tenant);
+        END IF;
     END IF;
     IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
