@@ -5142,7 +5142,8 @@ BEGIN
             ' apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %I', role_name);
     END IF;
     IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head(),'
+            ' apikeys.audit_head_check(text, bigint, text, timestamptz) TO %I', role_name);
     END IF;
     PERFORM apikeys_internal._grant_scope_privileges(role_name, tenant, privilege);   -- 1.1
     -- legacy key formats and import (45_legacy.sql)
@@ -5641,6 +5642,95 @@ BEGIN
     END IF;
     message := json_build_object('code', code, 'message', msg, 'details', details, 'hint', hint)::text;
     detail := json_build_object('status', status, 'headers', hdrs)::text;
+END;
+$$;
+
+------------------------------------------------------------------------------
+-- Audit heads with their time, and audit_head_check() (src/sql/30_audit.sql):
+-- a head that is gone must be accounted for by a purge.  audit_head() gains
+-- a column, so it is made again; the roles that may audit get both.
+------------------------------------------------------------------------------
+
+DROP FUNCTION apikeys.audit_head();
+DROP FUNCTION apikeys_internal.audit_head();
+CREATE FUNCTION apikeys_internal.audit_head()
+    RETURNS TABLE (chain text, audit_id bigint, row_hash text, at timestamptz)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.x, h.audit_id, encode(h.row_hash, 'hex'), h.at
+      FROM apikeys_internal._audit_chains() c(x)
+      CROSS JOIN LATERAL (SELECT a.audit_id, a.row_hash, a.at FROM apikeys.audit a
+                           WHERE a.chain OPERATOR(pg_catalog.=) c.x
+                           ORDER BY a.audit_id DESC LIMIT 1) h
+     ORDER BY 1;
+END;
+$$;
+SELECT apikeys_internal.publish('audit_head', 'Newest row, hash and time of each audit chain the caller may audit: store them outside the database to detect a rewritten or shortened chain (audit_head_check).');
+
+-- A head stored from audit_head() earlier, checked against the chain now:
+-- the row is still there with that hash and time, or a purge accounts for
+-- it (the chain's newest audit_purged row purged up to it or past it, with a
+-- cutoff after the row's time, and names its hash if it was the last row
+-- purged).  Rows deleted from the end of a chain leave a valid shorter
+-- chain, and a forged anchor over them checks too unless it is dated a day
+-- ahead (which audit_check() refuses until then): this finds both.  The
+-- anchor itself is proved by audit_check().
+CREATE FUNCTION apikeys_internal.audit_head_check(chain text, audit_id bigint, row_hash text, at timestamptz,
+    OUT ok boolean, OUT problem text)
+    RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v text[] := apikeys.visible_tenants('audit');
+    r apikeys.audit;
+    p apikeys.audit;
+BEGIN
+    IF chain IS NULL OR audit_id IS NULL OR row_hash IS NULL OR at IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid_head: chain, audit_id, row_hash and at must not be NULL',
+            HINT = 'Pass a row of apikeys.audit_head() as it was stored.';
+    END IF;
+    IF v IS NOT NULL AND NOT (chain OPERATOR(pg_catalog.=) ANY (v)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'not_authorized: you may not audit this chain';
+    END IF;
+    SELECT * INTO r FROM apikeys.audit a
+     WHERE a.chain OPERATOR(pg_catalog.=) audit_head_check.chain
+       AND a.audit_id OPERATOR(pg_catalog.=) audit_head_check.audit_id;
+    IF FOUND THEN
+        ok := encode(r.row_hash, 'hex') OPERATOR(pg_catalog.=) lower(audit_head_check.row_hash)
+              AND r.at OPERATOR(pg_catalog.=) audit_head_check.at;
+        problem := CASE WHEN NOT ok THEN 'the stored head''s row has another hash or time now' END;
+        RETURN;
+    END IF;
+    SELECT * INTO p FROM apikeys.audit a
+     WHERE a.chain OPERATOR(pg_catalog.=) audit_head_check.chain AND a.action OPERATOR(pg_catalog.=) 'audit_purged'
+     ORDER BY a.audit_id DESC LIMIT 1;
+    ok := coalesce((p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint OPERATOR(pg_catalog.>=) audit_head_check.audit_id
+                   AND (p.detail OPERATOR(pg_catalog.->>) 'cutoff')::timestamptz OPERATOR(pg_catalog.>) audit_head_check.at
+                   AND ((p.detail OPERATOR(pg_catalog.->>) 'last_purged_id')::bigint OPERATOR(pg_catalog.>) audit_head_check.audit_id
+                        OR p.detail OPERATOR(pg_catalog.->>) 'last_purged_hash' OPERATOR(pg_catalog.=) lower(audit_head_check.row_hash)),
+                   false);
+    problem := CASE WHEN NOT ok THEN 'the stored head is gone and no purge accounts for it: rows were deleted from the end of the chain' END;
+END;
+$$;
+SELECT apikeys_internal.publish('audit_head_check', 'Check a head stored from audit_head() against the chain now: still there, or purged (else rows were deleted from the end).');
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid OPERATOR(pg_catalog.=) 'apikeys.audit_check()'::pg_catalog.regprocedure
+                AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                AND a.grantee OPERATOR(pg_catalog.<>) 0 AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_head(), apikeys.audit_head_check(text, bigint, text, timestamptz) TO %s', r.grantee);
+    END LOOP;
 END;
 $$;
 

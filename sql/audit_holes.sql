@@ -89,7 +89,17 @@ SELECT apikeys.audit_purge('1 mon -29 days') AS one_day_in_disguise_purges_nothi
 ------------------------------------------------------------------------------
 CALL pg_temp.age_chain('globex', 20);
 SELECT ok FROM apikeys.audit_check();
+-- heads stored before the purge (audit_head_check): globex's is purged
+-- with the rest of its chain, acme's is still there
+SELECT audit_id AS g_id, row_hash AS g_hash, at AS g_at FROM apikeys.audit_head() WHERE chain = 'globex' \gset
+SELECT audit_id AS a_id, row_hash AS a_hash, at AS a_at FROM apikeys.audit_head() WHERE chain = 'acme' \gset
 SELECT apikeys.audit_purge('1 day') AS purged;
+SELECT 'globex' AS chain, * FROM apikeys.audit_head_check('globex', :g_id, :'g_hash', :'g_at')
+UNION ALL SELECT 'acme', * FROM apikeys.audit_head_check('acme', :a_id, :'a_hash', :'a_at')
+UNION ALL SELECT 'acme, another hash', * FROM apikeys.audit_head_check('acme', :a_id, md5('x') || md5('y'), :'a_at')
+UNION ALL SELECT 'acme, another time', * FROM apikeys.audit_head_check('acme', :a_id, :'a_hash', :'a_at'::timestamptz - interval '1 second')
+UNION ALL SELECT 'globex, a later row', * FROM apikeys.audit_head_check('globex', :g_id + 10, :'g_hash', :'g_at');
+SELECT pg_temp.try($$SELECT apikeys.audit_head_check('acme', NULL, 'x', now())$$) AS null_head;
 SELECT chain, audit_id, action FROM apikeys.audit WHERE chain = 'globex' ORDER BY audit_id;
 SELECT ok, rows_checked, first_bad_chain, problem FROM apikeys.audit_check();
 -- the chain goes on, and a second purge of all of it works as well

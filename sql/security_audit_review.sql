@@ -246,13 +246,54 @@ SELECT count(*) AS linked FROM apikeys.audit a JOIN apikeys.audit b
 DROP INDEX apikeys.audit_pkey;
 ALTER INDEX apikeys.audit_pkey_moved RENAME TO audit_pkey;
 
+-- 10. the end of a chain deleted, head included, behind a forged anchor
+-- for a made-up row (old, hashed by the forger): nothing follows it, so
+-- audit_check() passes at once.  The head the auditor stored outside the
+-- database finds it: audit_head_check() says no purge accounts for it.
+SELECT tenant FROM apikeys.tenant_create('tail');
+CREATE ROLE regress_review_tail_auditor;
+SELECT apikeys.grant_tenant('regress_review_tail_auditor', 'tail', 'audit');
+SELECT count(*) FROM apikeys.apikey_create_many('tail', ARRAY['a', 'b']);
+SET ROLE regress_review_tail_auditor;
+SELECT chain, audit_id AS t_id, row_hash AS t_hash, at AS t_at FROM apikeys.audit_head() \gset
+RESET ROLE;
+CREATE FUNCTION pg_temp.wipe_tail() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    p apikeys.audit;
+    n bigint;
+BEGIN
+    SELECT * INTO p FROM apikeys.audit WHERE chain = 'tail' ORDER BY audit_id DESC LIMIT 1;
+    p.at := now() - interval '3 days';
+    p.row_hash := apikeys_internal._audit_hash(p);
+    ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+    DELETE FROM apikeys.audit WHERE chain = 'tail';
+    PERFORM apikeys_internal._audit_write('audit_purged', 'tail', NULL, jsonb_build_object(
+        'rows', p.audit_id, 'older_than', interval '1 day', 'cutoff', now() - interval '2 days',
+        'last_purged_id', p.audit_id, 'last_purged_hash', encode(p.row_hash, 'hex'),
+        'last_purged_row', to_jsonb(p)));
+    SELECT max(audit_id) INTO n FROM apikeys.audit WHERE chain = 'tail';
+    UPDATE apikeys.audit SET audit_id = p.audit_id + 1, prev_hash = p.row_hash WHERE chain = 'tail' AND audit_id = n;
+    UPDATE apikeys.audit a SET row_hash = apikeys_internal._audit_hash(a) WHERE chain = 'tail';
+    ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+END $$;
+SELECT pg_temp.wipe_tail();
+SET ROLE regress_review_tail_auditor;
+-- the forgery checks
+SELECT ok, problem FROM apikeys.audit_check();
+-- wanted: not ok, no purge accounts for the stored head
+SELECT ok, problem FROM apikeys.audit_head_check(:'chain', :t_id, :'t_hash', :'t_at');
+-- another tenant's chain is not the auditor's to check
+SELECT * FROM apikeys.audit_head_check('forge', 1, 'x', now());
+RESET ROLE;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
 DROP OWNED BY regress_review_auditor, regress_review_new_auditor, regress_review_forge_auditor,
-    regress_review_nocut_auditor, regress_review_forge2_auditor;
+    regress_review_nocut_auditor, regress_review_forge2_auditor, regress_review_tail_auditor;
 DROP ROLE regress_review_auditor;
 DROP ROLE regress_review_new_auditor;
 DROP ROLE regress_review_forge_auditor;
 DROP ROLE regress_review_nocut_auditor;
 DROP ROLE regress_review_forge2_auditor;
+DROP ROLE regress_review_tail_auditor;

@@ -175,7 +175,8 @@ BEGIN
             ' apikeys.tenant_set_limits(text, apikeys.named_limit[]) TO %I', role_name);
     END IF;
     IF privilege OPERATOR(pg_catalog.=) 'audit' THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head() TO %I', role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_check(), apikeys.audit_verify(), apikeys.audit_head(),'
+            ' apikeys.audit_head_check(text, bigint, text, timestamptz) TO %I', role_name);
     END IF;
     PERFORM apikeys_internal._grant_scope_privileges(role_name, tenant, privilege);   -- 1.1
     -- legacy key formats and import (45_legacy.sql)

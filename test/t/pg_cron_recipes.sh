@@ -72,7 +72,8 @@ CREATE TABLE audit_keeper.heads (
     taken_at timestamptz NOT NULL DEFAULT now(),
     chain    text NOT NULL,
     audit_id bigint NOT NULL,
-    row_hash text NOT NULL);
+    row_hash text NOT NULL,
+    at       timestamptz NOT NULL);
 RESET ROLE;
 SQL
 expect "chain intact after aging" "$(q -c "SELECT ok FROM apikeys.audit_check()")" t
@@ -92,7 +93,7 @@ q >/dev/null <<SQL
 SELECT cron.schedule('apikeys-audit-purge', '$EVERY', \$\$SELECT apikeys.audit_purge('30 days')\$\$);
 SET ROLE audit_keeper;
 SELECT cron.schedule('apikeys-audit-head', '$EVERY',
-    \$\$INSERT INTO audit_keeper.heads (chain, audit_id, row_hash) SELECT chain, audit_id, row_hash FROM apikeys.audit_head()\$\$);
+    \$\$INSERT INTO audit_keeper.heads (chain, audit_id, row_hash, at) SELECT chain, audit_id, row_hash, at FROM apikeys.audit_head()\$\$);
 SELECT cron.schedule('apikeys-audit-verify', '$EVERY', \$\$SELECT apikeys.audit_verify()\$\$);
 RESET ROLE;
 SQL
@@ -132,6 +133,9 @@ expect "head export: every chain each run" \
 	"$(q -c "SELECT bool_and(n = (SELECT count(*) FROM apikeys.audit_head())) FROM (SELECT count(*) n FROM audit_keeper.heads GROUP BY taken_at) x")" t
 expect "heads table: owned by audit_keeper, no grants" \
 	"$(q -c "SELECT tableowner || ' ' || coalesce((SELECT relacl::text FROM pg_class WHERE oid = 'audit_keeper.heads'::regclass), 'none') FROM pg_tables WHERE tablename = 'heads'")" "audit_keeper none"
+expect "head check: every stored head accounted for (docs/scheduling.md's query)" \
+	"$(q -U audit_keeper -c "SELECT bool_and(c.ok) FROM (SELECT DISTINCT ON (chain) * FROM audit_keeper.heads ORDER BY chain, taken_at DESC) h,
+	                          LATERAL apikeys.audit_head_check(h.chain, h.audit_id, h.row_hash, h.at) c")" t
 ok "head export job: audit_head() rows in audit_keeper.heads"
 
 echo "== tampering: a superuser rewrites an audit row with the guard disabled"
