@@ -64,5 +64,6 @@ extern bool flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, i
 extern int	apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey,
 										  const FlushItem *items, int n, bool *done,
 										  bool *skipped);
+extern bool apikeys_flush_key_uncommitted(Oid usage_rel, const pg_uuid_t *key_id);
 
 #endif

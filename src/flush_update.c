@@ -32,6 +32,7 @@
 #include "nodes/execnodes.h"
 #include "storage/bufmgr.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
@@ -214,4 +215,44 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
 	index_close(index, RowExclusiveLock);
 	table_close(rel, RowExclusiveLock);
 	return updated;
+}
+
+/*
+ * Is key_id's credential row not committed yet, but being inserted by a
+ * transaction still in progress (a key verified in the transaction that
+ * creates or imports it)?  The SQL path writes only the rows of keys its
+ * snapshot sees, and would drop that key's counts for good; the caller
+ * holds them for a later turn instead.  A key whose transaction aborts is
+ * found by neither snapshot later, and its counts are dropped then.
+ * credential is found beside usage_rel, and is locked (flush_lock_target).
+ */
+bool
+apikeys_flush_key_uncommitted(Oid usage_rel, const pg_uuid_t *key_id)
+{
+	Oid			credential = get_relname_relid("credential", get_rel_namespace(usage_rel));
+	Relation	rel;
+	Oid			pkey;
+	HeapTuple	tup;
+	bool		uncommitted = false;
+
+	if (!OidIsValid(credential))
+		return false;
+	rel = table_open(credential, AccessShareLock);
+	pkey = PRIMARY_KEY_INDEX_COMPAT(rel);
+	if (OidIsValid(pkey))
+	{
+		tup = apikeys_probe_rel(rel, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, GetLatestSnapshot());
+		if (tup == NULL)
+		{
+			SnapshotData dirty;
+
+			InitDirtySnapshot(dirty);
+			tup = apikeys_probe_rel(rel, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, &dirty);
+			uncommitted = tup != NULL;
+		}
+		if (tup != NULL)
+			heap_freetuple(tup);
+	}
+	table_close(rel, AccessShareLock);
+	return uncommitted;
 }

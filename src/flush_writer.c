@@ -155,8 +155,9 @@ write_batch_sql(FlushItem *items, int n)
 /*
  * Write one batch inside the caller's transaction: rows that exist are
  * updated in place (flush_update.c), the rest go through SQL.  The items
- * whose row another transaction holds are skipped: they are moved to the
- * end, after the *n_written written ones, to be written at a later turn.
+ * whose row another transaction holds, or whose key another transaction is
+ * still creating, are skipped: they are moved to the end, after the
+ * *n_written written ones, to be written at a later turn.
  */
 bool
 flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n, int *n_written)
@@ -173,6 +174,10 @@ flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n, int *n
 	for (int k = 0; k < n; k++)
 	{
 		Assert(!(done[k] && skipped[k]));
+		/* no row yet: the key itself may not be committed yet */
+		if (!done[k] && !skipped[k] &&
+			apikeys_flush_key_uncommitted(usage_rel, &items[k].key.key_id))
+			skipped[k] = true;
 		if (skipped[k])
 			held[h++] = items[k];
 		else if (!done[k])

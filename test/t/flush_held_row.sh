@@ -13,7 +13,13 @@
 #      held key once more: within 3 s apikeys.usage holds the 3 uses and the
 #      credits spent of "other"'s key, and apikeys.runtime.flush_errors has
 #      not moved (the held row is skipped, not waited for);
-#   3. once the transaction rolls back, the held key's use is written too.
+#   3. once the transaction rolls back, the held key's use is written too;
+#   4. a key verified in the transaction that creates it, left open past a
+#      flush turn: the flush wrote only rows of keys its snapshot saw and
+#      dropped that key's count for good (under load this lost the counts of
+#      any key verified right after its creation).  It is held now: after the
+#      commit the count is written; a key whose transaction rolls back leaves
+#      no row and no flush error.
 #
 # Own cluster: tmp/t_held_row, port 54415; stopped on exit.  Exit 0 = pass.
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
@@ -81,4 +87,20 @@ wait "$holder"
 got=$(wait_for "SELECT count_valid FROM apikeys.usage WHERE key_id = '$HELD'" 2 5)
 [ "$got" = 2 ] || die "after the rollback the held key's count_valid is '$got', expected 2"
 ok "the held key's second use written after the rollback"
+
+echo "== 4. a key verified in the transaction that creates it, open past a flush turn"
+errors0=$(qa -c "SELECT flush_errors FROM apikeys.runtime")
+NEW=$(qa -c "BEGIN" -c "CREATE TEMP TABLE nk AS SELECT key_id, api_key FROM apikeys.apikey_create('other', 'new')" \
+	-c "SELECT (apikeys.apikey_verify(api_key)).code FROM nk" -c "SELECT pg_sleep(1.5)" \
+	-c "SELECT key_id FROM nk" -c "COMMIT" | tail -n 1)
+got=$(wait_for "SELECT count_valid FROM apikeys.usage WHERE key_id = '$NEW'" 1 3)
+[ "$got" = 1 ] || die "the use of a key verified before its creation committed was lost: count_valid '$got'"
+GONE=$(qa -c "BEGIN" -c "CREATE TEMP TABLE nk AS SELECT key_id, api_key FROM apikeys.apikey_create('other', 'never')" \
+	-c "SELECT (apikeys.apikey_verify(api_key)).code FROM nk" -c "SELECT pg_sleep(0.5)" \
+	-c "SELECT key_id FROM nk" -c "ROLLBACK" | tail -n 1)
+sleep 1
+[ "$(qa -c "SELECT count(*) FROM apikeys.usage WHERE key_id = '$GONE'")" = 0 ] || die "a rolled-back key got a usage row"
+errors1=$(qa -c "SELECT flush_errors FROM apikeys.runtime")
+[ "$errors1" = "$errors0" ] || die "flush_errors went from $errors0 to $errors1"
+ok "the use was written after the commit; a rolled-back key left nothing"
 echo PASS
