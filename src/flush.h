@@ -25,6 +25,7 @@
 #include "shmem.h"
 #include "flush_worker.h"
 #include "usage_entry.h"
+#include "utils/relcache.h"
 
 /*
  * apikeys.usage.period_start of an item's `used`: a cap's period (index x
@@ -64,6 +65,6 @@ extern bool flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, i
 extern int	apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey,
 										  const FlushItem *items, int n, bool *done,
 										  bool *skipped);
-extern bool apikeys_flush_key_uncommitted(Oid usage_rel, const pg_uuid_t *key_id);
+extern bool apikeys_flush_key_uncommitted(Relation credential, Oid pkey, const pg_uuid_t *key_id);
 
 #endif

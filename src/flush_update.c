@@ -224,35 +224,26 @@ apikeys_flush_update_existing(Oid usage_rel, Oid usage_pkey, const FlushItem *it
  * snapshot sees, and would drop that key's counts for good; the caller
  * holds them for a later turn instead.  A key whose transaction aborts is
  * found by neither snapshot later, and its counts are dropped then.
- * credential is found beside usage_rel, and is locked (flush_lock_target).
+ * credential is open and locked by the caller (flush_lock_target's lock);
+ * pkey is its primary key.
  */
 bool
-apikeys_flush_key_uncommitted(Oid usage_rel, const pg_uuid_t *key_id)
+apikeys_flush_key_uncommitted(Relation credential, Oid pkey, const pg_uuid_t *key_id)
 {
-	Oid			credential = get_relname_relid("credential", get_rel_namespace(usage_rel));
-	Relation	rel;
-	Oid			pkey;
 	HeapTuple	tup;
 	bool		uncommitted = false;
 
-	if (!OidIsValid(credential))
-		return false;
-	rel = table_open(credential, AccessShareLock);
-	pkey = PRIMARY_KEY_INDEX_COMPAT(rel);
-	if (OidIsValid(pkey))
+	Assert(OidIsValid(pkey));
+	tup = apikeys_probe_rel(credential, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, GetLatestSnapshot());
+	if (tup == NULL)
 	{
-		tup = apikeys_probe_rel(rel, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, GetLatestSnapshot());
-		if (tup == NULL)
-		{
-			SnapshotData dirty;
+		SnapshotData dirty;
 
-			InitDirtySnapshot(dirty);
-			tup = apikeys_probe_rel(rel, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, &dirty);
-			uncommitted = tup != NULL;
-		}
-		if (tup != NULL)
-			heap_freetuple(tup);
+		InitDirtySnapshot(dirty);
+		tup = apikeys_probe_rel(credential, pkey, F_UUID_EQ, UUIDPGetDatum(key_id), InvalidOid, &dirty);
+		uncommitted = tup != NULL;
 	}
-	table_close(rel, AccessShareLock);
+	if (tup != NULL)
+		heap_freetuple(tup);
 	return uncommitted;
 }

@@ -7,6 +7,7 @@
  */
 #include "flush.h"
 
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -170,19 +171,33 @@ flush_write_batch(Oid usage_rel, Oid usage_pkey, FlushItem *items, int n, int *n
 	FlushItem  *held = palloc(sizeof(FlushItem) * n);
 	int			m = 0,
 				h = 0;
+	Relation	credential = NULL;	/* opened for the first item without a row */
+	Oid			credential_pkey = InvalidOid;
 
 	for (int k = 0; k < n; k++)
 	{
 		Assert(!(done[k] && skipped[k]));
 		/* no row yet: the key itself may not be committed yet */
-		if (!done[k] && !skipped[k] &&
-			apikeys_flush_key_uncommitted(usage_rel, &items[k].key.key_id))
-			skipped[k] = true;
+		if (!done[k] && !skipped[k])
+		{
+			if (credential == NULL)
+			{
+				/* locked by flush_lock_target: it cannot have gone */
+				credential = table_open(get_relname_relid("credential", get_rel_namespace(usage_rel)),
+										AccessShareLock);
+				credential_pkey = PRIMARY_KEY_INDEX_COMPAT(credential);
+			}
+			if (OidIsValid(credential_pkey) &&
+				apikeys_flush_key_uncommitted(credential, credential_pkey, &items[k].key.key_id))
+				skipped[k] = true;
+		}
 		if (skipped[k])
 			held[h++] = items[k];
 		else if (!done[k])
 			rest[m++] = items[k];
 	}
+	if (credential != NULL)
+		table_close(credential, AccessShareLock);
 	Assert(updated + m + h == n);
 	/* written first (in place, then through SQL), the held ones last */
 	if (h > 0)
