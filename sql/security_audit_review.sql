@@ -214,6 +214,11 @@ PREPARE TRANSACTION 'apikeys_review_format';
 BEGIN;
 SELECT (apikeys.scope_define('nocut', 'read:prep')).tenant AS scope_defined;
 PREPARE TRANSACTION 'apikeys_review_scope';
+\set VERBOSITY sqlstate
+BEGIN;
+SELECT (apikeys.scope_define('nocut', 'read:prep2')).tenant AS scope_defined;
+PREPARE TRANSACTION 'apikeys_review_scope2';
+\set VERBOSITY default
 -- a transaction that took none of those locks still reaches PREPARE (and
 -- here its own refusal: max_prepared_transactions = 0)
 BEGIN;
@@ -284,6 +289,9 @@ SELECT ok, problem FROM apikeys.audit_check();
 SELECT ok, problem FROM apikeys.audit_head_check(:'chain', :t_id, :'t_hash', :'t_at');
 -- another tenant's chain is not the auditor's to check
 SELECT * FROM apikeys.audit_head_check('forge', 1, 'x', now());
+\set VERBOSITY sqlstate
+SELECT * FROM apikeys.audit_head_check('forge', 1, 'x', now());
+\set VERBOSITY default
 RESET ROLE;
 
 DROP TABLE public.ck;

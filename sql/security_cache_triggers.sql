@@ -283,6 +283,9 @@ DROP TABLE public.empty_secret;
 -- triggers (no secret_issued audit row).  Refused.
 CREATE TABLE public.p11 (LIKE apikeys.secret) PARTITION BY LIST (key_id);
 ALTER TABLE public.p11 ATTACH PARTITION apikeys.secret DEFAULT;
+\set VERBOSITY sqlstate
+ALTER TABLE public.p11 ATTACH PARTITION apikeys.secret DEFAULT;
+\set VERBOSITY default
 DROP TABLE public.p11;
 
 DROP FUNCTION public.restore_always();
