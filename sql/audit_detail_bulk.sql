@@ -3,6 +3,10 @@
 -- written for an INSERT (one key, many keys, imports) is exactly
 -- jsonb_build_object('new', to_jsonb(row) - 'digest'), as text: the same
 -- values, the same key order, the same escapes, so the same chain hash.
+-- A key made by a management call has one row: its first secret joins its
+-- key_created row as jsonb_build_object('new', to_jsonb(credential),
+-- 'secret', to_jsonb(secret) - 'digest'); a secret inserted later has a
+-- secret_issued row of its own.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;
@@ -40,25 +44,32 @@ CREATE TABLE pg_temp.legacy AS
 SELECT apikeys.apikey_import_many('acme', 'tk',
     'SELECT digest, name, description, status, metadata, created_at, rate_limit, rate_window, scopes FROM pg_temp.legacy') AS imported;
 
+-- a secret inserted by hand, outside any management call: a row of its own
+INSERT INTO apikeys.secret (digest, key_id, hint, valid_until)
+SELECT sha256('by hand'), key_id, E'by "hand" é', '2031-01-01 00:00:00+00' FROM apikeys.credential WHERE name = 'device 7';
+
 -- every insert's row: its detail is to_jsonb's, as text
 SELECT a.action, count(*) AS rows,
        count(*) FILTER (WHERE a.detail::text IS DISTINCT FROM
-           jsonb_build_object('new', to_jsonb(c) - 'digest')::text) AS differing
+           jsonb_build_object('new', to_jsonb(c) - 'digest', 'secret', to_jsonb(s) - 'digest')::text) AS differing
   FROM apikeys.audit a JOIN apikeys.credential c USING (key_id)
+  JOIN apikeys.secret s ON s.key_id = c.key_id AND s.hint <> E'by "hand" é'
  WHERE a.action = 'key_created'
  GROUP BY a.action;
 SELECT a.action, count(*) AS rows,
        count(*) FILTER (WHERE a.detail::text IS DISTINCT FROM
            jsonb_build_object('new', to_jsonb(s) - 'digest')::text) AS differing,
        count(*) FILTER (WHERE a.tenant IS DISTINCT FROM c.tenant) AS wrong_tenant
-  FROM apikeys.audit a JOIN apikeys.secret s USING (key_id) JOIN apikeys.credential c USING (key_id)
+  FROM apikeys.audit a JOIN apikeys.secret s ON s.key_id = a.key_id AND s.hint = a.detail -> 'new' ->> 'hint'
+  JOIN apikeys.credential c ON c.key_id = a.key_id
  WHERE a.action = 'secret_issued'
  GROUP BY a.action;
 -- the digest is in no detail; every other column is
 SELECT count(*) AS with_digest FROM apikeys.audit
- WHERE action IN ('key_created', 'secret_issued') AND detail -> 'new' ? 'digest';
-SELECT a.action, min(n) = max(n) AS same_keys, min(n) AS keys
-  FROM (SELECT a.action, (SELECT count(*) FROM jsonb_object_keys(a.detail -> 'new')) AS n
+ WHERE action IN ('key_created', 'secret_issued') AND (detail -> 'new' ? 'digest' OR detail -> 'secret' ? 'digest');
+SELECT a.action, min(n) = max(n) AS same_keys, min(n) AS keys, min(ns) = max(ns) AS same_secret_keys, min(ns) AS secret_keys
+  FROM (SELECT a.action, (SELECT count(*) FROM jsonb_object_keys(a.detail -> 'new')) AS n,
+               (SELECT count(*) FROM jsonb_object_keys(coalesce(a.detail -> 'secret', '{}'))) AS ns
           FROM apikeys.audit a WHERE a.action IN ('key_created', 'secret_issued')) a
  GROUP BY a.action ORDER BY a.action;
 SELECT count(*) - 1 AS secret_columns_but_digest FROM pg_attribute

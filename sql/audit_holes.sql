@@ -141,7 +141,7 @@ SELECT a.row_hash = apikeys_internal._audit_hash(a) AS still_own_hash,
          = apikeys_internal._audit_hash((a.chain, a.audit_id, a.at, a.tenant, a.key_id, a.action, a.outcome, a.db_role,
            a.session_role, 'a', 'bc', a.client_addr, a.application_name, a.txid, a.detail, a.prev_hash,
            a.row_hash)::apikeys.audit) AS shifted_boundary_same
-  FROM apikeys.audit a WHERE chain = 'acme' AND audit_id = 3;
+  FROM apikeys.audit a WHERE chain = 'acme' AND audit_id = 1;
 
 ------------------------------------------------------------------------------
 -- 5. audit_verify() raises on the broken chain (4 below needs a good one)

@@ -243,7 +243,7 @@ ROLLBACK;
 -- used now, whatever its name.
 ALTER INDEX apikeys.audit_pkey RENAME TO audit_pkey_moved;
 CREATE INDEX audit_pkey ON apikeys.audit (audit_id);
-SELECT count(*) FROM apikeys.apikey_create_many('nocut', ARRAY['after the swap']);
+SELECT count(*) FROM apikeys.apikey_create_many('nocut', ARRAY['after the swap', 'and after']);
 -- the new rows follow the chain's head
 SELECT count(*) AS linked FROM apikeys.audit a JOIN apikeys.audit b
     ON b.chain = a.chain AND b.audit_id = a.audit_id - 1 AND a.prev_hash = b.row_hash

@@ -4,6 +4,7 @@
  */
 #include "apikeys.h"
 
+#include "audit_pending.h"
 #include "caller.h"
 #include "shmem.h"
 #include "inval_stamps.h"
@@ -20,6 +21,7 @@ _PG_init(void)
 	apikeys_catalog_init();
 	apikeys_caller_init();
 	apikeys_audit_chain_init();
+	apikeys_audit_pending_init();
 	apikeys_tenant_context_init();
 	apikeys_changes_init();
 	apikeys_trigger_guard_init();

@@ -40,6 +40,7 @@
 #include "utils/xid8.h"
 
 #include "audit_detail.h"
+#include "audit_pending.h"
 #include "caller.h"
 #include "tenant_context.h"
 
@@ -233,20 +234,37 @@ jbv_key(const char *key, JsonbValue *v)
 	v->val.string.len = strlen(key);
 }
 
-/* {key: j}, as jsonb_build_object(key, j). */
+/*
+ * {k1: j1, k2: j2}, as jsonb_build_object(k1, j1, k2, j2); k2 NULL for
+ * {k1: j1} alone.
+ */
 static Jsonb *
-jb_wrap(const char *key, Jsonb *j)
+jb_object(const char *k1, Jsonb *j1, const char *k2, Jsonb *j2)
 {
 	JsonbParseState *st = NULL;
 	JsonbValue	k,
 				v;
 
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	jbv_key(key, &k);
+	jbv_key(k1, &k);
 	pushJsonbValue(&st, WJB_KEY, &k);
-	jbv_binary(j, &v);
+	jbv_binary(j1, &v);
 	pushJsonbValue(&st, WJB_VALUE, &v);
+	if (k2 != NULL)
+	{
+		jbv_key(k2, &k);
+		pushJsonbValue(&st, WJB_KEY, &k);
+		jbv_binary(j2, &v);
+		pushJsonbValue(&st, WJB_VALUE, &v);
+	}
 	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
+}
+
+/* {key: j}, as jsonb_build_object(key, j). */
+static Jsonb *
+jb_wrap(const char *key, Jsonb *j)
+{
+	return jb_object(key, j, NULL, NULL);
 }
 
 /*
@@ -404,8 +422,6 @@ apikeys_request_id_1_1(PG_FUNCTION_ARGS)
 
 /* ---------------------------------------------------------------- write */
 
-#define AUDIT_NCOLS 11
-
 /* The columns written, in this order; the chain trigger adds the rest. */
 static const Oid audit_types[AUDIT_NCOLS] = {
 	TEXTOID, UUIDOID, TEXTOID, NAMEOID, NAMEOID, TEXTOID,
@@ -480,17 +496,16 @@ audit_values(const AuditChange *c, Datum *values, bool *nulls)
 }
 
 /*
- * Write one audit row through a plan kept for the backend.  The caller runs
- * as the table's owner (SECURITY DEFINER).
+ * Write one audit row (its columns' values) through a plan kept for the
+ * backend, after what is held.  The caller runs as the table's owner
+ * (SECURITY DEFINER).
  */
 static void
-audit_insert(const AuditChange *c)
+insert_values(const Datum *values, const bool *isnull)
 {
-	Datum		values[AUDIT_NCOLS];
-	bool		isnull[AUDIT_NCOLS];
 	char		nulls[AUDIT_NCOLS];
 
-	audit_values(c, values, isnull);
+	apikeys_audit_flush_held();
 	for (int i = 0; i < AUDIT_NCOLS; i++)
 		nulls[i] = isnull[i] ? 'n' : ' ';
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -498,8 +513,19 @@ audit_insert(const AuditChange *c)
 	apikeys_spi_run(&insert_plan,
 					"INSERT INTO apikeys.audit (" AUDIT_COLUMNS ")"
 					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-					AUDIT_NCOLS, (Oid *) audit_types, values, nulls, SPI_OK_INSERT);
+					AUDIT_NCOLS, (Oid *) audit_types, (Datum *) values, nulls, SPI_OK_INSERT);
 	SPI_finish();
+}
+
+/* Write the audit row of change c. */
+static void
+audit_insert(const AuditChange *c)
+{
+	Datum		values[AUDIT_NCOLS];
+	bool		isnull[AUDIT_NCOLS];
+
+	audit_values(c, values, isnull);
+	insert_values(values, isnull);
 }
 
 /*
@@ -521,6 +547,22 @@ typedef struct AuditBatch
 
 static SPIPlanPtr batch_plan = NULL;
 
+/* An empty batch for count rows (at most AUDIT_BATCH_ROWS at a time). */
+static void
+batch_init(AuditBatch *b, int64 count)
+{
+	b->n = 0;
+	b->cap = (int) Min(count, AUDIT_BATCH_ROWS);
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		b->values[i] = palloc(sizeof(Datum) * b->cap);
+		b->nulls[i] = palloc(sizeof(bool) * b->cap);
+	}
+	b->cxt = AllocSetContextCreate(CurrentMemoryContext, "apikeys audit batch",
+								   ALLOCSET_DEFAULT_SIZES);
+}
+
+/* Write the batch's rows, after what is held. */
 static void
 batch_write(AuditBatch *b)
 {
@@ -532,6 +574,7 @@ batch_write(AuditBatch *b)
 
 	if (b->n == 0)
 		return;
+	apikeys_audit_flush_held();
 	old = MemoryContextSwitchTo(b->cxt);
 	for (int i = 0; i < AUDIT_NCOLS; i++)
 	{
@@ -560,6 +603,19 @@ batch_write(AuditBatch *b)
 	b->n = 0;
 }
 
+/* Add a row of values (kept by the caller until the batch is written). */
+static void
+batch_add_values(AuditBatch *b, const Datum *values, const bool *nulls)
+{
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		b->values[i][b->n] = values[i];
+		b->nulls[i][b->n] = nulls[i];
+	}
+	if (++b->n == b->cap)
+		batch_write(b);
+}
+
 /* Add the row of change c (its values built in the batch's memory). */
 static void
 batch_add(AuditBatch *b, const AuditChange *c)
@@ -568,13 +624,57 @@ batch_add(AuditBatch *b, const AuditChange *c)
 	bool		nulls[AUDIT_NCOLS];
 
 	audit_values(c, values, nulls);
-	for (int i = 0; i < AUDIT_NCOLS; i++)
+	batch_add_values(b, values, nulls);
+}
+
+/* True while the held rows are written: what writes them must not wait for them. */
+static bool flushing_held = false;
+
+/*
+ * Write every held key_created row (audit_pending.c), in the order held: a
+ * row whose key's first secret joined it gets that secret's fields in its
+ * detail ({"new": the key, "secret": the secret}).
+ */
+void
+apikeys_audit_flush_held(void)
+{
+	HeldRows	held;
+
+	if (flushing_held || audit_held_count() == 0)
+		return;
+	held = audit_take_held();
+	flushing_held = true;
+	PG_TRY();
 	{
-		b->values[i][b->n] = values[i];
-		b->nulls[i][b->n] = nulls[i];
+		AuditBatch	b;
+
+		batch_init(&b, held.n);
+		for (int i = 0; i < held.n; i++)
+		{
+			HeldRow    *r = &held.rows[i];
+			/* built in the batch's memory, freed with each batch written */
+			MemoryContext old = MemoryContextSwitchTo(b.cxt);
+
+			Assert(!r->nulls[AUDIT_DETAIL_COL]);
+			if (r->secret != NULL)
+				r->values[AUDIT_DETAIL_COL] =
+					JsonbPGetDatum(jb_object("new", jb_get(DatumGetJsonbP(r->values[AUDIT_DETAIL_COL]), "new"),
+											 "secret", r->secret));
+			MemoryContextSwitchTo(old);
+			if (held.n == 1)
+				insert_values(r->values, r->nulls);
+			else
+				batch_add_values(&b, r->values, r->nulls);
+		}
+		batch_write(&b);
+		MemoryContextDelete(b.cxt);
 	}
-	if (++b->n == b->cap)
-		batch_write(b);
+	PG_FINALLY();
+	{
+		flushing_held = false;
+	}
+	PG_END_TRY();
+	MemoryContextDelete(held.cxt);
 }
 
 /*
@@ -802,10 +902,43 @@ inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, AuditChange *c)
 }
 
 /*
+ * Hold (audit_pending.c) the key_created row of credential change c, made
+ * inside a management call; false (write it now) outside one.
+ */
+static bool
+hold_created(const AuditChange *c)
+{
+	Datum		values[AUDIT_NCOLS];
+	bool		nulls[AUDIT_NCOLS];
+
+	if (!apikeys_in_entry_point() || c->key_id == (Datum) 0 || c->detail == NULL)
+		return false;
+	audit_values(c, values, nulls);
+	audit_hold(DatumGetUUIDP(c->key_id), audit_types, values, nulls);
+	return true;
+}
+
+/*
+ * Join the secret row tuple to its key's held key_created row: true when it
+ * did (the secret then writes no row of its own).
+ */
+static bool
+join_secret(DetailPlan *plan, HeapTuple tuple)
+{
+	char	   *tenant;
+	Datum		key_id;
+	Jsonb	   *detail = audit_detail_new(plan, tuple, &tenant, &key_id);
+
+	return key_id != (Datum) 0 && audit_join_secret(DatumGetUUIDP(key_id), jb_get(detail, "new"));
+}
+
+/*
  * The audit rows of the rows one INSERT statement added (its transition
  * table, in the order they were added): one row alone as the row trigger
- * writes it, more in batches; for secrets, their keys' tenants read at once.
- * Only credential and secret have this trigger.
+ * writes it, more in batches.  Inside a management call a credential's
+ * row is held, and a secret of a key whose row is held joins it (the
+ * first secret of each key: audit_pending.c); the other secrets' keys'
+ * tenants are read at once.  Only credential and secret have this trigger.
  */
 static void
 audit_inserted(TriggerData *td)
@@ -834,59 +967,77 @@ audit_inserted(TriggerData *td)
 	{
 		bool		should_free;
 		AuditChange c;
+		HeapTuple	tuple;
 
 		if (!tuplestore_gettupleslot(rows, true, false, slot))
 			elog(ERROR, "apikeys: transition table row missing");
-		if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+		tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+		if (secret && audit_held_count() > 0 && join_secret(plan, tuple))
+			apikeys_audit_flush_held();
+		else if (inserted_change(plan, secret, tuple, &c) && (secret || !hold_created(&c)))
 			audit_insert(&c);
 	}
 	else
 	{
-		b.n = 0;
-		b.cap = (int) Min(count, AUDIT_BATCH_ROWS);
-		for (int i = 0; i < AUDIT_NCOLS; i++)
-		{
-			b.values[i] = palloc(sizeof(Datum) * b.cap);
-			b.nulls[i] = palloc(sizeof(bool) * b.cap);
-		}
-		b.cxt = AllocSetContextCreate(CurrentMemoryContext, "apikeys audit batch",
-									  ALLOCSET_DEFAULT_SIZES);
+		bool	   *joined = secret ? palloc0(sizeof(bool) * count) : NULL;
+
+		batch_init(&b, count);
 		PG_TRY();
 		{
+			int64		row = 0;
+
 			if (secret)
 			{
+				/* join what can be joined; read the tenants of the others' keys at once */
 				Datum	   *ids = palloc(sizeof(Datum) * count);
 				pg_uuid_t  *copies = palloc(sizeof(pg_uuid_t) * count);
 				int			n = 0;
 				AttrNumber	att = audit_detail_key_id_attnum(plan);
 
-				while (att != InvalidAttrNumber &&
-					   tuplestore_gettupleslot(rows, true, false, slot))
+				for (row = 0; tuplestore_gettupleslot(rows, true, false, slot); row++)
 				{
+					MemoryContext old = MemoryContextSwitchTo(b.cxt);
 					bool		isnull;
-					Datum		k = slot_getattr(slot, att, &isnull);
+					bool		should_free;
+					Datum		k = att != InvalidAttrNumber ? slot_getattr(slot, att, &isnull) : (Datum) 0;
 
-					if (isnull)
+					if (att == InvalidAttrNumber)
+						isnull = true;
+					joined[row] = !isnull && audit_held_unjoined(DatumGetUUIDP(k)) &&
+						join_secret(plan, ExecFetchSlotHeapTuple(slot, false, &should_free));
+					MemoryContextSwitchTo(old);
+					MemoryContextReset(b.cxt);
+					if (isnull || joined[row])
 						continue;
 					copies[n] = *DatumGetUUIDP(k);
 					ids[n] = UUIDPGetDatum(&copies[n]);
 					n++;
 				}
-				load_key_tenants(PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
-																 false, TYPALIGN_CHAR)));
+				if (n > 0)
+					load_key_tenants(PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+																	 false, TYPALIGN_CHAR)));
 				tuplestore_rescan(rows);
 			}
-			while (tuplestore_gettupleslot(rows, true, false, slot))
+			for (row = 0; tuplestore_gettupleslot(rows, true, false, slot); row++)
 			{
-				MemoryContext old = MemoryContextSwitchTo(b.cxt);
+				MemoryContext old;
 				bool		should_free;
 				AuditChange c;
 
 				CHECK_FOR_INTERRUPTS();
-				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c))
+				if (secret && joined[row])
+					continue;
+				old = MemoryContextSwitchTo(b.cxt);
+				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c) &&
+					(secret || !hold_created(&c)))
 					batch_add(&b, &c);
 				MemoryContextSwitchTo(old);
+				if (b.n == 0)
+					MemoryContextReset(b.cxt);	/* nothing of it is batched */
 			}
+			/* the held rows (the secrets joined to them) first, then the rest */
+			if (secret)
+				apikeys_audit_flush_held();
 			batch_write(&b);
 		}
 		PG_FINALLY();

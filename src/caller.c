@@ -41,6 +41,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "audit_pending.h"
 #include "caller.h"
 
 /* Deeper nesting than this is a loop in our own code. */
@@ -251,6 +252,8 @@ apikeys_entry(PG_FUNCTION_ARGS)
 				inner->args[i] = fcinfo->args[i];
 			result = FunctionCallInvoke(inner);
 			fcinfo->isnull = inner->isnull;
+			/* the rows of keys it created, held for their secrets, are written now */
+			apikeys_audit_flush_held();
 			pfree(inner);
 		}
 	}

@@ -11,7 +11,8 @@
 #   - audit_check() is ok over every row; each chain is numbered 1, 2, 3, ...
 #     and linked by prev_hash, and holds its tenant's rows only;
 #   - every key has exactly one key_created row; rotation_count = key_rotated
-#     rows = rotate calls; secret_issued = 1 + rotations, secret_retired =
+#     rows = rotate calls; secrets issued (secret_issued rows and the first
+#     secrets joined to key_created rows) = 1 + rotations, secret_retired =
 #     rotations; key_updated rows = update calls; revoked keys (and only
 #     they, each one a revoke call hit) have exactly one key_revoked row;
 #     created keys = create calls;

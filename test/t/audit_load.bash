@@ -94,7 +94,9 @@ ops_counts() {
 # 1, 2, 3, ... linked by prev_hash; a row outside its tenant's chain; a key
 # without exactly one key_created row (or one without its key); a
 # rotation_count other than its key_rotated rows and its rotate calls;
-# secret_issued / secret_retired rows other than 1 + rotations / rotations;
+# secrets issued (secret_issued rows, and key_created rows their key's
+# first secret joined) / secret_retired rows other than 1 + rotations /
+# rotations;
 # key_updated rows other than the update calls; a revoke call whose key is
 # not revoked, or a key_revoked row count other than 1 for revoked keys and
 # 0 for the others; created keys other than the create calls.
@@ -112,7 +114,7 @@ audit_consistency() {
 	           count(*) FILTER (WHERE a.action = 'key_rotated') AS rotated,
 	           count(*) FILTER (WHERE a.action = 'key_updated') AS updated,
 	           count(*) FILTER (WHERE a.action = 'key_revoked') AS revoked,
-	           count(*) FILTER (WHERE a.action = 'secret_issued') AS issued,
+	           count(*) FILTER (WHERE a.action = 'secret_issued' OR (a.action = 'key_created' AND a.detail ? 'secret')) AS issued,
 	           count(*) FILTER (WHERE a.action = 'secret_retired') AS retired,
 	           count(*) FILTER (WHERE a.audit_id IS NOT NULL AND a.chain IS DISTINCT FROM c.tenant) AS foreign_chain,
 	           (SELECT count(*) FROM public.ops o WHERE o.key_id = c.key_id AND o.op = 'create') AS op_create,
@@ -141,7 +143,7 @@ audit_consistency() {
 	           (CASE WHEN rotated <> rotation_count OR op_rotate <> rotation_count
 	                 THEN format('rotation_count %s, %s key_rotated rows, %s rotate calls', rotation_count, rotated, op_rotate) END),
 	           (CASE WHEN issued <> 1 + rotation_count OR retired <> rotation_count
-	                 THEN format('%s secret_issued and %s secret_retired rows for %s rotations', issued, retired, rotation_count) END),
+	                 THEN format('%s secrets issued and %s secret_retired rows for %s rotations', issued, retired, rotation_count) END),
 	           (CASE WHEN updated <> op_update THEN format('%s key_updated rows, %s update calls', updated, op_update) END),
 	           (CASE WHEN (op_revoke > 0) <> (status = 'revoked') OR revoked <> (status = 'revoked')::int
 	                 THEN format('status %s, %s key_revoked rows, %s revoke calls', status, revoked, op_revoke) END),

@@ -2,15 +2,22 @@
 # test/t/audit_rows_as_1_0.sh - the 1.1 audit (its trigger and writer in C)
 # writes the rows 1.0's PL/pgSQL wrote.
 #
+# One difference is by design: 1.1 joins a created key's first secret to its
+# key_created row (detail.secret) where 1.0 wrote a secret_issued row of its
+# own.  The dumps below split such a row back into the two 1.0 wrote, and
+# compare each chain's rows as a sorted set (1.0 wrote a bulk creation's
+# secrets after all its keys, 1.1 each with its key; the order within a
+# chain is checked by the regression tests).
 # Workloads that call only functions 1.0 has (test/t/populate_keys.sql and
 # the one below: every kind of audited change, labels that warn, bulk
 # creation) run twice, against two clusters with this library: one whose
 # extension is created as version 1.0 (its PL/pgSQL audit functions), one as
 # the current version.  At the end the audit rows are dumped, with the
 # values that differ from run to run (key ids, timestamps, hints, hashes)
-# masked.  The dumps must be equal, and so must the number of WARNING and
-# ERROR lines each run printed (the labels warn per audit row).  (The
-# regression files use names and functions 1.0 does not have.)
+# masked.  The dumps must be equal, and so must the distinct WARNING and
+# ERROR lines each run printed (the labels warn per audit row, and 1.1
+# writes fewer rows).  (The regression files use names and functions 1.0
+# does not have.)
 #
 # Own clusters: tmp/t_rows_10 and tmp/t_rows_11, ports 54330 and 54331;
 # stopped on exit.  Exit 0 = pass.
@@ -44,8 +51,10 @@ echo "columns added since 1.0, left out of the comparison: ${NEWCOLS:-none}"
 STRIP="CREATE FUNCTION pg_temp.without_new_columns(d jsonb) RETURNS jsonb LANGUAGE sql AS \$\$
   SELECT jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'object' THEN v - '{${NEWCOLS}}'::text[] ELSE v END)
     FROM jsonb_each(d) e(k, v) \$\$;"
-DUMP="SELECT chain, audit_id, tenant, key_id IS NULL AS no_key, action, outcome, db_role, session_role, actor, request_id, client_addr, application_name, regexp_replace(regexp_replace(regexp_replace(regexp_replace(pg_temp.without_new_columns(detail)::text, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'), '\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.+-]+\"', '<ts>', 'g'), '\"(hint|last_purged_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g'), '\"(row_hash|prev_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g') AS detail FROM apikeys.audit ORDER BY chain, audit_id"
-
+SPLIT="(SELECT a.chain, a.audit_id, a.tenant, a.key_id, e.action, a.outcome, a.db_role, a.session_role, a.actor, a.request_id, a.client_addr, a.application_name, e.detail
+  FROM apikeys.audit a, LATERAL (VALUES (1, a.action, a.detail - 'secret'), (2, 'secret_issued', jsonb_build_object('new', a.detail -> 'secret'))) e(n, action, detail)
+ WHERE e.n = 1 OR (a.action = 'key_created' AND a.detail ? 'secret')) a"
+DUMP="SELECT chain, tenant, key_id IS NULL AS no_key, action, outcome, db_role, session_role, actor, request_id, client_addr, application_name, regexp_replace(regexp_replace(regexp_replace(regexp_replace(pg_temp.without_new_columns(detail)::text, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'), '\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.+-]+\"', '<ts>', 'g'), '\"(hint|last_purged_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g'), '\"(row_hash|prev_hash)\": \"[^\"]*\"', '\"\\1\": <h>', 'g') AS detail FROM $SPLIT ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
 # every other kind of change 1.0 audits
 cat >"$OUT/changes.sql" <<'SQL'
 CREATE EXTENSION apikeys CASCADE;
@@ -121,9 +130,10 @@ for f in "$OUT/populate_keys.sql" "$OUT/changes.sql"; do
 	if ! cmp -s "$OUT/$b.10.audit" "$OUT/$b.11.audit"; then
 		echo "FAIL $b: the audit rows differ:"; diff "$OUT/$b.10.audit" "$OUT/$b.11.audit" | head -20; fail=1
 	fi
-	w10=$(grep -c 'WARNING\|ERROR' "$OUT/$b.10.out"); w11=$(grep -c 'WARNING\|ERROR' "$OUT/$b.11.out")
+	w10=$(grep 'WARNING\|ERROR' "$OUT/$b.10.out" | sed 's/^psql:[^:]*://' | sort -u)
+	w11=$(grep 'WARNING\|ERROR' "$OUT/$b.11.out" | sed 's/^psql:[^:]*://' | sort -u)
 	if [ "$w10" != "$w11" ]; then
-		echo "FAIL $b: $w10 WARNING/ERROR lines with 1.0, $w11 with the current version"; fail=1
+		echo "FAIL $b: the WARNING/ERROR lines differ:"; diff <(echo "$w10") <(echo "$w11") | head -10; fail=1
 	fi
 done
 rows=$(cat "$OUT"/*.11.audit | wc -l)

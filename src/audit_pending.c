@@ -1,0 +1,254 @@
+/*
+ * audit_pending.c - key_created rows held until their key's first secret
+ * joins them.
+ *
+ * A key is made by two inserts: its credential row, then its first secret.
+ * Inside a management call (an entry point, caller.c) the audit row of the
+ * credential's insert is not written at once but held here, as it would
+ * have been written; the secret's insert then joins its fields (never the
+ * digest) to the held row instead of writing a secret_issued row of its
+ * own, so a created key costs one audit row, not two.  audit_row.c writes
+ * what is held, in the order it was held, before any other audit row, at
+ * the end of the secret insert's trigger and when the entry point returns;
+ * so nothing is held past the management call that made it.
+ *
+ * A subtransaction that aborts takes its rows with it: what it held is
+ * dropped and the secrets it joined are taken off again.  A row written in
+ * a subtransaction younger than the one that held it (someone's trigger
+ * wrote an audit row inside an exception block) would be rolled back
+ * without its key if that subtransaction aborts: that is remembered, and a
+ * transaction that would commit or prepare then fails, as one that still
+ * holds a row does: no key can commit without its audit row.
+ */
+#include "apikeys.h"
+
+#include "access/xact.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "audit_pending.h"
+
+/* The held row of one key, by key id. */
+typedef struct HeldKey
+{
+	pg_uuid_t	key_id;			/* hash key */
+	int			index;			/* into held_rows */
+} HeldKey;
+
+static MemoryContext held_cxt = NULL;	/* under TopTransactionContext */
+static HTAB *held_keys = NULL;
+static HeldRow *held_rows = NULL;
+static int	held_n = 0;
+static int	held_cap = 0;
+
+/*
+ * Writes of held rows inside a subtransaction younger than the one that
+ * held them: (the oldest holder, the writer).  Kept for the transaction.
+ */
+typedef struct LateWrite
+{
+	SubTransactionId made;
+	SubTransactionId written;
+} LateWrite;
+
+static LateWrite *late = NULL;	/* in TopTransactionContext */
+static int	late_n = 0;
+static int	late_cap = 0;
+static bool rows_lost = false;	/* an abort took such a write with it */
+
+/* Forget the store (its memory is freed with its context, by the caller or the transaction). */
+static void
+held_forget(void)
+{
+	held_cxt = NULL;
+	held_keys = NULL;
+	held_rows = NULL;
+	held_n = held_cap = 0;
+}
+
+/*
+ * Transaction end.  Committing (or preparing) with a row held would commit
+ * a key without its audit row: refuse.  Otherwise the store goes with the
+ * transaction's memory.
+ */
+static void
+pending_xact_callback(XactEvent event, void *arg)
+{
+	if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) &&
+		(held_n > 0 || rows_lost))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("audit_rows_lost: keys created in this transaction would commit without their audit rows"),
+				 errdetail(held_n > 0 ? "Their key_created rows were never written."
+						   : "Their key_created rows were written inside a subtransaction that rolled back, while the keys were not."),
+				 errhint("Do not roll back a subtransaction that wrote audit rows while a management call that creates keys runs (a trigger on apikeys.credential or apikeys.secret with an exception block).")));
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+	{
+		held_forget();
+		late = NULL;
+		late_n = late_cap = 0;
+		rows_lost = false;
+	}
+}
+
+/*
+ * A subtransaction's abort: rows it (or a subtransaction of it) held are a
+ * tail of the store, since subtransaction ids only grow; drop them, and take
+ * off the secrets it joined to older rows.
+ */
+static void
+pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	/* a held row it wrote, whose key it does not roll back, is lost */
+	for (int i = 0; i < late_n; i++)
+		rows_lost |= late[i].written >= mySubid && late[i].made < mySubid;
+	while (held_n > 0 && held_rows[held_n - 1].made >= mySubid)
+	{
+		HeldRow    *r = &held_rows[held_n - 1];
+
+		hash_search(held_keys, &r->key_id, HASH_REMOVE, NULL);
+		r->secret = NULL;
+		held_n--;
+	}
+	for (int i = 0; i < held_n; i++)
+	{
+		if (held_rows[i].secret != NULL && held_rows[i].joined >= mySubid)
+		{
+			held_rows[i].secret = NULL;
+			held_rows[i].joined = InvalidSubTransactionId;
+		}
+	}
+}
+
+void
+apikeys_audit_pending_init(void)
+{
+	RegisterXactCallback(pending_xact_callback, NULL);
+	RegisterSubXactCallback(pending_subxact_callback, NULL);
+}
+
+void
+audit_hold(const pg_uuid_t *key_id, const Oid *types, const Datum *values, const bool *nulls)
+{
+	MemoryContext old;
+	HeldKey    *k;
+	HeldRow    *r;
+	bool		found;
+
+	if (held_cxt == NULL)
+	{
+		HASHCTL		ctl;
+
+		held_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys held audit rows",
+										 ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(pg_uuid_t);
+		ctl.entrysize = sizeof(HeldKey);
+		ctl.hcxt = held_cxt;
+		held_keys = hash_create("apikeys held audit keys", 1024, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	old = MemoryContextSwitchTo(held_cxt);
+	if (held_n == held_cap)
+	{
+		held_cap = held_cap == 0 ? 64 : held_cap * 2;
+		held_rows = held_rows == NULL ? palloc(sizeof(HeldRow) * held_cap)
+			: repalloc_huge(held_rows, sizeof(HeldRow) * held_cap);
+	}
+	r = &held_rows[held_n];
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		int16		typlen;
+		bool		typbyval;
+
+		r->nulls[i] = nulls[i];
+		if (nulls[i])
+		{
+			r->values[i] = (Datum) 0;
+			continue;
+		}
+		get_typlenbyval(types[i], &typlen, &typbyval);
+		r->values[i] = datumCopy(values[i], typbyval, typlen);
+	}
+	r->key_id = *key_id;
+	r->secret = NULL;
+	r->made = GetCurrentSubTransactionId();
+	r->joined = InvalidSubTransactionId;
+	k = hash_search(held_keys, key_id, HASH_ENTER, &found);
+	/* key ids are unique: a second creation of one key in a call is a bug */
+	if (found)
+		elog(ERROR, "apikeys: the creation of one key was audited twice");
+	k->index = held_n++;
+	MemoryContextSwitchTo(old);
+	Assert(held_n <= held_cap);
+}
+
+bool
+audit_held_unjoined(const pg_uuid_t *key_id)
+{
+	HeldKey    *k;
+
+	if (held_n == 0)
+		return false;
+	k = hash_search(held_keys, key_id, HASH_FIND, NULL);
+	return k != NULL && held_rows[k->index].secret == NULL;
+}
+
+bool
+audit_join_secret(const pg_uuid_t *key_id, Jsonb *secret)
+{
+	HeldKey    *k;
+	HeldRow    *r;
+
+	if (held_n == 0)
+		return false;
+	k = hash_search(held_keys, key_id, HASH_FIND, NULL);
+	if (k == NULL)
+		return false;
+	Assert(k->index < held_n);
+	r = &held_rows[k->index];
+	if (r->secret != NULL)
+		return false;			/* a second secret has a row of its own */
+	r->secret = (Jsonb *) MemoryContextAlloc(held_cxt, VARSIZE(secret));
+	memcpy(r->secret, secret, VARSIZE(secret));
+	r->joined = GetCurrentSubTransactionId();
+	return true;
+}
+
+int
+audit_held_count(void)
+{
+	return held_n;
+}
+
+HeldRows
+audit_take_held(void)
+{
+	HeldRows	taken = {held_n, held_rows, held_cxt};
+	SubTransactionId now = GetCurrentSubTransactionId();
+	SubTransactionId oldest = now;
+
+	for (int i = 0; i < held_n; i++)
+		oldest = Min(oldest, held_rows[i].made);
+	if (oldest < now)
+	{
+		/* written younger than held: remember it (pending_subxact_callback) */
+		if (late_n == late_cap)
+		{
+			late_cap = late_cap == 0 ? 8 : late_cap * 2;
+			late = late == NULL ? MemoryContextAlloc(TopTransactionContext, sizeof(LateWrite) * late_cap)
+				: repalloc(late, sizeof(LateWrite) * late_cap);
+		}
+		late[late_n].made = oldest;
+		late[late_n].written = now;
+		late_n++;
+	}
+	held_forget();
+	return taken;
+}
