@@ -294,6 +294,53 @@ SELECT * FROM apikeys.audit_head_check('forge', 1, 'x', now());
 \set VERBOSITY default
 RESET ROLE;
 
+-- 11. a superuser changes the type of a column the chain trigger forms or
+-- reads (row_hash to bigint): the head was read as a bytea pointer (the
+-- server crashed).  Refused as extension_damaged now, as is (12.) a
+-- primary key on chain under another collation, which orders the chains
+-- otherwise (the head of one could be missed), and (13.) a NULL row_hash,
+-- which links as a wrong hash rather than crash.
+CREATE PROCEDURE pg_temp.drop_audit_views() LANGUAGE plpgsql AS $$
+BEGIN
+    ALTER EXTENSION apikeys DROP VIEW apikeys.audit_log;
+    DROP VIEW apikeys.audit_log CASCADE;
+END $$;
+BEGIN;
+CALL pg_temp.drop_audit_views();
+ALTER TABLE apikeys.audit ALTER COLUMN row_hash TYPE bigint USING 0;
+SELECT count(*) FROM apikeys.apikey_create('nocut', 'typed');
+ROLLBACK;
+BEGIN;
+CALL pg_temp.drop_audit_views();
+ALTER TABLE apikeys.audit ALTER COLUMN row_hash TYPE bigint USING 0;
+\set VERBOSITY sqlstate
+SELECT count(*) FROM apikeys.apikey_create('nocut', 'typed');
+\set VERBOSITY default
+ROLLBACK;
+BEGIN;
+ALTER TABLE apikeys.audit DROP CONSTRAINT audit_pkey;
+ALTER TABLE apikeys.audit ADD PRIMARY KEY (chain, audit_id);
+SELECT count(*) FROM apikeys.apikey_create('nocut', 'same collation');
+ROLLBACK;
+BEGIN;
+CALL pg_temp.drop_audit_views();
+ALTER TABLE apikeys.audit DROP CONSTRAINT audit_pkey;
+ALTER TABLE apikeys.audit ALTER COLUMN chain TYPE text COLLATE "POSIX";
+ALTER TABLE apikeys.audit ADD PRIMARY KEY (chain, audit_id);
+SELECT count(*) FROM apikeys.apikey_create('nocut', 'collated');
+ROLLBACK;
+BEGIN;
+ALTER TABLE apikeys.audit DISABLE TRIGGER audit_append_only;
+ALTER TABLE apikeys.audit ALTER COLUMN row_hash DROP NOT NULL;
+UPDATE apikeys.audit SET row_hash = NULL
+ WHERE chain = 'nocut' AND audit_id = (SELECT max(audit_id) FROM apikeys.audit WHERE chain = 'nocut');
+ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_append_only;
+SELECT count(*) FROM apikeys.apikey_create('nocut', 'after a null');
+-- the new row links to no hash: the chain is broken there
+SELECT audit_id, prev_hash = decode(repeat('00', 32), 'hex') AS linked_to_nothing FROM apikeys.audit
+ WHERE chain = 'nocut' ORDER BY audit_id DESC LIMIT 1;
+ROLLBACK;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;

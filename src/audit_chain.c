@@ -34,6 +34,7 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -229,17 +230,36 @@ typedef struct AuditLayout
 				tenant;
 } AuditLayout;
 
+/*
+ * Attribute number of column name, which must be of type typid: the chain
+ * trigger forms and reads these columns as that type (a superuser's ALTER
+ * COLUMN ... TYPE made it read a bigint as a bytea pointer).
+ */
+static AttrNumber
+audit_typed_attnum(TupleDesc desc, const char *name, Oid typid)
+{
+	AttrNumber	att = audit_attnum(desc, name);
+
+	if (TupleDescAttr(desc, att - 1)->atttypid != typid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension_damaged: apikeys.audit.%s is of type %s, not %s", name,
+						format_type_be(TupleDescAttr(desc, att - 1)->atttypid), format_type_be(typid)),
+				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
+	return att;
+}
+
 static void
 audit_layout(TupleDesc desc, AuditLayout *l)
 {
 	for (int i = 0; i < (int) N_HASHED; i++)
 		l->hashed[i] = audit_attnum(desc, hashed_columns[i]);
-	l->chain = audit_attnum(desc, "chain");
-	l->id = audit_attnum(desc, "audit_id");
-	l->at = audit_attnum(desc, "at");
-	l->prev = audit_attnum(desc, "prev_hash");
-	l->hash = audit_attnum(desc, "row_hash");
-	l->tenant = audit_attnum(desc, "tenant");
+	l->chain = audit_typed_attnum(desc, "chain", TEXTOID);
+	l->id = audit_typed_attnum(desc, "audit_id", INT8OID);
+	l->at = audit_typed_attnum(desc, "at", TIMESTAMPTZOID);
+	l->prev = audit_typed_attnum(desc, "prev_hash", BYTEAOID);
+	l->hash = audit_typed_attnum(desc, "row_hash", BYTEAOID);
+	l->tenant = audit_typed_attnum(desc, "tenant", TEXTOID);
 }
 
 /* row_hash of an audit row (its columns deformed): SHA-256 of the tag and the hashed columns. */
@@ -290,16 +310,25 @@ read_head(Relation rel, const char *chain, ChainHead *head)
 	TupleTableSlot *slot;
 	ScanKeyData key;
 	TupleDesc	desc = RelationGetDescr(rel);
+	AuditLayout l;
 	bool		usable;
 
 	head->last_id = 0;
 	memset(head->last_hash, 0, APIKEYS_DIGEST_LEN);
+	audit_layout(desc, &l);
 	index = OidIsValid(indexid) ? index_open(indexid, AccessShareLock) : NULL;
-	/* a btree on exactly (chain, audit_id): the scan below assumes it */
+	/*
+	 * A btree on exactly (chain COLLATE "C", audit_id) with the default
+	 * operator classes: the scan below assumes it (another collation orders
+	 * the chains otherwise, and the newest row of one could be missed).
+	 */
 	usable = index != NULL && index->rd_rel->relam == BTREE_AM_OID &&
 		index->rd_index->indnkeyatts == 2 &&
-		index->rd_index->indkey.values[0] == audit_attnum(desc, "chain") &&
-		index->rd_index->indkey.values[1] == audit_attnum(desc, "audit_id") &&
+		index->rd_index->indkey.values[0] == l.chain &&
+		index->rd_index->indkey.values[1] == l.id &&
+		index->rd_indcollation[0] == C_COLLATION_OID &&
+		index->rd_opfamily[0] == get_opclass_family(GetDefaultOpClass(TEXTOID, BTREE_AM_OID)) &&
+		index->rd_opfamily[1] == get_opclass_family(GetDefaultOpClass(INT8OID, BTREE_AM_OID)) &&
 		heap_attisnull(index->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
 		heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
 	if (!usable)
@@ -308,7 +337,7 @@ read_head(Relation rel, const char *chain, ChainHead *head)
 			index_close(index, AccessShareLock);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension_damaged: the primary key of apikeys.audit is not (chain, audit_id)"),
+				 errmsg("extension_damaged: the primary key of apikeys.audit is not a btree on (chain COLLATE \"C\", audit_id)"),
 				 errhint("Reinstall the extension: DROP EXTENSION apikeys; CREATE EXTENSION apikeys;")));
 	}
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -319,14 +348,20 @@ read_head(Relation rel, const char *chain, ChainHead *head)
 	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
-		bool		isnull;
-		Datum		id = slot_getattr(slot, audit_attnum(desc, "audit_id"), &isnull);
-		Datum		hash = slot_getattr(slot, audit_attnum(desc, "row_hash"), &isnull);
-		bytea	   *h = DatumGetByteaPP(hash);
+		bool		id_null,
+					hash_null;
+		Datum		id = slot_getattr(slot, l.id, &id_null);
+		Datum		hash = slot_getattr(slot, l.hash, &hash_null);
 
-		head->last_id = DatumGetInt64(id);
-		if (VARSIZE_ANY_EXHDR(h) == APIKEYS_DIGEST_LEN)
-			memcpy(head->last_hash, VARDATA_ANY(h), APIKEYS_DIGEST_LEN);
+		/* a NULL (a superuser dropped NOT NULL) links like a wrong hash: audit_check() reports it */
+		head->last_id = id_null ? 0 : DatumGetInt64(id);
+		if (!hash_null)
+		{
+			bytea	   *h = DatumGetByteaPP(hash);
+
+			if (VARSIZE_ANY_EXHDR(h) == APIKEYS_DIGEST_LEN)
+				memcpy(head->last_hash, VARDATA_ANY(h), APIKEYS_DIGEST_LEN);
+		}
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
