@@ -12,6 +12,13 @@
 #define AUDIT_NCOLS 11
 #define AUDIT_DETAIL_COL 10		/* detail jsonb, the last of them */
 
+/*
+ * At most this many rows are held: holding one more writes those held first
+ * (a statement creating more keys than this joins the secrets of the last
+ * of them only; apikey_create_many inserts its keys in chunks of this size).
+ */
+#define AUDIT_HOLD_MAX 10000
+
 /* One held key_created row, as it would have been written when it was held. */
 typedef struct HeldRow
 {

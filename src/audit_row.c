@@ -913,6 +913,8 @@ hold_created(const AuditChange *c)
 
 	if (!apikeys_in_entry_point() || c->key_id == (Datum) 0 || c->detail == NULL)
 		return false;
+	if (audit_held_count() >= AUDIT_HOLD_MAX)
+		apikeys_audit_flush_held();		/* memory stays bounded */
 	audit_values(c, values, nulls);
 	audit_hold(DatumGetUUIDP(c->key_id), audit_types, values, nulls);
 	return true;

@@ -3,9 +3,10 @@
  * prefix): many keys of one tenant in one call.
  *
  * The same rules as apikey_create (create.c), checked once for the call:
- * one authorization, one tenant lock, then one INSERT of every credential
- * and one of every secret, set-based, so that the audit triggers chain the
- * rows under one chain lock.  Each plaintext leaves this function only in
+ * one authorization, one tenant lock, then, for each chunk of up to
+ * AUDIT_HOLD_MAX keys, one INSERT of its credentials and one of its secrets,
+ * set-based, so that the audit triggers chain the rows under one chain lock
+ * and each key's secret joins its key_created row.  Each plaintext leaves this function only in
  * its result row, and is wiped from its memory once the rows are built.
  */
 #include "apikeys.h"
@@ -18,6 +19,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
+
+#include "audit_pending.h"
 
 /* One call creates at most this many keys (all plaintexts are held at once). */
 #define CREATE_MANY_MAX 1000000
@@ -144,26 +147,40 @@ create_many_common(FunctionCallInfo fcinfo, bool registry)
 			hint_datums[i] = CStringGetTextDatum(secrets[i].hint);
 		}
 
-		/* every credential, then every secret: two statements, audited as sets */
+		/*
+		 * A chunk's credentials, then its secrets: two statements, audited
+		 * as sets; chunks of AUDIT_HOLD_MAX keys, so each key's key_created
+		 * row is held until its secret joins it (audit_pending.h).
+		 */
 		cred_values[0] = CStringGetTextDatum(tenant);
-		cred_values[1] = PointerGetDatum(construct_array(id_datums, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-		cred_values[2] = PointerGetDatum(names);
 		cred_values[3] = PointerGetDatum(scopes);
 		cred_values[4] = expires_at;
 		cred_nulls[4] = expires_null ? 'n' : ' ';
 		cred_values[5] = CStringGetTextDatum(prefix);
 		v = apikeys_helper_version("_acting_role", 0, NULL);
-		apikeys_spi_run(&credential_plans[v], credential_sql[v],
-						6, cred_types, cred_values, cred_nulls, SPI_OK_INSERT);
-		Assert(SPI_processed == (uint64) n);
+		for (int first = 0; first < n; first += AUDIT_HOLD_MAX)
+		{
+			int			m = Min(n - first, AUDIT_HOLD_MAX);
 
-		secret_values[0] = PointerGetDatum(construct_array(digest_datums, n, BYTEAOID, -1, false, TYPALIGN_INT));
-		secret_values[1] = cred_values[1];
-		secret_values[2] = PointerGetDatum(construct_array(hint_datums, n, TEXTOID, -1, false, TYPALIGN_INT));
-		apikeys_spi_run(&secret_plan,
-						"INSERT INTO apikeys.secret (digest, key_id, hint)"
-						" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))",
-						3, secret_types, secret_values, NULL, SPI_OK_INSERT);
+			cred_values[1] = PointerGetDatum(construct_array(id_datums + first, m, UUIDOID, UUID_LEN,
+															 false, TYPALIGN_CHAR));
+			cred_values[2] = PointerGetDatum(construct_array(name_elems + first, m, TEXTOID, -1,
+															 false, TYPALIGN_INT));
+			apikeys_spi_run(&credential_plans[v], credential_sql[v],
+							6, cred_types, cred_values, cred_nulls, SPI_OK_INSERT);
+			Assert(SPI_processed == (uint64) m);
+
+			secret_values[0] = PointerGetDatum(construct_array(digest_datums + first, m, BYTEAOID, -1,
+															   false, TYPALIGN_INT));
+			secret_values[1] = cred_values[1];
+			secret_values[2] = PointerGetDatum(construct_array(hint_datums + first, m, TEXTOID, -1,
+															   false, TYPALIGN_INT));
+			apikeys_spi_run(&secret_plan,
+							"INSERT INTO apikeys.secret (digest, key_id, hint)"
+							" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))",
+							3, secret_types, secret_values, NULL, SPI_OK_INSERT);
+			Assert(SPI_processed == (uint64) m);
+		}
 		SPI_finish();
 
 		/*
