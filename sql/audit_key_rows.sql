@@ -2,10 +2,11 @@
 -- audit_key_rows: a key made by a management call has one audit row,
 -- key_created, its first secret joined to it (detail.secret); a secret
 -- added later has its own secret_issued row.  The key_created row is held
--- until the secret joins it, and what keeps that honest: a rolled-back
--- subtransaction takes its held rows with it; a held row written inside a
--- subtransaction that rolls back while its key does not fails the commit
--- (audit_rows_lost) rather than commit a key without its row.
+-- with every audit row of the call until the call returns, and what keeps
+-- that honest: a rolled-back subtransaction takes its held rows with it; a
+-- held row written inside a subtransaction that rolls back while its key
+-- does not fails the commit (audit_rows_lost) rather than commit a key
+-- without its row.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS apikeys CASCADE;
@@ -79,9 +80,10 @@ SELECT apikeys.apikey_import_rows('acme', 'tk', ARRAY[
     ROW('not hex', 'b', '{}', NULL, '{}', NULL, NULL, 'active', NULL, NULL, NULL, NULL, NULL, NULL, NULL)::apikeys.legacy_key]);
 SELECT count(*) AS rows_of_failed_import FROM apikeys.audit WHERE detail -> 'new' ->> 'name' IN ('a', 'b');
 
--- ATTACK: a superuser's trigger writes an audit row (so the held
--- key_created row is written first) inside an exception block it rolls
--- back: the row would be gone while the key stays.  The commit fails.
+-- ATTACK: a superuser's trigger makes an audited change inside an
+-- exception block it rolls back, to take the key_created row with it: the
+-- rows are held, not written, so the rollback takes only the change's own
+-- row, and the key commits with its row.
 CREATE FUNCTION public.hide_created() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     BEGIN
@@ -93,20 +95,17 @@ BEGIN
 END $$;
 CREATE TRIGGER zz_hide_created AFTER INSERT ON apikeys.credential
     FOR EACH STATEMENT EXECUTE FUNCTION public.hide_created();
-\set VERBOSITY sqlstate
 SELECT count(*) FROM apikeys.apikey_create('acme', 'hidden');
-\set VERBOSITY default
-SELECT count(*) FROM apikeys.apikey_create('acme', 'hidden');
-SELECT count(*) AS hidden_keys FROM apikeys.credential WHERE name = 'hidden';
--- the same trigger in a transaction that goes on: the commit is refused
-BEGIN;
 SELECT count(*) FROM apikeys.apikey_create_many('acme', '{hidden 1,hidden 2}');
-COMMIT;
-SELECT count(*) AS hidden_keys FROM apikeys.credential WHERE name LIKE 'hidden%';
+SELECT c.name, array_agg(a.action ORDER BY a.audit_id) AS actions, bool_and(a.detail ? 'secret') AS joined
+  FROM apikeys.credential c JOIN apikeys.audit a ON a.key_id = c.key_id
+ WHERE c.name LIKE 'hidden%' GROUP BY c.name ORDER BY c.name;
+SELECT count(*) AS display_name_changes FROM apikeys.audit WHERE action = 'tenant_updated';
 DROP TRIGGER zz_hide_created ON apikeys.credential;
 
--- ATTACK: the same with the key's secret: a trigger inserts a key's
--- secret inside an exception block it rolls back
+-- ATTACK: the same with the key's secret: a trigger inserts a secret of the
+-- new key inside an exception block it rolls back (the secret joined the
+-- held row, and is taken off it again)
 CREATE FUNCTION public.hide_secret() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     BEGIN
@@ -119,11 +118,35 @@ BEGIN
 END $$;
 CREATE TRIGGER zz_hide_secret AFTER INSERT ON apikeys.credential
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.hide_secret();
-\set VERBOSITY sqlstate
 SELECT count(*) FROM apikeys.apikey_create('acme', 'planted');
-\set VERBOSITY default
-SELECT count(*) AS planted_keys FROM apikeys.credential WHERE name = 'planted';
+SELECT a.action, a.detail -> 'secret' ->> 'hint' = s.hint AS its_real_secret, s.hint <> 'planted' AS not_planted
+  FROM apikeys.credential c JOIN apikeys.audit a ON a.key_id = c.key_id JOIN apikeys.secret s ON s.key_id = c.key_id
+ WHERE c.name = 'planted';
 DROP TRIGGER zz_hide_secret ON apikeys.credential;
+
+-- ATTACK: a trigger calls a management function inside an exception block
+-- it rolls back: that call writes what is held when it returns, the outer
+-- call's key_created row included, and the rollback would take that row
+-- while the outer key stays.  The commit fails (audit_rows_lost).
+CREATE FUNCTION public.hide_by_call() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM apikeys.apikey_create('acme', 'inner');
+        RAISE EXCEPTION 'undo';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER zz_hide_by_call AFTER INSERT ON apikeys.credential
+    FOR EACH STATEMENT WHEN (pg_trigger_depth() = 0) EXECUTE FUNCTION public.hide_by_call();
+\set VERBOSITY sqlstate
+SELECT count(*) FROM apikeys.apikey_create('acme', 'outer');
+\set VERBOSITY default
+BEGIN;
+SELECT count(*) FROM apikeys.apikey_create('acme', 'outer');
+COMMIT;
+SELECT count(*) AS outer_or_inner_keys FROM apikeys.credential WHERE name IN ('outer', 'inner');
+DROP TRIGGER zz_hide_by_call ON apikeys.credential;
 
 -- a secret a superuser inserts by hand has its own row, whatever the key
 INSERT INTO apikeys.secret (digest, key_id, hint, valid_until)
@@ -142,3 +165,4 @@ SELECT count(*) AS keys_without_row FROM apikeys.credential c
 SELECT ok, rows_checked = (SELECT count(*) FROM apikeys.audit) AS every_row FROM apikeys.audit_check();
 DROP FUNCTION public.hide_created();
 DROP FUNCTION public.hide_secret();
+DROP FUNCTION public.hide_by_call();

@@ -1,24 +1,30 @@
 /*
- * audit_pending.c - key_created rows held until their key's first secret
- * joins them.
+ * audit_pending.c - the audit rows of a management call, held until it
+ * returns; a key's first secret joins its key_created row.
+ *
+ * Inside a management call (an entry point, caller.c) the audit triggers do
+ * not write their rows at once but hold them here, each as it would have
+ * been written.  audit_row.c writes what is held, in the order held, when
+ * the entry point returns, before any row written directly (_audit_write),
+ * and whenever more than AUDIT_HOLD_MAX rows would be held.  So the chain's
+ * lock (audit_chain.c), which a transaction holds from its first row to its
+ * commit, is taken at the end of the call rather than at its first change,
+ * and another writer of the same tenant waits that much less.
  *
  * A key is made by two inserts: its credential row, then its first secret.
- * Inside a management call (an entry point, caller.c) the audit row of the
- * credential's insert is not written at once but held here, as it would
- * have been written; the secret's insert then joins its fields (never the
- * digest) to the held row instead of writing a secret_issued row of its
- * own, so a created key costs one audit row, not two.  audit_row.c writes
- * what is held, in the order it was held, before any other audit row, at
- * the end of the secret insert's trigger and when the entry point returns;
- * so nothing is held past the management call that made it.
+ * The secret's insert joins its fields (never the digest) to the held
+ * key_created row instead of holding a secret_issued row of its own, so a
+ * created key costs one audit row, not two.  Only rows held since the last
+ * row of another kind can be joined, so a joined row says nothing the rows
+ * after it do not already imply.
  *
  * A subtransaction that aborts takes its rows with it: what it held is
  * dropped and the secrets it joined are taken off again.  A row written in
  * a subtransaction younger than the one that held it (someone's trigger
  * wrote an audit row inside an exception block) would be rolled back
- * without its key if that subtransaction aborts: that is remembered, and a
- * transaction that would commit or prepare then fails, as one that still
- * holds a row does: no key can commit without its audit row.
+ * without its change if that subtransaction aborts: that is remembered, and
+ * a transaction that would commit or prepare then fails, as one that still
+ * holds a row does: no change can commit without its audit row.
  */
 #include "apikeys.h"
 
@@ -80,10 +86,10 @@ pending_xact_callback(XactEvent event, void *arg)
 		(held_n > 0 || rows_lost))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("audit_rows_lost: keys created in this transaction would commit without their audit rows"),
-				 errdetail(held_n > 0 ? "Their key_created rows were never written."
-						   : "Their key_created rows were written inside a subtransaction that rolled back, while the keys were not."),
-				 errhint("Do not roll back a subtransaction that wrote audit rows while a management call that creates keys runs (a trigger on apikeys.credential or apikeys.secret with an exception block).")));
+				 errmsg("audit_rows_lost: changes of this transaction would commit without their audit rows"),
+				 errdetail(held_n > 0 ? "Their audit rows were never written."
+						   : "Their audit rows were written inside a subtransaction that rolled back, while the changes were not."),
+				 errhint("Do not roll back a subtransaction in which a management call returned while another one runs (a trigger on an apikeys table that calls one inside an exception block).")));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_PREPARE)
@@ -113,7 +119,8 @@ pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		HeldRow    *r = &held_rows[held_n - 1];
 
-		hash_search(held_keys, &r->key_id, HASH_REMOVE, NULL);
+		if (r->joinable && held_keys != NULL)
+			hash_search(held_keys, &r->key_id, HASH_REMOVE, NULL);
 		r->secret = NULL;
 		held_n--;
 	}
@@ -143,11 +150,18 @@ audit_hold(const pg_uuid_t *key_id, const Oid *types, const Datum *values, const
 	bool		found;
 
 	if (held_cxt == NULL)
+		held_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys held audit rows",
+										 ALLOCSET_DEFAULT_SIZES);
+	if (key_id == NULL && held_keys != NULL)
+	{
+		/* a row of another kind: what was held before it can no longer be joined */
+		hash_destroy(held_keys);
+		held_keys = NULL;
+	}
+	if (key_id != NULL && held_keys == NULL)
 	{
 		HASHCTL		ctl;
 
-		held_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys held audit rows",
-										 ALLOCSET_DEFAULT_SIZES);
 		ctl.keysize = sizeof(pg_uuid_t);
 		ctl.entrysize = sizeof(HeldKey);
 		ctl.hcxt = held_cxt;
@@ -176,15 +190,21 @@ audit_hold(const pg_uuid_t *key_id, const Oid *types, const Datum *values, const
 		get_typlenbyval(types[i], &typlen, &typbyval);
 		r->values[i] = datumCopy(values[i], typbyval, typlen);
 	}
-	r->key_id = *key_id;
+	r->joinable = key_id != NULL;
+	if (key_id != NULL)
+		r->key_id = *key_id;
 	r->secret = NULL;
 	r->made = GetCurrentSubTransactionId();
 	r->joined = InvalidSubTransactionId;
-	k = hash_search(held_keys, key_id, HASH_ENTER, &found);
-	/* key ids are unique: a second creation of one key in a call is a bug */
-	if (found)
-		elog(ERROR, "apikeys: the creation of one key was audited twice");
-	k->index = held_n++;
+	if (key_id != NULL)
+	{
+		k = hash_search(held_keys, key_id, HASH_ENTER, &found);
+		/* key ids are unique: a second creation of one key in a call is a bug */
+		if (found)
+			elog(ERROR, "apikeys: the creation of one key was audited twice");
+		k->index = held_n;
+	}
+	held_n++;
 	MemoryContextSwitchTo(old);
 	Assert(held_n <= held_cap);
 }
@@ -194,7 +214,7 @@ audit_held_unjoined(const pg_uuid_t *key_id)
 {
 	HeldKey    *k;
 
-	if (held_n == 0)
+	if (held_n == 0 || held_keys == NULL)
 		return false;
 	k = hash_search(held_keys, key_id, HASH_FIND, NULL);
 	return k != NULL && held_rows[k->index].secret == NULL;
@@ -206,7 +226,7 @@ audit_join_secret(const pg_uuid_t *key_id, Jsonb *secret)
 	HeldKey    *k;
 	HeldRow    *r;
 
-	if (held_n == 0)
+	if (held_n == 0 || held_keys == NULL)
 		return false;
 	k = hash_search(held_keys, key_id, HASH_FIND, NULL);
 	if (k == NULL)

@@ -1,6 +1,6 @@
 /*
- * audit_pending.h - key_created rows held until their key's first secret
- * joins them (audit_pending.c).
+ * audit_pending.h - the audit rows of a management call, held until it
+ * returns; a key's first secret joins its key_created row (audit_pending.c).
  */
 #ifndef APIKEYS_AUDIT_PENDING_H
 #define APIKEYS_AUDIT_PENDING_H
@@ -19,12 +19,13 @@
  */
 #define AUDIT_HOLD_MAX 10000
 
-/* One held key_created row, as it would have been written when it was held. */
+/* One held row, as it would have been written when it was held. */
 typedef struct HeldRow
 {
 	Datum		values[AUDIT_NCOLS];
 	bool		nulls[AUDIT_NCOLS];
-	pg_uuid_t	key_id;
+	bool		joinable;		/* a key_created row a secret may still join */
+	pg_uuid_t	key_id;			/* its key, when joinable */
 	Jsonb	   *secret;			/* the fields of the key's first secret, or NULL */
 	SubTransactionId made;		/* the subtransaction that held it */
 	SubTransactionId joined;	/* the one that joined its secret */
@@ -40,7 +41,11 @@ typedef struct HeldRows
 
 extern void apikeys_audit_pending_init(void);
 
-/* Hold the row (values of the types in types[]) of the key key_id's creation. */
+/*
+ * Hold a row (values of the types in types[]): the creation of key key_id,
+ * which its first secret may join, or (key_id NULL) any other row, after
+ * which no row held before it can be joined.
+ */
 extern void audit_hold(const pg_uuid_t *key_id, const Oid *types, const Datum *values,
 					   const bool *nulls);
 

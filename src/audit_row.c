@@ -16,6 +16,9 @@
  * row") says why it is in C.  The row is inserted through one plan kept
  * for the backend, so the chain trigger (audit_chain.c), the append-only
  * triggers and the constraints of apikeys.audit see it as any other insert.
+ * Inside a management call the triggers' rows are held until it returns,
+ * and a created key's first secret joins its key_created row
+ * (audit_pending.c).
  */
 #include "apikeys.h"
 
@@ -902,21 +905,23 @@ inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, AuditChange *c)
 }
 
 /*
- * Hold (audit_pending.c) the key_created row of credential change c, made
- * inside a management call; false (write it now) outside one.
+ * Hold (audit_pending.c) the row of change c, made inside a management call:
+ * created says it is a key_created row its key's first secret may join.
+ * False (write it now) outside a management call.
  */
 static bool
-hold_created(const AuditChange *c)
+hold_change(const AuditChange *c, bool created)
 {
 	Datum		values[AUDIT_NCOLS];
 	bool		nulls[AUDIT_NCOLS];
 
-	if (!apikeys_in_entry_point() || c->key_id == (Datum) 0 || c->detail == NULL)
+	if (!apikeys_in_entry_point() || flushing_held)
 		return false;
 	if (audit_held_count() >= AUDIT_HOLD_MAX)
 		apikeys_audit_flush_held();		/* memory stays bounded */
 	audit_values(c, values, nulls);
-	audit_hold(DatumGetUUIDP(c->key_id), audit_types, values, nulls);
+	audit_hold(created && c->key_id != (Datum) 0 && c->detail != NULL ? DatumGetUUIDP(c->key_id) : NULL,
+			   audit_types, values, nulls);
 	return true;
 }
 
@@ -937,10 +942,11 @@ join_secret(DetailPlan *plan, HeapTuple tuple)
 /*
  * The audit rows of the rows one INSERT statement added (its transition
  * table, in the order they were added): one row alone as the row trigger
- * writes it, more in batches.  Inside a management call a credential's
- * row is held, and a secret of a key whose row is held joins it (the
- * first secret of each key: audit_pending.c); the other secrets' keys'
- * tenants are read at once.  Only credential and secret have this trigger.
+ * writes it, more in batches.  Inside a management call the rows are
+ * held instead (audit_pending.c), and a secret of a key whose key_created
+ * row is held joins it (the first secret of each key); the other secrets'
+ * keys' tenants are read at once.  Only credential and secret have this
+ * trigger.
  */
 static void
 audit_inserted(TriggerData *td)
@@ -974,9 +980,8 @@ audit_inserted(TriggerData *td)
 		if (!tuplestore_gettupleslot(rows, true, false, slot))
 			elog(ERROR, "apikeys: transition table row missing");
 		tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
-		if (secret && audit_held_count() > 0 && join_secret(plan, tuple))
-			apikeys_audit_flush_held();
-		else if (inserted_change(plan, secret, tuple, &c) && (secret || !hold_created(&c)))
+		if (!(secret && audit_held_count() > 0 && join_secret(plan, tuple)) &&
+			inserted_change(plan, secret, tuple, &c) && !hold_change(&c, !secret))
 			audit_insert(&c);
 	}
 	else
@@ -1031,16 +1036,13 @@ audit_inserted(TriggerData *td)
 					continue;
 				old = MemoryContextSwitchTo(b.cxt);
 				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c) &&
-					(secret || !hold_created(&c)))
+					!hold_change(&c, !secret))
 					batch_add(&b, &c);
 				MemoryContextSwitchTo(old);
 				if (b.n == 0)
 					MemoryContextReset(b.cxt);	/* nothing of it is batched */
 			}
-			/* the held rows (the secrets joined to them) first, then the rest */
-			if (secret)
-				apikeys_audit_flush_held();
-			batch_write(&b);
+			batch_write(&b);	/* outside a management call (nothing held) */
 		}
 		PG_FINALLY();
 		{
@@ -1085,7 +1087,8 @@ apikeys_audit_row_change_1_1(PG_FUNCTION_ARGS)
 					 TRIGGER_FIRED_BY_INSERT(td->tg_event), TRIGGER_FIRED_BY_DELETE(td->tg_event),
 					 td->tg_trigtuple,
 					 TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple,
-					 &c))
+					 &c) &&
+		!hold_change(&c, false))
 		audit_insert(&c);
 	return PointerGetDatum(NULL);
 }
