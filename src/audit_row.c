@@ -238,36 +238,56 @@ jbv_key(const char *key, JsonbValue *v)
 }
 
 /*
- * {k1: j1, k2: j2}, as jsonb_build_object(k1, j1, k2, j2); k2 NULL for
- * {k1: j1} alone.
+ * {k1: c1, k2: c2} for object containers c1 and c2 (len1, len2 bytes), k1
+ * before k2 in jsonb's key order (shorter first, then bytewise): the bytes
+ * convertToJsonb() would give (utils/jsonb.h), made by copying the two
+ * containers under a new root instead of unpacking and packing them again.
  */
 static Jsonb *
-jb_object(const char *k1, Jsonb *j1, const char *k2, Jsonb *j2)
+jb_pair(const char *k1, JsonbContainer *c1, uint32 len1, const char *k2, JsonbContainer *c2, uint32 len2)
 {
-	JsonbParseState *st = NULL;
-	JsonbValue	k,
-				v;
+	uint32		l1 = strlen(k1),
+				l2 = strlen(k2);
+	/* the varlena header, the root's header, its four JEntries, then the keys */
+	uint32		data = VARHDRSZ + sizeof(uint32) + 4 * sizeof(JEntry);
+	uint32		keys_end = data + l1 + l2;
+	uint32		v1 = INTALIGN(keys_end);	/* a container starts int-aligned */
+	uint32		v2 = INTALIGN(v1 + len1);
+	uint32		total = v2 + len2;
+	char	   *out = palloc0(total);
+	JEntry	   *e = (JEntry *) (out + VARHDRSZ + sizeof(uint32));
 
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	jbv_key(k1, &k);
-	pushJsonbValue(&st, WJB_KEY, &k);
-	jbv_binary(j1, &v);
-	pushJsonbValue(&st, WJB_VALUE, &v);
-	if (k2 != NULL)
-	{
-		jbv_key(k2, &k);
-		pushJsonbValue(&st, WJB_KEY, &k);
-		jbv_binary(j2, &v);
-		pushJsonbValue(&st, WJB_VALUE, &v);
-	}
-	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
+	Assert(l1 < l2 || (l1 == l2 && memcmp(k1, k2, l1) < 0));
+	Assert((c1->header & JB_FOBJECT) && (c2->header & JB_FOBJECT));
+	SET_VARSIZE(out, total);
+	*(uint32 *) (out + VARHDRSZ) = 2 | JB_FOBJECT;
+	/* child 0 holds its end offset (as every JB_OFFSET_STRIDE'th), the others their lengths */
+	e[0] = JENTRY_ISSTRING | JENTRY_HAS_OFF | l1;
+	e[1] = JENTRY_ISSTRING | l2;
+	/* a value's length counts the padding before it */
+	e[2] = JENTRY_ISCONTAINER | (v1 + len1 - keys_end);
+	e[3] = JENTRY_ISCONTAINER | (total - (v1 + len1));
+	memcpy(out + data, k1, l1);
+	memcpy(out + data + l1, k2, l2);
+	memcpy(out + v1, c1, len1);
+	memcpy(out + v2, c2, len2);
+	return (Jsonb *) out;
 }
 
 /* {key: j}, as jsonb_build_object(key, j). */
 static Jsonb *
 jb_wrap(const char *key, Jsonb *j)
 {
-	return jb_object(key, j, NULL, NULL);
+	JsonbParseState *st = NULL;
+	JsonbValue	k,
+				v;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	jbv_key(key, &k);
+	pushJsonbValue(&st, WJB_KEY, &k);
+	jbv_binary(j, &v);
+	pushJsonbValue(&st, WJB_VALUE, &v);
+	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
 
 /*
@@ -660,9 +680,18 @@ apikeys_audit_flush_held(void)
 
 			Assert(!r->nulls[AUDIT_DETAIL_COL]);
 			if (r->secret != NULL)
+			{
+				Jsonb	   *d = DatumGetJsonbP(r->values[AUDIT_DETAIL_COL]);
+				JsonbValue	key;
+
+				/* {"new": the key, "secret": the secret}: the key's object copied as it is */
+				if (getKeyJsonValueFromContainer(&d->root, "new", 3, &key) == NULL || key.type != jbvBinary ||
+					!JsonContainerIsObject(key.val.binary.data))
+					elog(ERROR, "apikeys: a held key_created row without its key");
 				r->values[AUDIT_DETAIL_COL] =
-					JsonbPGetDatum(jb_object("new", jb_get(DatumGetJsonbP(r->values[AUDIT_DETAIL_COL]), "new"),
-											 "secret", r->secret));
+					JsonbPGetDatum(jb_pair("new", key.val.binary.data, key.val.binary.len,
+										   "secret", &r->secret->root, VARSIZE(r->secret) - VARHDRSZ));
+			}
 			MemoryContextSwitchTo(old);
 			if (held.n == 1)
 				insert_values(r->values, r->nulls);
