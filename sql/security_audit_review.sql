@@ -341,6 +341,32 @@ SELECT audit_id, prev_hash = decode(repeat('00', 32), 'hex') AS linked_to_nothin
  WHERE chain = 'nocut' ORDER BY audit_id DESC LIMIT 1;
 ROLLBACK;
 
+-- 14. a trigger on apikeys.audit rotates another key while the rows of a
+-- two-secret INSERT are written: the rotated secret's key was looked up in
+-- the INSERT's table of key tenants (kept for the backend), not found, and
+-- the usable new secret got no secret_issued row.
+SELECT key_id AS host FROM apikeys.apikey_create('nocut', 'host') \gset
+CREATE TABLE public.victim AS SELECT key_id FROM apikeys.apikey_create('nocut', 'victim');
+CREATE FUNCTION public.rotate_on_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.action = 'secret_issued' AND NEW.detail -> 'new' ->> 'hint' = 'byhand1' THEN
+        PERFORM apikeys.apikey_rotate(v.key_id, '1 day') FROM public.victim v;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER zz_rotate_on_audit AFTER INSERT ON apikeys.audit FOR EACH ROW EXECUTE FUNCTION public.rotate_on_audit();
+INSERT INTO apikeys.secret (digest, key_id, hint, valid_until)
+SELECT sha256(convert_to('by hand ' || g, 'UTF8')), :'host', 'byhand' || g, now() + interval '1 day'
+  FROM generate_series(1, 2) g;
+DROP TRIGGER zz_rotate_on_audit ON apikeys.audit;
+-- every secret of the rotated key has its row
+SELECT s.valid_until IS NULL AS current,
+       (SELECT count(*) FROM apikeys.audit a WHERE a.key_id = s.key_id
+           AND (a.detail -> 'new' ->> 'hint' = s.hint OR a.detail -> 'secret' ->> 'hint' = s.hint)) AS rows
+  FROM apikeys.secret s JOIN public.victim v USING (key_id) ORDER BY s.created_at, s.valid_until NULLS LAST;
+DROP FUNCTION public.rotate_on_audit();
+DROP TABLE public.victim;
+
 DROP TABLE public.ck;
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;

@@ -741,14 +741,18 @@ typedef struct KeyTenant
 	char	   *tenant;
 } KeyTenant;
 
-static HTAB *key_tenants = NULL;
-
 static SPIPlanPtr key_tenants_plan = NULL;
 
-/* Fill key_tenants with the tenants of the keys in ids (a uuid[]). */
-static void
+/*
+ * The tenants of the keys in ids (a uuid[]), by key id.  Handed to the
+ * lookups of one statement's rows only: a trigger on apikeys.audit that
+ * inserts a secret while those rows are written finds its own key's tenant
+ * (a table kept for the backend made that secret's key unknown: no row).
+ */
+static HTAB *
 load_key_tenants(Datum ids)
 {
+	HTAB	   *key_tenants;
 	HASHCTL		ctl;
 	Oid			types[1] = {UUIDARRAYOID};
 	Datum		values[1] = {ids};
@@ -775,14 +779,16 @@ load_key_tenants(Datum ids)
 		e->tenant = t ? MemoryContextStrdup(cxt, t) : NULL;
 	}
 	SPI_finish();
+	return key_tenants;
 }
 
 /*
  * The tenant of key k (SELECT c.tenant FROM apikeys.credential c WHERE
- * c.key_id = k); false if there is no such key.
+ * c.key_id = k), from key_tenants when given (load_key_tenants); false if
+ * there is no such key.
  */
 static bool
-key_tenant(Datum k, char **tenant)
+key_tenant(Datum k, HTAB *key_tenants, char **tenant)
 {
 	Oid			types[1] = {UUIDOID};
 	Datum		values[1] = {k};
@@ -884,7 +890,7 @@ audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 	{
 		char	   *t;
 
-		if (!key_tenant(c->key_id, &t))
+		if (!key_tenant(c->key_id, NULL, &t))
 			return false;		/* removed with its key: key_deleted says it */
 		c->tenant = t;
 		act = ins ? action_secret_issued : del ? "secret_retired" : "secret_grace_set";
@@ -919,18 +925,18 @@ audit_change(const char *table, TupleDesc desc, bool ins, bool del,
 /*
  * The audit row of a credential or secret one INSERT statement added, as
  * audit_change() makes it for an insert, its detail built by plan (made for
- * the table's columns with the hidden ones left out).  False for a secret
- * whose key is gone.
+ * the table's columns with the hidden ones left out), a secret's tenant
+ * from key_tenants when given.  False for a secret whose key is gone.
  */
 static bool
-inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, AuditChange *c)
+inserted_change(DetailPlan *plan, bool secret, HeapTuple tuple, HTAB *key_tenants, AuditChange *c)
 {
 	char	   *tenant;
 
 	c->detail = audit_detail_new(plan, tuple, &tenant, &c->key_id);
 	c->tenant = tenant;
 	c->action = secret ? action_secret_issued : action_key_created;
-	return !secret || key_tenant(c->key_id, (char **) &c->tenant);
+	return !secret || key_tenant(c->key_id, key_tenants, (char **) &c->tenant);
 }
 
 /*
@@ -1010,7 +1016,7 @@ audit_inserted(TriggerData *td)
 			elog(ERROR, "apikeys: transition table row missing");
 		tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
 		if (!(secret && audit_held_count() > 0 && join_secret(plan, tuple)) &&
-			inserted_change(plan, secret, tuple, &c) && !hold_change(&c, !secret))
+			inserted_change(plan, secret, tuple, NULL, &c) && !hold_change(&c, !secret))
 			audit_insert(&c);
 	}
 	else
@@ -1018,9 +1024,9 @@ audit_inserted(TriggerData *td)
 		bool	   *joined = secret ? palloc0(sizeof(bool) * count) : NULL;
 
 		batch_init(&b, count);
-		PG_TRY();
 		{
 			int64		row = 0;
+			HTAB	   *tenants = NULL;	/* of the secrets' keys, read at once */
 
 			if (secret)
 			{
@@ -1050,8 +1056,8 @@ audit_inserted(TriggerData *td)
 					n++;
 				}
 				if (n > 0)
-					load_key_tenants(PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
-																	 false, TYPALIGN_CHAR)));
+					tenants = load_key_tenants(PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+																			   false, TYPALIGN_CHAR)));
 				tuplestore_rescan(rows);
 			}
 			for (row = 0; tuplestore_gettupleslot(rows, true, false, slot); row++)
@@ -1064,7 +1070,7 @@ audit_inserted(TriggerData *td)
 				if (secret && joined[row])
 					continue;
 				old = MemoryContextSwitchTo(b.cxt);
-				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), &c) &&
+				if (inserted_change(plan, secret, ExecFetchSlotHeapTuple(slot, false, &should_free), tenants, &c) &&
 					!hold_change(&c, !secret))
 					batch_add(&b, &c);
 				MemoryContextSwitchTo(old);
@@ -1073,11 +1079,6 @@ audit_inserted(TriggerData *td)
 			}
 			batch_write(&b);	/* outside a management call (nothing held) */
 		}
-		PG_FINALLY();
-		{
-			key_tenants = NULL;	/* its memory is the caller's */
-		}
-		PG_END_TRY();
 		MemoryContextDelete(b.cxt);
 	}
 	tuplestore_select_read_pointer(rows, 0);	/* the default one */
