@@ -20,11 +20,12 @@
  *
  * A subtransaction that aborts takes its rows with it: what it held is
  * dropped and the secrets it joined are taken off again.  A row written in
- * a subtransaction younger than the one that held it (someone's trigger
- * wrote an audit row inside an exception block) would be rolled back
- * without its change if that subtransaction aborts: that is remembered, and
- * a transaction that would commit or prepare then fails, as one that still
- * holds a row does: no change can commit without its audit row.
+ * a subtransaction younger than the one that held it (a trigger called a
+ * management function inside an exception block, and that call wrote what
+ * was held when it returned) would be rolled back without its change if
+ * that subtransaction aborts: a copy is kept, and goes back to the store
+ * then.  A transaction that would commit or prepare with a row still held
+ * fails: no change can commit without its audit row.
  */
 #include "apikeys.h"
 
@@ -49,20 +50,23 @@ static HeldRow *held_rows = NULL;
 static int	held_n = 0;
 static int	held_cap = 0;
 
-/*
- * Writes of held rows inside a subtransaction younger than the one that
- * held them: (the oldest holder, the writer).  Kept for the transaction.
- */
-typedef struct LateWrite
-{
-	SubTransactionId made;
-	SubTransactionId written;
-} LateWrite;
+static const Oid *held_types = NULL;	/* the columns' types (audit_row.c's) */
 
-static LateWrite *late = NULL;	/* in TopTransactionContext */
+/*
+ * Copies of the rows written inside a subtransaction younger than the one
+ * that held them, and that writer: if it aborts, the rows go back to the
+ * store (pending_subxact_callback).  Kept for the transaction.
+ */
+typedef struct LateRow
+{
+	HeldRow		row;
+	SubTransactionId written;
+} LateRow;
+
+static MemoryContext late_cxt = NULL;	/* under TopTransactionContext */
+static LateRow *late = NULL;
 static int	late_n = 0;
 static int	late_cap = 0;
-static bool rows_lost = false;	/* an abort took such a write with it */
 
 /* Forget the store (its memory is freed with its context, by the caller or the transaction). */
 static void
@@ -82,39 +86,72 @@ held_forget(void)
 static void
 pending_xact_callback(XactEvent event, void *arg)
 {
-	if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) &&
-		(held_n > 0 || rows_lost))
+	if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) && held_n > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("audit_rows_lost: changes of this transaction would commit without their audit rows"),
-				 errdetail(held_n > 0 ? "Their audit rows were never written."
-						   : "Their audit rows were written inside a subtransaction that rolled back, while the changes were not."),
-				 errhint("Do not roll back a subtransaction in which a management call returned while another one runs (a trigger on an apikeys table that calls one inside an exception block).")));
+				 errdetail("%d audit row(s) were held and never written.", held_n)));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_PREPARE)
 	{
 		held_forget();
+		late_cxt = NULL;
 		late = NULL;
 		late_n = late_cap = 0;
-		rows_lost = false;
 	}
 }
 
+/* A copy of row r in cxt, its values and secret included. */
+static void
+copy_row(HeldRow *to, const HeldRow *r, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	*to = *r;
+	for (int i = 0; i < AUDIT_NCOLS; i++)
+	{
+		int16		typlen;
+		bool		typbyval;
+
+		if (r->nulls[i])
+			continue;
+		get_typlenbyval(held_types[i], &typlen, &typbyval);
+		to->values[i] = datumCopy(r->values[i], typbyval, typlen);
+	}
+	if (r->secret != NULL)
+	{
+		to->secret = palloc(VARSIZE(r->secret));
+		memcpy(to->secret, r->secret, VARSIZE(r->secret));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* The store's memory, made when first needed. */
+static void
+held_ensure(void)
+{
+	if (held_cxt == NULL)
+		held_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys held audit rows",
+										 ALLOCSET_DEFAULT_SIZES);
+}
+
 /*
- * A subtransaction's abort: rows it (or a subtransaction of it) held are a
- * tail of the store, since subtransaction ids only grow; drop them, and take
- * off the secrets it joined to older rows.
+ * A subtransaction's abort.  Rows it (or a subtransaction of it) held are a
+ * tail of the store, since subtransaction ids only grow: drop them, and take
+ * off the secrets it joined to older rows.  Rows it wrote that older ones
+ * held (their changes stay) are rolled back with it: they go back to the
+ * store, ahead of what it holds, to be written again.
  */
 static void
 pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
+	int			restored = 0;
+	int			kept = 0;
+
 	if (event != SUBXACT_EVENT_ABORT_SUB)
 		return;
-	/* a held row it wrote, whose key it does not roll back, is lost */
-	for (int i = 0; i < late_n; i++)
-		rows_lost |= late[i].written >= mySubid && late[i].made < mySubid;
 	while (held_n > 0 && held_rows[held_n - 1].made >= mySubid)
 	{
 		HeldRow    *r = &held_rows[held_n - 1];
@@ -124,6 +161,37 @@ pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		r->secret = NULL;
 		held_n--;
 	}
+	for (int i = 0; i < late_n; i++)
+		restored += late[i].written >= mySubid && late[i].row.made < mySubid;
+	if (restored > 0)
+	{
+		HeldRow    *rows;
+		int			n = 0;
+
+		held_ensure();
+		rows = MemoryContextAlloc(held_cxt, sizeof(HeldRow) * (restored + held_n + 1));
+		for (int i = 0; i < late_n; i++)
+		{
+			if (late[i].written >= mySubid && late[i].row.made < mySubid)
+			{
+				rows[n] = late[i].row;	/* its memory is late_cxt's, kept to the end */
+				rows[n].joinable = false;
+				n++;
+			}
+		}
+		Assert(n == restored);
+		for (int i = 0; i < held_n; i++)
+			rows[n++] = held_rows[i];
+		held_rows = rows;
+		held_n = held_cap = n;
+	}
+	/* what it wrote is settled now: written again, or gone with its change */
+	for (int i = 0; i < late_n; i++)
+	{
+		if (late[i].written < mySubid)
+			late[kept++] = late[i];
+	}
+	late_n = kept;
 	for (int i = 0; i < held_n; i++)
 	{
 		if (held_rows[i].secret != NULL && held_rows[i].joined >= mySubid)
@@ -149,9 +217,8 @@ audit_hold(const pg_uuid_t *key_id, const Oid *types, const Datum *values, const
 	HeldRow    *r;
 	bool		found;
 
-	if (held_cxt == NULL)
-		held_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys held audit rows",
-										 ALLOCSET_DEFAULT_SIZES);
+	held_ensure();
+	held_types = types;
 	if (key_id == NULL && held_keys != NULL)
 	{
 		/* a row of another kind: what was held before it can no longer be joined */
@@ -258,16 +325,24 @@ audit_take_held(void)
 		oldest = Min(oldest, held_rows[i].made);
 	if (oldest < now)
 	{
-		/* written younger than held: remember it (pending_subxact_callback) */
-		if (late_n == late_cap)
+		/* written younger than held: keep a copy (pending_subxact_callback) */
+		if (late_cxt == NULL)
+			late_cxt = AllocSetContextCreate(TopTransactionContext, "apikeys audit rows written late",
+											 ALLOCSET_DEFAULT_SIZES);
+		for (int i = 0; i < held_n; i++)
 		{
-			late_cap = late_cap == 0 ? 8 : late_cap * 2;
-			late = late == NULL ? MemoryContextAlloc(TopTransactionContext, sizeof(LateWrite) * late_cap)
-				: repalloc(late, sizeof(LateWrite) * late_cap);
+			if (held_rows[i].made >= now)
+				continue;
+			if (late_n == late_cap)
+			{
+				late_cap = late_cap == 0 ? 64 : late_cap * 2;
+				late = late == NULL ? MemoryContextAlloc(late_cxt, sizeof(LateRow) * late_cap)
+					: repalloc_huge(late, sizeof(LateRow) * late_cap);
+			}
+			copy_row(&late[late_n].row, &held_rows[i], late_cxt);
+			late[late_n].written = now;
+			late_n++;
 		}
-		late[late_n].made = oldest;
-		late[late_n].written = now;
-		late_n++;
 	}
 	held_forget();
 	return taken;
