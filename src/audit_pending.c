@@ -184,6 +184,14 @@ pending_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			rows[n++] = held_rows[i];
 		held_rows = rows;
 		held_n = held_cap = n;
+		/* the rows moved: nothing held before now is joined any more */
+		if (held_keys != NULL)
+		{
+			hash_destroy(held_keys);
+			held_keys = NULL;
+		}
+		for (int i = 0; i < held_n; i++)
+			held_rows[i].joinable = false;
 	}
 	/* what it wrote is settled now: written again, or gone with its change */
 	for (int i = 0; i < late_n; i++)
