@@ -102,8 +102,7 @@ SELECT * FROM public.codes() WHERE n = 'globex';
 -- copied secret verifies.
 SELECT key_id AS copy_key, api_key AS copy_api_key
   FROM apikeys.apikey_create('acme', 'copied') \gset
-CREATE TEMP TABLE copied AS
-SELECT digest, key_id, hint, created_at, valid_until FROM apikeys.secret WHERE key_id = :'copy_key';
+CREATE TEMP TABLE copied AS SELECT * FROM apikeys.secret WHERE key_id = :'copy_key';
 DELETE FROM apikeys.secret WHERE key_id = :'copy_key';
 COPY copied TO :'copy_file';
 \c

@@ -27,25 +27,20 @@ CREATE TABLE apikeys.key_format (
 );
 COMMENT ON TABLE apikeys.key_format IS 'Formats of keys issued before apikeys (legacy keys): shape and stored digest; keys of one format verify through it.';
 
--- Which format a secret was imported under (native secrets have no row).
--- No foreign keys (a check per imported row would cost more than the rest
--- of its import, and apikeys.secret's TRUNCATE and COPY by a superuser must
--- keep working as in 1.0): a row whose secret is gone (rotated away,
--- deleted) is dead and ignored (every reader joins apikeys.secret), and
--- key_format_drop() deletes the format's rows.  The lookup digest embeds
--- the format, so a digest always maps to the same format, and a row whose
--- format is gone can never match a presented key again.
-CREATE TABLE apikeys.legacy_secret (
-    digest    bytea PRIMARY KEY,
-    format_id uuid NOT NULL
-);
-CREATE INDEX legacy_secret_format_idx ON apikeys.legacy_secret (format_id);
-COMMENT ON TABLE apikeys.legacy_secret IS 'The format each imported secret verifies through; rows whose secret is gone are dead.';
+-- Which format a secret was imported under: apikeys.secret.format_id (NULL
+-- for a native secret).  A column of the secret's own row, so an import
+-- writes one row per secret and the link goes with the secret (rotated away,
+-- deleted, truncated).  No foreign key: a check per imported row would cost
+-- more than the rest of its row, and key_format_drop() refuses while a
+-- secret of the format can still verify (then deletes the rest).  The
+-- lookup digest embeds the format, so a secret whose format is gone can
+-- never match a presented key again.
+ALTER TABLE apikeys.secret ADD COLUMN format_id uuid;
+CREATE INDEX secret_format_idx ON apikeys.secret (format_id) WHERE format_id IS NOT NULL;
+COMMENT ON COLUMN apikeys.secret.format_id IS 'The legacy format an imported secret verifies through (apikeys.key_format); NULL: a native secret.';
 
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_format', '');
-SELECT pg_catalog.pg_extension_config_dump('apikeys.legacy_secret', '');
 ALTER TABLE apikeys.key_format ENABLE ROW LEVEL SECURITY;
-ALTER TABLE apikeys.legacy_secret ENABLE ROW LEVEL SECURITY;
 CREATE POLICY key_format_read ON apikeys.key_format FOR SELECT
     USING (tenant IS NULL
            OR tenant OPERATOR(pg_catalog.=) ANY (coalesce((SELECT apikeys.visible_tenants('read')), ARRAY[tenant])));
@@ -102,8 +97,6 @@ ALTER TABLE apikeys.key_format ENABLE ALWAYS TRIGGER key_format_changed;
 
 CREATE TRIGGER key_format_no_truncate BEFORE TRUNCATE ON apikeys.key_format
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
-CREATE TRIGGER legacy_secret_no_truncate BEFORE TRUNCATE ON apikeys.legacy_secret
-    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_truncate();
 
 -- Audit of the registry: key_format_registered / key_format_dropped, in the
 -- format's tenant's chain ('' for a global format).
@@ -140,9 +133,6 @@ CREATE FUNCTION apikeys_internal._key_format_tenant_deleted() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM apikeys.legacy_secret l
-     USING apikeys.key_format g
-     WHERE g.tenant OPERATOR(pg_catalog.=) OLD.tenant AND l.format_id OPERATOR(pg_catalog.=) g.format_id;
     DELETE FROM apikeys.key_format g WHERE g.tenant OPERATOR(pg_catalog.=) OLD.tenant;
     RETURN NULL;
 END;
@@ -361,18 +351,13 @@ BEGIN
     END IF;
     -- secrets whose rotation grace is over can never verify again
     DELETE FROM apikeys.secret s
-     USING apikeys.legacy_secret l
-     WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id AND s.digest OPERATOR(pg_catalog.=) l.digest
-       AND s.valid_until OPERATOR(pg_catalog.<=) now();
-    SELECT count(*) INTO n FROM apikeys.legacy_secret l
-      JOIN apikeys.secret s ON s.digest OPERATOR(pg_catalog.=) l.digest
-     WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id;
+     WHERE s.format_id OPERATOR(pg_catalog.=) f.format_id AND s.valid_until OPERATOR(pg_catalog.<=) now();
+    SELECT count(*) INTO n FROM apikeys.secret s WHERE s.format_id OPERATOR(pg_catalog.=) f.format_id;
     IF n OPERATOR(pg_catalog.>) 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'dependent_objects_still_exist',
             MESSAGE = format('format_in_use: %s secrets of format "%s" can still verify', n, name),
             HINT = 'Rotate those keys (apikeys.apikey_rotate) or delete them; apikeys.legacy_keys lists them.';
     END IF;
-    DELETE FROM apikeys.legacy_secret l WHERE l.format_id OPERATOR(pg_catalog.=) f.format_id;
     DELETE FROM apikeys.key_format g WHERE g.format_id OPERATOR(pg_catalog.=) f.format_id;
 END;
 $$;
@@ -542,20 +527,15 @@ BEGIN
 
     BEGIN
         -- one statement: credentials (the main insert) first, then their
-        -- secrets, format links and last uses, so every key_created audit
-        -- row precedes its secret_issued row
+        -- secrets (with their format) and last uses, so each key's secret
+        -- joins its key_created audit row
         WITH v AS MATERIALIZED (
             SELECT ids[u.ord] AS key_id, x.*
               FROM (SELECT k, row_number() OVER () AS ord FROM unnest(p_keys) k) u,
                    LATERAL apikeys_internal._import_values(u.k, f, p_encoding) x),
         s AS (
-            INSERT INTO apikeys.secret (digest, key_id, hint, created_at)
-            SELECT v.digest, v.key_id, v.hint, v.created_at FROM v
-            RETURNING digest),
-        l AS (
-            INSERT INTO apikeys.legacy_secret (digest, format_id)
-            SELECT s.digest, f.format_id FROM s
-            ON CONFLICT (digest) DO NOTHING),   -- a dead row of the same key
+            INSERT INTO apikeys.secret (digest, key_id, hint, created_at, format_id)
+            SELECT v.digest, v.key_id, v.hint, v.created_at, f.format_id FROM v),
         lu AS (
             INSERT INTO apikeys.usage (key_id, last_used_at)
             SELECT v.key_id, v.last_used_at FROM v WHERE v.last_used_at IS NOT NULL)
@@ -742,10 +722,9 @@ BEGIN
     RETURN QUERY
     SELECT g.tenant, g.name, g.prefix, g.key_length, g.alphabet, g.head_alphabet, g.digest,
            g.digest_offset, g.native_prefix, g.description, g.created_by, g.created_at,
-           (SELECT count(*) FROM apikeys.legacy_secret l
-              JOIN apikeys.secret s ON s.digest OPERATOR(pg_catalog.=) l.digest
+           (SELECT count(*) FROM apikeys.secret s
               JOIN apikeys.credential c ON c.key_id OPERATOR(pg_catalog.=) s.key_id
-             WHERE l.format_id OPERATOR(pg_catalog.=) g.format_id
+             WHERE s.format_id OPERATOR(pg_catalog.=) g.format_id
                AND (v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v)))
       FROM apikeys.key_format g
      WHERE g.tenant IS NULL OR v IS NULL OR g.tenant OPERATOR(pg_catalog.=) ANY (v);
@@ -769,8 +748,7 @@ BEGIN
     SELECT c.key_id, c.tenant, g.name, s.hint, c.status, s.valid_until
       FROM apikeys.credential c
       JOIN apikeys.secret s ON s.key_id OPERATOR(pg_catalog.=) c.key_id
-      JOIN apikeys.legacy_secret l ON l.digest OPERATOR(pg_catalog.=) s.digest
-      JOIN apikeys.key_format g ON g.format_id OPERATOR(pg_catalog.=) l.format_id
+      JOIN apikeys.key_format g ON g.format_id OPERATOR(pg_catalog.=) s.format_id
      WHERE v IS NULL OR c.tenant OPERATOR(pg_catalog.=) ANY (v);
 END;
 $$;
@@ -803,10 +781,8 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON COLUMN apikeys.key_format.format_id IS 'The format''s id; imported secrets refer to it (apikeys.legacy_secret).';
+COMMENT ON COLUMN apikeys.key_format.format_id IS 'The format''s id; imported secrets refer to it (apikeys.secret.format_id).';
 COMMENT ON COLUMN apikeys.key_formats.secrets IS 'How many secrets of the caller''s tenants still verify through the format.';
-COMMENT ON COLUMN apikeys.legacy_secret.digest IS 'The lookup digest of an imported secret (apikeys.secret.digest).';
-COMMENT ON COLUMN apikeys.legacy_secret.format_id IS 'The format the secret verifies through (apikeys.key_format).';
 COMMENT ON COLUMN apikeys.legacy_keys.key_id IS 'The key that still has a legacy secret.';
 COMMENT ON COLUMN apikeys.legacy_keys.tenant IS 'The key''s tenant.';
 COMMENT ON COLUMN apikeys.legacy_keys.format IS 'The name of the legacy secret''s format.';

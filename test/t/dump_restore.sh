@@ -154,7 +154,7 @@ snapshot() {
 		fi
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.key_format') IS NOT NULL")" = t ]; then
 			echo "-- key_format";    qa "$db" -c "SELECT * FROM apikeys.key_format ORDER BY format_id"
-			echo "-- legacy_secret"; qa "$db" -c "SELECT encode(digest, 'hex'), format_id FROM apikeys.legacy_secret ORDER BY digest"
+			echo "-- secret formats"; qa "$db" -c "SELECT encode(digest, 'hex'), format_id FROM apikeys.secret WHERE format_id IS NOT NULL ORDER BY digest"
 		fi
 		if [ "$(qa "$db" -c "SELECT to_regclass('apikeys.audit') IS NOT NULL")" = t ]; then
 			echo "-- audit"; qa "$db" -c "SELECT audit_id, at, tenant, key_id, action, outcome, db_role, detail, encode(row_hash, 'hex') FROM apikeys.audit ORDER BY chain, audit_id"
