@@ -3503,7 +3503,7 @@ COMMENT ON FUNCTION apikeys_internal._import_values(apikeys.legacy_key, apikeys.
 -- one by one in order (a subtransaction each: this runs only after a
 -- failure), then digests seen twice or known already.  NULL if no row is
 -- at fault (the failure was something else).
-CREATE FUNCTION apikeys_internal._import_first_bad(p_keys apikeys.legacy_key[], f apikeys.key_format, enc text,
+CREATE FUNCTION apikeys_internal._import_first_bad(p_tenant text, p_keys apikeys.legacy_key[], f apikeys.key_format, enc text,
     OUT ord bigint, OUT err_state text, OUT err_message text, OUT err_detail text, OUT err_hint text)
     RETURNS record
     LANGUAGE plpgsql VOLATILE
@@ -3520,6 +3520,7 @@ BEGIN
         BEGIN
             -- every column: unused ones would not be computed (nor checked)
             PERFORM x.* FROM apikeys_internal._import_values(k, f, enc) x;
+            PERFORM apikeys_internal.check_scopes(p_tenant, k.scopes);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
@@ -3544,7 +3545,7 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys_internal._import_first_bad(apikeys.legacy_key[], apikeys.key_format, text) IS 'The first failing row of an import batch, with its error.';
+COMMENT ON FUNCTION apikeys_internal._import_first_bad(text, apikeys.legacy_key[], apikeys.key_format, text) IS 'The first failing row of an import batch, with its error.';
 
 -- Import p_keys into tenant p_tenant under format p_format: one key per row,
 -- all or nothing.  A failure names its row (p_first_row numbers the first).
@@ -3592,6 +3593,11 @@ BEGIN
     ids := ARRAY(SELECT apikeys_internal._key_id() FROM generate_series(1, n));
 
     BEGIN
+        -- the tenant's scope registry holds for imported keys as for created
+        -- ones: every scope of the batch checked at once (the row that holds
+        -- an unknown one is found below, on failure)
+        PERFORM apikeys_internal.check_scopes(p_tenant,
+            ARRAY(SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL));
         -- one statement: credentials (the main insert) first, then their
         -- secrets (with their format) and last uses, so each key's secret
         -- joins its key_created audit row
@@ -3615,7 +3621,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                 e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-        bad := apikeys_internal._import_first_bad(p_keys, f, p_encoding);
+        bad := apikeys_internal._import_first_bad(p_tenant, p_keys, f, p_encoding);
         IF bad.ord IS NOT NULL THEN
             -- the row's own error, naming the row
             src := (p_keys[bad.ord]).source_id;
@@ -5707,6 +5713,209 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.audit_head(), apikeys.audit_head_check(text, bigint, text, timestamptz) TO %s', r.grantee);
     END LOOP;
+END;
+$$;
+
+------------------------------------------------------------------------------
+-- audit_purge() never waits for a chain's writer (src/sql/30_audit.sql): a
+-- chain being written is left for the next purge
+------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._audit_chain_try_lock(chain text) RETURNS boolean
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_audit_chain_try_lock';
+COMMENT ON FUNCTION apikeys_internal._audit_chain_try_lock(text) IS 'Take an audit chain''s lock without waiting (held to commit); false when another transaction is writing the chain.';
+
+CREATE OR REPLACE FUNCTION apikeys_internal._audit_purge_rows(cutoff timestamptz, older_than interval) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chk record;
+    c text;
+    cut apikeys.audit;
+    n bigint;
+    total bigint := 0;
+    busy text[] := '{}';
+BEGIN
+    IF NOT apikeys_internal._audit_purging() THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'audit_append_only: call apikeys.audit_purge()';
+    END IF;
+    -- never purge evidence: a broken chain stays until someone looks at it
+    SELECT * INTO chk FROM apikeys.audit_check();
+    IF NOT chk.ok THEN
+        RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
+            MESSAGE = format('audit_chain_broken: chain "%s" row %s: %s', chk.first_bad_chain, chk.first_bad_id, chk.problem),
+            HINT = 'apikeys.audit_check() shows the first broken row; the purge refuses to delete evidence of tampering.';
+    END IF;
+    FOR c IN SELECT x FROM apikeys_internal._audit_chains() x LOOP
+        SELECT * INTO cut FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
+         ORDER BY a.audit_id DESC LIMIT 1;
+        CONTINUE WHEN cut.audit_id IS NULL;
+        IF NOT apikeys_internal._audit_chain_try_lock(c) THEN
+            busy := busy OPERATOR(pg_catalog.||) c;
+            CONTINUE;
+        END IF;
+        SELECT count(*) INTO n FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+        -- the anchor carries the whole newest purged row, so a check can prove
+        -- that what it names really was hashed, and at least a day old
+        PERFORM apikeys_internal._audit_write('audit_purged', nullif(c, ''), NULL, jsonb_build_object(
+            'rows', n, 'older_than', older_than, 'cutoff', cutoff, 'last_purged_id', cut.audit_id,
+            'last_purged_hash', encode(cut.row_hash, 'hex'), 'last_purged_row', to_jsonb(cut)));
+        DELETE FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
+        total := total OPERATOR(pg_catalog.+) n;
+    END LOOP;
+    IF cardinality(busy) OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING 'audit_purge_busy: % chain(s) being written were left as they are: %', cardinality(busy),
+                      array_to_string(ARRAY(SELECT quote_literal(b) FROM unnest(busy) b), ', ')
+            USING DETAIL = 'A transaction that wrote to each of them is still open; the purge does not wait for it.',
+                  HINT = 'Their old rows go at the next purge.';
+    END IF;
+    RETURN total;
+END;
+$$;
+
+------------------------------------------------------------------------------
+-- The vault never lets one tenant's open transaction hold up another
+-- (src/sql/60_vault.sql): vault_add asks the same questions whether the
+-- tenant exists or not; the master key rotation does not queue for its lock
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION apikeys_internal.vault_add(
+    tenant     text,
+    service    text,
+    name       text,
+    secret     text,
+    owner_user text DEFAULT NULL)
+    RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- the secret never a plan constant
+AS $$
+DECLARE
+    r name := apikeys_internal._acting_role();
+    su boolean;
+    svc apikeys.vault_service;
+    sealed record;
+    new_id uuid := gen_random_uuid();
+    visible boolean;
+BEGIN
+    su := apikeys_internal._is_superuser(r);
+    -- An unknown tenant and one the role may not manage read the same (and
+    -- neither is echoed: it could be a misplaced secret); only a superuser
+    -- is told that a tenant does not exist.  Both questions are asked
+    -- whatever the answers, so the time taken does not tell them apart
+    -- either (asking one only when the other said yes did).
+    visible := tenant IS NOT NULL AND coalesce(apikeys_internal._may_manage(tenant), false);
+    IF tenant IS NULL OR NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) vault_add.tenant) THEN
+        IF su THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+                MESSAGE = 'tenant_not_found: no such tenant';
+        END IF;
+        visible := false;
+    END IF;
+    IF NOT visible THEN
+        PERFORM apikeys_internal._deny('vault_add', NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not manage this tenant', r));
+    END IF;
+    PERFORM apikeys_internal._require_active_tenant(tenant, 'vault_add', NULL);
+    PERFORM apikeys_internal._vault_check_name(name);
+    IF owner_user IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname OPERATOR(pg_catalog.=) owner_user) THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+                MESSAGE = 'role_not_found: owner_user must name an existing role';
+        END IF;
+        IF NOT su AND owner_user OPERATOR(pg_catalog.<>) r::text THEN
+            PERFORM apikeys_internal._deny('vault_add', tenant, NULL, '42501',
+                format('vault_not_owner: role "%s" may add only secrets it owns itself', r),
+                'Pass owner_user => NULL (the tenant) or your own role name.');
+        END IF;
+    END IF;
+    svc := apikeys_internal._vault_service(service);
+    IF secret IS NULL OR secret OPERATOR(pg_catalog.=) '' OR octet_length(secret) OPERATOR(pg_catalog.>) 4096 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'vault_invalid_secret: secret must be 1 to 4096 bytes';
+    END IF;
+    IF NOT (secret OPERATOR(pg_catalog.~) svc.format) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('vault_invalid_format: the secret does not have the format of service "%s"', svc.service),
+            HINT = format('%s keys match %s', svc.display_name, svc.format);
+    END IF;
+    -- a simple expression: the secret reaches no statement (see Internals)
+    sealed := apikeys_internal._vault_seal(new_id, secret);
+
+    -- one active secret per owner and service: the new one replaces it
+    PERFORM apikeys_internal._vault_lock_slot(tenant, owner_user, svc.service);
+    UPDATE apikeys.vault_secret v SET active = false, updated_at = now()
+     WHERE v.tenant OPERATOR(pg_catalog.=) vault_add.tenant
+       AND v.owner_user IS NOT DISTINCT FROM vault_add.owner_user
+       AND v.service OPERATOR(pg_catalog.=) svc.service AND v.active;
+    INSERT INTO apikeys.vault_secret (id, tenant, owner_user, service, name, ciphertext, key_fp)
+    VALUES (new_id, tenant, owner_user, svc.service, name, sealed.ciphertext, sealed.key_fp);
+    RETURN new_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys_internal.vault_rotate_master_key()
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan   -- no fingerprint or ciphertext as a plan constant
+AS $$
+DECLARE
+    r name := apikeys_internal._acting_role();
+    s apikeys.vault_secret;
+    k record;
+    w record;
+    n bigint := 0;
+    locked boolean := false;
+BEGIN
+    IF NOT coalesce(apikeys_internal._is_superuser(r), false) THEN
+        PERFORM apikeys_internal._deny('vault_rotate_master_key', NULL, NULL, '42501',
+            format('permission_denied: role "%s" may not rotate the vault master key', r),
+            'Only superusers rotate the vault master key.');
+    END IF;
+    k := apikeys_internal._vault_key_state();   -- checks the current key itself
+
+    -- Every secret is rewritten under one lock that keeps writers out.  It is
+    -- taken without joining the lock queue: queued behind one tenant's open
+    -- vault write, the rotation would make every other tenant's vault
+    -- writes queue behind it.  It tries for up to 10 seconds, then refuses.
+    FOR i IN 1..100 LOOP
+        BEGIN
+            LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE NOWAIT;
+            locked := true;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM pg_catalog.pg_sleep(0.1);
+        END;
+        EXIT WHEN locked;
+    END LOOP;
+    IF NOT locked THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+            MESSAGE = 'vault_busy: vault secrets were being written throughout the last 10 seconds; nothing was re-encrypted',
+            DETAIL = 'The rotation does not wait in line for a writer: that would hold up every tenant''s vault writes behind it.',
+            HINT = 'Run it again; pg_stat_activity shows transactions left open after a vault change.';
+    END IF;
+    FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) k.cur_fp ORDER BY v.id LOOP
+        -- decrypted with the previous key and encrypted with the current one
+        -- inside C: the plaintext and both keys stay out of SQL
+        w := apikeys_internal._vault_rewrap(s.id, s.ciphertext, s.key_fp);
+        IF w.ciphertext IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'data_corrupted',
+                MESSAGE = format('vault_decrypt_failed: vault secret %s could not be decrypted with the old master key', s.id),
+                HINT = 'Nothing was re-encrypted. apikeys.vault_check() lists the secrets that do not open.';
+        END IF;
+        UPDATE apikeys.vault_secret v
+           SET ciphertext = w.ciphertext, key_fp = w.key_fp
+         WHERE v.id OPERATOR(pg_catalog.=) s.id;
+        n := n OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    -- no fingerprints here: they would let an audit reader test key guesses
+    PERFORM apikeys_internal._audit_write('vault_master_key_rotated', NULL, NULL,
+        jsonb_build_object('secrets', n));
+    RETURN n;
 END;
 $$;
 

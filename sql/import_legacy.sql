@@ -440,6 +440,31 @@ SELECT apikeys.apikey_import_many('acme', 'tk',
 SELECT (apikeys.apikey_verify('tk_' || repeat('c', 64))).code, count(*) AS tenant_code_ran FROM il_acme.ran;
 DROP SCHEMA il_acme CASCADE;
 
+-- ATTACK: import_query_columns is anyone's, and parse analysis locks every
+-- table a query names, before any privilege check.  A verifier role (the
+-- least a role can be granted) held ROW EXCLUSIVE on apikeys.vault_secret
+-- (a DELETE ... RETURNING) and ROW SHARE on apikeys.credential (FOR
+-- UPDATE) until its transaction ended: enough to stall a vault master key
+-- rotation and every tenant's vault writes queued behind it.  Now no lock
+-- outlives the call, and the answer is the same.
+CREATE ROLE regress_il_nobody;
+SELECT apikeys.grant_verifier('regress_il_nobody');
+SET ROLE regress_il_nobody;
+BEGIN;
+SELECT * FROM apikeys.import_query_columns('DELETE FROM apikeys.vault_secret RETURNING id');
+SELECT * FROM apikeys.import_query_columns('SELECT key_id FROM apikeys.credential FOR UPDATE');
+SELECT pg_temp.err($$SELECT * FROM apikeys.import_query_columns('SELECT nope FROM apikeys.audit')$$) AS bad_column;
+SELECT l.relation::regclass AS locked, l.mode FROM pg_locks l
+ WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
+   AND l.relation IN ('apikeys.vault_secret'::regclass, 'apikeys.credential'::regclass, 'apikeys.audit'::regclass)
+ ORDER BY 1, 2;
+-- and the role still reads none of them
+SELECT pg_temp.err('SELECT count(*) FROM apikeys.vault_secret') AS read_vault;
+ROLLBACK;
+RESET ROLE;
+DROP OWNED BY regress_il_nobody;
+DROP ROLE regress_il_nobody;
+
 SELECT ok, problem FROM apikeys.audit_check();
 
 DROP TABLE public.tk_keys, public.kpg_keys, public.kh_keys;

@@ -151,6 +151,21 @@ SET ROLE regress_nl_verifier;
 SELECT code FROM apikeys.apikey_verify(:'key7', NULL, NULL, 0);
 SELECT count(*) FROM apikeys.last_verify_limits();
 RESET ROLE;
+
+-- ATTACK: last_verify_limits() answered whoever asked next in the session:
+-- after SET ROLE (or for the next client of a pooled connection), another
+-- tenant's admin read the names and counts of the limits of the key just
+-- verified.  Now only the role that verified sees them.
+SELECT code FROM apikeys.apikey_verify(:'key6');
+SELECT count(*) > 0 AS verifier_sees_its_rows FROM apikeys.last_verify_limits();
+CREATE ROLE regress_nl_other;
+SELECT apikeys.grant_tenant('regress_nl_other', 'globex');
+SET ROLE regress_nl_other;
+SELECT count(*) AS other_role_sees FROM apikeys.last_verify_limits();
+RESET ROLE;
+SELECT count(*) > 0 AS verifier_still_sees FROM apikeys.last_verify_limits();
+DROP OWNED BY regress_nl_other;
+DROP ROLE regress_nl_other;
 SELECT apikeys.revoke_tenant('regress_nl_admin', 'acme');
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM regress_nl_admin, regress_nl_verifier;
 REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM regress_nl_admin, regress_nl_verifier;

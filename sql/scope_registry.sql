@@ -123,6 +123,28 @@ SELECT count(*) - :keys AS keys_created, (SELECT count(*) FROM apikeys.audit) - 
 SELECT count(*) AS made FROM apikeys.apikey_create_many('acme', ARRAY['a', 'b'], '{read:buildings,profile}');
 
 ------------------------------------------------------------------------------
+-- 5b. ATTACK: imports obey the registry too.  Before, apikey_import and
+--     apikey_import_rows stored any well-formed scope ("admin",
+--     "superpower") in a tenant with a registry: a way around it for
+--     whoever may import.  Now the row that holds an unknown scope is
+--     named, with the registry's scopes, and nothing of the batch is kept.
+------------------------------------------------------------------------------
+SELECT (apikeys.key_format_register('acme', 'old', 'old_', 36, 'hex')).name AS registered;
+SELECT count(*) AS keys FROM apikeys.credential \gset
+SELECT pg_temp.try(format($$SELECT apikeys.apikey_import('acme', 'old', %L, 'imp', ARRAY['admin', 'superpower'])$$,
+                          encode(sha256('old_' || repeat('1', 32)::bytea), 'hex'))) AS import_unknown;
+SELECT pg_temp.try(format($$SELECT apikeys.apikey_import_rows('acme', 'old', ARRAY[
+           ROW(%L, 'one', '{read:buildings}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'a-1', NULL),
+           ROW(%L, 'two', '{profile,bogus}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'a-2', NULL)]::apikeys.legacy_key[])$$,
+                          encode(sha256('old_' || repeat('2', 32)::bytea), 'hex'),
+                          encode(sha256('old_' || repeat('3', 32)::bytea), 'hex'))) AS batch_names_row;
+SELECT count(*) - :keys AS keys_kept FROM apikeys.credential;
+-- registered scopes (the tenant's and the global ones) import
+SELECT apikeys.apikey_import('acme', 'old', encode(sha256('old_' || repeat('4', 32)::bytea), 'hex'),
+                             'imported reader', ARRAY['read:buildings', 'profile']) IS NOT NULL AS imported;
+SELECT pg_temp.code('old_' || repeat('4', 32), '{read:buildings}') AS imported_verifies;
+
+------------------------------------------------------------------------------
 -- 6. apikey_update: the scopes a key gains must be registered; those it
 --    keeps need not be (legacy holds "legacy", registered nowhere)
 ------------------------------------------------------------------------------

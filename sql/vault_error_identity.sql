@@ -115,6 +115,34 @@ SET ROLE regress_vid_acme;
 SELECT * FROM pg_temp.seen;   -- the owner's tenant does see it
 RESET ROLE;
 
+-- ATTACK: vault_add answered an unknown tenant and another tenant's with
+-- the same error, but asked whether the caller may manage the tenant only
+-- when it existed: about 6 times slower for a real tenant, so one call told
+-- whether a tenant id exists.  Now both questions are asked either way:
+-- the same function calls (counted with track_functions) for both.
+SET track_functions = 'all';
+CREATE FUNCTION pg_temp.manage_checks(t text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    before bigint;
+BEGIN
+    SELECT coalesce(sum(calls), 0) INTO before FROM pg_stat_xact_user_functions
+     WHERE schemaname = 'apikeys_internal' AND funcname = '_may_manage';
+    BEGIN
+        PERFORM apikeys.vault_add(t, 'openai', 'probe', 'sk-proj-Probe111Probe111Probe111');
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
+    RETURN (SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
+             WHERE schemaname = 'apikeys_internal' AND funcname = '_may_manage') - before;
+END
+$$;
+GRANT EXECUTE ON FUNCTION pg_temp.manage_checks(text) TO PUBLIC;
+SET ROLE regress_vid_globex;
+SELECT t AS tenant, pg_temp.manage_checks(t) AS may_manage_calls
+  FROM unnest(ARRAY['acme', 'no-such-tenant']) t;
+RESET ROLE;
+RESET track_functions;
+
 SET client_min_messages = warning;
 DROP EXTENSION apikeys CASCADE;
 DROP OWNED BY regress_vid_acme, regress_vid_globex, regress_vid_globex_audit, regress_vid_nobody;

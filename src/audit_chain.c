@@ -281,17 +281,45 @@ audit_values_hash(TupleDesc desc, const AuditLayout *l, Datum *values, bool *nul
 	pfree(buf.data);
 }
 
+/* What the chain's lock is the lock of (private_lock.c hashes it). */
+static void
+chain_lock_name(StringInfo buf, const char *chain)
+{
+	initStringInfo(buf);
+	appendBinaryStringInfo(buf, "apikeys.audit.chain", sizeof("apikeys.audit.chain"));
+	appendStringInfoString(buf, chain);
+}
+
 /* Take the chain's lock: held to the end of the transaction. */
 static void
 lock_chain(const char *chain)
 {
 	StringInfoData buf;
 
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, "apikeys.audit.chain", sizeof("apikeys.audit.chain"));
-	appendStringInfoString(&buf, chain);
+	chain_lock_name(&buf, chain);
 	apikeys_private_lock(APIKEYS_LOCK_AUDIT_CHAIN, buf.data, buf.len);
 	pfree(buf.data);
+}
+
+PG_FUNCTION_INFO_V1(apikeys_audit_chain_try_lock);
+
+/*
+ * apikeys_internal._audit_chain_try_lock(chain text) RETURNS boolean: take
+ * the chain's lock without waiting (held to commit); false when another
+ * transaction holds it.  audit_purge() writes to every chain in one
+ * transaction: waiting for one chain's writer while holding the chains
+ * already purged would make every tenant before it wait for that writer.
+ */
+Datum
+apikeys_audit_chain_try_lock(PG_FUNCTION_ARGS)
+{
+	StringInfoData buf;
+	bool		got;
+
+	chain_lock_name(&buf, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	got = apikeys_private_lock_nowait(APIKEYS_LOCK_AUDIT_CHAIN, buf.data, buf.len, ExclusiveLock);
+	pfree(buf.data);
+	PG_RETURN_BOOL(got);
 }
 
 /*

@@ -12,17 +12,28 @@
  * column whose type is not a built-in base type (or an array of one); the caller then writes the cast in the
  * query, where it can be read.  Built-in types cannot get new casts from
  * anyone but a superuser (CREATE CAST needs to own the source or target).
+ *
+ * Parse analysis locks every table the query names (in the mode its
+ * statement needs: ROW EXCLUSIVE for a DELETE, ROW SHARE for FOR UPDATE),
+ * before any privilege check, and anyone may call this: kept to the end of
+ * the caller's transaction, those locks would let any role hold tables it
+ * cannot read, and make the maintenance that needs them (a vault master key
+ * rotation) wait, and everyone else behind it.  So the query is analyzed in
+ * a subtransaction that is rolled back, which releases them.
  */
 #include "apikeys.h"
 
 #include "access/htup_details.h"
 #include "access/transam.h"
+#include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/resowner.h"
 
 /*
  * Is typid a built-in base type (or an array of one)?  Not a pseudo-type:
@@ -41,28 +52,25 @@ plain_built_in(Oid typid)
 	return !OidIsValid(elem) || plain_built_in(elem);
 }
 
-PG_FUNCTION_INFO_V1(apikeys_import_columns);
+/* One result column of the query, as the caller is told it. */
+typedef struct ImportColumn
+{
+	char	   *name;
+	char	   *type_name;
+	bool		built_in;
+} ImportColumn;
 
 /*
- * apikeys_internal._import_columns(query text) RETURNS TABLE (name text,
- * type_name text, built_in boolean): the query's result columns in order.
- * The query must be one statement returning rows.
+ * The result columns of query (allocated in cxt), by parse analysis with
+ * SPI.  Runs inside the caller's subtransaction.
  */
-Datum
-apikeys_import_columns(PG_FUNCTION_ARGS)
+static ImportColumn *
+analyze_columns(const char *query, MemoryContext cxt, int *ncols)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *query;
 	SPIPlanPtr	plan;
 	List	   *sources;
 	TupleDesc	desc;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid_import: query must not be NULL")));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	InitMaterializedSRF(fcinfo, 0);
+	ImportColumn *cols;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -78,19 +86,85 @@ apikeys_import_columns(PG_FUNCTION_ARGS)
 				 errmsg("invalid_import: query must be one statement returning rows"),
 				 errhint("Pass a SELECT whose columns are named as those of apikeys.legacy_key.")));
 
+	cols = MemoryContextAllocZero(cxt, sizeof(ImportColumn) * Max(desc->natts, 1));
+	*ncols = 0;
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		Datum		values[3];
-		bool		nulls[3] = {false, false, false};
+		ImportColumn *c = &cols[*ncols];
 
 		if (att->attisdropped)
 			continue;
-		values[0] = CStringGetTextDatum(NameStr(att->attname));
-		values[1] = CStringGetTextDatum(format_type_be(att->atttypid));
-		values[2] = BoolGetDatum(plain_built_in(att->atttypid));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		c->name = MemoryContextStrdup(cxt, NameStr(att->attname));
+		c->type_name = MemoryContextStrdup(cxt, format_type_be(att->atttypid));
+		c->built_in = plain_built_in(att->atttypid);
+		(*ncols)++;
 	}
 	SPI_finish();
+	return cols;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_import_columns);
+
+/*
+ * apikeys_internal._import_columns(query text) RETURNS TABLE (name text,
+ * type_name text, built_in boolean): the query's result columns in order.
+ * The query must be one statement returning rows.  Nothing of its analysis
+ * outlives the call: no lock, no plan.
+ */
+Datum
+apikeys_import_columns(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *query;
+	ImportColumn *volatile cols = NULL;
+	volatile int ncols = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid_import: query must not be NULL")));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	InitMaterializedSRF(fcinfo, 0);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		int			n;
+
+		cols = analyze_columns(query, cxt, &n);
+		ncols = n;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* the caller's error, without the subtransaction (and its locks) */
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+
+	for (int i = 0; i < ncols; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = CStringGetTextDatum(cols[i].name);
+		values[1] = CStringGetTextDatum(cols[i].type_name);
+		values[2] = BoolGetDatum(cols[i].built_in);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
 	return (Datum) 0;
 }

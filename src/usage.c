@@ -546,23 +546,31 @@ no_room_for_limits(void)
  * What the last verification in this backend said about each limit it
  * checked (apikeys.last_verify_limits()): the key's rate limit, its named
  * limits, its tenant's, the PostgREST route's.  Reset by every verification that gets this far.
+ * They are shown only to the role that verified (last_role): after SET ROLE,
+ * or to the next client of a pooled connection under another role, a
+ * verification's limit names and counts are another tenant's business.
  */
 static LimitRow last_rows[1 + 3 * POLICY_MAX_LIMITS];
 static int	last_nrows = 0;
+static Oid	last_role = InvalidOid;
 
-/* The last verification's limit rows, for apikeys.last_verify_limits() (stats.c). */
+/*
+ * The last verification's limit rows, for apikeys.last_verify_limits()
+ * (stats.c): none unless the current role is the one that verified.
+ */
 int
 apikeys_last_limits(const LimitRow **rows)
 {
 	*rows = last_rows;
-	return last_nrows;
+	return GetUserId() == last_role ? last_nrows : 0;
 }
 
-/* A verification begins: it has checked no limit yet. */
+/* A verification begins, as the current role: it has checked no limit yet. */
 void
 apikeys_last_limits_reset(void)
 {
 	last_nrows = 0;
+	last_role = GetUserId();
 }
 
 /* the key's rate limit (apikey_set_policy), by name, NUL-padded */

@@ -63,6 +63,9 @@ ALTER TABLE apikeys.audit ENABLE ALWAYS TRIGGER audit_chain;
 
 CREATE FUNCTION apikeys_internal._audit_purging() RETURNS boolean
     LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'apikeys_audit_purging';
+CREATE FUNCTION apikeys_internal._audit_chain_try_lock(chain text) RETURNS boolean
+    LANGUAGE C VOLATILE STRICT AS 'MODULE_PATHNAME', 'apikeys_audit_chain_try_lock';
+COMMENT ON FUNCTION apikeys_internal._audit_chain_try_lock(text) IS 'Take an audit chain''s lock without waiting (held to commit); false when another transaction is writing the chain.';
 
 -- SECURITY DEFINER: it must reach _audit_purging() whoever owns the table.
 CREATE FUNCTION apikeys_internal._audit_append_only() RETURNS trigger
@@ -461,7 +464,10 @@ SELECT apikeys_internal.publish('audit_head_check', 'Check a head stored from au
 -- append an audit_purged row naming the newest of them, then delete them.
 -- The audit_purged row is written first, so it links to the chain's head
 -- and the chain stays checkable from its new first row even when every
--- older row goes.
+-- older row goes.  A chain whose lock another transaction holds (a writer
+-- of that tenant, still open) is left for the next purge, with a warning:
+-- waiting for it here, holding the chains already purged until commit,
+-- would make their tenants wait for that writer too.
 CREATE FUNCTION apikeys_internal._audit_purge_rows(cutoff timestamptz, older_than interval) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -472,6 +478,7 @@ DECLARE
     cut apikeys.audit;
     n bigint;
     total bigint := 0;
+    busy text[] := '{}';
 BEGIN
     IF NOT apikeys_internal._audit_purging() THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -489,6 +496,10 @@ BEGIN
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
          ORDER BY a.audit_id DESC LIMIT 1;
         CONTINUE WHEN cut.audit_id IS NULL;
+        IF NOT apikeys_internal._audit_chain_try_lock(c) THEN
+            busy := busy OPERATOR(pg_catalog.||) c;
+            CONTINUE;
+        END IF;
         SELECT count(*) INTO n FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         -- the anchor carries the whole newest purged row, so a check can prove
@@ -500,6 +511,12 @@ BEGIN
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         total := total OPERATOR(pg_catalog.+) n;
     END LOOP;
+    IF cardinality(busy) OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING 'audit_purge_busy: % chain(s) being written were left as they are: %', cardinality(busy),
+                      array_to_string(ARRAY(SELECT quote_literal(b) FROM unnest(busy) b), ', ')
+            USING DETAIL = 'A transaction that wrote to each of them is still open; the purge does not wait for it.',
+                  HINT = 'Their old rows go at the next purge.';
+    END IF;
     RETURN total;
 END;
 $$;

@@ -437,7 +437,7 @@ COMMENT ON FUNCTION apikeys_internal._import_values(apikeys.legacy_key, apikeys.
 -- one by one in order (a subtransaction each: this runs only after a
 -- failure), then digests seen twice or known already.  NULL if no row is
 -- at fault (the failure was something else).
-CREATE FUNCTION apikeys_internal._import_first_bad(p_keys apikeys.legacy_key[], f apikeys.key_format, enc text,
+CREATE FUNCTION apikeys_internal._import_first_bad(p_tenant text, p_keys apikeys.legacy_key[], f apikeys.key_format, enc text,
     OUT ord bigint, OUT err_state text, OUT err_message text, OUT err_detail text, OUT err_hint text)
     RETURNS record
     LANGUAGE plpgsql VOLATILE
@@ -454,6 +454,7 @@ BEGIN
         BEGIN
             -- every column: unused ones would not be computed (nor checked)
             PERFORM x.* FROM apikeys_internal._import_values(k, f, enc) x;
+            PERFORM apikeys_internal.check_scopes(p_tenant, k.scopes);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
                                     err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
@@ -478,7 +479,7 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION apikeys_internal._import_first_bad(apikeys.legacy_key[], apikeys.key_format, text) IS 'The first failing row of an import batch, with its error.';
+COMMENT ON FUNCTION apikeys_internal._import_first_bad(text, apikeys.legacy_key[], apikeys.key_format, text) IS 'The first failing row of an import batch, with its error.';
 
 -- Import p_keys into tenant p_tenant under format p_format: one key per row,
 -- all or nothing.  A failure names its row (p_first_row numbers the first).
@@ -526,6 +527,11 @@ BEGIN
     ids := ARRAY(SELECT apikeys_internal._key_id() FROM generate_series(1, n));
 
     BEGIN
+        -- the tenant's scope registry holds for imported keys as for created
+        -- ones: every scope of the batch checked at once (the row that holds
+        -- an unknown one is found below, on failure)
+        PERFORM apikeys_internal.check_scopes(p_tenant,
+            ARRAY(SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL));
         -- one statement: credentials (the main insert) first, then their
         -- secrets (with their format) and last uses, so each key's secret
         -- joins its key_created audit row
@@ -549,7 +555,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                 e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-        bad := apikeys_internal._import_first_bad(p_keys, f, p_encoding);
+        bad := apikeys_internal._import_first_bad(p_tenant, p_keys, f, p_encoding);
         IF bad.ord IS NOT NULL THEN
             -- the row's own error, naming the row
             src := (p_keys[bad.ord]).source_id;

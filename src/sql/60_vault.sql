@@ -282,15 +282,16 @@ BEGIN
     su := apikeys_internal._is_superuser(r);
     -- An unknown tenant and one the role may not manage read the same (and
     -- neither is echoed: it could be a misplaced secret); only a superuser
-    -- is told that a tenant does not exist.
+    -- is told that a tenant does not exist.  Both questions are asked
+    -- whatever the answers, so the time taken does not tell them apart
+    -- either (asking one only when the other said yes did).
+    visible := tenant IS NOT NULL AND coalesce(apikeys_internal._may_manage(tenant), false);
     IF tenant IS NULL OR NOT EXISTS (SELECT 1 FROM apikeys.tenant x WHERE x.tenant OPERATOR(pg_catalog.=) vault_add.tenant) THEN
         IF su THEN
             RAISE EXCEPTION USING ERRCODE = 'undefined_object',
                 MESSAGE = 'tenant_not_found: no such tenant';
         END IF;
         visible := false;
-    ELSE
-        visible := apikeys_internal._may_manage(tenant);
     END IF;
     IF NOT visible THEN
         PERFORM apikeys_internal._deny('vault_add', NULL, NULL, '42501',
@@ -534,6 +535,7 @@ DECLARE
     k record;
     w record;
     n bigint := 0;
+    locked boolean := false;
 BEGIN
     IF NOT coalesce(apikeys_internal._is_superuser(r), false) THEN
         PERFORM apikeys_internal._deny('vault_rotate_master_key', NULL, NULL, '42501',
@@ -542,7 +544,25 @@ BEGIN
     END IF;
     k := apikeys_internal._vault_key_state();   -- checks the current key itself
 
-    LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE;
+    -- Every secret is rewritten under one lock that keeps writers out.  It is
+    -- taken without joining the lock queue: queued behind one tenant's open
+    -- vault write, the rotation would make every other tenant's vault
+    -- writes queue behind it.  It tries for up to 10 seconds, then refuses.
+    FOR i IN 1..100 LOOP
+        BEGIN
+            LOCK TABLE apikeys.vault_secret IN EXCLUSIVE MODE NOWAIT;
+            locked := true;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM pg_catalog.pg_sleep(0.1);
+        END;
+        EXIT WHEN locked;
+    END LOOP;
+    IF NOT locked THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+            MESSAGE = 'vault_busy: vault secrets were being written throughout the last 10 seconds; nothing was re-encrypted',
+            DETAIL = 'The rotation does not wait in line for a writer: that would hold up every tenant''s vault writes behind it.',
+            HINT = 'Run it again; pg_stat_activity shows transactions left open after a vault change.';
+    END IF;
     FOR s IN SELECT * FROM apikeys.vault_secret v WHERE v.key_fp OPERATOR(pg_catalog.<>) k.cur_fp ORDER BY v.id LOOP
         -- decrypted with the previous key and encrypted with the current one
         -- inside C: the plaintext and both keys stay out of SQL
