@@ -3594,10 +3594,13 @@ BEGIN
 
     BEGIN
         -- the tenant's scope registry holds for imported keys as for created
-        -- ones: every scope of the batch checked at once (the row that holds
-        -- an unknown one is found below, on failure)
-        PERFORM apikeys_internal.check_scopes(p_tenant,
-            ARRAY(SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL));
+        -- ones: the batch's distinct scopes checked together, 64 at a time
+        -- (the most one list may hold); the row that holds an unknown one
+        -- is found below, on failure
+        PERFORM apikeys_internal.check_scopes(p_tenant, pg_catalog.array_agg(d.x))
+           FROM (SELECT u.x, (pg_catalog.dense_rank() OVER (ORDER BY u.x) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 64 AS chunk
+                   FROM (SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL) u) d
+          GROUP BY d.chunk;
         -- one statement: credentials (the main insert) first, then their
         -- secrets (with their format) and last uses, so each key's secret
         -- joins its key_created audit row
@@ -5756,6 +5759,12 @@ BEGIN
             busy := busy OPERATOR(pg_catalog.||) c;
             CONTINUE;
         END IF;
+        -- read again under the lock: another purge may have committed since
+        -- (an anchor naming rows it already deleted would break the chain)
+        SELECT * INTO cut FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
+         ORDER BY a.audit_id DESC LIMIT 1;
+        CONTINUE WHEN cut.audit_id IS NULL;
         SELECT count(*) INTO n FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         -- the anchor carries the whole newest purged row, so a check can prove

@@ -465,6 +465,16 @@ RESET ROLE;
 DROP OWNED BY regress_il_nobody;
 DROP ROLE regress_il_nobody;
 
+-- Scopes are checked against the registry per batch, 64 at a time (the
+-- most one key may hold): a batch whose keys hold 70 different scopes
+-- between them imports (the first version checked them as one list and
+-- refused: "a key may carry at most 64 scopes")
+SELECT apikeys.apikey_import_rows('acme', 'tk', ARRAY(
+    SELECT ROW(encode(sha256(convert_to('tk_f' || lpad(to_hex(i), 63, '0'), 'UTF8')), 'hex'), 'scoped ' || i,
+               ARRAY['project:' || i, 'read'], NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::apikeys.legacy_key
+      FROM generate_series(1, 70) i)) AS imported_with_70_scopes;
+SELECT (apikeys.apikey_verify('tk_f' || lpad(to_hex(70), 63, '0'), '{project:70}')).code AS seventieth;
+
 SELECT ok, problem FROM apikeys.audit_check();
 
 DROP TABLE public.tk_keys, public.kpg_keys, public.kh_keys;

@@ -500,6 +500,12 @@ BEGIN
             busy := busy OPERATOR(pg_catalog.||) c;
             CONTINUE;
         END IF;
+        -- read again under the lock: another purge may have committed since
+        -- (an anchor naming rows it already deleted would break the chain)
+        SELECT * INTO cut FROM apikeys.audit a
+         WHERE a.chain OPERATOR(pg_catalog.=) c AND a.at OPERATOR(pg_catalog.<) cutoff
+         ORDER BY a.audit_id DESC LIMIT 1;
+        CONTINUE WHEN cut.audit_id IS NULL;
         SELECT count(*) INTO n FROM apikeys.audit a
          WHERE a.chain OPERATOR(pg_catalog.=) c AND a.audit_id OPERATOR(pg_catalog.<=) cut.audit_id;
         -- the anchor carries the whole newest purged row, so a check can prove

@@ -528,10 +528,13 @@ BEGIN
 
     BEGIN
         -- the tenant's scope registry holds for imported keys as for created
-        -- ones: every scope of the batch checked at once (the row that holds
-        -- an unknown one is found below, on failure)
-        PERFORM apikeys_internal.check_scopes(p_tenant,
-            ARRAY(SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL));
+        -- ones: the batch's distinct scopes checked together, 64 at a time
+        -- (the most one list may hold); the row that holds an unknown one
+        -- is found below, on failure
+        PERFORM apikeys_internal.check_scopes(p_tenant, pg_catalog.array_agg(d.x))
+           FROM (SELECT u.x, (pg_catalog.dense_rank() OVER (ORDER BY u.x) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 64 AS chunk
+                   FROM (SELECT DISTINCT x FROM unnest(p_keys) k, unnest(k.scopes) x WHERE x IS NOT NULL) u) d
+          GROUP BY d.chunk;
         -- one statement: credentials (the main insert) first, then their
         -- secrets (with their format) and last uses, so each key's secret
         -- joins its key_created audit row
