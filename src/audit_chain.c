@@ -33,8 +33,8 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_opfamily.h"
 #include "catalog/pg_type.h"
-#include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -347,16 +347,18 @@ read_head(Relation rel, const char *chain, ChainHead *head)
 	index = OidIsValid(indexid) ? index_open(indexid, AccessShareLock) : NULL;
 	/*
 	 * A btree on exactly (chain COLLATE "C", audit_id) with the default
-	 * operator classes: the scan below assumes it (another collation orders
-	 * the chains otherwise, and the newest row of one could be missed).
+	 * operator classes' families (text_ops, integer_ops: fixed OIDs, so no
+	 * catalog scan per row): the scan below assumes it (another collation
+	 * orders the chains otherwise, and the newest row of one could be
+	 * missed).
 	 */
 	usable = index != NULL && index->rd_rel->relam == BTREE_AM_OID &&
 		index->rd_index->indnkeyatts == 2 &&
 		index->rd_index->indkey.values[0] == l.chain &&
 		index->rd_index->indkey.values[1] == l.id &&
 		index->rd_indcollation[0] == C_COLLATION_OID &&
-		index->rd_opfamily[0] == get_opclass_family(GetDefaultOpClass(TEXTOID, BTREE_AM_OID)) &&
-		index->rd_opfamily[1] == get_opclass_family(GetDefaultOpClass(INT8OID, BTREE_AM_OID)) &&
+		index->rd_opfamily[0] == TEXT_BTREE_FAM_OID &&
+		index->rd_opfamily[1] == INTEGER_BTREE_FAM_OID &&
 		heap_attisnull(index->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
 		heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
 	if (!usable)
