@@ -165,6 +165,9 @@ extern void apikeys_random_bytes(void *buf, size_t n);
 /* scope_registry.c: refuse scopes the tenant's registry does not list (inside SPI_connect) */
 extern void apikeys_check_scope_registry(const char *tenant, ArrayType *scopes);
 
+/* subxact.c */
+extern ErrorData *apikeys_subxact_run(void (*fn) (void *arg), void *arg, bool keep);
+
 /* spi_util.c */
 extern void apikeys_spi_run(SPIPlanPtr *plan, const char *sql, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,

@@ -337,6 +337,25 @@ jb_changes(Jsonb *o, Jsonb *n)
 
 /* --------------------------------------------------------------- labels */
 
+/* What parse_json_field is given and answers. */
+typedef struct JsonField
+{
+	const char *value;
+	const char *field;
+	char	   *result;
+} JsonField;
+
+/* Parse j->value as jsonb and take its text field j->field (may raise). */
+static void
+parse_json_field(void *arg)
+{
+	JsonField  *j = (JsonField *) arg;
+	Jsonb	   *doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(j->value)));
+	char	   *s = jb_get_text(doc, j->field);
+
+	j->result = (s != NULL && s[0] != '\0') ? s : NULL;
+}
+
 /*
  * Field `field` of the JSON object in setting `name` (1.0's apikeys._json_setting):
  * NULL when the setting is absent, empty, not valid JSON, not an object or
@@ -347,43 +366,19 @@ jb_changes(Jsonb *o, Jsonb *n)
 static char *
 json_setting(const char *name, const char *field)
 {
-	char	   *value = apikeys_transaction_setting_value(name, SETTING_MAX_BYTES);
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *volatile result = NULL;
+	JsonField	j = {apikeys_transaction_setting_value(name, SETTING_MAX_BYTES), field, NULL};
+	ErrorData  *edata;
 
-	if (value == NULL)
+	if (j.value == NULL)
 		return NULL;			/* the usual case: no subtransaction for nothing */
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		Jsonb	   *j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(value)));
-		char	   *s = jb_get_text(j, field);
-
-		result = (s != NULL && s[0] != '\0') ? s : NULL;
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ASSERT_FAILURE)
-			ReThrowError(edata);
-		FreeErrorData(edata);
-		result = NULL;
-	}
-	PG_END_TRY();
-	return result;
+	edata = apikeys_subxact_run(parse_json_field, &j, true);
+	if (edata == NULL)
+		return j.result;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ASSERT_FAILURE)
+		ReThrowError(edata);
+	FreeErrorData(edata);
+	return NULL;
 }
 
 /*

@@ -25,15 +25,12 @@
 
 #include "access/htup_details.h"
 #include "access/transam.h"
-#include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
-#include "utils/memutils.h"
 #include "utils/plancache.h"
-#include "utils/resowner.h"
 
 /*
  * Is typid a built-in base type (or an array of one)?  Not a pseudo-type:
@@ -60,21 +57,30 @@ typedef struct ImportColumn
 	bool		built_in;
 } ImportColumn;
 
-/*
- * The result columns of query (allocated in cxt), by parse analysis with
- * SPI.  Runs inside the caller's subtransaction.
- */
-static ImportColumn *
-analyze_columns(const char *query, MemoryContext cxt, int *ncols)
+/* What analyze_columns is given and answers. */
+typedef struct ImportAnalysis
 {
+	const char *query;
+	MemoryContext cxt;			/* where the answer goes */
+	ImportColumn *cols;
+	int			ncols;
+} ImportAnalysis;
+
+/*
+ * The result columns of a->query (allocated in a->cxt), by parse analysis
+ * with SPI.  Runs in a subtransaction that is rolled back.
+ */
+static void
+analyze_columns(void *arg)
+{
+	ImportAnalysis *a = (ImportAnalysis *) arg;
 	SPIPlanPtr	plan;
 	List	   *sources;
 	TupleDesc	desc;
-	ImportColumn *cols;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = SPI_prepare(query, 0, NULL);
+	plan = SPI_prepare(a->query, 0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	sources = SPI_plan_get_plan_sources(plan);
@@ -86,22 +92,21 @@ analyze_columns(const char *query, MemoryContext cxt, int *ncols)
 				 errmsg("invalid_import: query must be one statement returning rows"),
 				 errhint("Pass a SELECT whose columns are named as those of apikeys.legacy_key.")));
 
-	cols = MemoryContextAllocZero(cxt, sizeof(ImportColumn) * Max(desc->natts, 1));
-	*ncols = 0;
+	a->cols = MemoryContextAllocZero(a->cxt, sizeof(ImportColumn) * Max(desc->natts, 1));
+	a->ncols = 0;
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		ImportColumn *c = &cols[*ncols];
+		ImportColumn *c = &a->cols[a->ncols];
 
 		if (att->attisdropped)
 			continue;
-		c->name = MemoryContextStrdup(cxt, NameStr(att->attname));
-		c->type_name = MemoryContextStrdup(cxt, format_type_be(att->atttypid));
+		c->name = MemoryContextStrdup(a->cxt, NameStr(att->attname));
+		c->type_name = MemoryContextStrdup(a->cxt, format_type_be(att->atttypid));
 		c->built_in = plain_built_in(att->atttypid);
-		(*ncols)++;
+		a->ncols++;
 	}
 	SPI_finish();
-	return cols;
 }
 
 PG_FUNCTION_INFO_V1(apikeys_import_columns);
@@ -116,54 +121,30 @@ Datum
 apikeys_import_columns(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *query;
-	ImportColumn *volatile cols = NULL;
-	volatile int ncols = 0;
+	ImportAnalysis a = {0};
+	ErrorData  *edata;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid_import: query must not be NULL")));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	a.query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	a.cxt = CurrentMemoryContext;
 	InitMaterializedSRF(fcinfo, 0);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		int			n;
-
-		cols = analyze_columns(query, cxt, &n);
-		ncols = n;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* the caller's error, without the subtransaction (and its locks) */
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+	/* rolled back whatever happens: no lock of the analysis outlives it */
+	edata = apikeys_subxact_run(analyze_columns, &a, false);
+	if (edata != NULL)
 		ReThrowError(edata);
-	}
-	PG_END_TRY();
-	RollbackAndReleaseCurrentSubTransaction();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
 
-	for (int i = 0; i < ncols; i++)
+	for (int i = 0; i < a.ncols; i++)
 	{
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
 
-		values[0] = CStringGetTextDatum(cols[i].name);
-		values[1] = CStringGetTextDatum(cols[i].type_name);
-		values[2] = BoolGetDatum(cols[i].built_in);
+		values[0] = CStringGetTextDatum(a.cols[i].name);
+		values[1] = CStringGetTextDatum(a.cols[i].type_name);
+		values[2] = BoolGetDatum(a.cols[i].built_in);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -281,6 +281,25 @@ vault_passphrase(Datum id, const char *key)
 	return p;
 }
 
+/* What pgcrypto_in_subxact is given and answers. */
+typedef struct PgcryptoCall
+{
+	Oid			fn;
+	Datum		arg;
+	text	   *pass;
+	Datum		result;
+} PgcryptoCall;
+
+/* The pgcrypto call itself (may raise). */
+static void
+pgcrypto_in_subxact(void *arg)
+{
+	PgcryptoCall *c = (PgcryptoCall *) arg;
+
+	c->result = OidFunctionCall3(c->fn, c->arg, PointerGetDatum(c->pass),
+								 CStringGetTextDatum(vault_pgp_options));
+}
+
 /*
  * Call pgcrypto's fn(arg, passphrase, options) through the function manager
  * (no executor, so nothing to log), inside a subtransaction: a pgcrypto
@@ -291,43 +310,18 @@ vault_passphrase(Datum id, const char *key)
 static Datum
 vault_pgcrypto_call(Oid fn, Datum arg, const char *passphrase, bool *failed)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	text	   *pass = cstring_to_text(passphrase);
-	volatile Datum result = (Datum) 0;
+	PgcryptoCall c = {fn, arg, cstring_to_text(passphrase), (Datum) 0};
+	ErrorData  *edata = apikeys_subxact_run(pgcrypto_in_subxact, &c, true);
 
-	*failed = false;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		result = OidFunctionCall3(fn, arg, PointerGetDatum(pass),
-								  CStringGetTextDatum(vault_pgp_options));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		explicit_bzero(VARDATA(pass), VARSIZE(pass) - VARHDRSZ);
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-			ReThrowError(edata);	/* its message quotes nothing of ours */
-		FreeErrorData(edata);
-		*failed = true;
-		result = (Datum) 0;
-	}
-	PG_END_TRY();
-	explicit_bzero(VARDATA(pass), VARSIZE(pass) - VARHDRSZ);
-	pfree(pass);
-	return result;
+	explicit_bzero(VARDATA(c.pass), VARSIZE(c.pass) - VARHDRSZ);
+	pfree(c.pass);
+	*failed = edata != NULL;
+	if (edata == NULL)
+		return c.result;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		ReThrowError(edata);	/* its message quotes nothing of ours */
+	FreeErrorData(edata);
+	return (Datum) 0;
 }
 
 /* Encrypt plaintext for secret id under key; raises vault_encrypt_failed. */
